@@ -1,0 +1,339 @@
+"""The Arrow schema of every table, defined once (DESIGN.md "Contracts").
+
+Every writer and reader goes through `validate`, so a table that leaves a stage
+is known to match its contract. Value rules that Arrow types cannot express
+(allowed labels, numeric ranges) are stored as field metadata and checked by
+`validate` too, so the rule lives beside the column it constrains.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+#: Modality groups (paper Table 10); anything else is `other`.
+MODALITIES: tuple[str, ...] = (
+    "T1w", "T2w", "FA", "MD", "FLAIR", "MP2RAGE", "sbref", "ADC", "TRACE", "UNIT1",
+    "inplaneT2", "SWI", "UNIT1_denoised", "minIP", "PET", "T1map", "inplaneT1", "angio",
+    "PDw", "T2starw", "FLASH", "T2map", "T2starmap", "DWI", "other",
+)  # fmt: skip
+HEADER_STATUSES: tuple[str, ...] = ("ok", "empty", "corrupt", "missing", "unreadable")
+SEXES: tuple[str, ...] = ("M", "F", "O")
+HANDEDNESS: tuple[str, ...] = ("R", "L", "A")
+
+
+class SchemaError(ValueError):
+    """A table does not match its contract; names the column and, where known, the row."""
+
+    def __init__(self, table: str, column: str, message: str, row: int | None = None):
+        self.table, self.column, self.row = table, column, row
+        where = f"column '{column}'" + (f", row {row}" if row is not None else "")
+        super().__init__(f"{table}: {where}: {message}")
+
+
+def _f(
+    name: str,
+    type_: pa.DataType,
+    nullable: bool = True,
+    *,
+    allowed: Sequence[str] | None = None,
+    min: float | None = None,  # noqa: A002 - mirrors the metadata key
+    max: float | None = None,  # noqa: A002
+    doc: str = "",
+) -> pa.Field:
+    meta: dict[str, str] = {"doc": doc}
+    if allowed is not None:
+        meta["allowed"] = json.dumps(list(allowed))
+    if min is not None:
+        meta["min"] = json.dumps(min)
+    if max is not None:
+        meta["max"] = json.dumps(max)
+    return pa.field(name, type_, nullable=nullable, metadata=meta)
+
+
+_S, _I, _F, _B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+
+#: BIDS entities kept as their own columns (others go to `entities` JSON).
+ENTITY_COLUMNS: tuple[str, ...] = (
+    "subject", "session", "task", "acq", "ce", "rec", "dir", "run", "echo",
+    "flip", "inv", "mt", "part",
+)  # fmt: skip
+
+IMAGE_INDEX = pa.schema(
+    [
+        _f("image_id", _S, False, doc="hash of dataset_id + path relative to the dataset root"),
+        _f("dataset_id", _S, False),
+        *[_f(e, _S, doc=f"BIDS entity {e}") for e in ENTITY_COLUMNS],
+        _f("entities", _S, doc="all parsed entities as JSON"),
+        _f("datatype", _S, doc="anat, dwi, func, ... (the folder)"),
+        _f("suffix", _S, False),
+        _f("extension", _S, False),
+        _f("modality", _S, False, allowed=MODALITIES),
+        _f("is_derivative", _B, False),
+        _f("flags", _S, doc="comma-separated: phase, inversion, ..."),
+        _f("root", _S, False, doc="dataset root folder"),
+        _f("path", _S, False, doc="path relative to the dataset root"),
+        _f("size_bytes", _I, False, min=0),
+        _f("mtime_ns", _I),
+        _f("header_status", _S, False, allowed=HEADER_STATUSES),
+        _f("shape", pa.list_(pa.int32())),
+        _f("spacing", pa.list_(pa.float32())),
+        _f("n_volumes", pa.int32(), min=0),
+        _f("dtype", _S),
+        _f("sidecar", _S, doc="inherited, merged JSON sidecar as text"),
+        _f("manufacturer", _S),
+        _f("model_name", _S),
+        _f("magnetic_field_strength", _F, min=0),
+        _f("repetition_time", _F, min=0, doc="seconds"),
+        _f("echo_time", _F, min=0, doc="seconds"),
+        _f("phase_encoding_direction", _S),
+        _f("bval_path", _S),
+        _f("bvec_path", _S),
+        _f("age", _F, min=0, max=130, doc="years"),
+        _f("age_raw", _S, doc="the value before harmonization, e.g. '20-25' or '89+'"),
+        _f("sex", _S, allowed=SEXES),
+        _f("handedness", _S, allowed=HANDEDNESS),
+        _f("race", _S),
+        _f("weight", _F, min=0, doc="kg"),
+        _f("bmi", _F, min=0),
+        _f("health_status", _S),
+        _f("participant_extra", _S, doc="other participants.tsv columns as JSON"),
+        _f("snapshot_tag", _S, doc="OpenNeuro snapshot the files came from"),
+        _f("derived_from", _S, doc="image_id of the source image (DWI maps)"),
+        _f("is_brain_extracted", _B),
+        _f("anat_mask_path", _S),
+        _f("anon_mask_path", _S),
+    ]
+)
+
+_RATING_AXIS = dict(min=1, max=5)
+
+RATINGS = pa.schema(
+    [
+        _f("image_id", _S, False),
+        _f("rater_id", _S, False),
+        _f("noisiness", pa.int8(), False, **_RATING_AXIS, doc="1 clean ... 5 unusable"),
+        _f("blurriness", pa.int8(), False, **_RATING_AXIS, doc="1 sharp ... 5 unusable"),
+        _f("artifact_level", pa.int8(), **_RATING_AXIS, doc="null for DWI-derived maps"),
+        _f("fov_suboptimal", _B, False),
+        _f("corrupted", _B, False),
+        _f("comment", _S),
+        _f("seconds_spent", _F, min=0),
+        _f("window_settings", _S, doc="JSON: level/width the rater used"),
+        _f("app_version", _S),
+        _f("created_at", pa.timestamp("us", tz="UTC"), False),
+    ]
+)
+
+IQS = pa.schema(
+    [
+        _f("image_id", _S, False),
+        _f("dataset_id", _S, False),
+        _f("modality", _S, False, allowed=MODALITIES),
+        _f("n_raters", pa.int32(), False, min=0),
+        _f("noisiness", _F, min=1, max=5, doc="mean across raters"),
+        _f("blurriness", _F, min=1, max=5),
+        _f("artifact_level", _F, min=1, max=5),
+        _f("fov_suboptimal", _B, doc="worst across raters"),
+        _f("corrupted", _B, doc="worst across raters"),
+        _f("iqs_image", _F, min=1, max=5, doc="this image's own score; null if unrated"),
+        _f("iqs", _F, min=1, max=5, doc="dataset x modality mean, given to every image"),
+        _f("group_n_rated", pa.int32(), False, min=0),
+    ]
+)
+
+MANIFEST = pa.schema(
+    [
+        *IMAGE_INDEX,
+        _f("iqs", _F, min=1, max=5),
+        _f("iqs_image", _F, min=1, max=5),
+    ]
+)
+
+_L = pa.list_(pa.float64())
+
+#: The generated corpus's answer key (`truth/images.parquet`), one row per file
+#: the generator wrote. Paths are relative to the corpus root.
+SYNTH_TRUTH = pa.schema(
+    [
+        _f("image_id", _S, False),
+        _f("dataset_id", _S, False),
+        _f("path", _S, False, doc="relative to the corpus root"),
+        _f("rel_path", _S, False, doc="relative to the dataset root"),
+        _f("subject", _S, False),
+        _f("session", _S),
+        _f("datatype", _S, False),
+        _f("entities", _S, False, doc="JSON of the entities besides sub/ses"),
+        _f("suffix", _S, False),
+        _f("kind", _S, False, allowed=("image", "mask", "label")),
+        _f("is_derivative", _B, False),
+        _f("modality", _S, allowed=MODALITIES, doc="expected group; null if not an image"),
+        _f("flags", _S),
+        _f("contrast", _S),
+        _f("shape", pa.list_(pa.int32()), False),
+        _f("spacing", _L, False),
+        _f("n_volumes", pa.int32(), False),
+        _f("dtype", _S, False),
+        _f("axcodes", _S, False),
+        _f("oblique_deg", _L),
+        _f("gain", _F, doc="intensity of a tissue of relative value 1"),
+        _f("noise_level", _F, min=0, doc="Rician sigma relative to gain"),
+        _f("noise_sigma", _F, min=0, doc="Rician sigma in stored intensity units"),
+        _f("blur_fwhm_mm", _F, min=0),
+        _f("ghost_amplitude", _F, min=0, max=1),
+        _f("ghost_axis", pa.int32()),
+        _f("gibbs_keep", _F, min=0, max=1, doc="fraction of k-space kept"),
+        _f("gibbs_axis", pa.int32()),
+        _f("bias_strength", _F, min=0),
+        _f("deface", _S, allowed=("zero", "blur")),
+        _f("skull_stripped", _B, False),
+        _f("fov_crop", _F, min=0, max=1, doc="fraction of the head's top cut off"),
+        _f("corruption", _S, allowed=("truncated", "nan", "zeros", "empty")),
+        _f("has_nan", _B),
+        _f("header_status", _S, False, allowed=HEADER_STATUSES),
+        _f("size_bytes", _I, False),
+        _f("ladder", _S),
+        _f("ladder_level", pa.int32()),
+        _f("dwi_shells", _S, doc="JSON {bval: n_directions}"),
+        _f("dwi_n_b0", pa.int32()),
+        _f("dwi_snr", _F),
+        _f("bval_path", _S, doc="relative to the dataset root"),
+        _f("bvec_path", _S),
+        _f("sidecar", _S, doc="expected inherited sidecar (JSON)"),
+        _f("is_brain_extracted", _B),
+        _f("anat_mask_truth", _S),
+        _f("anon_mask_truth", _S),
+        _f("brain_mask_truth", _S),
+        _f("fa_truth", _S),
+        _f("md_truth", _S),
+        _f("subject_seed", _I),
+        _f("participants_style", _S),
+        _f("age", _F),
+        _f("age_raw", _S),
+        _f("sex", _S, allowed=SEXES),
+        _f("handedness", _S, allowed=HANDEDNESS),
+        _f("weight", _F),
+        _f("bmi", _F),
+        _f("health_status", _S, allowed=("healthy", "patient")),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "image_index": IMAGE_INDEX,
+    "ratings": RATINGS,
+    "iqs": IQS,
+    "manifest": MANIFEST,
+    "synth_truth": SYNTH_TRUTH,
+}
+
+
+def _schema_name(schema: pa.Schema) -> str:
+    for name, s in SCHEMAS.items():
+        if s.equals(schema):
+            return name
+    return "table"
+
+
+def _first_row(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.index(mask, True).as_py())
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+def validate(table: Any, schema: pa.Schema, *, extra: str = "error") -> pa.Table:
+    """Check `table` (Arrow table or pandas DataFrame) against `schema`.
+
+    Returns the table cast to the schema, columns in schema order. Raises
+    `SchemaError` naming the first offending column and row. Columns the schema
+    lacks are an error unless ``extra="drop"``.
+    """
+    name = _schema_name(schema)
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    present = set(table.column_names)
+    for field in schema:
+        if field.name not in present:
+            raise SchemaError(name, field.name, "missing column")
+    unknown = [c for c in table.column_names if c not in schema.names]
+    if unknown and extra != "drop":
+        raise SchemaError(name, unknown[0], "column not in the schema")
+    columns = []
+    for field in schema:
+        col = table.column(field.name)
+        col = _cast(name, field, col)
+        _check_values(name, field, col)
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _cast(name: str, field: pa.Field, col: pa.ChunkedArray) -> pa.ChunkedArray:
+    if col.type.equals(field.type):
+        return col
+    if pa.types.is_null(col.type):
+        return pa.chunked_array([pa.nulls(len(col), field.type)])
+    try:
+        return col.cast(field.type, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        row = _first_bad_value(col.to_pylist(), field.type)
+        raise SchemaError(
+            name, field.name, f"expected {field.type}, got {col.type} ({exc})", row
+        ) from None
+
+
+def _first_bad_value(values: list[Any], type_: pa.DataType) -> int | None:
+    for i, value in enumerate(values):
+        try:
+            pa.array([value], type=type_)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError):
+            return i
+    return None
+
+
+def _meta(field: pa.Field, key: str) -> Any:
+    raw = (field.metadata or {}).get(key.encode())
+    return None if raw is None else json.loads(raw)
+
+
+def _check_values(name: str, field: pa.Field, col: pa.ChunkedArray) -> None:
+    if not field.nullable and col.null_count:
+        raise SchemaError(name, field.name, "null in a required column", _first_row(col.is_null()))
+    allowed = _meta(field, "allowed")
+    if allowed is not None:
+        bad = pc.and_(col.is_valid(), pc.invert(pc.is_in(col, pa.array(allowed, col.type))))
+        if pc.any(bad).as_py():
+            row = _first_row(bad)
+            raise SchemaError(
+                name, field.name, f"value {col[row].as_py()!r} not one of {allowed}", row
+            )
+    for key, op in (("min", pc.less), ("max", pc.greater)):
+        bound = _meta(field, key)
+        if bound is None:
+            continue
+        bad = pc.fill_null(op(col, bound), False)
+        if pc.any(bad).as_py():
+            row = _first_row(bad)
+            raise SchemaError(
+                name, field.name, f"value {col[row].as_py()!r} is {'below' if key == 'min' else 'above'} {bound}", row
+            )
+
+
+def rows_to_table(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Build a validated table from row dicts; absent keys become null, keys the
+    schema lacks are ignored."""
+    rows = list(rows)
+    name = _schema_name(schema)
+    arrays = []
+    for field in schema:
+        values = [r.get(field.name) for r in rows]
+        try:
+            arrays.append(pa.array(values, type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            row = _first_bad_value(values, field.type)
+            raise SchemaError(name, field.name, f"cannot build {field.type}: {exc}", row) from None
+    return validate(pa.Table.from_arrays(arrays, schema=schema), schema)

@@ -1,0 +1,88 @@
+"""Generate the corpus: plan, write dataset-level files, write every image
+through the batch runner, then assemble the truth table.
+
+Layout under OUT::
+
+    ds900001/ ... ds90000N/      BIDS datasets (raw), derivatives/labels inside
+    truth/images.parquet         one row per written file (schema.SYNTH_TRUTH)
+    truth/masks/, truth/dwi/     true anatomy/anonymization masks, FA/MD/brain mask
+    truth/rows/                  per-file rows (make generation resumable)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
+from openmind_curate.jobs.runner import BatchResult
+from openmind_curate.schema import SYNTH_TRUTH, rows_to_table
+from openmind_curate.synth.participants import participants_json, participants_tsv
+from openmind_curate.synth.plan import DatasetPlan, SynthConfig, plan_corpus
+from openmind_curate.synth.write import WriteJob, write_spec
+
+TRUTH_TABLE = "truth/images.parquet"
+
+
+def _participant_truth(plan: DatasetPlan) -> dict[tuple[str, str | None], dict[str, Any]]:
+    out = {}
+    for s in plan.subjects:
+        base = dict(
+            participants_style=plan.style, age=s.age, age_raw=s.age_raw, sex=s.sex,
+            handedness=s.handedness, weight=s.weight, bmi=s.bmi, health_status=s.health_status,
+        )  # fmt: skip
+        out[(s.label, None)] = base
+        for ses, age in s.session_ages.items():
+            out[(s.label, ses)] = {**base, "age": age, "age_raw": f"{age:g}"}
+    return out
+
+
+def write_dataset_files(plan: DatasetPlan, root: Path) -> None:
+    ds = root / plan.dataset_id
+    files = dict(plan.files)
+    files["participants.tsv"] = participants_tsv(plan.subjects, bom=plan.style == "coded")
+    doc = participants_json(plan.style)
+    if doc:
+        files["participants.json"] = doc
+    for rel, text in files.items():
+        atomic_write_text(ds / rel, text)
+
+
+def generate(
+    out: str | Path, cfg: SynthConfig = SynthConfig(), options: JobOptions | None = None
+) -> tuple[pa.Table, BatchResult]:
+    """Write the corpus under `out`; returns the truth table and the batch result.
+
+    Re-running with the same config skips files already written.
+    """
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    plans = plan_corpus(cfg)
+    for plan in plans:
+        write_dataset_files(plan, root)
+    jobs = [WriteJob(spec, str(root)) for plan in plans for spec in plan.images]
+    options = options or JobOptions(description="synth")
+    result = run_batch(write_spec, jobs, options, outputs=WriteJob.outputs)
+    if not result.ok:
+        raise RuntimeError("synth failed for some files:\n" + result.summary())
+
+    people = {p.dataset_id: _participant_truth(p) for p in plans}
+    rows = []
+    for job in jobs:
+        row = json.loads(job.row_path.read_text())
+        spec = job.spec
+        who = people[spec.dataset_id]
+        row.update(who.get((spec.subject, spec.session)) or who[(spec.subject, None)])
+        rows.append(row)
+    table = rows_to_table(rows, SYNTH_TRUTH)
+    with atomic_path(root / TRUTH_TABLE) as tmp:
+        pq.write_table(table, tmp)
+    return table, result
+
+
+def load_truth(root: str | Path) -> pa.Table:
+    return pq.read_table(Path(root) / TRUTH_TABLE, schema=SYNTH_TRUTH)
