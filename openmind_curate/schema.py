@@ -9,6 +9,7 @@ is known to match its contract. Value rules that Arrow types cannot express
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -255,7 +256,7 @@ def validate(table: Any, schema: pa.Schema, *, extra: str = "error") -> pa.Table
     """
     name = _schema_name(schema)
     if not isinstance(table, pa.Table):
-        table = pa.Table.from_pandas(table, preserve_index=False)
+        table = _from_pandas(table, schema, name)
     present = set(table.column_names)
     for field in schema:
         if field.name not in present:
@@ -270,6 +271,21 @@ def validate(table: Any, schema: pa.Schema, *, extra: str = "error") -> pa.Table
         _check_values(name, field, col)
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _from_pandas(df: Any, schema: pa.Schema, name: str) -> pa.Table:
+    """Convert column by column, so a bad cell is reported with its column and row."""
+    arrays, names = [], []
+    for col in df.columns:
+        type_ = schema.field(col).type if col in schema.names else None
+        try:
+            arrays.append(pa.array(df[col], type=type_, from_pandas=True))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+            values = [None if isinstance(v, float) and math.isnan(v) else v for v in df[col]]
+            row = _first_bad_value(values, type_) if type_ is not None else None
+            raise SchemaError(name, str(col), f"cannot convert to {type_}: {exc}", row) from None
+        names.append(str(col))
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 def _cast(name: str, field: pa.Field, col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -318,9 +334,9 @@ def _check_values(name: str, field: pa.Field, col: pa.ChunkedArray) -> None:
         bad = pc.fill_null(op(col, bound), False)
         if pc.any(bad).as_py():
             row = _first_row(bad)
-            raise SchemaError(
-                name, field.name, f"value {col[row].as_py()!r} is {'below' if key == 'min' else 'above'} {bound}", row
-            )
+            side = "below" if key == "min" else "above"
+            value = col[row].as_py()
+            raise SchemaError(name, field.name, f"value {value!r} is {side} {bound}", row)
 
 
 def rows_to_table(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -232,23 +232,26 @@ def _run_dask(func, items, labels, todo, options):
     cluster = None
     if options.scheduler == "local":
         cluster = LocalCluster(
-            n_workers=options.n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=options.n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
         )
         client = Client(cluster)
     else:
         client = Client(options.scheduler)
     try:
-        futures = {
-            client.submit(call_item, func, items[i], labels[i], pure=False, key=f"item-{i}-{os.getpid()}-{time.time_ns()}"): i
-            for i in todo
-        }
+        futures = {client.submit(call_item, func, items[i], labels[i], pure=False): i for i in todo}
         for fut in as_completed(futures):
             i = futures[fut]
             try:
                 yield i, fut.result()
             except KilledWorker:
-                yield i, ItemResult(
-                    labels[i], "failed", error="Dask worker died while processing this item"
+                yield (
+                    i,
+                    ItemResult(
+                        labels[i], "failed", error="Dask worker died while processing this item"
+                    ),
                 )
             except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled
                 yield i, ItemResult(labels[i], "failed", error=f"{type(exc).__name__}: {exc}")

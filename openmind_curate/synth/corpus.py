@@ -12,6 +12,7 @@ Layout under OUT::
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,18 @@ def write_dataset_files(plan: DatasetPlan, root: Path) -> None:
         atomic_write_text(ds / rel, text)
 
 
+def _check_config(root: Path, cfg: SynthConfig) -> None:
+    """Resuming is only safe into a corpus made with the same config."""
+    path = root / "truth" / "config.json"
+    wanted = json.dumps(asdict(cfg), sort_keys=True)
+    if path.exists() and path.read_text() != wanted:
+        raise ValueError(
+            f"{root} holds a corpus generated with another configuration ({path.read_text()}); "
+            "use an empty folder or the same options"
+        )
+    atomic_write_text(path, wanted)
+
+
 def generate(
     out: str | Path, cfg: SynthConfig = SynthConfig(), options: JobOptions | None = None
 ) -> tuple[pa.Table, BatchResult]:
@@ -61,6 +74,7 @@ def generate(
     """
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    _check_config(root, cfg)
     plans = plan_corpus(cfg)
     for plan in plans:
         write_dataset_files(plan, root)

@@ -31,9 +31,7 @@ class GradientTable:
     bvecs: np.ndarray  # (n, 3) unit vectors on voxel axes (zeros for b0)
 
 
-def gradient_table(
-    n_b0: int, shells: dict[int, int], rng: np.random.Generator
-) -> GradientTable:
+def gradient_table(n_b0: int, shells: dict[int, int], rng: np.random.Generator) -> GradientTable:
     """b0s interleaved with well spread directions per shell (electrostatic repulsion)."""
     from dipy.core.sphere import HemiSphere, disperse_charges
 
@@ -71,9 +69,7 @@ def fibre_directions(wm: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     return vecs[..., :, 0]  # eigenvector of the smallest eigenvalue
 
 
-def tensor_field(
-    gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, other: np.ndarray
-) -> np.ndarray:
+def tensor_field(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, other: np.ndarray) -> np.ndarray:
     """Per-voxel diffusion tensor (..., 3, 3), mm^2/s."""
     e1 = fibre_directions(wm)
     l1, l2, l3 = WM_EIGENVALUES

@@ -63,6 +63,8 @@ def make_subjects(style: str, labels: list[str], rng: np.random.Generator) -> li
                 "group": "control" if not patient else "patient",
                 "weight": _fmt(kg),
             }
+            if missing:
+                s.raw["weight"], s.weight = "n/a", None
         elif style == "coded":
             lo = int(age) - int(age) % 5
             s.age, s.age_raw = lo + 2.5, f"{lo}-{lo + 5}"

@@ -212,7 +212,7 @@ def _plan_anat(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) ->
         plan.images += [
             t1w,
             replace(t1w, kind="label", suffix="dseg", entities=(("desc", "tissue"),),
-                    modality=None, sidecar="{}", deface=None, noise_level=0.0),
+                    modality=None, sidecar="{}", deface=None, noise_level=0.0, dtype="uint8"),
             _spec(plan, cfg, s, suffix="T2w", contrast="T2w", modality="T2w",
                   spacing=(0.9, 0.9, 2.0), axcodes="RAS", dtype="int16",
                   noise_level=_noise(rng), sidecar=_merge(t2), **common),
@@ -319,6 +319,14 @@ def _plan_rare(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) ->
                   skull_stripped=i == 0, deface=None if i == 0 else "zero",
                   sidecar=_merge(base, {"RepetitionTime": 8.1, "EchoTime": 0.0037})),
         ]  # fmt: skip
+    _own_sidecars(plan, plan.images)
+
+
+def _own_sidecars(plan: DatasetPlan, specs: list[ImageSpec]) -> None:
+    """Write each image's sidecar next to it (datasets without top-level files)."""
+    for spec in specs:
+        if spec.kind == "image":
+            plan.files[spec.rel_path.removesuffix(".nii.gz") + ".json"] = spec.sidecar
 
 
 #: Degradation ladders in the qc profile: (name, field, levels).
@@ -347,8 +355,9 @@ def _plan_qc(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> N
                       ladder_level=k)
             )  # fmt: skip
     for k, corruption in enumerate(CORRUPTIONS):
+        dtype = "float32" if corruption == "nan" else "int16"  # NaN needs a float file
         plan.images.append(
-            _spec(plan, cfg, last, **{**t1w, "dtype": "float32" if corruption == "nan" else "int16"},
+            _spec(plan, cfg, last, **{**t1w, "dtype": dtype},
                   entities=(("acq", "rpt"), ("run", str(k + 1))), corruption=corruption)
         )  # fmt: skip
     plan.images.append(
@@ -363,13 +372,15 @@ def _plan_qc(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> N
     plan.files[f"{dwi_name}.bval"], plan.files[f"{dwi_name}.bvec"] = _dwi_files(
         shells, 2, _rng(cfg.seed, "g2")
     )
-    plan.images.append(
-        _spec(plan, cfg, first, datatype="dwi", suffix="dwi", contrast="b0", modality="DWI",
-              entities=(("acq", "multishell"),), spacing=(cfg.dwi_spacing,) * 3, axcodes="LAS",
-              dtype="int16", dwi_shells=tuple(shells.items()), dwi_n_b0=2, noise_level=0.0,
-              bval_path=f"{dwi_name}.bval", bvec_path=f"{dwi_name}.bvec",
-              sidecar=_merge(_SIEMENS, {"RepetitionTime": 9.0, "EchoTime": 0.09}))
+    multishell = _spec(
+        plan, cfg, first, datatype="dwi", suffix="dwi", contrast="b0", modality="DWI",
+        entities=(("acq", "multishell"),), spacing=(cfg.dwi_spacing,) * 3, axcodes="LAS",
+        dtype="int16", dwi_shells=tuple(shells.items()), dwi_n_b0=2, noise_level=0.0,
+        bval_path=f"{dwi_name}.bval", bvec_path=f"{dwi_name}.bvec",
+        sidecar=_merge(_SIEMENS, {"RepetitionTime": 9.0, "EchoTime": 0.09}),
     )  # fmt: skip
+    plan.images.append(multishell)
+    _own_sidecars(plan, [multishell])
 
 
 _PLANNERS = {"anat": _plan_anat, "sessions": _plan_sessions, "rare": _plan_rare, "qc": _plan_qc}

@@ -133,9 +133,7 @@ def head_bbox_world(model: HeadModel, subject_to_mni: np.ndarray) -> tuple[np.nd
     return pts.min(0), pts.max(0)
 
 
-def truth_masks(
-    model: HeadModel, grid: Grid, subject_to_mni: np.ndarray
-) -> dict[str, np.ndarray]:
+def truth_masks(model: HeadModel, grid: Grid, subject_to_mni: np.ndarray) -> dict[str, np.ndarray]:
     """Head, brain and face-zone masks on `grid` (nearest neighbour, no blur)."""
     bits = resample(model.truth_bits, model.affine, grid, subject_to_mni, order=0)
     return {

@@ -227,9 +227,13 @@ def _write_dwi(spec, root, grid, model, s2m, masks, rng, path) -> dict[str, Any]
     truth = root / "truth" / "dwi" / spec.dataset_id
     stem = spec.rel_path.replace("/", "__").removesuffix(".nii.gz")
     out = {"noise_sigma": sigma, "n_volumes": len(bvals), "is_brain_extracted": False}
-    for key, arr, dtype in (("fa_truth", fa, "float32"), ("md_truth", md, "float32"),
-                            ("brain_mask_truth", masks["brain"].astype(np.uint8), "uint8"),
-                            ("anat_mask_truth", masks["head"].astype(np.uint8), "uint8")):  # fmt: skip
+    maps = [
+        ("fa_truth", fa, "float32"),
+        ("md_truth", md, "float32"),
+        ("brain_mask_truth", masks["brain"], "uint8"),
+        ("anat_mask_truth", masks["head"], "uint8"),
+    ]
+    for key, arr, dtype in maps:
         p = truth / f"{stem}_{key.removesuffix('_truth')}.nii.gz"
         _save(arr.astype(dtype), grid.affine, p, dtype)
         out[key] = str(p.relative_to(root))

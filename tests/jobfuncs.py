@@ -1,0 +1,62 @@
+"""Module-level job functions for the runner tests (workers import them by name),
+and a `python -m`-style entry point the kill-and-resume test runs as a child."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from openmind_curate.jobs import JobOptions, atomic_path, run_batch
+
+PAYLOAD_LINES = 2000
+
+
+def payload(i: int) -> str:
+    return "".join(f"item {i} line {k}\n" for k in range(PAYLOAD_LINES))
+
+
+def output_of(item: tuple[str, int, float]) -> list[Path]:
+    out, i, _ = item
+    return [Path(out) / f"out-{i:03d}.txt"]
+
+
+def slow_write(item: tuple[str, int, float]) -> int:
+    """Write a multi-line output slowly, in pieces, so a kill can land mid-write."""
+    out, i, delay = item
+    with atomic_path(output_of(item)[0]) as tmp:
+        with open(tmp, "w") as fh:
+            text = payload(i)
+            half = len(text) // 2
+            fh.write(text[:half])
+            fh.flush()
+            time.sleep(delay)
+            fh.write(text[half:])
+    return i
+
+
+def fail_on_multiples_of_three(i: int) -> int:
+    if i % 3 == 0:
+        raise ValueError(f"bad input {i}")
+    return i * i
+
+
+def die_on_four(i: int) -> int:
+    if i == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return i
+
+
+def main() -> None:
+    out, n, delay, scheduler = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    items = [(out, i, delay) for i in range(n)]
+    options = JobOptions(workers=2, scheduler=None if scheduler == "-" else scheduler,
+                         progress=False)  # fmt: skip
+    result = run_batch(slow_write, items, options, outputs=output_of)
+    print(result.summary(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The `curate` command line, run in-process and as the installed console script."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import openmind_curate
+from openmind_curate.cli import app
+
+runner = CliRunner()
+STAGES = ["bids", "dwi", "masks", "quality", "manifest", "jobs", "train", "synth"]
+
+
+def test_layout_has_every_stage_package_with_a_docstring():
+    found = {m.name for m in pkgutil.iter_modules(openmind_curate.__path__)}
+    assert set(STAGES) <= found
+    for name in STAGES:
+        module = importlib.import_module(f"openmind_curate.{name}")
+        assert module.__doc__ and len(module.__doc__.split()) > 8, name
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("curate")  # the venv's script, PATH or not
+    assert exe.is_file(), f"the `curate` console script is not installed at {exe}"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"openmind-curate {openmind_curate.__version__}"
+
+
+def test_batch_commands_share_workers_and_scheduler_options():
+    result = runner.invoke(app, ["synth", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for opt in ("--workers", "--scheduler", "--datasets", "--subjects", "--seed"):
+        assert opt in result.output
+
+
+def test_synth_command_writes_a_corpus_and_prints_a_summary(tmp_path):
+    def args(seed: int) -> list[str]:
+        return ["synth", str(tmp_path), "--datasets", "2", "--subjects", "1", "--seed",
+                str(seed), "--voxel-scale", "3", "--workers", "2", "--quiet"]  # fmt: skip
+
+    result = runner.invoke(app, args(3), env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "ds900001" in result.output and "ds900002" in result.output
+    assert (tmp_path / "truth" / "images.parquet").is_file()
+    # Same folder, other seed: a clear refusal, not a silently mixed corpus.
+    bad = runner.invoke(app, args(4))
+    assert bad.exit_code == 1 and "another configuration" in bad.output
+
+
+def test_demo_runs_the_existing_stages(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--workers", "2", "--quiet"],
+                           env={"COLUMNS": "200"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "demo finished" in result.output
+    assert (tmp_path / "corpus" / "truth" / "images.parquet").is_file()
+    assert "ds900004" in result.output
+
+
+def test_train_extra_builds_a_resenc_unet_on_cpu():
+    """The CPU install path (torch + dynamic-network-architectures --no-deps) works."""
+    torch = pytest.importorskip("torch", reason="the train extra is not installed")
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    net = ResidualEncoderUNet(
+        input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv3d,
+        kernel_sizes=3, strides=[1, 2, 2], n_blocks_per_stage=[1, 1, 1], num_classes=2,
+        n_conv_per_stage_decoder=[1, 1], conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
+        nonlin=torch.nn.LeakyReLU,
+    )  # fmt: skip
+    with torch.no_grad():
+        out = net(torch.zeros(1, 1, 16, 16, 16))
+    assert tuple(out.shape) == (1, 2, 16, 16, 16)

@@ -1,0 +1,138 @@
+"""The batch runner: error isolation, atomic outputs, skip-on-rerun, kill and
+resume, on the local pool and on a real Dask LocalCluster with two workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from openmind_curate.jobs import JobOptions, atomic_path, run_batch
+from openmind_curate.jobs.atomic import is_temp
+
+sys.path.insert(0, str(Path(__file__).parent))
+import jobfuncs  # noqa: E402
+
+LOCAL = JobOptions(workers=2, progress=False)
+
+
+def _check_outputs(out: Path, n: int) -> None:
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == [f"out-{i:03d}.txt" for i in range(n)], "missing or extra"
+    for i, f in enumerate(files):
+        assert f.read_text() == jobfuncs.payload(i), f"partial or wrong output {f}"
+
+
+def test_failing_items_are_recorded_and_the_batch_goes_on():
+    result = run_batch(jobfuncs.fail_on_multiples_of_three, range(10), LOCAL,
+                       label=lambda i: f"file-{i}.nii.gz")  # fmt: skip
+    assert [r.value for r in result.done] == [i * i for i in range(10) if i % 3]
+    assert [r.label for r in result.failed] == ["file-0.nii.gz", "file-3.nii.gz",
+                                                "file-6.nii.gz", "file-9.nii.gz"]  # fmt: skip
+    assert all("ValueError: bad input" in r.error for r in result.failed)
+    assert "FAILED file-3.nii.gz: ValueError: bad input 3" in result.summary()
+
+
+def test_a_worker_that_dies_fails_only_its_own_item():
+    result = run_batch(jobfuncs.die_on_four, range(8), LOCAL, label=lambda i: f"series-{i}")
+    assert sorted(r.value for r in result.done) == [0, 1, 2, 3, 5, 6, 7]
+    assert [r.label for r in result.failed] == ["series-4"]
+    assert "worker process died" in result.failed[0].error
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "x.nii.gz"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finished_items_are_skipped_and_stale_temps_removed(tmp_path):
+    items = [(str(tmp_path), i, 0.0) for i in range(6)]
+    first = run_batch(jobfuncs.slow_write, items[:3], LOCAL, outputs=jobfuncs.output_of)
+    assert len(first.done) == 3
+    stale = tmp_path / ".out-004.txt.tmp-999-deadbeef.txt"
+    stale.write_text("partial")
+    second = run_batch(jobfuncs.slow_write, items, LOCAL, outputs=jobfuncs.output_of)
+    assert (len(second.skipped), len(second.done)) == (3, 3)
+    assert not stale.exists()
+    _check_outputs(tmp_path, 6)
+
+
+def _kill_midway(out: Path, n: int, scheduler: str) -> None:
+    """Start a batch in a child process and SIGKILL it once some outputs exist."""
+    cmd = [sys.executable, jobfuncs.__file__, str(out), str(n), "0.4", scheduler]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = [p for p in out.iterdir() if not is_temp(p)] if out.exists() else []
+        if len(done) >= 3:
+            break
+        assert proc.poll() is None, "the batch ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and its local workers
+    proc.wait()
+
+
+@pytest.mark.parametrize("backend", ["local", "dask"])
+def test_killed_job_resumes_without_duplicates_or_partials(tmp_path, backend, request):
+    n = 12
+    scheduler = "-"
+    options = LOCAL
+    if backend == "dask":
+        cluster = request.getfixturevalue("dask_cluster")
+        scheduler = cluster.scheduler_address
+        options = JobOptions(scheduler=scheduler, progress=False)
+    out = tmp_path / "out"
+    _kill_midway(out, n, scheduler)
+    if backend == "dask":
+        _wait_idle(scheduler)
+    finished = {p.name for p in out.iterdir() if not is_temp(p)}
+    assert 3 <= len(finished) < n, "the kill should land part-way through"
+    items = [(str(out), i, 0.0) for i in range(n)]
+    result = run_batch(jobfuncs.slow_write, items, options, outputs=jobfuncs.output_of)
+    assert result.ok, result.summary()
+    assert {r.label for r in result.skipped} >= {
+        str(it) for it in items if jobfuncs.output_of(it)[0].name in finished
+    }
+    _check_outputs(out, n)  # also proves no temporary file is left
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    from dask.distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None)  # fmt: skip
+    yield cluster
+    cluster.close()
+
+
+def _wait_idle(address: str) -> None:
+    """Tasks a killed client left running finish (atomically) before we resume."""
+    from dask.distributed import Client
+
+    with Client(address) as client:
+        deadline = time.time() + 60
+        while any(client.processing().values()) and time.time() < deadline:
+            time.sleep(0.1)
+
+
+def test_dask_cluster_records_a_raising_worker(dask_cluster):
+    options = JobOptions(scheduler=dask_cluster.scheduler_address, progress=False)
+    result = run_batch(jobfuncs.fail_on_multiples_of_three, range(7), options,
+                       label=lambda i: f"img-{i}")  # fmt: skip
+    assert sorted(r.value for r in result.done) == [1, 4, 16, 25]
+    assert sorted(r.label for r in result.failed) == ["img-0", "img-3", "img-6"]
+    assert all("ValueError" in r.error for r in result.failed)
+    # Results come back in item order whatever order workers finished in.
+    assert [r.label for r in result.results] == [f"img-{i}" for i in range(7)]

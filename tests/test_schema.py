@@ -1,0 +1,84 @@
+"""The table contracts: one schema per table, and errors that name column and row."""
+
+import pyarrow as pa
+import pytest
+
+from openmind_curate import schema
+from openmind_curate.schema import SchemaError, rows_to_table, validate
+
+
+def _index_rows(n=3):
+    return [
+        dict(image_id=f"id{i}", dataset_id="ds1", subject="01", suffix="T1w",
+             extension=".nii.gz", modality="T1w", is_derivative=False, root="/data/ds1",
+             path=f"sub-01/anat/sub-01_run-{i}_T1w.nii.gz", size_bytes=100 + i,
+             header_status="ok", shape=[10, 10, 10], spacing=[1.0, 1.0, 1.0], age=30.0)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_every_table_in_design_has_one_schema():
+    assert set(schema.SCHEMAS) >= {"image_index", "ratings", "iqs", "manifest"}
+    for name in ("image_id", "header_status", "derived_from", "anat_mask_path", "anon_mask_path"):
+        assert name in schema.IMAGE_INDEX.names
+    # The manifest is the index plus the IQS, with the index's own definitions.
+    for field in schema.IMAGE_INDEX:
+        assert schema.MANIFEST.field(field.name).equals(field)
+    assert "iqs" in schema.MANIFEST.names
+
+
+def test_valid_rows_pass_and_keep_schema_order():
+    table = rows_to_table(_index_rows(), schema.IMAGE_INDEX)
+    assert table.schema.names == schema.IMAGE_INDEX.names
+    assert table.num_rows == 3
+    assert table.column("sex").null_count == 3
+
+
+def test_missing_column_is_named():
+    table = rows_to_table(_index_rows(), schema.IMAGE_INDEX).drop(["header_status"])
+    with pytest.raises(SchemaError, match="column 'header_status'.*missing"):
+        validate(table, schema.IMAGE_INDEX)
+
+
+def test_bad_label_names_column_and_row():
+    rows = _index_rows()
+    rows[2]["modality"] = "T1-weighted"
+    with pytest.raises(SchemaError) as err:
+        rows_to_table(rows, schema.IMAGE_INDEX)
+    assert err.value.column == "modality" and err.value.row == 2
+    assert "T1-weighted" in str(err.value) and "row 2" in str(err.value)
+
+
+def test_null_in_required_column_names_row():
+    table = rows_to_table(_index_rows(), schema.IMAGE_INDEX).to_pandas()
+    table.loc[1, "dataset_id"] = None
+    with pytest.raises(SchemaError) as err:
+        validate(table, schema.IMAGE_INDEX)
+    assert (err.value.column, err.value.row) == ("dataset_id", 1)
+
+
+def test_wrong_type_names_column_and_row():
+    df = rows_to_table(_index_rows(), schema.IMAGE_INDEX).to_pandas()
+    df["size_bytes"] = df["size_bytes"].astype(object)
+    df.loc[1, "size_bytes"] = "big"
+    with pytest.raises(SchemaError) as err:
+        validate(df, schema.IMAGE_INDEX)
+    assert (err.value.column, err.value.row) == ("size_bytes", 1)
+
+
+def test_range_rule_on_ratings():
+    row = dict(image_id="a", rater_id="r1", noisiness=2, blurriness=6, artifact_level=None,
+               fov_suboptimal=False, corrupted=False,
+               created_at=pa.scalar(0, pa.timestamp("us", tz="UTC")).as_py())  # fmt: skip
+    with pytest.raises(SchemaError, match=r"'blurriness', row 0: value 6 is above 5"):
+        rows_to_table([row], schema.RATINGS)
+    row["blurriness"] = 5
+    assert rows_to_table([row], schema.RATINGS).column("artifact_level").null_count == 1
+
+
+def test_unknown_columns_rejected_unless_dropped():
+    table = rows_to_table(_index_rows(), schema.IMAGE_INDEX)
+    extra = table.append_column("surprise", pa.array([1, 2, 3]))
+    with pytest.raises(SchemaError, match="'surprise'"):
+        validate(extra, schema.IMAGE_INDEX)
+    assert validate(extra, schema.IMAGE_INDEX, extra="drop").num_columns == table.num_columns
