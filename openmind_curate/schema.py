@@ -155,6 +155,24 @@ MANIFEST = pa.schema(
     ]
 )
 
+#: What the crawler (and later batch stages) could not read, one row per file
+#: and problem. Reported in summaries; never stops a batch.
+PROBLEMS = pa.schema(
+    [
+        _f("dataset_id", _S, False),
+        _f("root", _S, False),
+        _f("path", _S, False, doc="relative to the dataset root ('.' for the dataset)"),
+        _f(
+            "kind",
+            _S,
+            False,
+            doc="malformed_json, bad_tsv, encoding, duplicate, value, "
+            "unreadable, header, dwi, crawl_failed",
+        ),  # fmt: skip
+        _f("message", _S, False),
+    ]
+)
+
 _L = pa.list_(pa.float64())
 
 #: The generated corpus's answer key (`truth/images.parquet`), one row per file
@@ -229,6 +247,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "iqs": IQS,
     "manifest": MANIFEST,
     "synth_truth": SYNTH_TRUTH,
+    "problems": PROBLEMS,
 }
 
 
