@@ -84,26 +84,166 @@ def synth(
     _print_corpus_summary(truth.to_pandas(), out, time.perf_counter() - start)
 
 
+def print_frame(df, title: str, limit: int | None = None) -> None:
+    """A DataFrame as a rich table (numbers right-aligned)."""
+    table = Table(title=title, title_justify="left")
+    for col in df.columns:
+        numeric = str(df[col].dtype).startswith(("int", "float", "uint"))
+        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
+    for row in df.head(limit).itertuples(index=False) if limit else df.itertuples(index=False):
+        table.add_row(*["" if v is None else str(v) for v in row])
+    console.print(table)
+    if limit and len(df) > limit:
+        console.print(f"  ... and {len(df) - limit} more")
+
+
 def _print_corpus_summary(truth, out: Path, seconds: float) -> None:
+    import pandas as pd
+
     from openmind_curate.synth.summary import summarize
 
     s = summarize(truth)
-    table = Table(title=f"Generated corpus in {out}")
-    for col in s.counts.columns:
-        table.add_column(str(col), justify="right" if col in ("subjects", "images") else "left")
-    for row in s.counts.itertuples(index=False):
-        table.add_row(*[str(v) for v in row])
-    console.print(table)
-    deg = Table(title="Recorded degradations (files)")
-    deg.add_column("degradation")
-    deg.add_column("files", justify="right")
-    for name, n in s.degradations.items():
-        deg.add_row(name, str(n))
-    console.print(deg)
+    print_frame(s.counts, f"Generated corpus in {out}")
+    deg = pd.DataFrame(list(s.degradations.items()), columns=["degradation", "files"])
+    print_frame(deg, "Recorded degradations")
     console.print(
         f"{s.n_files} files ({s.n_images} images), {s.n_subjects} subjects, "
         f"{s.size_mb:.0f} MB, in {seconds:.1f} s. Truth table: {out / 'truth' / 'images.parquet'}"
     )
+
+
+DEFAULT_INDEX = Path("index/images.parquet")
+
+
+@app.command()
+def crawl(
+    roots: Annotated[list[Path], typer.Argument(help="BIDS datasets, or folders holding them.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index to write.")] = DEFAULT_INDEX,
+    derivatives: Annotated[
+        bool, typer.Option("--derivatives", help="Also index derivative datasets.")
+    ] = False,
+    datatypes: Annotated[
+        str, typer.Option(help="Comma-separated BIDS datatype folders to index.")
+    ] = "anat,dwi,pet",
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+) -> None:
+    """Index BIDS datasets: one row per image, with inherited metadata joined."""
+    from openmind_curate.bids.crawl import CrawlOptions, problems_path
+    from openmind_curate.bids.crawl import crawl as run_crawl
+
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        console.print(f"[red]error:[/red] not a folder: {', '.join(missing)}")
+        raise typer.Exit(2)
+    options = CrawlOptions(derivatives, tuple(d.strip() for d in datatypes.split(",") if d))
+    result = run_crawl(roots, out, options, job_options(workers, scheduler, quiet, "crawl"))
+    index = result.index.to_pandas()
+    if len(index):
+        _print_index_summary(index, per_dataset=False)
+    problems = result.problems.to_pandas()
+    if len(problems):
+        kinds = problems["kind"].value_counts().rename_axis("kind").rename("files").reset_index()
+        print_frame(kinds, f"Problems: {len(problems)}")
+        print_frame(problems[["dataset_id", "path", "message"]], "First problems", limit=10)
+        console.print(f"All problems: {problems_path(out)}")
+    rate = len(index) / result.seconds if result.seconds else 0.0
+    console.print(
+        f"{len(index)} images from {result.n_datasets} datasets in {result.seconds:.1f} s "
+        f"({rate:,.0f} images/s); {result.n_unchanged} datasets unchanged since the last "
+        f"crawl, {result.n_headers_read} headers read. Index: {out}"
+    )
+    for label in result.failures:
+        console.print(f"[red]failed:[/red] {label}")
+    if result.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def fetch(
+    datasets: Annotated[list[str], typer.Argument(help="OpenNeuro ids, optionally id:tag.")],
+    dest: Annotated[Path, typer.Option("--dest", help="Folder to download into.")],
+    tag: Annotated[
+        str | None, typer.Option(help="Snapshot tag [default: the latest snapshot].")
+    ] = None,
+    modalities: Annotated[
+        str, typer.Option(help="Comma-separated BIDS datatype folders to download.")
+    ] = "anat,dwi",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List files and sizes; download nothing.")
+    ] = False,
+) -> None:
+    """Download OpenNeuro datasets (chosen datatypes plus metadata), resumably."""
+    import pandas as pd
+
+    from openmind_curate.bids.fetch import FetchError, dry_run_table, parse_dataset_arg
+    from openmind_curate.bids.fetch import fetch as run_fetch
+
+    if tag and len(datasets) > 1:
+        console.print("[red]error:[/red] --tag needs a single dataset; use ID:TAG per dataset")
+        raise typer.Exit(2)
+    datatypes = tuple(m.strip() for m in modalities.split(",") if m.strip())
+    failed = 0
+    for arg in datasets:
+        dataset, pinned = parse_dataset_arg(arg, tag)
+        try:
+            result = run_fetch(dataset, dest, tag=pinned, datatypes=datatypes, dry_run=dry_run)
+        except FetchError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            failed += 1
+            continue
+        plan = result.plan
+        table = pd.DataFrame(dry_run_table(plan))
+        if len(table):
+            table["MB"] = (table.pop("bytes") / 1e6).round(1)
+        print_frame(table, f"{dataset} snapshot {plan.snapshot.tag}")
+        if dry_run:
+            console.print(f"would download {len(plan.todo)} files, {plan.bytes_todo / 1e6:.1f} MB")
+        elif result.complete:
+            console.print(f"{dataset} {plan.snapshot.tag}: complete in {result.dest}")
+        else:
+            failed += 1
+            console.print(f"[red]{dataset}: {len(result.missing_after)} files still missing; "
+                          "run the same command again to resume[/red]")  # fmt: skip
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_index_summary(index, per_dataset: bool = True) -> None:
+    from openmind_curate.bids.summary import summarize_index
+
+    s = summarize_index(index)
+    print_frame(s.per_modality, "Images per modality")
+    if per_dataset:
+        print_frame(s.per_dataset, "Images per dataset")
+    print_frame(s.per_status, "Header status")
+    console.print(f"{s.n_images} images, {s.n_datasets} datasets, {s.n_subjects} subjects")
+
+
+index_app = typer.Typer(help="Inspect an image index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("summary")
+def index_summary(
+    index: Annotated[Path, typer.Argument(help="An images.parquet written by `curate crawl`.")],
+) -> None:
+    """Counts per modality, per dataset and per header status."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from openmind_curate.schema import IMAGE_INDEX, SchemaError, validate
+
+    if not index.is_file():
+        console.print(f"[red]error:[/red] no index at {index} (run `curate crawl` first)")
+        raise typer.Exit(2)
+    try:
+        table = validate(pq.read_table(index), IMAGE_INDEX)
+    except (OSError, pa.ArrowException, SchemaError) as exc:
+        console.print(f"[red]error:[/red] cannot read index {index}: {exc}")
+        raise typer.Exit(2) from None
+    _print_index_summary(table.to_pandas())
 
 
 @app.command()
@@ -116,10 +256,12 @@ def demo(
 ) -> None:
     """Run every stage that exists on a generated mini corpus, on this machine.
 
-    Today: synth, then a summary of the corpus.
+    Today: synth (a generated corpus), then crawl (the image index).
     """
-    console.rule("[bold]1/1 synth: generated BIDS corpus")
+    console.rule("[bold]1/2 synth: generated BIDS corpus")
     synth(out / "corpus", workers=workers, quiet=quiet)
+    console.rule("[bold]2/2 crawl: image index")
+    crawl([out / "corpus"], out=out / "index" / "images.parquet", workers=workers, quiet=quiet)
     console.rule("[bold green]demo finished")
 
 

@@ -35,3 +35,15 @@ def bids_examples() -> Path:
 def _single_blas_thread(monkeypatch):
     # Two cores: keep BLAS from oversubscribing next to the worker pools.
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A real two-worker Dask LocalCluster (processes, one thread each)."""
+    from dask.distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    yield cluster
+    cluster.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -61,6 +63,28 @@ def test_demo_runs_the_existing_stages(tmp_path):
     assert "demo finished" in result.output
     assert (tmp_path / "corpus" / "truth" / "images.parquet").is_file()
     assert "ds900004" in result.output
+    index = pq.read_table(tmp_path / "index" / "images.parquet")
+    truth = pq.read_table(tmp_path / "corpus" / "truth" / "images.parquet").to_pandas()
+    assert index.num_rows == (truth["kind"] == "image").sum()
+    assert "Images per modality" in result.output
+
+
+def test_index_summary_and_clear_errors(tmp_path, corpus):
+    root, truth = corpus
+    out = tmp_path / "images.parquet"
+    crawled = runner.invoke(app, ["crawl", str(root), "--out", str(out), "-j", "2", "-q"],
+                            env={"COLUMNS": "200"})  # fmt: skip
+    assert crawled.exit_code == 0, crawled.output
+    assert "Problems" in crawled.output and "truncated" in crawled.output
+    summary = runner.invoke(app, ["index", "summary", str(out)], env={"COLUMNS": "200"})
+    assert summary.exit_code == 0
+    n_t1 = ((truth["kind"] == "image") & (truth["modality"] == "T1w")).sum()
+    assert re.search(rf"│ T1w\s+│\s+{n_t1} │", summary.output)
+    assert "Header status" in summary.output and "Images per dataset" in summary.output
+    missing = runner.invoke(app, ["index", "summary", str(tmp_path / "nope.parquet")])
+    assert missing.exit_code == 2 and "no index at" in missing.output
+    not_dir = runner.invoke(app, ["crawl", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert not_dir.exit_code == 2 and "not a folder" in not_dir.output
 
 
 def test_train_extra_builds_a_resenc_unet_on_cpu():

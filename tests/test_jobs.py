@@ -107,16 +107,6 @@ def test_killed_job_resumes_without_duplicates_or_partials(tmp_path, backend, re
     _check_outputs(out, n)  # also proves no temporary file is left
 
 
-@pytest.fixture(scope="module")
-def dask_cluster():
-    from dask.distributed import LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)  # fmt: skip
-    yield cluster
-    cluster.close()
-
-
 def _wait_idle(address: str) -> None:
     """Tasks a killed client left running finish (atomically) before we resume."""
     from dask.distributed import Client

@@ -39,7 +39,7 @@ from openmind_curate.bids.participants import Person, extra_json, overlay, read_
 from openmind_curate.bids.sidecars import Inheritance, load_json, merge
 from openmind_curate.ids import image_id
 from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
-from openmind_curate.schema import IMAGE_INDEX, PROBLEMS, rows_to_table
+from openmind_curate.schema import IMAGE_INDEX, PROBLEMS, rows_to_table, validate
 
 DEFAULT_DATATYPES = ("anat", "dwi", "pet")
 SKIP_DIRS = frozenset({"sourcedata", "code", "stimuli", "derivatives", "phenotype"})
@@ -248,10 +248,7 @@ class _Metadata:
         if rel not in self._json:
             doc, problem = load_json(os.path.join(self.root, rel))
             if problem:
-                kind = (
-                    "malformed_json" if "JSON" in problem or "sidecar" in problem else "unreadable"
-                )
-                self.problem(rel, kind, problem)
+                self.problem(rel, *problem)
             self._json[rel] = doc or {}
         return self._json[rel]
 
@@ -333,7 +330,7 @@ def crawl_dataset(job: DatasetJob) -> DatasetResult:
         if fresh and header.status != "ok":
             meta.problem(entry.rel, "header", f"{header.status}: {header.message}")
         rows.append(_row(ref, entry, name, datatype, modality, flags, header, inherit, meta, tag))
-    index = rows_to_table(rows, IMAGE_INDEX)
+    index = rows_to_table(rows, IMAGE_INDEX, check_values=False)  # checked once, in crawl()
     return DatasetResult(ref, fp, False, index, problems, n_read)
 
 
@@ -480,7 +477,7 @@ def crawl(
         n_read += r.n_headers_read
         tables.append(r.index)
         problems += r.problems
-    index = pa.concat_tables(tables) if tables else IMAGE_INDEX.empty_table()
+    index = validate(pa.concat_tables(tables), IMAGE_INDEX) if tables else IMAGE_INDEX.empty_table()
     problem_table = rows_to_table(problems, PROBLEMS)
     if unchanged != len(refs) or prev_index is None or len(refs) != len(state):
         _write(out, index, problem_table, {"version": STATE_VERSION,

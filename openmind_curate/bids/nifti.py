@@ -11,15 +11,11 @@ file is multi-member gzip) is the whole stream inflated to decide. For
 from __future__ import annotations
 
 import os
+import struct
 import zlib
 from dataclasses import dataclass, field
+from math import prod
 
-import numpy as np
-from nibabel.nifti1 import Nifti1Header
-from nibabel.nifti2 import Nifti2Header
-
-_N1 = Nifti1Header.template_dtype
-_N2 = Nifti2Header.template_dtype
 _DTYPES = {
     2: "uint8", 4: "int16", 8: "int32", 16: "float32", 32: "complex64", 64: "float64",
     128: "rgb24", 256: "int8", 512: "uint16", 768: "uint32", 1024: "int64", 1280: "uint64",
@@ -39,37 +35,62 @@ class HeaderInfo:
     extra: dict = field(default_factory=dict)
 
 
-def _parse(raw: bytes) -> tuple[np.ndarray, bool] | str:
-    """The header record (either version, either byte order) or an error."""
+@dataclass(frozen=True)
+class _Fields:
+    dim: tuple[int, ...]
+    datatype: int
+    bitpix: int
+    pixdim: tuple[float, ...]
+    vox_offset: float
+
+
+def _parse(raw: bytes) -> _Fields | str:
+    """The fields we need, from a NIfTI-1 or NIfTI-2 header of either byte order
+    (struct offsets from the NIfTI-1/2 specifications), or an error message."""
     if len(raw) < 348:
         return f"header is {len(raw)} bytes, NIfTI needs 348"
-    for dtype, size in ((_N1, 348), (_N2, 540)):
-        if len(raw) < size:
-            continue
-        for order in ("<", ">"):
-            hdr = np.frombuffer(raw[:size], dtype=dtype.newbyteorder(order))[0]
-            if int(hdr["sizeof_hdr"]) == size:
-                magic = bytes(hdr["magic"])[:3]
-                if magic not in (b"n+1", b"ni1", b"n+2", b"ni2"):
-                    return f"bad magic {bytes(hdr['magic'])!r}"
-                return hdr, magic in (b"n+1", b"n+2")
+    for order in "<>":
+        size = struct.unpack_from(order + "i", raw, 0)[0]
+        if size == 348:
+            magic = raw[344:348]
+            if magic[:3] not in (b"n+1", b"ni1"):
+                return f"bad magic {magic!r}"
+            return _Fields(
+                struct.unpack_from(order + "8h", raw, 40),
+                struct.unpack_from(order + "h", raw, 70)[0],
+                struct.unpack_from(order + "h", raw, 72)[0],
+                struct.unpack_from(order + "8f", raw, 76),
+                struct.unpack_from(order + "f", raw, 108)[0],
+            )
+        if size == 540:
+            if len(raw) < 540:
+                return f"NIfTI-2 header is {len(raw)} bytes, needs 540"
+            magic = raw[4:12]
+            if magic[:3] not in (b"n+2", b"ni2"):
+                return f"bad magic {magic!r}"
+            return _Fields(
+                struct.unpack_from(order + "8q", raw, 16),
+                struct.unpack_from(order + "h", raw, 12)[0],
+                struct.unpack_from(order + "h", raw, 14)[0],
+                struct.unpack_from(order + "8d", raw, 104),
+                float(struct.unpack_from(order + "q", raw, 168)[0]),
+            )
     return "not a NIfTI-1 or NIfTI-2 header (bad sizeof_hdr)"
 
 
-def _facts(hdr: np.ndarray) -> tuple[HeaderInfo, int]:
-    dim = [int(d) for d in hdr["dim"]]
+def _facts(hdr: _Fields) -> tuple[HeaderInfo, int]:
+    dim = list(hdr.dim)
     ndim = dim[0]
     if not 1 <= ndim <= 7 or any(d < 1 for d in dim[1 : ndim + 1]):
         return HeaderInfo("corrupt", f"implausible dim field {dim}"), 0
     shape = dim[1 : ndim + 1]
-    dtype = _DTYPES.get(int(hdr["datatype"]), f"code{int(hdr['datatype'])}")
-    bitpix = int(hdr["bitpix"]) or _BITS.get(dtype, 0)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * bitpix // 8
-    n_volumes = int(np.prod(shape[3:], dtype=np.int64)) if ndim > 3 else 1
-    spatial = shape[:3]
-    spacing = [round(abs(float(p)), 6) for p in hdr["pixdim"][1 : 1 + len(spatial)]]
+    dtype = _DTYPES.get(hdr.datatype, f"code{hdr.datatype}")
+    bitpix = hdr.bitpix or _BITS.get(dtype, 0)
+    nbytes = prod(shape) * bitpix // 8
+    n_volumes = prod(shape[3:]) if ndim > 3 else 1
+    spacing = [round(abs(p), 6) for p in hdr.pixdim[1 : 1 + min(ndim, 3)]]
     info = HeaderInfo("ok", shape=shape, spacing=spacing, n_volumes=n_volumes, dtype=dtype)
-    return info, int(float(hdr["vox_offset"])) + nbytes
+    return info, int(hdr.vox_offset) + nbytes
 
 
 def read_header(path: str | os.PathLike[str], size: int | None = None) -> HeaderInfo:
@@ -98,7 +119,7 @@ def _read_plain(fh, size: int) -> HeaderInfo:
     parsed = _parse(fh.read(540))
     if isinstance(parsed, str):
         return HeaderInfo("corrupt", parsed)
-    info, expected = _facts(parsed[0])
+    info, expected = _facts(parsed)
     if info.status == "ok" and size < expected:
         info.status = "corrupt"
         info.message = f"truncated: {size} bytes on disk, header promises {expected}"
@@ -108,22 +129,19 @@ def _read_plain(fh, size: int) -> HeaderInfo:
 def _read_gz(fh, size: int) -> HeaderInfo:
     if size < 18:
         return HeaderInfo("corrupt", f"{size} bytes: too small to be gzip-compressed")
-    magic = fh.read(2)
-    if magic != b"\x1f\x8b":
-        return HeaderInfo("corrupt", f"not gzip-compressed (starts with {magic!r})")
-    fh.seek(0)
+    chunk = fh.read(1024)
+    if chunk[:2] != b"\x1f\x8b":
+        return HeaderInfo("corrupt", f"not gzip-compressed (starts with {chunk[:2]!r})")
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     raw = b""
     try:
-        while len(raw) < 540:
-            chunk = fh.read(4096)
-            if not chunk:
-                break
+        while chunk and len(raw) < 540:
             raw += inflater.decompress(chunk, 540 - len(raw))
             while inflater.unconsumed_tail and len(raw) < 540:
                 raw += inflater.decompress(inflater.unconsumed_tail, 540 - len(raw))
-            if inflater.eof:
+            if inflater.eof or len(raw) >= 540:
                 break
+            chunk = fh.read(4096)
     except zlib.error as exc:
         return HeaderInfo("corrupt", f"not a valid gzip stream: {exc}")
     parsed = _parse(raw)
@@ -131,7 +149,7 @@ def _read_gz(fh, size: int) -> HeaderInfo:
         if len(raw) < 348:
             return HeaderInfo("corrupt", f"truncated gzip: {parsed}")
         return HeaderInfo("corrupt", parsed)
-    info, expected = _facts(parsed[0])
+    info, expected = _facts(parsed)
     if info.status != "ok":
         return info
     fh.seek(size - 4)
@@ -153,6 +171,8 @@ def _inflate_all(fh, expected: int) -> str | None:
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
             total += len(inflater.decompress(data))
             if not inflater.eof:
+                if total >= expected:
+                    return "truncated gzip: the image data is complete but the trailer is cut off"
                 return f"truncated gzip: stream ends after {total} of {expected} bytes"
             data = inflater.unused_data
     except zlib.error as exc:

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from openmind_curate.bids.sidecars import load_json
+
 MISSING = frozenset({"", "n/a", "na", "nan", "none", "null", "-", "unknown", "?", "missing"})
 
 ROLES: dict[str, tuple[str, ...]] = {
@@ -294,13 +296,6 @@ def overlay(base: Person, top: Person) -> Person:
     return merged
 
 
-def load_dictionary(path: str) -> tuple[dict[str, Any], str | None]:
-    from openmind_curate.bids.sidecars import load_json
-
-    doc, problem = load_json(path)
-    return (doc or {}), problem
-
-
 def label_of(value: str, prefix: str) -> str:
     return value.strip().removeprefix(prefix)
 
@@ -312,9 +307,10 @@ def read_people(
     problems: list[tuple[str, str, str]] = []
     dictionary: dict[str, Any] = {}
     if json_path:
-        dictionary, problem = load_dictionary(json_path)
+        doc, problem = load_json(json_path)
+        dictionary = doc or {}
         if problem:
-            problems.append((json_path, "malformed_json", problem))
+            problems.append((json_path, *problem))
     raw_problems: list[tuple[str, str]] = []
     table = read_tsv(tsv, raw_problems)
     problems += [(tsv, kind, msg) for kind, msg in raw_problems]

@@ -71,23 +71,25 @@ def merge(documents: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def load_json(path: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(document, None) or (None, a message saying what is wrong with the file)."""
+def load_json(path: str) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    """(document, None), or (None, (problem kind, message saying what is wrong))."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
     except FileNotFoundError:
-        return None, "file not found (broken link?)"
+        return None, ("unreadable", "file not found (broken link?)")
     except OSError as exc:
-        return None, f"cannot read: {exc.strerror or exc}"
+        return None, ("unreadable", f"cannot read: {exc.strerror or exc}")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return None, f"not UTF-8: {exc}"
+        return None, ("encoding", f"not UTF-8: {exc}")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        where = f"line {exc.lineno} column {exc.colno}"
+        return None, ("malformed_json", f"malformed JSON: {exc.msg} at {where}")
     if not isinstance(doc, dict):
-        return None, f"malformed sidecar: top level is a {type(doc).__name__}, not an object"
+        kind = type(doc).__name__
+        return None, ("malformed_json", f"top level is a JSON {kind}, not an object")
     return doc, None
