@@ -210,6 +210,81 @@ def fetch(
         raise typer.Exit(1)
 
 
+@app.command()
+def dwi(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="DWI series (.nii/.nii.gz); or use --index.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Derivatives folder.")] = Path(
+        "derivatives/dwi"
+    ),
+    index: Annotated[
+        Path | None, typer.Option(help="Process every DWI of this index and add map rows.")
+    ] = None,
+    denoise: Annotated[str, typer.Option(help="mppca, patch2self or none.")] = "mppca",
+    stride: Annotated[int, typer.Option(min=1, max=5, help="MP-PCA patch stride.")] = 2,
+    gibbs: Annotated[bool, typer.Option("--gibbs/--no-gibbs")] = True,
+    motion: Annotated[bool, typer.Option("--motion/--no-motion")] = True,
+    bias: Annotated[bool, typer.Option("--bias/--no-bias")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON result per input on stdout.")
+    ] = False,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+) -> None:
+    """DWI -> denoise, Gibbs, motion, N4, brain mask -> FA, MD and T2w (mean b0) maps."""
+    import json
+
+    from openmind_curate.dwi.pipeline import DwiConfig
+    from openmind_curate.dwi.run import (
+        index_rows,
+        jobs_for_files,
+        jobs_for_index,
+        run_jobs,
+        update_index,
+    )
+
+    if bool(files) == bool(index):
+        console.print("[red]error:[/red] give DWI files or --index INDEX (one of the two)")
+        raise typer.Exit(2)
+    if denoise not in ("mppca", "patch2self", "none"):
+        console.print(f"[red]error:[/red] --denoise must be mppca, patch2self or none, "
+                      f"not {denoise!r}")  # fmt: skip
+        raise typer.Exit(2)
+    config = DwiConfig(denoise=None if denoise == "none" else denoise, mppca_stride=stride,
+                       gibbs=gibbs, motion=motion, bias=bias)  # fmt: skip
+    table = None
+    if index is not None:
+        import pyarrow.parquet as pq
+
+        if not index.is_file():
+            console.print(f"[red]error:[/red] no index at {index}")
+            raise typer.Exit(2)
+        table = pq.read_table(index).to_pandas()
+        jobs = jobs_for_index(table, out, config)
+    else:
+        jobs = jobs_for_files(files or [], out, config)
+    quiet = quiet or as_json
+    batch, lines = run_jobs(jobs, job_options(workers, scheduler, quiet, "dwi"))
+    if as_json:
+        for line in lines:
+            print(json.dumps(line, default=float))
+    if index is not None:
+        added = update_index(index, index_rows(jobs, table))
+        if not as_json:
+            console.print(f"{added} map rows (FA, MD, T2w) added to {index}")
+    if not as_json:
+        console.print(batch.summary())
+        for line in lines:
+            if line["status"] != "failed" and line.get("warnings"):
+                console.print(
+                    f"[yellow]note[/yellow] {line['input']}: {'; '.join(line['warnings'])}"
+                )
+    if batch.failed:
+        raise typer.Exit(1)
+
+
 def _print_index_summary(index, per_dataset: bool = True) -> None:
     from openmind_curate.bids.summary import summarize_index
 

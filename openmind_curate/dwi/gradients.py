@@ -73,12 +73,15 @@ def check(bvals: np.ndarray, bvecs_fsl: np.ndarray, n_volumes: int, affine) -> G
             f"gradient table does not match the series: {len(bvals)} b-values and "
             f"{bvecs_fsl.shape[1]} b-vectors for {n_volumes} volumes"
         )
-    if not np.isfinite(bvals).all() or not np.isfinite(bvecs_fsl).all():
-        raise DwiInputError("gradient table holds non-finite values")
+    if not np.isfinite(bvals).all():
+        raise DwiInputError("b-values hold non-finite values")
     if (bvals < 0).any():
         raise DwiInputError("negative b-values")
-    vecs = fsl_to_voxel(bvecs_fsl, affine)
     b0 = bvals <= B0_THRESHOLD
+    # Converters often write NaN vectors for b0 volumes; only weighted ones matter.
+    if not np.isfinite(bvecs_fsl[:, ~b0]).all():
+        raise DwiInputError("b-vectors of diffusion-weighted volumes hold non-finite values")
+    vecs = fsl_to_voxel(np.where(np.isfinite(bvecs_fsl), bvecs_fsl, 0.0), affine)
     if not b0.any():
         raise DwiInputError(f"no b0 volume (no b-value <= {B0_THRESHOLD:g})")
     if b0.all():

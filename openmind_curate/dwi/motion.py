@@ -64,6 +64,15 @@ def from_sitk(img: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(img).T
 
 
+MIN_SIZE = 12  # voxels per axis below which registration is not attempted
+
+
+def _levels(cfg: MotionConfig, size: int) -> tuple[list[int], list[float]]:
+    """The resolution levels that keep at least 8 voxels per axis."""
+    keep = [(s, m) for s, m in zip(cfg.shrink, cfg.smoothing_mm, strict=True) if size / s >= 8]
+    return [s for s, _ in keep] or [1], [m for _, m in keep] or [0.0]
+
+
 def _register(fixed, moving, fixed_mask, cfg: MotionConfig) -> sitk.Euler3DTransform:
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.bins)
@@ -77,8 +86,9 @@ def _register(fixed, moving, fixed_mask, cfg: MotionConfig) -> sitk.Euler3DTrans
         relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6,
     )  # fmt: skip
     reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(list(cfg.shrink))
-    reg.SetSmoothingSigmasPerLevel(list(cfg.smoothing_mm))
+    shrink, smoothing = _levels(cfg, min(fixed.GetSize()))
+    reg.SetShrinkFactorsPerLevel(shrink)
+    reg.SetSmoothingSigmasPerLevel(smoothing)
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     init = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY

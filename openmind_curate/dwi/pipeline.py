@@ -23,7 +23,7 @@ from openmind_curate.dwi.denoise import mppca, patch2self_denoise
 from openmind_curate.dwi.gibbs import gibbs_removal
 from openmind_curate.dwi.maps import MAX_B, tensor_maps
 from openmind_curate.dwi.mask import brain_mask, head_mask
-from openmind_curate.dwi.motion import MotionConfig, correct_motion, reorient
+from openmind_curate.dwi.motion import MIN_SIZE, MotionConfig, correct_motion, reorient
 
 STEPS = ("denoise", "gibbs", "motion", "bias", "mask", "maps")
 MIN_VOLUMES_MPPCA = 8
@@ -155,7 +155,12 @@ def run_pipeline(
         data, rep = timed("gibbs", gibbs_removal, data, axis, threads=config.threads,
                           exact=config.gibbs_exact, shifts=config.gibbs_shifts)  # fmt: skip
         reports["gibbs"] = asdict(rep)
-    if config.motion:
+    motion = config.motion
+    if motion and min(data.shape[:3]) < MIN_SIZE:
+        warnings.append(f"series too small to register ({data.shape[:3]}); motion correction "
+                        "skipped")  # fmt: skip
+        motion = False
+    if motion:
         data, rot, rep = timed("motion", correct_motion, data, aff, gtab.b0, head,
                                config.motion_cfg, config.threads)  # fmt: skip
         bvecs = reorient(gtab.bvals, bvecs, rot)

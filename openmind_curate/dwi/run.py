@@ -1,0 +1,357 @@
+"""`curate dwi` at the file level: find the gradient table, run the pipeline,
+write a BIDS-derivatives dataset, a QC figure and index rows, in batch.
+
+Outputs per series, next to each other in ``OUT/<dataset>/<subject>/[<session>/]dwi/``::
+
+    <stem>_FA.nii.gz  <stem>_MD.nii.gz  <stem>_desc-meanb0_T2w.nii.gz
+    <stem>_desc-brain_mask.nii.gz       (+ a .json sidecar for each)
+    <stem>_desc-qc_dwi.png              b0, FA, MD, mask overlay, motion plot
+    <stem>_desc-pipeline_dwi.json       the run record, written last
+
+``<stem>`` is the source name without ``_dwi.nii.gz``. Every file is written
+atomically and the run record last, so its presence means the series is done
+and a re-run skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import posixpath
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from openmind_curate import __version__
+from openmind_curate.dwi.gradients import DwiInputError, read_table
+from openmind_curate.dwi.pipeline import DwiConfig, DwiResult, run_pipeline
+from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
+from openmind_curate.jobs.runner import BatchResult
+
+PIPELINE_NAME = "openmind-curate-dwi"
+MAPS = {"FA": "_FA", "MD": "_MD", "T2w": "_desc-meanb0_T2w", "mask": "_desc-brain_mask"}
+
+
+@dataclass(frozen=True)
+class DwiJob:
+    source: str
+    bval: str | None
+    bvec: str | None
+    deriv_root: str  # OUT/<dataset>: the derivative dataset written into
+    rel_dir: str  # the source's folder inside its dataset
+    stem: str
+    dataset_id: str
+    source_id: str | None = None
+    config: DwiConfig = field(default_factory=DwiConfig)
+
+    def __str__(self) -> str:
+        return self.source
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.deriv_root) / self.rel_dir
+
+    def path(self, key: str) -> Path:
+        return Path(self.out_dir) / f"{self.stem}{MAPS[key]}.nii.gz"
+
+    @property
+    def qc(self) -> Path:
+        return Path(self.out_dir) / f"{self.stem}_desc-qc_dwi.png"
+
+    @property
+    def record(self) -> Path:
+        return Path(self.out_dir) / f"{self.stem}_desc-pipeline_dwi.json"
+
+    def outputs(self) -> list[Path]:
+        return [self.record]
+
+
+# ------------------------------------------------------------------ finding files
+
+
+def stem_of(path: str) -> str:
+    name = os.path.basename(path)
+    for ext in (".nii.gz", ".nii"):
+        name = name.removesuffix(ext)
+    return name.removesuffix("_dwi")
+
+
+def dataset_root(path: Path) -> Path | None:
+    """The enclosing BIDS dataset (a folder with dataset_description.json)."""
+    for parent in path.parents:
+        if (parent / "dataset_description.json").is_file():
+            return parent
+    return None
+
+
+def find_gradients(path: Path) -> tuple[str | None, str | None]:
+    """bval/bvec for a series: same-name files, else BIDS inheritance."""
+    from openmind_curate.bids.entities import parse_name
+    from openmind_curate.bids.sidecars import Inheritance
+
+    base = str(path)
+    for ext in (".nii.gz", ".nii"):
+        base = base.removesuffix(ext)
+    if os.path.isfile(base + ".bval") and os.path.isfile(base + ".bvec"):
+        return base + ".bval", base + ".bvec"
+    root = dataset_root(path)
+    name = parse_name(path.name)
+    if root is None or name is None:
+        return None, None
+    rel = path.relative_to(root).as_posix()
+    files = []
+    folder = root
+    for part in ["", *Path(rel).parent.parts]:
+        folder = folder / part if part else folder
+        for entry in os.listdir(folder):
+            if entry.endswith((".bval", ".bvec")) and (parsed := parse_name(entry)):
+                files.append((posixpath.join(folder.relative_to(root).as_posix(), entry)
+                              .removeprefix("./"), parsed))  # fmt: skip
+    inherit = Inheritance(files)
+    found = [inherit.nearest(rel, name, ext) for ext in (".bval", ".bvec")]
+    return tuple(str(root / f) if f else None for f in found)  # type: ignore[return-value]
+
+
+def jobs_for_files(files: list[Path], out: Path, config: DwiConfig) -> list[DwiJob]:
+    jobs = []
+    for f in files:
+        f = f.resolve()
+        root = dataset_root(f)
+        dataset_id = root.name if root else "dwi"
+        rel_dir = f.parent.relative_to(root).as_posix() if root else ""
+        bval, bvec = find_gradients(f)
+        jobs.append(DwiJob(str(f), bval, bvec, str(out / dataset_id), rel_dir, stem_of(f.name),
+                           dataset_id, None, config))  # fmt: skip
+    return jobs
+
+
+def jobs_for_index(index, out: Path, config: DwiConfig) -> list[DwiJob]:
+    rows = index[(index["modality"] == "DWI") & (index["header_status"] == "ok")
+                 & ~index["is_derivative"]]  # fmt: skip
+    jobs = []
+    for r in rows.itertuples():
+        root = Path(r.root)
+        src = root / r.path
+        bval = str(root / r.bval_path) if isinstance(r.bval_path, str) else None
+        bvec = str(root / r.bvec_path) if isinstance(r.bvec_path, str) else None
+        rel_dir = posixpath.dirname(r.path)
+        jobs.append(DwiJob(str(src), bval, bvec, str(out / r.dataset_id), rel_dir,
+                           stem_of(r.path), r.dataset_id, r.image_id, config))  # fmt: skip
+    return jobs
+
+
+# ----------------------------------------------------------------------- writing
+
+
+def _versions() -> dict[str, str]:
+    import dipy
+    import scipy
+    import SimpleITK
+
+    return {
+        "openmind-curate": __version__, "dipy": dipy.__version__, "numpy": np.__version__,
+        "scipy": scipy.__version__, "SimpleITK": SimpleITK.Version.VersionString(),
+        "nibabel": nib.__version__, "python": platform.python_version(),
+    }  # fmt: skip
+
+
+def write_description(folder: Path) -> None:
+    path = folder / "dataset_description.json"
+    if not path.exists():
+        doc = {
+            "Name": "openmind-curate DWI maps", "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": PIPELINE_NAME, "Version": __version__,
+                             "Description": "denoise, Gibbs, motion, N4, mask, DTI (WLS)"}],
+        }  # fmt: skip
+        atomic_write_text(path, json.dumps(doc, indent=2))
+
+
+def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    img = nib.Nifti1Image(arr, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_sform(affine, 1)
+    img.set_qform(affine, 1)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def qc_figure(result: DwiResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = int(np.argmax(result.mask.sum(axis=(0, 1)))) if result.mask.any() else 0
+    fig = plt.figure(figsize=(12, 6), constrained_layout=True)
+    grid = fig.add_gridspec(2, 4)
+    panels = [
+        ("mean b0 (T2w)", result.t2w, "gray", None),
+        ("FA", result.fa, "gray", (0, 1)),
+        ("MD (mm²/s)", result.md, "viridis", (0, 3e-3)),
+        ("mask on b0", result.t2w, "gray", None),
+    ]
+    for i, (title, arr, cmap, lim) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(arr[:, :, z].T, origin="lower", cmap=cmap,
+                  vmin=lim[0] if lim else None, vmax=lim[1] if lim else None)  # fmt: skip
+        if i == 3:
+            ax.contour(result.mask[:, :, z].T, levels=[0.5], colors="r", linewidths=0.8)
+        ax.set_title(title)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    motion = result.reports.get("motion")
+    if motion:
+        rot, tra = np.array(motion["rotations_deg"]), np.array(motion["translations_mm"])
+        for k, axis in enumerate("xyz"):
+            ax.plot(rot[:, k], label=f"rot {axis} (deg)")
+            ax.plot(tra[:, k], "--", label=f"trans {axis} (mm)")
+        ax.legend(ncol=6, fontsize=8)
+        ax.set_xlabel("volume")
+        ax.set_title("estimated motion")
+    else:
+        ax.text(0.5, 0.5, "motion correction off", ha="center")
+        ax.axis("off")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+
+
+def process(job: DwiJob) -> dict[str, Any]:
+    """One series, end to end (the batch item). Raises with a clear message."""
+    from threadpoolctl import threadpool_limits
+
+    if not job.bval or not job.bvec:
+        raise DwiInputError(f"no .bval/.bvec found for {job.source} (same name or BIDS "
+                            "inheritance)")  # fmt: skip
+    try:
+        img = nib.load(job.source)
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - any read failure is reported the same way
+        raise DwiInputError(f"cannot read {job.source}: {type(exc).__name__}: {exc}") from None
+    bvals, bvecs = read_table(job.bval, job.bvec)
+    with threadpool_limits(1):  # per-patch LAPACK calls crawl with BLAS threads
+        try:
+            result = run_pipeline(data, img.affine, bvals, bvecs, job.config)
+        except DwiInputError as exc:
+            raise DwiInputError(f"{job.source}: {exc}") from None
+    write_description(Path(job.deriv_root))
+    arrays = {"FA": result.fa, "MD": result.md, "T2w": result.t2w, "mask": result.mask}
+    common = {
+        "Sources": [job.source], "SourceImageID": job.source_id,
+        "Steps": job.config.steps(), "Parameters": _params(job.config),
+        "SoftwareVersions": _versions(), "StepSeconds": result.seconds,
+        "Motion": result.reports.get("motion"), "Warnings": result.warnings,
+    }  # fmt: skip
+    described = {"FA": "fractional anisotropy", "MD": "mean diffusivity, mm^2/s",
+                 "T2w": "mean b0, bias-corrected, brain-masked", "mask": "brain mask"}  # fmt: skip
+    paths = {}
+    for key, arr in arrays.items():
+        path = job.path(key)
+        _save(arr, img.affine, path)
+        sidecar = {"Description": described[key], **common}
+        if key == "MD":
+            sidecar["Units"] = "mm^2/s"
+        atomic_write_text(path.with_name(path.name.replace(".nii.gz", ".json")),
+                          json.dumps(sidecar, indent=1, default=float))  # fmt: skip
+        paths[key] = str(path)
+    qc_figure(result, job.qc)
+    paths["qc"] = str(job.qc)
+    record = {"input": job.source, "status": "done", "outputs": paths,
+              "seconds": result.seconds, "warnings": result.warnings,
+              "reports": result.reports, "source_id": job.source_id,
+              "dataset_id": job.dataset_id}  # fmt: skip
+    atomic_write_text(job.record, json.dumps(record, indent=1, default=float))
+    return record
+
+
+def _params(config: DwiConfig) -> dict[str, Any]:
+    return {k: v for k, v in asdict(config).items() if k != "threads"}
+
+
+def run_jobs(jobs: list[DwiJob], options: JobOptions) -> tuple[BatchResult, list[dict]]:
+    """Run the batch; returns it and one JSON-able result per input (in order)."""
+    concurrent = max(1, min(options.n_workers if not options.scheduler else 1, len(jobs)))
+    threads = max(1, (os.cpu_count() or 1) // concurrent)
+    jobs = [replace(j, config=replace(j.config, threads=threads)) for j in jobs]
+    for j in jobs:
+        j.out_dir.mkdir(parents=True, exist_ok=True)
+    batch = run_batch(process, jobs, options, outputs=DwiJob.outputs)
+    lines = []
+    for job, res in zip(jobs, batch.results, strict=True):
+        if res.status == "failed":
+            lines.append({"input": job.source, "status": "failed", "error": res.error})
+            continue
+        record = json.loads(job.record.read_text())
+        record["status"] = "done" if res.status == "done" else "skipped"
+        lines.append({k: record.get(k) for k in ("input", "status", "outputs", "seconds",
+                                                  "warnings")})  # fmt: skip
+    return batch, lines
+
+
+# -------------------------------------------------------------------- index rows
+
+
+def index_rows(jobs: list[DwiJob], index) -> list[dict[str, Any]]:
+    """Rows for the FA, MD and T2w maps of every finished job."""
+    from openmind_curate.bids.nifti import read_header
+    from openmind_curate.ids import image_id
+
+    by_id = index.set_index("image_id") if index is not None else None
+    rows = []
+    for job in jobs:
+        if not job.record.exists():
+            continue
+        source = by_id.loc[job.source_id].to_dict() if by_id is not None and job.source_id else {}
+        deriv_root = Path(job.deriv_root)
+        for key in ("FA", "MD", "T2w"):
+            path = job.path(key)
+            rel = path.relative_to(deriv_root).as_posix()
+            head = read_header(path)
+            st = path.stat()
+            sidecar = path.with_name(path.name.replace(".nii.gz", ".json")).read_text()
+            row = {k: v for k, v in source.items() if not _is_missing(v)}
+            row.update(
+                image_id=image_id(f"{job.dataset_id}/derivatives/{PIPELINE_NAME}", rel),
+                dataset_id=job.dataset_id, suffix=key, extension=".nii.gz", modality=key,
+                is_derivative=True, flags=None, root=str(deriv_root), path=rel,
+                size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, header_status=head.status,
+                shape=head.shape, spacing=head.spacing, n_volumes=head.n_volumes,
+                dtype=head.dtype, sidecar=sidecar, derived_from=job.source_id,
+                is_brain_extracted=True, bval_path=None, bvec_path=None, datatype="dwi",
+                anat_mask_path=None, anon_mask_path=None,
+            )  # fmt: skip
+            if "subject" not in row:
+                from openmind_curate.bids.entities import parse_name
+
+                parsed = parse_name(Path(job.source).name)
+                row["subject"] = parsed.entities.get("sub") if parsed else None
+            rows.append(row)
+    return rows
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def update_index(index_path: Path, rows: list[dict[str, Any]]) -> int:
+    """Add (or replace, by image_id) the map rows in the index file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from openmind_curate.schema import IMAGE_INDEX, rows_to_table, validate
+
+    if not rows:
+        return 0
+    new = rows_to_table(rows, IMAGE_INDEX)
+    old = pq.read_table(index_path)
+    keep = ~np.isin(old.column("image_id").to_numpy(zero_copy_only=False),
+                    new.column("image_id").to_numpy(zero_copy_only=False))  # fmt: skip
+    table = validate(pa.concat_tables([old.filter(pa.array(keep)), new]), IMAGE_INDEX)
+    with atomic_path(index_path) as tmp:
+        pq.write_table(table, tmp)
+    return new.num_rows

@@ -1,0 +1,325 @@
+"""The DWI pipeline: fast paths against dipy, known answers on phantoms and on
+the generated corpus, real data shipped with dipy, bad input, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from openmind_curate.cli import app
+from openmind_curate.dwi.bias import n4_field
+from openmind_curate.dwi.denoise import mppca
+from openmind_curate.dwi.gibbs import gibbs_removal
+from openmind_curate.dwi.gradients import DwiInputError
+from openmind_curate.dwi.pipeline import DwiConfig, run_pipeline
+from openmind_curate.dwi.run import DwiJob, process, stem_of
+from openmind_curate.synth.phantom import dwi_phantom
+
+runner = CliRunner()
+
+
+def _low_rank(shape=(20, 22, 18), n=30, sigma=5.0, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = rng.random((*shape, 3)) @ rng.random((3, n)) * 100 + 50
+    noisy = (clean + rng.normal(0, sigma, clean.shape)).astype(np.float32)
+    return clean, noisy
+
+
+# ------------------------------------------------------------------ MP-PCA
+
+
+def test_mppca_stride_one_equals_dipy():
+    from dipy.denoise.localpca import mppca as dipy_mppca
+
+    _, noisy = _low_rank()
+    ref, ref_sigma = dipy_mppca(noisy, patch_radius=2, return_sigma=True)
+    ours, sigma, _ = mppca(noisy, stride=1)
+    assert np.abs(ours - ref).max() < 1e-3 * np.abs(ref).max()
+    inner = (slice(2, -2),) * 3
+    assert np.allclose(sigma[inner], ref_sigma[inner], rtol=1e-3)
+
+
+def test_mppca_stride_two_stays_close_to_dipy_and_denoises():
+    from dipy.denoise.localpca import mppca as dipy_mppca
+
+    clean, noisy = _low_rank(sigma=5.0)
+    ref = dipy_mppca(noisy, patch_radius=2)
+    ours, sigma, report = mppca(noisy, stride=2)
+    assert np.sqrt(np.mean((ours - ref) ** 2)) < 0.25 * 5.0  # stated tolerance: 0.25 sigma
+    residual_before = np.sqrt(np.mean((noisy - clean) ** 2))
+    residual_after = np.sqrt(np.mean((ours - clean) ** 2))
+    assert residual_after < 0.5 * residual_before
+    inner = (slice(2, -2),) * 3
+    assert np.median(sigma[inner]) == pytest.approx(5.0, rel=0.1)
+    assert report.sigma_median == pytest.approx(5.0, rel=0.1)
+
+
+# ------------------------------------------------------------------- Gibbs
+
+
+def _ringing_phantom(n: int = 64, up: int = 4):
+    """A disk and a bar drawn at 4x resolution, then acquired at n x n by keeping
+    the central n x n of k-space (no zero-filling): ringing at the voxel scale,
+    as in a real acquisition. Returns (the object averaged to n x n, the image)."""
+    big = n * up
+    yy, xx = np.mgrid[:big, :big] / up
+    hi = np.zeros((big, big))
+    hi[(xx - 32.3) ** 2 + (yy - 30.1) ** 2 < 18.2**2] = 100
+    hi[(yy > 20.2) & (yy < 28.3) & (xx > 24.1) & (xx < 40.4)] = 40
+    k = np.fft.fftshift(np.fft.fft2(hi))
+    c = big // 2
+    low = np.fft.ifft2(np.fft.ifftshift(k[c - n // 2 : c + n // 2, c - n // 2 : c + n // 2]))
+    truth = hi.reshape(n, up, n, up).mean(axis=(1, 3))
+    image = (low.real / up**2).astype(np.float32)
+    return truth, np.repeat(image[..., None], 4, axis=2)
+
+
+def test_gibbs_exact_path_equals_dipy_and_fast_path_is_close():
+    from dipy.denoise.gibbs import gibbs_removal as dipy_gibbs
+
+    _, ringing = _ringing_phantom()
+    data = np.stack([ringing, ringing * 0.7], axis=-1)
+    ref = dipy_gibbs(data.copy(), slice_axis=2, inplace=False)
+    exact, _ = gibbs_removal(data, slice_axis=2, shifts="dipy", exact=True)
+    assert np.abs(exact - ref).max() < 1e-4 * ref.max()
+    fast, _ = gibbs_removal(data, slice_axis=2, shifts="dipy", threads=2)
+    assert np.abs(fast - ref).max() < 0.02 * ref.max()  # stated tolerance: 2% of the max
+    assert np.array_equal(data[..., 0], ringing)  # the input is left untouched
+
+
+def test_gibbs_removal_lowers_ringing():
+    from scipy import ndimage
+
+    truth, ringing = _ringing_phantom()
+    fixed, _ = gibbs_removal(ringing, slice_axis=2)
+    # Ringing = total variation where the object is flat (zero without ringing).
+    edges = ndimage.binary_dilation(np.abs(ndimage.laplace(truth)) > 1e-6, iterations=1)
+    flat = ~edges[:-1, :-1]
+
+    def ringing_measure(vol):
+        a = vol[..., 0]
+        tv = np.abs(np.diff(a, axis=0))[:, :-1] + np.abs(np.diff(a, axis=1))[:-1, :]
+        return float(tv[flat].mean())
+
+    assert ringing_measure(fixed) < 0.5 * ringing_measure(ringing)
+
+
+# ---------------------------------------------------------------------- N4
+
+
+def test_n4_restores_white_matter_cov():
+    from openmind_curate.synth.degrade import bias_field
+    from openmind_curate.synth.head import head_model
+    from openmind_curate.synth.render import Grid, render, resample
+
+    model = head_model()
+    affine = np.diag([2.5, 2.5, 2.5, 1.0])
+    affine[:3, 3] = [-90, -125, -70]
+    grid = Grid((72, 88, 72), affine)
+    eye = np.eye(4)
+    img = resample(render(model, "T1w"), model.affine, grid, eye) * 1000
+    wm = resample(model.wm, model.affine, grid, eye) > 0.9
+    brain = resample((model.truth_bits & 2).astype(np.float32), model.affine, grid, eye) > 0.5
+    field = bias_field(img.shape, 0.4, np.random.default_rng(3))
+    biased = img * field
+
+    def cov(x):
+        return float(x[wm].std() / x[wm].mean())
+
+    corrected_field, report = n4_field(biased, affine, brain, shrink=2)
+    corrected = biased / corrected_field
+    assert cov(biased) > 2 * cov(img)
+    assert cov(corrected) < cov(img) + 0.25 * (cov(biased) - cov(img))
+    assert corrected[brain].mean() == pytest.approx(biased[brain].mean(), rel=0.02)
+    assert report.field_max > report.field_min
+
+
+# ------------------------------------------------------- full pipeline, phantom
+
+
+@pytest.fixture(scope="module")
+def phantom_run():
+    ph = dwi_phantom(shape=(72, 88, 72), spacing=2.5, n_b0=3, n_dirs=30, snr=25, seed=1)
+    result = run_pipeline(ph.data, ph.affine, ph.bvals, ph.bvecs_fsl, DwiConfig(threads=2))
+    return ph, result
+
+
+def test_pipeline_fa_and_md_on_the_phantom(phantom_run):
+    ph, res = phantom_run
+    wm = ph.brain & (ph.fa > 0.4) & (res.mask > 0)
+    assert wm.sum() > 5000
+    assert np.median(np.abs(res.fa[wm] - ph.fa[wm])) <= 0.03
+    assert np.median(np.abs(res.md[wm] / ph.md[wm] - 1)) < 0.05
+    for arr in (res.fa, res.md, res.t2w):
+        assert np.isfinite(arr).all()
+    assert res.fa.min() >= 0 and res.fa.max() <= 1
+    assert 3e-4 < np.median(res.md[wm]) < 1.5e-3  # mm^2/s
+    dice = 2 * ((res.mask > 0) & ph.brain).sum() / ((res.mask > 0).sum() + ph.brain.sum())
+    assert dice > 0.9
+
+
+def test_motion_estimates_and_bvec_rotation(phantom_run):
+    ph, res = phantom_run
+    estimated = np.array(res.reports["motion"]["rotations_deg"])
+    assert np.abs(ph.rotations_deg).max() > 1.0  # there was motion to find
+    assert np.abs(estimated - ph.rotations_deg).max() <= 0.3
+    dw = ph.bvals > 50
+    cos = np.abs((res.bvecs[dw] * ph.bvecs_head[dw]).sum(axis=1))
+    angle = np.degrees(np.arccos(np.clip(cos, 0, 1)))
+    assert angle.max() <= 0.3
+    # Not rotating would have been visibly wrong.
+    stored = ph.bvecs_fsl.T.copy()
+    stored[:, 0] *= -1
+    cos0 = np.abs((stored[dw] * ph.bvecs_head[dw]).sum(axis=1))
+    assert np.degrees(np.arccos(np.clip(cos0, 0, 1))).max() > 1.0
+
+
+# ----------------------------------------------------- generated corpus + CLI
+
+
+def test_cli_index_mode_on_the_generated_corpus(corpus, tmp_path):
+    root, truth = corpus
+    index = tmp_path / "index" / "images.parquet"
+    assert runner.invoke(app, ["crawl", str(root), "--out", str(index), "-q"]).exit_code == 0
+    out = tmp_path / "deriv"
+    result = runner.invoke(app, ["dwi", "--index", str(index), "--out", str(out), "--json",
+                                 "-j", "2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
+    dwis = truth[truth["modality"] == "DWI"]
+    assert len(lines) == len(dwis) and all(x["status"] == "done" for x in lines)
+    for line in lines:
+        assert set(line["outputs"]) >= {"FA", "MD", "T2w", "mask"}
+        assert set(line["seconds"]) == {"denoise", "gibbs", "motion", "bias", "mask", "maps"}
+    multishell = [x for x in lines if "multishell" in x["input"]][0]
+    assert any("b <= 1500" in w for w in multishell["warnings"])
+
+    # Known answer: FA against the generator's ground truth.
+    for row in dwis.itertuples():
+        line = next(x for x in lines if x["input"].endswith(row.rel_path))
+        fa = nib.load(line["outputs"]["FA"]).get_fdata()
+        fa_true = nib.load(root / row.fa_truth).get_fdata()
+        brain = nib.load(root / row.brain_mask_truth).get_fdata() > 0
+        mask = nib.load(line["outputs"]["mask"]).get_fdata() > 0
+        wm = brain & (fa_true > 0.4) & mask
+        assert np.median(np.abs(fa[wm] - fa_true[wm])) <= 0.03, row.rel_path
+        assert nib.load(line["outputs"]["FA"]).shape == nib.load(root / row.path).shape[:3]
+
+    # Derivatives dataset, sidecars, QC figure.
+    ds = dwis.iloc[0]["dataset_id"]
+    desc = json.loads((out / ds / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"]
+    sidecar = json.loads(Path(lines[0]["outputs"]["MD"].replace(".nii.gz", ".json")).read_text())
+    assert sidecar["Units"] == "mm^2/s" and sidecar["Steps"][0] == "denoise"
+    assert "dipy" in sidecar["SoftwareVersions"] and sidecar["Motion"]["rotations_deg"]
+    assert Path(lines[0]["outputs"]["qc"]).stat().st_size > 10_000
+
+    # Index rows for the maps.
+    table = pq.read_table(index).to_pandas()
+    maps = table[table["derived_from"].notna()]
+    assert len(maps) == 3 * len(dwis)
+    assert set(maps["modality"]) == {"FA", "MD", "T2w"} and maps["is_brain_extracted"].all()
+    sources = set(table.loc[table["modality"] == "DWI", "image_id"])
+    assert set(maps["derived_from"]) == sources
+
+    # Re-run: everything skipped, no duplicated rows.
+    again = runner.invoke(app, ["dwi", "--index", str(index), "--out", str(out), "--json"])
+    assert again.exit_code == 0
+    assert all(json.loads(x)["status"] == "skipped" for x in again.output.splitlines())
+    assert len(pq.read_table(index)) == len(table)
+
+
+def test_real_data_shipped_with_dipy(tmp_path):
+    from dipy.data import get_fnames
+
+    files = [get_fnames(name="small_64D")[0], get_fnames(name="small_101D")[0]]
+    result = runner.invoke(app, ["dwi", *map(str, files), "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    for line in map(json.loads, result.output.splitlines()):
+        fa = nib.load(line["outputs"]["FA"]).get_fdata()
+        md = nib.load(line["outputs"]["MD"]).get_fdata()
+        mask = nib.load(line["outputs"]["mask"]).get_fdata() > 0
+        assert mask.sum() > 50
+        assert np.isfinite(fa).all() and fa.min() >= 0 and fa.max() <= 1
+        assert np.isfinite(md).all() and 1e-4 < np.median(md[mask]) < 3e-3
+    lines = result.output.splitlines()
+    assert any("fit on b <= 1500" in w for w in json.loads(lines[1])["warnings"])
+
+
+# -------------------------------------------------------------------- bad input
+
+
+def _series(tmp_path, name="sub-01_dwi", n=12, n_b0=2, shape=(16, 16, 12), bvals=None,
+            bvecs=None, data=None):  # fmt: skip
+    rng = np.random.default_rng(0)
+    if data is None:
+        data = rng.random((*shape, n)).astype(np.float32) * 100 + 100
+    path = tmp_path / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    if bvals is None:
+        bvals = np.r_[np.zeros(n_b0), np.full(n - n_b0, 1000.0)]
+    if bvecs is None:
+        v = rng.normal(size=(3, n))
+        bvecs = v / np.linalg.norm(v, axis=0)
+        bvecs[:, :n_b0] = 0
+    np.savetxt(tmp_path / f"{name}.bval", np.atleast_2d(bvals))
+    np.savetxt(tmp_path / f"{name}.bvec", bvecs)
+    return path
+
+
+def _run_one(path: Path, tmp_path: Path, config=DwiConfig(gibbs=False, motion=False)):
+    job = DwiJob(str(path), str(path).replace(".nii.gz", ".bval"),
+                 str(path).replace(".nii.gz", ".bvec"), str(tmp_path / "out"), "",
+                 stem_of(path.name), "x", config=config)  # fmt: skip
+    return process(job)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(bvals=np.r_[0, np.full(10, 1000.0)]), "11 b-values and 12 b-vectors for 12"),
+        (dict(bvals=np.full(12, 1000.0)), "no b0 volume"),
+        (dict(data=np.ones((16, 16, 12), np.float32)), "must be 4D"),
+        (dict(bvecs=np.vstack([np.full(12, 0.9), np.zeros(12), np.zeros(12)])), "not 1"),
+        (dict(n=6, n_b0=1), "needs at least 6"),
+    ],
+)
+def test_bad_series_get_a_clear_error_naming_the_file(tmp_path, kwargs, message):
+    path = _series(tmp_path, **kwargs)
+    with pytest.raises(DwiInputError, match=message) as err:
+        _run_one(path, tmp_path)
+    assert str(path) in str(err.value)
+
+
+def test_too_short_for_mppca_and_non_finite_voxels(tmp_path):
+    short = _series(tmp_path, name="sub-01_acq-short_dwi", n=7, n_b0=1)
+    with pytest.raises(DwiInputError, match="too short for MP-PCA: 7 volumes"):
+        _run_one(short, tmp_path, DwiConfig(gibbs=False, motion=False))
+    data = np.random.default_rng(0).random((16, 16, 12, 12)).astype(np.float32) + 1
+    data[0, 0, 0, 3] = np.nan
+    few = _series(tmp_path, name="sub-01_acq-nan_dwi", data=data)
+    record = _run_one(few, tmp_path)
+    assert any("1 non-finite voxels set to 0" in w for w in record["warnings"])
+    data[:, :, :6] = np.inf
+    many = _series(tmp_path, name="sub-01_acq-inf_dwi", data=data)
+    with pytest.raises(DwiInputError, match="NaN or infinite"):
+        _run_one(many, tmp_path)
+
+
+def test_batch_isolates_a_bad_series(tmp_path):
+    good = _series(tmp_path, name="sub-01_dwi")
+    bad = _series(tmp_path, name="sub-02_dwi", bvals=np.full(12, 1000.0))
+    result = runner.invoke(app, ["dwi", str(good), str(bad), "--out", str(tmp_path / "o"),
+                                 "--no-gibbs", "--no-motion", "--json", "-j", "2"])  # fmt: skip
+    assert result.exit_code == 1
+    lines = {Path(x["input"]).name: x for x in map(json.loads, result.output.splitlines())}
+    assert lines["sub-01_dwi.nii.gz"]["status"] == "done"
+    assert lines["sub-02_dwi.nii.gz"]["status"] == "failed"
+    assert "no b0 volume" in lines["sub-02_dwi.nii.gz"]["error"]
+    assert str(bad) in lines["sub-02_dwi.nii.gz"]["error"]
