@@ -331,12 +331,16 @@ def demo(
 ) -> None:
     """Run every stage that exists on a generated mini corpus, on this machine.
 
-    Today: synth (a generated corpus), then crawl (the image index).
+    Today: synth (a generated corpus), crawl (the image index), dwi (FA, MD
+    and T2w maps of every DWI series, added to the index).
     """
-    console.rule("[bold]1/2 synth: generated BIDS corpus")
+    index = out / "index" / "images.parquet"
+    console.rule("[bold]1/3 synth: generated BIDS corpus")
     synth(out / "corpus", workers=workers, quiet=quiet)
-    console.rule("[bold]2/2 crawl: image index")
-    crawl([out / "corpus"], out=out / "index" / "images.parquet", workers=workers, quiet=quiet)
+    console.rule("[bold]2/3 crawl: image index")
+    crawl([out / "corpus"], out=index, workers=workers, quiet=quiet)
+    console.rule("[bold]3/3 dwi: FA, MD and T2w maps")
+    dwi(None, out=out / "derivatives" / "dwi", index=index, workers=workers, quiet=quiet)
     console.rule("[bold green]demo finished")
 
 

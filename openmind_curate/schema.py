@@ -262,10 +262,6 @@ def _first_row(mask: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.index(mask, True).as_py())
 
 
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
-
-
 def validate(table: Any, schema: pa.Schema, *, extra: str = "error") -> pa.Table:
     """Check `table` (Arrow table or pandas DataFrame) against `schema`.
 

@@ -60,6 +60,16 @@ def test_mppca_stride_two_stays_close_to_dipy_and_denoises():
     assert report.sigma_median == pytest.approx(5.0, rel=0.1)
 
 
+def test_patch2self_option_runs_and_denoises():
+    from openmind_curate.dwi.denoise import patch2self_denoise
+
+    clean, noisy = _low_rank(shape=(12, 12, 10), n=16, sigma=5.0)
+    bvals = np.r_[0.0, 0.0, np.full(14, 1000.0)]
+    out, report = patch2self_denoise(noisy, bvals)
+    assert report.method == "patch2self" and out.shape == noisy.shape
+    assert np.sqrt(np.mean((out - clean) ** 2)) < np.sqrt(np.mean((noisy - clean) ** 2))
+
+
 # ------------------------------------------------------------------- Gibbs
 
 

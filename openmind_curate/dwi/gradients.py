@@ -61,11 +61,6 @@ def fsl_to_voxel(bvecs_fsl: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return out
 
 
-def voxel_to_fsl(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """(n, 3) voxel-frame vectors -> (3, n) FSL convention (its own inverse)."""
-    return fsl_to_voxel(bvecs.T, affine)
-
-
 def check(bvals: np.ndarray, bvecs_fsl: np.ndarray, n_volumes: int, affine) -> Gradients:
     """Validate a table against a series and return it in the voxel frame."""
     if len(bvals) != n_volumes or bvecs_fsl.shape[1] != n_volumes:
@@ -97,8 +92,3 @@ def check(bvals: np.ndarray, bvecs_fsl: np.ndarray, n_volumes: int, affine) -> G
     vecs[~b0] /= norms[:, None]
     vecs[b0] = 0.0
     return Gradients(bvals.astype(float), vecs)
-
-
-def rotate(bvecs: np.ndarray, rotations_vox: np.ndarray) -> np.ndarray:
-    """Apply per-volume voxel-frame rotations (n, 3, 3) to (n, 3) vectors."""
-    return np.einsum("nij,nj->ni", rotations_vox, bvecs)

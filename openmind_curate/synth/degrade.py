@@ -93,10 +93,3 @@ def deface(
     else:
         raise ValueError(f"unknown defacing method {method!r}")
     return out
-
-
-def crop_superior(shape: tuple[int, ...], axis: int, fraction: float, top_is_high: bool) -> slice:
-    """The slice along `axis` that drops `fraction` of the slices at the top of the head."""
-    n = shape[axis]
-    cut = int(round(n * fraction))
-    return slice(0, n - cut) if top_is_high else slice(cut, n)
