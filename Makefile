@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and on its own: asked for through another package it would
 	# resolve to a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q $(TORCH)
-	# ResEnc-L needs only torch; --no-deps keeps timm/torchvision (and a second
-	# torch) out. Primus-M users install the full set, see README.
-	$(BIN)/python -m pip install -q --no-deps "dynamic-network-architectures>=0.4.4"
 	$(BIN)/python -m pip install -q -e ".[dev]" "einops>=0.7"
+	# ResEnc-L needs only torch; --no-deps keeps timm/torchvision (and a second
+	# torch) out. Primus-M users install the full set, see README. Last, so no
+	# later install complains about the dependencies it leaves out on purpose.
+	$(BIN)/python -m pip install -q --no-deps "dynamic-network-architectures>=0.4.4"
 	touch $(STAMP)
 
 demo: env

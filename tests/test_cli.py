@@ -63,9 +63,12 @@ def test_demo_runs_the_existing_stages(tmp_path):
     assert "demo finished" in result.output
     assert (tmp_path / "corpus" / "truth" / "images.parquet").is_file()
     assert "ds900004" in result.output
-    index = pq.read_table(tmp_path / "index" / "images.parquet")
+    index = pq.read_table(tmp_path / "index" / "images.parquet").to_pandas()
     truth = pq.read_table(tmp_path / "corpus" / "truth" / "images.parquet").to_pandas()
-    assert index.num_rows == (truth["kind"] == "image").sum()
+    crawled = index[index["derived_from"].isna()]
+    assert len(crawled) == (truth["kind"] == "image").sum()
+    maps = index[index["derived_from"].notna()]
+    assert len(maps) == 3 * (truth["modality"] == "DWI").sum()  # FA, MD, T2w per series
     assert "Images per modality" in result.output
 
 

@@ -53,18 +53,21 @@ def _weights(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 def _tv(x: np.ndarray, n_points: int) -> np.ndarray:
     """min(right TV, left TV) along the last axis, with circular wrap (as dipy).
 
-    right[i] = sum_{m<p} |x[i+m+1] - x[i+m]|, left[i] = sum_{m<p} |x[i-m] - x[i-m-1]|:
-    both are windows of one running sum of |diff|, so it is computed once.
+    right[i] = sum_{m<p} |x[i+m+1] - x[i+m]| and left[i] = right[i-p]: both are
+    windows of one running sum of circular |diff|, so it is computed once.
     """
     p = n_points
     n = x.shape[-1]
-    xs = np.concatenate((x[..., -p - 1 :], x, x[..., : p + 1]), axis=-1)
-    d = np.abs(np.diff(xs, axis=-1))  # d[j] = |xs[j+1] - xs[j]|, xs[j] = x[j - p - 1]
-    w = d[..., : d.shape[-1] - p + 1].copy()
+    d = np.empty_like(x)
+    np.subtract(x[..., 1:], x[..., :-1], out=d[..., :-1])
+    np.subtract(x[..., :1], x[..., -1:], out=d[..., -1:])
+    np.abs(d, out=d)
+    padded = np.concatenate((d, d[..., : p - 1]), axis=-1)
+    right = padded[..., :n].copy()
     for m in range(1, p):
-        w += d[..., m : d.shape[-1] - p + 1 + m]
-    # w[j] = d[j] + ... + d[j+p-1]; left[i] = w[i+1], right[i] = w[i+p+1]
-    return np.minimum(w[..., 1 : 1 + n], w[..., p + 1 : p + 1 + n])
+        right += padded[..., m : m + n]
+    left = np.concatenate((right[..., -p:], right[..., :-p]), axis=-1)
+    return np.minimum(right, left, out=right)
 
 
 def _unring_1d(x: np.ndarray, n_points: int, exact: bool, shifts: np.ndarray) -> np.ndarray:
