@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
 from openmind_curate.jobs.runner import BatchResult
 from openmind_curate.schema import SYNTH_TRUTH, rows_to_table
+from openmind_curate.synth.head import head_model
 from openmind_curate.synth.participants import participants_json, participants_tsv
 from openmind_curate.synth.plan import DatasetPlan, SynthConfig, plan_corpus
 from openmind_curate.synth.write import WriteJob, write_spec
@@ -79,6 +80,7 @@ def generate(
     for plan in plans:
         write_dataset_files(plan, root)
     jobs = [WriteJob(spec, str(root)) for plan in plans for spec in plan.images]
+    head_model()  # build or load once here, so forked workers inherit it
     options = options or JobOptions(description="synth")
     result = run_batch(write_spec, jobs, options, outputs=WriteJob.outputs)
     if not result.ok:
