@@ -298,6 +298,7 @@ def run_jobs(jobs: list[DwiJob], options: JobOptions) -> tuple[BatchResult, list
 
 def index_rows(jobs: list[DwiJob], index) -> list[dict[str, Any]]:
     """Rows for the FA, MD and T2w maps of every finished job."""
+    from openmind_curate.bids.entities import parse_name
     from openmind_curate.bids.nifti import read_header
     from openmind_curate.ids import image_id
 
@@ -326,8 +327,6 @@ def index_rows(jobs: list[DwiJob], index) -> list[dict[str, Any]]:
                 anat_mask_path=None, anon_mask_path=None,
             )  # fmt: skip
             if "subject" not in row:
-                from openmind_curate.bids.entities import parse_name
-
                 parsed = parse_name(Path(job.source).name)
                 row["subject"] = parsed.entities.get("sub") if parsed else None
             rows.append(row)
