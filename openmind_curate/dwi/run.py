@@ -31,6 +31,7 @@ from openmind_curate.dwi.gradients import DwiInputError, read_table
 from openmind_curate.dwi.pipeline import DwiConfig, DwiResult, run_pipeline
 from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
 from openmind_curate.jobs.runner import BatchResult
+from openmind_curate.nifti_io import save_nifti
 
 PIPELINE_NAME = "openmind-curate-dwi"
 MAPS = {"FA": "_FA", "MD": "_MD", "T2w": "_desc-meanb0_T2w", "mask": "_desc-brain_mask"}
@@ -171,15 +172,6 @@ def write_description(folder: Path) -> None:
         atomic_write_text(path, json.dumps(doc, indent=2))
 
 
-def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(arr, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_sform(affine, 1)
-    img.set_qform(affine, 1)
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
-
-
 def qc_figure(result: DwiResult, path: Path) -> None:
     import matplotlib
 
@@ -252,7 +244,7 @@ def process(job: DwiJob) -> dict[str, Any]:
     paths = {}
     for key, arr in arrays.items():
         path = job.path(key)
-        _save(arr, img.affine, path)
+        save_nifti(arr, img.affine, path)
         sidecar = {"Description": described[key], **common}
         if key == "MD":
             sidecar["Units"] = "mm^2/s"

@@ -18,6 +18,7 @@ import numpy as np
 
 from openmind_curate.ids import image_id, stable_int
 from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
+from openmind_curate.nifti_io import save_nifti
 from openmind_curate.synth import degrade
 from openmind_curate.synth import dwi as dwisim
 from openmind_curate.synth.head import LAYERS, HeadModel, head_model
@@ -90,20 +91,6 @@ def _quantize(data: np.ndarray, dtype: str, slope: float = 1.0) -> np.ndarray:
     return data.astype(dtype)
 
 
-def _save(
-    data: np.ndarray, affine: np.ndarray, path: Path, dtype: str | None = None, slope: float = 1.0
-) -> None:
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    if dtype is not None:
-        img.header.set_data_dtype(dtype)
-        img.header.set_slope_inter(slope, 0.0)
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
-
-
 def _degrade(spec: ImageSpec, clean: np.ndarray, grid: Grid, rng) -> np.ndarray:
     img = clean
     if spec.bias_strength:
@@ -133,7 +120,7 @@ def write_spec(job: WriteJob) -> dict[str, Any]:
     masks = truth_masks(model, grid, s2m)
     path = job.image_path
     truth_dir = root / "truth" / "masks" / spec.dataset_id
-    stem = spec.rel_path.replace("/", "__").removesuffix(".nii.gz")
+    stem = _truth_stem(spec)
     row: dict[str, Any] = {}
 
     if spec.datatype == "dwi":
@@ -141,10 +128,10 @@ def write_spec(job: WriteJob) -> dict[str, Any]:
         data_shape: tuple[int, ...] = (*grid.shape, row["n_volumes"])
     elif spec.kind == "label":
         labels = _labels(model, grid, s2m)
-        _save(labels, grid.affine, path, "uint8")
+        save_nifti(labels, grid.affine, path, "uint8")
         data_shape = grid.shape
     elif spec.kind == "mask":
-        _save((masks["face"] & masks["head"]).astype(np.uint8), grid.affine, path, "uint8")
+        save_nifti((masks["face"] & masks["head"]).astype(np.uint8), grid.affine, path, "uint8")
         data_shape = grid.shape
     else:
         data_shape = grid.shape
@@ -171,7 +158,7 @@ def write_spec(job: WriteJob) -> dict[str, Any]:
         elif spec.corruption == "zeros":
             img = np.zeros_like(img)
             anat[:] = False
-        _save(_quantize(img, spec.dtype, spec.scl_slope), grid.affine, path, spec.dtype,
+        save_nifti(_quantize(img, spec.dtype, spec.scl_slope), grid.affine, path, spec.dtype,
               spec.scl_slope)  # fmt: skip
         if spec.corruption not in ("truncated", "empty"):
             row["anat_mask_truth"] = _save_mask(anat, grid, truth_dir / f"{stem}_anat.nii.gz", root)
@@ -185,8 +172,13 @@ def write_spec(job: WriteJob) -> dict[str, Any]:
     return row
 
 
+def _truth_stem(spec: ImageSpec) -> str:
+    """A flat, unique file stem for the truth files of one image."""
+    return spec.rel_path.replace("/", "__").removesuffix(".nii.gz")
+
+
 def _save_mask(mask: np.ndarray, grid: Grid, path: Path, root: Path) -> str:
-    _save(mask.astype(np.uint8), grid.affine, path, "uint8")
+    save_nifti(mask.astype(np.uint8), grid.affine, path, "uint8")
     return str(path.relative_to(root))
 
 
@@ -223,9 +215,9 @@ def _write_dwi(spec, root, grid, model, s2m, masks, rng, path) -> dict[str, Any]
     signal = dwisim.simulate(s0, tensors, gtab)
     sigma = spec.gain * 0.5 / spec.dwi_snr  # SNR relative to white matter's b0
     data = degrade.rician(signal, sigma, rng)
-    _save(_quantize(data, spec.dtype), grid.affine, path, spec.dtype)
+    save_nifti(_quantize(data, spec.dtype), grid.affine, path, spec.dtype)
     truth = root / "truth" / "dwi" / spec.dataset_id
-    stem = spec.rel_path.replace("/", "__").removesuffix(".nii.gz")
+    stem = _truth_stem(spec)
     out = {"noise_sigma": sigma, "n_volumes": len(bvals), "is_brain_extracted": False}
     maps = [
         ("fa_truth", fa, "float32"),
@@ -235,7 +227,7 @@ def _write_dwi(spec, root, grid, model, s2m, masks, rng, path) -> dict[str, Any]
     ]
     for key, arr, dtype in maps:
         p = truth / f"{stem}_{key.removesuffix('_truth')}.nii.gz"
-        _save(arr.astype(dtype), grid.affine, p, dtype)
+        save_nifti(arr.astype(dtype), grid.affine, p, dtype)
         out[key] = str(p.relative_to(root))
     return out
 
