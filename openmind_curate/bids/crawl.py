@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import posixpath
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -444,8 +445,6 @@ def crawl(
     jobs: JobOptions = JobOptions(description="crawl"),
 ) -> CrawlResult:
     """Crawl `roots` into the index at `out` (parquet), reusing a previous crawl."""
-    import time
-
     start = time.perf_counter()
     out = Path(out)
     refs = find_datasets(roots, options.derivatives)

@@ -31,9 +31,12 @@ class Gradients:
         return self.bvals <= B0_THRESHOLD
 
     def shells(self) -> list[float]:
-        """Distinct non-zero b-values, rounded to 100 s/mm^2."""
-        dw = self.bvals[~self.b0]
-        return sorted({float(round(b, -2)) for b in dw})
+        return shells(self.bvals, self.b0)
+
+
+def shells(bvals: np.ndarray, b0: np.ndarray) -> list[float]:
+    """Distinct non-zero b-values, rounded to 100 s/mm^2."""
+    return sorted({float(round(b, -2)) for b in bvals[~b0]})
 
 
 def read_table(bval_path: str, bvec_path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from openmind_curate.dwi.gradients import shells
+
 MAX_B = 1500.0
 
 
@@ -37,9 +39,9 @@ def tensor_maps(
     fa = np.clip(np.nan_to_num(fit.fa, nan=0.0, posinf=0.0, neginf=0.0), 0, 1)
     md = np.clip(np.nan_to_num(fit.md, nan=0.0, posinf=0.0, neginf=0.0), 0, None)
     fa[~mask], md[~mask] = 0, 0
-    shells = sorted({float(round(b, -2)) for b in bvals[~b0]})
+    found = shells(bvals, b0)
     report = MapsReport(
-        [s for s in shells if s <= MAX_B], [s for s in shells if s > MAX_B], int(use.sum()),
+        [s for s in found if s <= MAX_B], [s for s in found if s > MAX_B], int(use.sum()),
         float(np.median(fa[mask])) if mask.any() else 0.0,
     )  # fmt: skip
     return fa.astype(np.float32), md.astype(np.float32), report

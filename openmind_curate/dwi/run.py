@@ -278,8 +278,9 @@ def run_jobs(jobs: list[DwiJob], options: JobOptions) -> tuple[BatchResult, list
         if res.status == "failed":
             lines.append({"input": job.source, "status": "failed", "error": res.error})
             continue
-        record = json.loads(job.record.read_text())
-        record["status"] = "done" if res.status == "done" else "skipped"
+        # A finished item returned its record; a skipped one left it on disk.
+        record = res.value if res.status == "done" else json.loads(job.record.read_text())
+        record = {**record, "status": res.status}
         lines.append({k: record.get(k) for k in ("input", "status", "outputs", "seconds",
                                                   "warnings")})  # fmt: skip
     return batch, lines
