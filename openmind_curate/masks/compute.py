@@ -1,0 +1,154 @@
+"""Both masks of one image, from its array and affine (pure; no file I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from openmind_curate.masks import anatomy as anat_mod
+from openmind_curate.masks import anonymization as anon_mod
+from openmind_curate.masks import template as tpl_mod
+from openmind_curate.masks.grid import (
+    block_mean,
+    factors_for,
+    low_affine,
+    upsample,
+    upsample_linear,
+)
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    working_mm: float = 4.0
+    anatomy: anat_mod.AnatomyConfig = field(default_factory=anat_mod.AnatomyConfig)
+    anon: anon_mod.AnonConfig = field(default_factory=anon_mod.AnonConfig)
+
+
+@dataclass
+class Masks:
+    anatomy: np.ndarray  # bool, image grid
+    anonymization: np.ndarray  # bool, image grid
+    is_brain_extracted: bool
+    anonymization_kind: str | None  # "filled", "blurred", "skull-stripped" or None
+    details: dict[str, Any]
+
+
+def reference_volume(data: np.ndarray) -> np.ndarray:
+    """A 3D volume to mask: the image, or for a series the mean of its
+    brightest volumes (the b=0 volumes of a DWI, all volumes of a BOLD run)."""
+    if data.ndim == 3:
+        return data
+    flat = data.reshape(-1, data.shape[3])
+    means = flat.mean(0)
+    keep = means >= 0.9 * means.max()
+    return data[..., keep].mean(axis=3, dtype=np.float32)
+
+
+def _empty(shape, details) -> Masks:
+    z = np.zeros(shape, bool)
+    return Masks(z, z.copy(), False, None, details)
+
+
+def phase_foreground(data: np.ndarray, factors) -> np.ndarray:
+    """Phase images: inside the head the phase is smooth, in the air uniform
+    on [-pi, pi] (standard deviation pi/sqrt(3) = 1.81)."""
+    var = anon_mod.block_variance(data, factors)
+    scale = max(float(np.percentile(np.abs(data), 99)), 1e-6) / np.pi
+    return anat_mod.clean(np.sqrt(var) / scale < 0.9)
+
+
+def compute_masks(
+    data: np.ndarray,
+    affine: np.ndarray,
+    *,
+    phase: bool = False,
+    brain_extracted: bool | None = None,
+    config: MaskConfig | None = None,
+) -> Masks:
+    """Anatomy and anonymization masks of `data` (3D, or 4D reduced first).
+
+    `brain_extracted` forces the decision (DWI-derived maps are brain-masked
+    by construction); None detects it.
+    """
+    cfg = config or MaskConfig()
+    ac = cfg.anatomy
+    vol = np.nan_to_num(reference_volume(np.asarray(data)).astype(np.float32, copy=False))
+    shape = vol.shape
+    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(0)))
+    f = factors_for(spacing, cfg.working_mm)
+    low = block_mean(vol, f)
+    la = low_affine(affine, f)
+    low_ml = float(np.prod(spacing) * np.prod(f)) / 1000.0
+    details: dict[str, Any] = {"working_factors": list(f)}
+    if not np.any(vol) or float(vol.max()) == float(vol.min()):
+        details["reason"] = "constant image"
+        return _empty(shape, details)
+    if phase:
+        fg = phase_foreground(vol, f)
+        details["method"] = "phase smoothness"
+        anat = upsample(fg, f, shape)
+        return Masks(anat, np.zeros(shape, bool), False, None, details)
+
+    bg = anat_mod.background(low, vol, f)
+    tn = anat_mod.noise_threshold(bg.sigma, int(np.prod(f)), ac.noise_z)
+    first = anat_mod.clean(low > max(tn, 1e-6 * float(low.max())))
+    if first.sum() < 8:
+        details["reason"] = "no foreground"
+        return _empty(shape, details)
+    litres = first.sum() * low_ml / 1000.0
+    stripped = (
+        anon_mod.is_stripped(bg.zero_fraction, litres, cfg.anon)
+        if brain_extracted is None
+        else brain_extracted
+    )
+    details.update(noise_sigma=bg.sigma, air_zero_fraction=bg.zero_fraction, litres=litres)
+
+    if stripped:
+        world_to_mni = tpl_mod.fit(first.astype(np.float32), la, "brain")
+        anat = upsample(ndimage.binary_dilation(first), f, shape) & (vol != 0)
+        anat = anat_mod.largest_component(anat) if anat.any() else anat
+        env = upsample_linear(tpl_mod.labels_on(low.shape, la, world_to_mni)["head"], f, shape)
+        anon = (env > 0.5) & ~anat
+        details["world_to_mni"] = world_to_mni.round(5).tolist()
+        return Masks(anat, anon, True, "skull-stripped", details)
+
+    ghost = anat_mod.n2_ghost(low, 1.2533 * bg.sigma)
+    hi = anat_mod.otsu(low[first])
+    bright = anat_mod.clean(low > max(tn, hi))
+    reach = ndimage.binary_dilation(bright, iterations=ac.fit_reach_voxels)
+    fit_shape = anat_mod.clean(first & reach)
+    world_to_mni = tpl_mod.fit(fit_shape.astype(np.float32), la, "head")
+    labels = tpl_mod.labels_on(low.shape, la, world_to_mni)
+    te = max(
+        anat_mod.edge_threshold(low, fit_shape, ac.edge_fraction),
+        tn,
+        ac.ghost_margin * ghost.amplitude * float(np.percentile(low[fit_shape], 95)),
+    )
+    env_low = labels["head"] > 0.5
+    allowed = ndimage.binary_dilation(env_low, iterations=ac.envelope_voxels)
+    fg = anat_mod.clean((low > te) & allowed)
+    anat = anat_mod.refine(fg, low, te, f, shape)
+    details.update(
+        world_to_mni=world_to_mni.round(5).tolist(),
+        edge_threshold=te,
+        ghost_axis=ghost.axis,
+        ghost_amplitude=ghost.amplitude,
+    )
+
+    envelope = upsample_linear(labels["head"], f, shape) > 0.5
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    zone, value = anon_mod.filled_zone(vol, envelope, voxel_ml, cfg.anon)
+    if value is not None:
+        details["fill_value"] = value
+        return Masks(anat & ~zone, zone, False, "filled", details)
+    roughness = anon_mod.block_roughness(vol, f)
+    blur_low, ratio = anon_mod.blurred_zone(
+        roughness, fg, labels["face"] > 0.5, bg.sigma, cfg.anon
+    )
+    details["face_variance_ratio"] = ratio
+    if blur_low.any():
+        return Masks(anat, upsample(blur_low, f, shape) & anat, False, "blurred", details)
+    return Masks(anat, np.zeros(shape, bool), False, None, details)
