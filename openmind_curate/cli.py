@@ -285,6 +285,73 @@ def dwi(
         raise typer.Exit(1)
 
 
+def _read_index(index: Path):
+    import pyarrow.parquet as pq
+
+    if not index.is_file():
+        console.print(f"[red]error:[/red] no index at {index} (run `curate crawl` first)")
+        raise typer.Exit(2)
+    return pq.read_table(index).to_pandas()
+
+
+@app.command()
+def masks(
+    index: Annotated[Path, typer.Option(help="Image index (from `curate crawl`).")] = DEFAULT_INDEX,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Derivatives root for the masks.")] = (
+        Path("derivatives/masks")
+    ),
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+) -> None:
+    """Anatomy and anonymization masks for every readable image; paths go into the index."""
+    import pandas as pd
+
+    from openmind_curate.masks.run import jobs_for_index, run_jobs, update_index
+
+    table = _read_index(index)
+    jobs = jobs_for_index(table, out)
+    batch, records = run_jobs(jobs, job_options(workers, scheduler, quiet, "masks"))
+    updated = update_index(index, records)
+    if records:
+        df = pd.DataFrame(records)
+        kinds = df["anonymization"].fillna("none").value_counts().rename_axis("anonymization")
+        print_frame(kinds.reset_index(name="images"), "Anonymization found")
+    console.print(f"{updated} index rows now carry mask paths ({index}); masks under {out}")
+    console.print(batch.summary())
+    if batch.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def metrics(
+    index: Annotated[Path, typer.Option(help="Image index (from `curate crawl`).")] = DEFAULT_INDEX,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Metrics table (parquet).")] = Path(
+        "metrics.parquet"
+    ),
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+) -> None:
+    """No-reference quality metrics and corruption checks for every image of the index."""
+    from openmind_curate.quality.run import run_metrics
+
+    table = _read_index(index)
+    batch, result = run_metrics(table, out, job_options(workers, scheduler, quiet, "metrics"))
+    df = result.to_pandas()
+    bad = df[df["corrupted"]]
+    if len(bad):
+        shown = bad.assign(problems=bad["problems"].map(", ".join))
+        print_frame(shown[["dataset_id", "path", "problems"]], "Corruption checks failed", 20)
+    cols = ["snr_dietrich", "cnr_otsu", "efc", "fber", "fwhm_mm", "artifact_fraction", "inu_range"]
+    summary = df[cols].describe().loc[["count", "50%", "min", "max"]].round(3)
+    print_frame(summary.reset_index(names="stat"), "Metrics over the index")
+    console.print(f"{len(df)} rows, {len(bad)} flagged corrupted -> {out}")
+    console.print(batch.summary())
+    if batch.failed:
+        raise typer.Exit(1)
+
+
 def _print_index_summary(index, per_dataset: bool = True) -> None:
     from openmind_curate.bids.summary import summarize_index
 
@@ -332,15 +399,20 @@ def demo(
     """Run every stage that exists on a generated mini corpus, on this machine.
 
     Today: synth (a generated corpus), crawl (the image index), dwi (FA, MD
-    and T2w maps of every DWI series, added to the index).
+    and T2w maps of every DWI series, added to the index), masks (anatomy and
+    anonymization masks, paths in the index) and metrics (quality table).
     """
     index = out / "index" / "images.parquet"
-    console.rule("[bold]1/3 synth: generated BIDS corpus")
+    console.rule("[bold]1/5 synth: generated BIDS corpus")
     synth(out / "corpus", workers=workers, quiet=quiet)
-    console.rule("[bold]2/3 crawl: image index")
+    console.rule("[bold]2/5 crawl: image index")
     crawl([out / "corpus"], out=index, workers=workers, quiet=quiet)
-    console.rule("[bold]3/3 dwi: FA, MD and T2w maps")
+    console.rule("[bold]3/5 dwi: FA, MD and T2w maps")
     dwi(None, out=out / "derivatives" / "dwi", index=index, workers=workers, quiet=quiet)
+    console.rule("[bold]4/5 masks: anatomy and anonymization masks")
+    masks(index=index, out=out / "derivatives" / "masks", workers=workers, quiet=quiet)
+    console.rule("[bold]5/5 metrics: automatic quality metrics")
+    metrics(index=index, out=out / "metrics" / "metrics.parquet", workers=workers, quiet=quiet)
     console.rule("[bold green]demo finished")
 
 

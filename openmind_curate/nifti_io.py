@@ -28,3 +28,21 @@ def save_nifti(
         img.header.set_slope_inter(slope, 0.0)
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
+
+
+class NiftiReadError(ValueError):
+    """A NIfTI file that cannot be read; the message names the file."""
+
+
+def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The data (float32) and affine of `path`; a clear error for a bad file."""
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - every read failure reads the same to a user
+        raise NiftiReadError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    if data.ndim < 3 or data.size == 0:
+        raise NiftiReadError(f"cannot read {path}: shape {data.shape} is not a 3D/4D image")
+    if data.ndim > 4:
+        data = data.reshape(*data.shape[:4], -1)[..., 0]
+    return data, img.affine

@@ -175,6 +175,42 @@ PROBLEMS = pa.schema(
 
 _L = pa.list_(pa.float64())
 
+#: Problems `curate metrics` checks for (quality.metrics module docstring).
+CORRUPTION_CHECKS: tuple[str, ...] = (
+    "unreadable", "nonfinite", "all_zero", "constant", "constant_slices", "fov_cut", "spacing",
+)  # fmt: skip
+
+#: Automatic quality metrics, one row per image (`curate metrics`).
+METRICS = pa.schema(
+    [
+        _f("image_id", _S, False),
+        _f("dataset_id", _S, False),
+        _f("path", _S, False, doc="relative to the dataset root"),
+        _f("modality", _S, allowed=MODALITIES),
+        _f("problems", pa.list_(pa.string()), False, doc="failed corruption checks"),
+        _f("corrupted", _B, False),
+        _f("error", _S, doc="why the image could not be measured"),
+        _f("snr_dietrich", _F, doc="median(head) / air sigma"),
+        _f("cnr_otsu", _F),
+        _f("contrast", _F, min=-1, max=1, doc="Michelson contrast of the two Otsu classes"),
+        _f("efc", _F),
+        _f("fber", _F, min=0),
+        _f("fwhm_mm", _F, min=0),
+        _f("ghost_ratio", _F, min=0),
+        _f("ghost_axis", pa.int32()),
+        _f("artifact_fraction", _F, min=0, max=1),
+        _f("inu_range", _F, min=0),
+        _f("noise_sigma", _F, min=0, doc="Rayleigh sigma of the air, stored intensity units"),
+        _f("air_zero_fraction", _F, min=0, max=1),
+        _f("head_litres", _F, min=0),
+        _f("fov_border_fraction", _F, min=0, max=1),
+        _f("nonfinite_voxels", _I, min=0),
+        _f("constant_slices", _I, min=0),
+        _f("mask_source", _S, allowed=("index", "computed"), doc="where the anatomy mask came"),
+        _f("seconds", _F, min=0),
+    ]
+)
+
 #: The generated corpus's answer key (`truth/images.parquet`), one row per file
 #: the generator wrote. Paths are relative to the corpus root.
 SYNTH_TRUTH = pa.schema(
@@ -248,6 +284,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "manifest": MANIFEST,
     "synth_truth": SYNTH_TRUTH,
     "problems": PROBLEMS,
+    "metrics": METRICS,
 }
 
 

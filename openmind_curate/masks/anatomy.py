@@ -67,7 +67,11 @@ def background(low: np.ndarray, data: np.ndarray, factors) -> Background:
         return Background(0.0, 1.0)
     scale = float(np.median(positive))
     t = float(np.expm1(otsu(np.log1p(positive / scale))) * scale)
-    vals = data[upsample(low < t / 2, factors, data.shape)]
+    # Every other voxel is plenty for a median, and halves the cost.
+    step = 2 if all(f % 2 == 0 for f in factors) else 1
+    sub = data[::step, ::step, ::step]
+    sub_factors = tuple(f // step for f in factors)
+    vals = sub[upsample(low < t / 2, sub_factors, sub.shape)]
     if vals.size < 100:
         return Background(0.0, 0.0)
     zero = float(np.mean(vals == 0))

@@ -67,14 +67,28 @@ def block_variance(data: np.ndarray, factors) -> np.ndarray:
     return np.maximum(block_mean(data * data, factors) - mean * mean, 0.0)
 
 
-def block_roughness(data: np.ndarray, factors) -> np.ndarray:
+def block_roughness(data: np.ndarray, factors, where: np.ndarray | None = None) -> np.ndarray:
     """Local noise variance per block: the mean squared second difference
     along the first axis, over 6 (white noise of variance s^2 gives 6 s^2;
-    tissue gradients, being smooth at the voxel scale, give about 0)."""
-    d2 = np.zeros_like(data, dtype=np.float32)
-    d2[1:-1] = data[2:] - 2 * data[1:-1] + data[:-2]
+    tissue gradients, being smooth at the voxel scale, give about 0).
+
+    With `where` (a working-grid mask), only its bounding box is computed;
+    the other blocks are 0.
+    """
+    low_shape = tuple(-(-n // f) for n, f in zip(data.shape, factors, strict=True))
+    box = tuple(slice(0, n) for n in low_shape)
+    if where is not None:
+        if not where.any():
+            return np.zeros(low_shape, np.float32)
+        idx = np.argwhere(where)
+        box = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0), strict=True))
+    crop = data[tuple(slice(b.start * f, b.stop * f) for b, f in zip(box, factors, strict=True))]
+    d2 = np.zeros(crop.shape, np.float32)
+    d2[1:-1] = crop[2:] - 2 * crop[1:-1] + crop[:-2]
     np.square(d2, out=d2)
-    return block_mean(d2, factors) / 6.0
+    out = np.zeros(low_shape, np.float32)
+    out[box] = block_mean(d2, factors)[tuple(slice(0, b.stop - b.start) for b in box)] / 6.0
+    return out
 
 
 def blurred_zone(
@@ -105,4 +119,3 @@ def blurred_zone(
         sizes[0] = 0
         zone = labels == int(np.argmax(sizes))
     return ndimage.binary_closing(zone) & anat_low, ratio
-

@@ -138,16 +138,14 @@ def compute_masks(
         ghost_amplitude=ghost.amplitude,
     )
 
-    envelope = upsample_linear(labels["head"], f, shape) > 0.5
+    envelope = upsample(env_low, f, shape)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     zone, value = anon_mod.filled_zone(vol, envelope, voxel_ml, cfg.anon)
     if value is not None:
         details["fill_value"] = value
         return Masks(anat & ~zone, zone, False, "filled", details)
-    roughness = anon_mod.block_roughness(vol, f)
-    blur_low, ratio = anon_mod.blurred_zone(
-        roughness, fg, labels["face"] > 0.5, bg.sigma, cfg.anon
-    )
+    roughness = anon_mod.block_roughness(vol, f, None if bg.sigma == 0 else labels["face"] > 0.1)
+    blur_low, ratio = anon_mod.blurred_zone(roughness, fg, labels["face"] > 0.5, bg.sigma, cfg.anon)
     details["face_variance_ratio"] = ratio
     if blur_low.any():
         return Masks(anat, upsample(blur_low, f, shape) & anat, False, "blurred", details)

@@ -108,8 +108,12 @@ def _centroid_init(fixed: sitk.Image, moving_arr, tpl: Template, target: str):
     cut at the neck or the vertex moves a centroid, not the top of the head)."""
     arr = sitk.GetArrayFromImage(fixed).T
     idx = np.argwhere(arr > 0.5)
-    pts = np.array([fixed.TransformContinuousIndexToPhysicalPoint(p.tolist()) for p in idx[:: max(
-        1, len(idx) // 4000)].astype(float)])
+    pts = np.array(
+        [
+            fixed.TransformContinuousIndexToPhysicalPoint(p.tolist())
+            for p in idx[:: max(1, len(idx) // 4000)].astype(float)
+        ]
+    )
     midx = np.argwhere(moving_arr > 0.5)
     mpts = (tpl.affine[:3, :3] @ midx.T).T + tpl.affine[:3, 3]
     mpts = mpts * np.array([-1, -1, 1])  # to LPS

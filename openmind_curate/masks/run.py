@@ -1,0 +1,133 @@
+"""`curate masks`: both masks for every readable image of an index.
+
+Outputs, per image, under ``DERIV_ROOT/<dataset_id>/<folder of the image>/``::
+
+    <stem>_desc-anatomy_mask.nii.gz        uint8 {0,1}, the image's grid
+    <stem>_desc-anonymization_mask.nii.gz  uint8 {0,1}, the image's grid
+    <stem>_desc-masks.json                 decision, numbers, versions (written last)
+
+The JSON is the completion marker: a killed run redoes only the images without
+one. The index gains ``anat_mask_path``, ``anon_mask_path`` (absolute) and
+``is_brain_extracted``.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from openmind_curate.jobs import JobOptions, run_batch
+from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
+from openmind_curate.masks.compute import MaskConfig, compute_masks
+from openmind_curate.nifti_io import load_nifti, save_nifti
+
+#: Modalities that are brain-masked by construction (our DWI maps).
+BRAIN_MASKED = ("FA", "MD")
+
+
+@dataclass(frozen=True)
+class MaskJob:
+    image_id: str
+    source: str
+    out_dir: str
+    stem: str
+    phase: bool = False
+    derived: bool = False  # a DWI-derived map: brain-extracted by construction
+    config: MaskConfig = field(default_factory=MaskConfig)
+
+    def __str__(self) -> str:
+        return self.source
+
+    def path(self, kind: str) -> Path:
+        suffix = {"anat": "_desc-anatomy_mask.nii.gz", "anon": "_desc-anonymization_mask.nii.gz",
+                  "record": "_desc-masks.json"}[kind]  # fmt: skip
+        return Path(self.out_dir) / f"{self.stem}{suffix}"
+
+    def outputs(self) -> list[Path]:
+        return [self.path("record")]
+
+
+def _stem(path: str) -> str:
+    name = posixpath.basename(path)
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def jobs_for_index(index, out: Path, config: MaskConfig | None = None) -> list[MaskJob]:
+    """One job per image whose header is ok."""
+    cfg = config or MaskConfig()
+    rows = index[index["header_status"] == "ok"]
+    jobs = []
+    for r in rows.itertuples():
+        flags = r.flags if isinstance(r.flags, str) else ""
+        derived = isinstance(getattr(r, "derived_from", None), str) or r.modality in BRAIN_MASKED
+        out_dir = out / r.dataset_id / posixpath.dirname(r.path)
+        jobs.append(MaskJob(r.image_id, str(Path(r.root) / r.path), str(out_dir), _stem(r.path),
+                            "phase" in flags, derived, cfg))  # fmt: skip
+    return jobs
+
+
+def process(job: MaskJob) -> dict[str, Any]:
+    """Masks of one image (the batch item)."""
+    data, affine = load_nifti(job.source)
+    forced = True if job.derived else None
+    masks = compute_masks(data, affine, phase=job.phase, brain_extracted=forced, config=job.config)
+    for kind, arr in (("anat", masks.anatomy), ("anon", masks.anonymization)):
+        save_nifti(arr.astype(np.uint8), affine, job.path(kind), "uint8")
+    record = {
+        "source": job.source,
+        "image_id": job.image_id,
+        "anat_mask_path": str(job.path("anat").resolve()),
+        "anon_mask_path": str(job.path("anon").resolve()),
+        "is_brain_extracted": masks.is_brain_extracted,
+        "anonymization": masks.anonymization_kind,
+        "anat_fraction": float(masks.anatomy.mean()),
+        "anon_fraction": float(masks.anonymization.mean()),
+        "details": masks.details,
+    }
+    atomic_write_text(job.path("record"), json.dumps(record, indent=1, default=float))
+    return record
+
+
+def run_jobs(jobs: list[MaskJob], options: JobOptions):
+    """Run the batch; returns it and the record of every finished image."""
+    for j in jobs:
+        Path(j.out_dir).mkdir(parents=True, exist_ok=True)
+    batch = run_batch(process, jobs, options, outputs=MaskJob.outputs)
+    records = []
+    for job, res in zip(jobs, batch.results, strict=True):
+        if res.status == "done":
+            records.append(res.value)
+        elif res.status == "skipped":
+            records.append(json.loads(job.path("record").read_text()))
+    return batch, records
+
+
+def update_index(index_path: Path, records: list[dict[str, Any]]) -> int:
+    """Write the mask paths and the brain-extraction decision into the index."""
+    import pyarrow.parquet as pq
+
+    from openmind_curate.schema import IMAGE_INDEX, validate
+
+    if not records:
+        return 0
+    df = pq.read_table(index_path).to_pandas()
+    by_id = {r["image_id"]: r for r in records}
+    hit = df["image_id"].isin(by_id)
+    for col in ("anat_mask_path", "anon_mask_path", "is_brain_extracted"):
+        df[col] = df[col].astype(object)
+        df.loc[hit, col] = df.loc[hit, "image_id"].map(lambda i, c=col: by_id[i][c])
+    import pyarrow as pa
+
+    table = validate(pa.Table.from_pandas(df, schema=IMAGE_INDEX, preserve_index=False),
+                     IMAGE_INDEX)  # fmt: skip
+    with atomic_path(index_path) as tmp:
+        pq.write_table(table, tmp)
+    return int(hit.sum())

@@ -1,0 +1,138 @@
+"""`curate metrics`: quality metrics and corruption checks for every image of an index.
+
+Each image's row is first written as ``<out>.parts/<image_id>.json`` (the
+completion marker, so a killed run resumes), then all rows go into one
+parquet table (`schema.METRICS`). The anatomy mask comes from the index
+(`curate masks`) when there is one, else it is computed on the fly and not
+kept. Images whose header the crawler could not read get a row with the
+``unreadable`` problem and no metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from openmind_curate.jobs import JobOptions, run_batch
+from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
+from openmind_curate.masks.compute import compute_masks, reference_volume
+from openmind_curate.nifti_io import NiftiReadError, load_nifti
+from openmind_curate.quality.metrics import MetricsConfig, image_metrics
+
+
+@dataclass(frozen=True)
+class MetricsJob:
+    image_id: str
+    dataset_id: str
+    path: str  # relative to the dataset root
+    source: str
+    modality: str | None
+    parts: str  # folder of per-image rows
+    anat_mask: str | None = None
+    phase: bool = False
+    derived: bool = False
+    config: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __str__(self) -> str:
+        return self.source
+
+    @property
+    def part(self) -> Path:
+        return Path(self.parts) / f"{self.image_id}.json"
+
+    def outputs(self) -> list[Path]:
+        return [self.part]
+
+
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def jobs_for_index(index, out: Path, config: MetricsConfig | None = None) -> list[MetricsJob]:
+    from openmind_curate.masks.run import BRAIN_MASKED
+
+    cfg = config or MetricsConfig()
+    parts = str(parts_dir(out))
+    jobs = []
+    for r in index.itertuples():
+        flags = r.flags if isinstance(r.flags, str) else ""
+        mask = r.anat_mask_path if isinstance(r.anat_mask_path, str) else None
+        derived = isinstance(getattr(r, "derived_from", None), str) or r.modality in BRAIN_MASKED
+        source = str(Path(r.root) / r.path)
+        jobs.append(MetricsJob(r.image_id, r.dataset_id, r.path, source, r.modality, parts,
+                               mask, "phase" in flags, derived, cfg))  # fmt: skip
+    return jobs
+
+
+def _base(job: MetricsJob) -> dict[str, Any]:
+    return {"image_id": job.image_id, "dataset_id": job.dataset_id, "path": job.path,
+            "modality": job.modality}  # fmt: skip
+
+
+def unreadable_row(job: MetricsJob, error: str) -> dict[str, Any]:
+    return {**_base(job), "problems": ["unreadable"], "corrupted": True, "error": error}
+
+
+def measure(job: MetricsJob) -> dict[str, Any]:
+    """One image's metrics row (the batch item). Unreadable data is a row, not a failure."""
+    start = time.perf_counter()
+    try:
+        data, affine = load_nifti(job.source)
+    except NiftiReadError as exc:
+        row = unreadable_row(job, str(exc))
+    else:
+        vol = reference_volume(data)
+        if job.anat_mask and Path(job.anat_mask).exists():
+            anat = load_nifti(job.anat_mask)[0] > 0
+            source = "index"
+        else:
+            finite = np.nan_to_num(vol)
+            anat = compute_masks(finite, affine, phase=job.phase,
+                                 brain_extracted=True if job.derived else None).anatomy  # fmt: skip
+            source = "computed"
+        if anat.shape != vol.shape:
+            raise ValueError(f"{job.anat_mask}: mask shape {anat.shape} != image {vol.shape}")
+        values = image_metrics(vol, affine, anat, job.config, intensity=not job.phase)
+        row = {**_base(job), **values, "mask_source": source}
+    row["seconds"] = time.perf_counter() - start
+    atomic_write_text(job.part, json.dumps(row, default=_json_default))
+    return row
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def run_metrics(index, out: Path, options: JobOptions, config: MetricsConfig | None = None):
+    """Measure every image of `index` and write the table to `out`.
+
+    Returns the batch and the table. Header failures found by the crawler
+    become ``unreadable`` rows without opening the file again.
+    """
+    import pyarrow.parquet as pq
+
+    from openmind_curate.schema import METRICS, rows_to_table
+
+    jobs = jobs_for_index(index, out, config)
+    parts_dir(out).mkdir(parents=True, exist_ok=True)
+    status = dict(zip(index["image_id"], index["header_status"], strict=True))
+    todo = []
+    for job in jobs:
+        if status[job.image_id] == "ok":
+            todo.append(job)
+        elif not job.part.exists():
+            row = unreadable_row(job, f"{job.source}: header {status[job.image_id]}")
+            atomic_write_text(job.part, json.dumps(row))
+    batch = run_batch(measure, todo, options, outputs=MetricsJob.outputs)
+    rows = [json.loads(j.part.read_text()) for j in jobs if j.part.exists()]
+    table = rows_to_table(rows, METRICS)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    return batch, table
