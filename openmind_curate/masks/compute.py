@@ -108,7 +108,8 @@ def compute_masks(
 
     if stripped:
         world_to_mni = tpl_mod.fit(first.astype(np.float32), la, "brain")
-        anat = upsample(ndimage.binary_dilation(first), f, shape) & (vol != 0)
+        tiny = 1e-3 * float(np.percentile(low, 99))  # as `anatomy.background`
+        anat = upsample(ndimage.binary_dilation(first), f, shape) & (np.abs(vol) > tiny)
         anat = anat_mod.largest_component(anat) if anat.any() else anat
         env = upsample_linear(tpl_mod.labels_on(low.shape, la, world_to_mni)["head"], f, shape)
         anon = (env > 0.5) & ~anat
