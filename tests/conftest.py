@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from openmind_curate.cli import app
 from openmind_curate.jobs import JobOptions
 from openmind_curate.synth import SynthConfig, generate
 
@@ -47,3 +50,23 @@ def dask_cluster():
     )
     yield cluster
     cluster.close()
+
+
+@pytest.fixture(scope="session")
+def masked(corpus, tmp_path_factory):
+    """The corpus crawled, then `curate masks` run on its index (once)."""
+    root, truth = corpus
+    work = tmp_path_factory.mktemp("masks")
+    index = work / "index" / "images.parquet"
+    out = work / "derivatives" / "masks"
+    crawled = CliRunner().invoke(app, ["crawl", str(root), "--out", str(index), "-j", "2", "-q"])
+    assert crawled.exit_code == 0, crawled.output
+    result = CliRunner().invoke(app, ["masks", "--index", str(index), "--out", str(out), "-j", "2",
+                                 "-q"], env={"COLUMNS": "200"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(index).to_pandas()
+    images = truth[(truth["kind"] == "image") & truth["anat_mask_truth"].notna()]
+    rows = images.merge(table[["image_id", "anat_mask_path", "anon_mask_path",
+                               "is_brain_extracted"]], on="image_id",
+                        suffixes=("_truth", ""))  # fmt: skip
+    return root, rows, index, out, result.output

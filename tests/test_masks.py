@@ -8,7 +8,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -24,26 +23,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap; two empty masks agree perfectly (the all-zero image)."""
     total = np.count_nonzero(a) + np.count_nonzero(b)
     return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
-
-
-@pytest.fixture(scope="session")
-def masked(corpus, tmp_path_factory):
-    """The corpus crawled, then `curate masks` run on its index (once)."""
-    root, truth = corpus
-    work = tmp_path_factory.mktemp("masks")
-    index = work / "index" / "images.parquet"
-    out = work / "derivatives" / "masks"
-    crawled = runner.invoke(app, ["crawl", str(root), "--out", str(index), "-j", "2", "-q"])
-    assert crawled.exit_code == 0, crawled.output
-    result = runner.invoke(app, ["masks", "--index", str(index), "--out", str(out), "-j", "2",
-                                 "-q"], env={"COLUMNS": "200"})  # fmt: skip
-    assert result.exit_code == 0, result.output
-    table = pq.read_table(index).to_pandas()
-    images = truth[(truth["kind"] == "image") & truth["anat_mask_truth"].notna()]
-    rows = images.merge(table[["image_id", "anat_mask_path", "anon_mask_path",
-                               "is_brain_extracted"]], on="image_id",
-                        suffixes=("_truth", ""))  # fmt: skip
-    return root, rows, index, out, result.output
 
 
 def _load(root: Path, row) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from openmind_curate.masks.grid import block_mean
+from openmind_curate.masks.grid import block_mean, upsample
 
 
 @dataclass(frozen=True)
@@ -38,25 +38,30 @@ def is_stripped(zero_fraction: float, litres: float, cfg: AnonConfig) -> bool:
 
 
 def filled_zone(
-    data: np.ndarray, envelope: np.ndarray, voxel_ml: float, cfg: AnonConfig
+    data: np.ndarray, envelope: np.ndarray, voxel_ml: float, factors, cfg: AnonConfig
 ) -> tuple[np.ndarray, float | None]:
-    """Voxels of the envelope that hold the fill value (0, or the image minimum)."""
-    inside = data[envelope]
-    best: tuple[int, float | None] = (0, None)
+    """Voxels of the envelope that hold the fill value (0, or the image minimum).
+
+    Pieces smaller than `min_fill_ml` are dropped (found on the working grid,
+    where labelling is cheap): defacing removes one or two large pieces.
+    """
+    best: tuple[int, float | None, np.ndarray | None] = (0, None, None)
     for value in {0.0, float(data.min())}:
-        n = int(np.count_nonzero(inside == value))
+        zone = envelope & (data == value)
+        n = int(np.count_nonzero(zone))
         if n > best[0]:
-            best = (n, value)
-    count, value = best
-    if value is None or count * voxel_ml < cfg.min_fill_ml:
+            best = (n, value, zone)
+    count, value, zone = best
+    if zone is None or count * voxel_ml < cfg.min_fill_ml:
         return np.zeros(data.shape, bool), None
-    zone = envelope & (data == value)
-    labels, n = ndimage.label(zone)
-    if n > 1:  # drop isolated voxels: defacing removes one or two large pieces
-        sizes = np.bincount(labels.ravel()) * voxel_ml
-        sizes[0] = 0
-        zone = (sizes >= cfg.min_fill_ml)[labels]
-    if zone.sum() * voxel_ml < cfg.min_fill_ml:
+    low = block_mean(zone.astype(np.float32), factors)
+    labels, n = ndimage.label(low > 0)
+    if n > 1:
+        sizes = ndimage.sum_labels(low, labels, range(n + 1)) * voxel_ml * np.prod(factors)
+        keep = sizes >= cfg.min_fill_ml
+        keep[0] = False
+        zone &= upsample(keep[labels], factors, data.shape)
+    if np.count_nonzero(zone) * voxel_ml < cfg.min_fill_ml:
         return np.zeros(data.shape, bool), None
     return zone, value
 

@@ -141,7 +141,7 @@ def compute_masks(
 
     envelope = upsample(env_low, f, shape)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    zone, value = anon_mod.filled_zone(vol, envelope, voxel_ml, cfg.anon)
+    zone, value = anon_mod.filled_zone(vol, envelope, voxel_ml, f, cfg.anon)
     if value is not None:
         details["fill_value"] = value
         return Masks(anat & ~zone, zone, False, "filled", details)

@@ -127,33 +127,43 @@ def border_fractions(anat: np.ndarray, affine: np.ndarray) -> dict[str, float]:
     return out
 
 
-def fwhm_mm(vol: np.ndarray, mask: np.ndarray, spacing) -> float:
-    """Mean FWHM over axes from the lag-1 autocorrelation inside `mask`."""
+def fwhm_mm(vol: np.ndarray, mask: np.ndarray, spacing, step: int = 2) -> float:
+    """Mean FWHM over axes from the lag-1 autocorrelation inside `mask`.
+
+    Pairs are taken on every `step`-th line of the other two axes: the
+    estimate needs thousands of pairs, not millions.
+    """
     values = []
     for axis, dx in enumerate(spacing):
-        n = vol.shape[axis]
-        a = np.take(vol, range(0, n - 1), axis=axis)
-        b = np.take(vol, range(1, n), axis=axis)
-        both = np.take(mask, range(0, n - 1), axis=axis) & np.take(mask, range(1, n), axis=axis)
-        if both.sum() < 100:
+        thin = tuple(slice(None) if a == axis else slice(None, None, step) for a in range(3))
+        v, m = vol[thin], mask[thin]
+        lo = tuple(slice(0, -1) if a == axis else slice(None) for a in range(3))
+        hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+        both = m[lo] & m[hi]
+        if np.count_nonzero(both) < 100:
             continue
-        x, y = a[both], b[both]
-        x = x - x.mean()
-        y = y - y.mean()
+        x, y = v[lo][both].astype(np.float64), v[hi][both].astype(np.float64)
+        x -= x.mean()
+        y -= y.mean()
         r = float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
         if 0 < r < 1:
             values.append(dx * np.sqrt(-2 * np.log(2) / np.log(r)))
     return float(np.mean(values)) if values else float("nan")
 
 
-def efc(vol: np.ndarray) -> float:
-    x = np.abs(vol[vol != 0]).astype(np.float64)
-    n = vol.size
-    b = np.sqrt((x * x).sum())
+def efc(vol: np.ndarray, step: int = 4) -> float:
+    """EFC over every `step`-th voxel (N counts those voxels): an entropy of
+    millions of voxels is the same to three digits on a quarter of them."""
+    sample = vol.reshape(-1)[::step]
+    x = np.abs(sample[sample != 0]).astype(np.float32)
+    n = sample.size
+    b = float(np.sqrt(np.dot(x, x, out=None).astype(np.float64)))
     if b == 0:
         return float("nan")
     efc_max = n * (1 / np.sqrt(n)) * np.log(1 / np.sqrt(n))
-    return float((x / b * np.log(x / b)).sum() / efc_max)
+    # sum(x/b * ln(x/b)) = (sum(x ln x) - ln(b) sum(x)) / b, in float32 with float64 sums
+    xlogx = float(np.dot(x, np.log(x)))
+    return float((xlogx - np.log(b) * float(x.sum(dtype=np.float64))) / b / efc_max)
 
 
 def inu_range(low: np.ndarray, head_low: np.ndarray) -> float:
@@ -199,7 +209,9 @@ def image_metrics(
     out: dict[str, Any] = {"problems": problems, "corrupted": bool(problems), **info}
     if not intensity or {"all_zero", "constant"} & set(problems) or not anat.any():
         return out
-    vol = np.nan_to_num(vol.astype(np.float32, copy=False))
+    vol = vol.astype(np.float32, copy=False)
+    if "nonfinite" in problems:
+        vol = np.nan_to_num(vol)
     spacing = spacing_of(affine)
     f = factors_for(spacing, cfg.working_mm)
     low = block_mean(vol, f)
@@ -207,7 +219,7 @@ def image_metrics(
     bg: Background = background(low, vol, f)
     air_low = ~ndimage.binary_dilation(head_low, iterations=2)
     air = upsample(air_low, f, vol.shape)
-    head_vals = vol[anat]
+    head_vals = vol[anat][::4]  # medians of a quarter sample: same to 3 digits
     sigma = bg.sigma
     core = ndimage.binary_erosion(head_low)
     core_vals = low[core] if core.sum() > 20 else low[head_low]
@@ -215,7 +227,7 @@ def image_metrics(
     dark, bright = core_vals[core_vals <= t], core_vals[core_vals > t]
     mu_d = float(dark.mean()) if dark.size else float("nan")
     mu_b = float(bright.mean()) if bright.size else float("nan")
-    air_sq = float(np.median(vol[air] ** 2)) if air.any() else 0.0
+    air_sq = float(np.median(vol[air][::4] ** 2)) if air.any() else 0.0
     ghost = n2_ghost(low, _RAYLEIGH_MEAN * sigma)
     block = int(np.prod(f))
     limit = sigma * (_RAYLEIGH_MEAN + cfg.artifact_z * _RAYLEIGH_STD / np.sqrt(block))
