@@ -7,16 +7,20 @@ Steps, on the 4 mm working grid:
    blocks below Otsu's threshold, which stays right while ghosts fill less than
    half of the air.
 2. A noise threshold (block mean far above the air's, given the block size)
-   gives a first foreground, closed, hole-filled, largest component.
+   gives a first foreground, closed, hole-filled, largest component. N/2
+   ghosts and wrap-around can join it, so the shape the template is fitted
+   to (`masks.template`) is that foreground within `fit_reach_voxels` of the
+   bright core (above Otsu's threshold): dim scalp stays, distant ghosts go.
 3. The edge threshold. Blur and partial volume spread the head's edge over
    millimetres, and a noise threshold sits at its foot. We threshold at a
-   fraction of the intensity just inside the first foreground's border (the
-   half-maximum idea), never below the noise threshold.
-4. Inside the head envelope only (the template fitted to the first
-   foreground, dilated by `margin_mm` and open below the chin for the neck):
-   N/2 ghosts and wrap-around outside the head are dropped.
+   fraction of the intensity just inside the fitted shape's border (the
+   half-maximum idea), never below the noise threshold, and above the N/2
+   ghost of the brightest tissue when `n2_ghost` finds one.
+4. Only inside the fitted head envelope, dilated by `envelope_voxels`:
+   ghosts and wrap-around away from the head are dropped.
 5. Holes filled in 3D and slice by slice (cavities open to a cut field of
-   view), largest component, then the boundary refined at full resolution.
+   view), largest component, then the boundary placed at full resolution by
+   linear interpolation of the coarse image (`refine`).
 """
 
 from __future__ import annotations
@@ -28,9 +32,8 @@ from scipy import ndimage
 
 from openmind_curate.masks.grid import upsample
 
-_RAYLEIGH_MEDIAN = 1.1774  # median / sigma
-_RAYLEIGH_MEAN = 1.2533
-_RAYLEIGH_STD = 0.6551
+#: Rayleigh (air) median, mean and standard deviation over sigma.
+RAYLEIGH_MEDIAN, RAYLEIGH_MEAN, RAYLEIGH_STD = 1.1774, 1.2533, 0.6551
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def background(low: np.ndarray, data: np.ndarray, factors) -> Background:
     nonzero = vals[np.abs(vals) > tiny]
     if zero > 0.5 or nonzero.size < 100:
         return Background(0.0, zero)
-    return Background(float(np.median(np.abs(nonzero)) / _RAYLEIGH_MEDIAN), zero)
+    return Background(float(np.median(np.abs(nonzero)) / RAYLEIGH_MEDIAN), zero)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -113,7 +116,7 @@ def clean(mask: np.ndarray) -> np.ndarray:
 def noise_threshold(sigma: float, block: int, z: float) -> float:
     if sigma <= 0:
         return 0.0
-    return sigma * (_RAYLEIGH_MEAN + z * _RAYLEIGH_STD / np.sqrt(block))
+    return sigma * (RAYLEIGH_MEAN + z * RAYLEIGH_STD / np.sqrt(block))
 
 
 def edge_threshold(low: np.ndarray, first: np.ndarray, fraction: float) -> float:

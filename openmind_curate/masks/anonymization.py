@@ -27,7 +27,7 @@ from openmind_curate.masks.grid import block_mean, upsample
 @dataclass(frozen=True)
 class AnonConfig:
     min_fill_ml: float = 5.0  # smallest filled zone that counts as defacing
-    blur_ratio: float = 0.2  # face-zone / head variance below which the face is blurred
+    blur_ratio: float = 0.2  # face-zone / air noise variance below which a face is blurred
     max_brain_litres: float = 2.5  # a skull-stripped image holds at most this much
     min_zero_air: float = 0.95  # fraction of the air exactly zero in a skull-stripped image
 

@@ -116,7 +116,7 @@ def compute_masks(
         details["world_to_mni"] = world_to_mni.round(5).tolist()
         return Masks(anat, anon, True, "skull-stripped", details)
 
-    ghost = anat_mod.n2_ghost(low, 1.2533 * bg.sigma)
+    ghost = anat_mod.n2_ghost(low, anat_mod.RAYLEIGH_MEAN * bg.sigma)
     hi = anat_mod.otsu(low[first])
     bright = anat_mod.clean(low > max(tn, hi))
     reach = ndimage.binary_dilation(bright, iterations=ac.fit_reach_voxels)

@@ -15,7 +15,7 @@ The template is the whole-head model of `openmind_curate.synth.head`: the
 ICBM152 2009a brain that nilearn ships, wrapped in skull, scalp, face and
 neck. On real data its face is a prior, not an atlas of faces; the fit is
 12-parameter affine on binary shapes, so contrast, bias and noise do not
-matter. It costs about 0.1 s per image at 4 mm.
+matter. It costs about 0.2 s per image at 4 mm.
 """
 
 from __future__ import annotations

@@ -53,10 +53,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from openmind_curate.masks.anatomy import Background, background, n2_ghost, otsu
+from openmind_curate.masks.anatomy import (
+    RAYLEIGH_MEAN,
+    RAYLEIGH_STD,
+    Background,
+    background,
+    n2_ghost,
+    otsu,
+)
 from openmind_curate.masks.grid import block_mean, factors_for, upsample
-
-_RAYLEIGH_MEAN, _RAYLEIGH_STD = 1.2533, 0.6551
 
 
 @dataclass(frozen=True)
@@ -228,9 +233,9 @@ def image_metrics(
     mu_d = float(dark.mean()) if dark.size else float("nan")
     mu_b = float(bright.mean()) if bright.size else float("nan")
     air_sq = float(np.median(vol[air][::4] ** 2)) if air.any() else 0.0
-    ghost = n2_ghost(low, _RAYLEIGH_MEAN * sigma)
+    ghost = n2_ghost(low, RAYLEIGH_MEAN * sigma)
     block = int(np.prod(f))
-    limit = sigma * (_RAYLEIGH_MEAN + cfg.artifact_z * _RAYLEIGH_STD / np.sqrt(block))
+    limit = sigma * (RAYLEIGH_MEAN + cfg.artifact_z * RAYLEIGH_STD / np.sqrt(block))
     out.update(
         noise_sigma=sigma,
         air_zero_fraction=bg.zero_fraction,
