@@ -70,6 +70,11 @@ def test_demo_runs_the_existing_stages(tmp_path):
     maps = index[index["derived_from"].notna()]
     assert len(maps) == 3 * (truth["modality"] == "DWI").sum()  # FA, MD, T2w per series
     assert "Images per modality" in result.output
+    readable = index[index["header_status"] == "ok"]
+    assert readable["anat_mask_path"].notna().all() and readable["anon_mask_path"].notna().all()
+    assert index.loc[index["derived_from"].notna(), "is_brain_extracted"].all()
+    metrics = pq.read_table(tmp_path / "metrics" / "metrics.parquet").to_pandas()
+    assert len(metrics) == len(index)
 
 
 def test_index_summary_and_clear_errors(tmp_path, corpus):
