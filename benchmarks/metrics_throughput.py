@@ -68,7 +68,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def ours(path: Path) -> np.ndarray:
     data, affine = load_nifti(path)
     masks = compute_masks(data, affine)
-    image_metrics(reference_volume(data), affine, masks.anatomy)
+    image_metrics(reference_volume(data), affine, masks.anatomy, working=masks.working)
     return masks.anatomy
 
 

@@ -181,11 +181,20 @@ def remove_ghost(low: np.ndarray, ghost: Ghost) -> np.ndarray:
 def refine(fg: np.ndarray, low: np.ndarray, threshold: float, factors, shape) -> np.ndarray:
     """The boundary at full resolution: the threshold crossing of the coarse
     image, interpolated linearly, inside a band of one coarse voxel either side
-    of the coarse boundary (inside it is head, outside it is air)."""
+    of the coarse boundary (inside it is head, outside it is air).
+
+    The crossing is found on a grid half as coarse as the working one (2 mm
+    for 1 mm data) and repeated onto the voxels: a 1 mm data set then costs
+    an eighth of the interpolation, for half a voxel of boundary precision.
+    """
     from openmind_curate.masks.grid import upsample_linear
 
     core = ndimage.binary_erosion(fg, border_value=1)
     outer = ndimage.binary_dilation(fg)
     span = float(np.abs(low - threshold).max()) + 1.0
     field = np.where(core, span, np.where(outer, low - threshold, -span))
-    return upsample_linear(field, factors, shape) > 0
+    step = tuple(f // 2 if f % 2 == 0 else 1 for f in factors)
+    mid_factors = tuple(f // g for f, g in zip(factors, step, strict=True))
+    mid_shape = tuple(-(-n // g) for n, g in zip(shape, step, strict=True))
+    mid = upsample_linear(field, mid_factors, mid_shape) > 0
+    return upsample(mid, step, shape)

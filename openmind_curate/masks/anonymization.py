@@ -39,21 +39,25 @@ def is_stripped(zero_fraction: float, litres: float, cfg: AnonConfig) -> bool:
 
 def filled_zone(
     data: np.ndarray, envelope: np.ndarray, voxel_ml: float, factors, cfg: AnonConfig
-) -> tuple[np.ndarray, float | None]:
-    """Voxels of the envelope that hold the fill value (0, or the image minimum).
+) -> tuple[np.ndarray, float | None, np.ndarray | None]:
+    """Voxels of the envelope that hold the fill value (0, or the image minimum),
+    the value, and the zone's fraction per working-grid block.
 
     Pieces smaller than `min_fill_ml` are dropped (found on the working grid,
     where labelling is cheap): defacing removes one or two large pieces.
     """
     best: tuple[int, float | None, np.ndarray | None] = (0, None, None)
     for value in {0.0, float(data.min())}:
-        zone = envelope & (data == value)
+        same = data == value
+        if np.count_nonzero(same) * voxel_ml < cfg.min_fill_ml:
+            continue  # the usual intact image: one pass and out
+        zone = envelope & same
         n = int(np.count_nonzero(zone))
         if n > best[0]:
             best = (n, value, zone)
     count, value, zone = best
     if zone is None or count * voxel_ml < cfg.min_fill_ml:
-        return np.zeros(data.shape, bool), None
+        return np.zeros(data.shape, bool), None, None
     low = block_mean(zone.astype(np.float32), factors)
     labels, n = ndimage.label(low > 0)
     if n > 1:
@@ -61,9 +65,10 @@ def filled_zone(
         keep = sizes >= cfg.min_fill_ml
         keep[0] = False
         zone &= upsample(keep[labels], factors, data.shape)
+        low = np.where(keep[labels], low, 0.0)
     if np.count_nonzero(zone) * voxel_ml < cfg.min_fill_ml:
-        return np.zeros(data.shape, bool), None
-    return zone, value
+        return np.zeros(data.shape, bool), None, None
+    return zone, value, low
 
 
 def block_variance(data: np.ndarray, factors) -> np.ndarray:

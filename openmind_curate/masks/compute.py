@@ -27,6 +27,16 @@ class MaskConfig:
     anon: anon_mod.AnonConfig = field(default_factory=anon_mod.AnonConfig)
 
 
+@dataclass(frozen=True)
+class WorkingGrid:
+    """What the masks computed on the working grid, for the metrics to reuse."""
+
+    factors: tuple[int, int, int]
+    low: np.ndarray  # block means of the volume
+    background: anat_mod.Background
+    anat_low: np.ndarray | None = None  # the anatomy on the working grid, if known there
+
+
 @dataclass
 class Masks:
     anatomy: np.ndarray  # bool, image grid
@@ -34,6 +44,7 @@ class Masks:
     is_brain_extracted: bool
     anonymization_kind: str | None  # "filled", "blurred", "skull-stripped" or None
     details: dict[str, Any]
+    working: WorkingGrid | None = None
 
 
 def reference_volume(data: np.ndarray) -> np.ndarray:
@@ -75,7 +86,9 @@ def compute_masks(
     """
     cfg = config or MaskConfig()
     ac = cfg.anatomy
-    vol = np.nan_to_num(reference_volume(np.asarray(data)).astype(np.float32, copy=False))
+    vol = reference_volume(np.asarray(data)).astype(np.float32, copy=False)
+    if not np.isfinite(np.sum(vol, dtype=np.float64)):  # one pass; NaN and Inf are rare
+        vol = np.nan_to_num(vol)
     shape = vol.shape
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(0)))
     f = factors_for(spacing, cfg.working_mm)
@@ -114,7 +127,7 @@ def compute_masks(
         env = upsample_linear(tpl_mod.labels_on(low.shape, la, world_to_mni)["head"], f, shape)
         anon = (env > 0.5) & ~anat
         details["world_to_mni"] = world_to_mni.round(5).tolist()
-        return Masks(anat, anon, True, "skull-stripped", details)
+        return Masks(anat, anon, True, "skull-stripped", details, WorkingGrid(f, low, bg))
 
     ghost = anat_mod.n2_ghost(low, anat_mod.RAYLEIGH_MEAN * bg.sigma)
     hi = anat_mod.otsu(low[first])
@@ -141,13 +154,16 @@ def compute_masks(
 
     envelope = upsample(env_low, f, shape)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    zone, value = anon_mod.filled_zone(vol, envelope, voxel_ml, f, cfg.anon)
+    zone, value, zone_low = anon_mod.filled_zone(vol, envelope, voxel_ml, f, cfg.anon)
     if value is not None:
         details["fill_value"] = value
-        return Masks(anat & ~zone, zone, False, "filled", details)
+        working = WorkingGrid(f, low, bg, fg & ~(zone_low > 0.5))
+        return Masks(anat & ~zone, zone, False, "filled", details, working)
+    working = WorkingGrid(f, low, bg, fg)
     roughness = anon_mod.block_roughness(vol, f, None if bg.sigma == 0 else labels["face"] > 0.1)
     blur_low, ratio = anon_mod.blurred_zone(roughness, fg, labels["face"] > 0.5, bg.sigma, cfg.anon)
     details["face_variance_ratio"] = ratio
     if blur_low.any():
-        return Masks(anat, upsample(blur_low, f, shape) & anat, False, "blurred", details)
-    return Masks(anat, np.zeros(shape, bool), False, None, details)
+        anon = upsample(blur_low, f, shape) & anat
+        return Masks(anat, anon, False, "blurred", details, working)
+    return Masks(anat, np.zeros(shape, bool), False, None, details, working)

@@ -17,6 +17,8 @@ def factors_for(spacing: tuple[float, ...], target_mm: float) -> tuple[int, int,
 
 def block_mean(data: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     """Mean over blocks of `factors`; the last partial block is padded by edge values."""
+    if data.dtype == bool:
+        data = data.view(np.uint8)  # the mean accumulates in float32 without a copy
     pad = [(0, -n % f) for n, f in zip(data.shape, factors, strict=True)]
     if any(p for _, p in pad):
         data = np.pad(data, pad, mode="edge")

@@ -88,12 +88,12 @@ def fit(shape_prob: np.ndarray, affine: np.ndarray, target: str = "head") -> np.
     if target != "brain":
         reg.SetMetricMovingMask(to_sitk((tpl.cranium > 0.5).astype(np.uint8), tpl.affine) > 0)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.5, 1)
+    reg.SetMetricSamplingPercentage(0.25, 1)
     reg.SetInterpolator(sitk.sitkLinear)
     init = _centroid_init(fixed, moving_arr, tpl, target)
     reg.SetInitialTransform(init, inPlace=True)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=150, relaxationFactor=0.6
+        learningRate=2.0, minStep=1e-3, numberOfIterations=100, relaxationFactor=0.6
     )
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([2, 1])

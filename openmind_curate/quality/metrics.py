@@ -56,11 +56,11 @@ from scipy import ndimage
 from openmind_curate.masks.anatomy import (
     RAYLEIGH_MEAN,
     RAYLEIGH_STD,
-    Background,
     background,
     n2_ghost,
     otsu,
 )
+from openmind_curate.masks.compute import WorkingGrid
 from openmind_curate.masks.grid import block_mean, factors_for, upsample
 
 
@@ -82,12 +82,15 @@ def corruption_checks(
 ) -> tuple[list[str], dict[str, Any]]:
     """The names of the checks `data` fails, and the numbers behind them."""
     problems: list[str] = []
-    finite = np.isfinite(data)
-    n_bad = int(data.size - np.count_nonzero(finite))
+    vals = data
+    n_bad = 0
+    if not np.isfinite(np.sum(data, dtype=np.float64)):  # one cheap pass for the usual case
+        finite = np.isfinite(data)
+        n_bad = int(data.size - np.count_nonzero(finite))
+        vals = np.where(finite, data, 0)
     info: dict[str, Any] = {"nonfinite_voxels": n_bad}
     if n_bad:
         problems.append("nonfinite")
-    vals = np.where(finite, data, 0)
     if not np.any(vals):
         problems.append("all_zero")
     elif float(vals.max()) == float(vals.min()):
@@ -127,8 +130,8 @@ def border_fractions(anat: np.ndarray, affine: np.ndarray) -> dict[str, float]:
         for side, idx in (("low", 0), ("high", -1)):
             if axis == axis_si and (side == "low") == inferior_is_low:
                 continue
-            face = np.take(anat, idx, axis=axis)
-            out[f"{axis}{side}"] = float(face.mean())
+            face = anat[tuple(idx if a == axis else slice(None) for a in range(3))]
+            out[f"{axis}{side}"] = float(np.count_nonzero(face)) / face.size
     return out
 
 
@@ -203,11 +206,13 @@ def image_metrics(
     anat: np.ndarray,
     config: MetricsConfig | None = None,
     intensity: bool = True,
+    working: WorkingGrid | None = None,
 ) -> dict[str, Any]:
     """Metrics and corruption checks of one 3D volume with its anatomy mask.
 
     ``intensity=False`` (phase images) runs the data checks only: intensity
-    metrics and the head's extent mean nothing for a phase map.
+    metrics and the head's extent mean nothing for a phase map. `working`
+    (from `compute_masks`) saves recomputing the working grid.
     """
     cfg = config or MetricsConfig()
     problems, info = corruption_checks(vol, affine, anat if intensity else None, cfg)
@@ -218,13 +223,23 @@ def image_metrics(
     if "nonfinite" in problems:
         vol = np.nan_to_num(vol)
     spacing = spacing_of(affine)
-    f = factors_for(spacing, cfg.working_mm)
-    low = block_mean(vol, f)
-    head_low = block_mean(anat.astype(np.float32), f) > 0.5
-    bg: Background = background(low, vol, f)
+    if working is not None and "nonfinite" not in problems:
+        f, low, bg = working.factors, working.low, working.background
+    else:
+        f = factors_for(spacing, cfg.working_mm)
+        low = block_mean(vol, f)
+        bg = background(low, vol, f)
+    if working is not None and working.anat_low is not None:
+        head_low = working.anat_low
+    else:
+        head_low = block_mean(anat, f) > 0.5
     air_low = ~ndimage.binary_dilation(head_low, iterations=2)
-    air = upsample(air_low, f, vol.shape)
-    head_vals = vol[anat][::4]  # medians of a quarter sample: same to 3 digits
+    # Medians over every other voxel along each axis (an eighth): the same to
+    # three digits, at an eighth of the cost.
+    thin = (slice(None, None, 2),) * 3
+    sub = vol[thin]
+    air = upsample(air_low, f, vol.shape)[thin]
+    head_vals = sub[anat[thin]]
     sigma = bg.sigma
     core = ndimage.binary_erosion(head_low)
     core_vals = low[core] if core.sum() > 20 else low[head_low]
@@ -232,7 +247,7 @@ def image_metrics(
     dark, bright = core_vals[core_vals <= t], core_vals[core_vals > t]
     mu_d = float(dark.mean()) if dark.size else float("nan")
     mu_b = float(bright.mean()) if bright.size else float("nan")
-    air_sq = float(np.median(vol[air][::4] ** 2)) if air.any() else 0.0
+    air_sq = float(np.median(sub[air] ** 2)) if air.any() else 0.0
     ghost = n2_ghost(low, RAYLEIGH_MEAN * sigma)
     block = int(np.prod(f))
     limit = sigma * (RAYLEIGH_MEAN + cfg.artifact_z * RAYLEIGH_STD / np.sqrt(block))

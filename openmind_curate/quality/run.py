@@ -87,17 +87,17 @@ def measure(job: MetricsJob) -> dict[str, Any]:
         row = unreadable_row(job, str(exc))
     else:
         vol = reference_volume(data)
+        working = None
         if job.anat_mask and Path(job.anat_mask).exists():
             anat = load_nifti(job.anat_mask)[0] > 0
             source = "index"
         else:
-            finite = np.nan_to_num(vol)
-            anat = compute_masks(finite, affine, phase=job.phase,
-                                 brain_extracted=True if job.derived else None).anatomy  # fmt: skip
-            source = "computed"
+            forced = True if job.derived else None
+            masks = compute_masks(vol, affine, phase=job.phase, brain_extracted=forced)
+            anat, working, source = masks.anatomy, masks.working, "computed"
         if anat.shape != vol.shape:
             raise ValueError(f"{job.anat_mask}: mask shape {anat.shape} != image {vol.shape}")
-        values = image_metrics(vol, affine, anat, job.config, intensity=not job.phase)
+        values = image_metrics(vol, affine, anat, job.config, not job.phase, working)
         row = {**_base(job), **values, "mask_source": source}
     row["seconds"] = time.perf_counter() - start
     atomic_write_text(job.part, json.dumps(row, default=_json_default))
