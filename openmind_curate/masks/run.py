@@ -39,6 +39,7 @@ class MaskJob:
     phase: bool = False
     derived: bool = False  # a DWI-derived map: brain-extracted by construction
     config: MaskConfig = field(default_factory=MaskConfig)
+    magnitude: str | None = None  # a phase image's part-mag sibling, masked in its place
 
     def __str__(self) -> str:
         return self.source
@@ -64,25 +65,49 @@ def jobs_for_index(index, out: Path, config: MaskConfig | None = None) -> list[M
     """One job per image whose header is ok."""
     cfg = config or MaskConfig()
     rows = index[index["header_status"] == "ok"]
+    known = set(zip(rows["dataset_id"], rows["path"], strict=True))
     jobs = []
     for r in rows.itertuples():
         flags = r.flags if isinstance(r.flags, str) else ""
         derived = isinstance(getattr(r, "derived_from", None), str) or r.modality in BRAIN_MASKED
         out_dir = out / r.dataset_id / posixpath.dirname(r.path)
+        magnitude = None
+        if "phase" in flags:
+            mag = magnitude_sibling(r.path)
+            if mag and (r.dataset_id, mag) in known:
+                magnitude = str(Path(r.root) / mag)
         jobs.append(MaskJob(r.image_id, str(Path(r.root) / r.path), str(out_dir), _stem(r.path),
-                            "phase" in flags, derived, cfg))  # fmt: skip
+                            "phase" in flags, derived, cfg, magnitude))  # fmt: skip
     return jobs
 
 
+def magnitude_sibling(path: str) -> str | None:
+    """``..._part-phase_...`` -> ``..._part-mag_...`` (BIDS), else None."""
+    name = posixpath.basename(path)
+    if "_part-phase_" not in name:
+        return None
+    return posixpath.join(posixpath.dirname(path), name.replace("_part-phase_", "_part-mag_"))
+
+
 def process(job: MaskJob) -> dict[str, Any]:
-    """Masks of one image (the batch item)."""
+    """Masks of one image (the batch item).
+
+    A phase image with a magnitude sibling on the same grid is masked from the
+    magnitude, where the head has an edge; alone, from its phase smoothness.
+    """
     data, affine = load_nifti(job.source)
     forced = True if job.derived else None
-    masks = compute_masks(data, affine, phase=job.phase, brain_extracted=forced, config=job.config)
+    phase, masked_from = job.phase, job.source
+    if job.magnitude:
+        mag, mag_affine = load_nifti(job.magnitude)
+        if mag.shape[:3] == data.shape[:3] and np.allclose(mag_affine, affine, atol=1e-4):
+            data, phase, masked_from = mag, False, job.magnitude
+    masks = compute_masks(data, affine, phase=phase, brain_extracted=forced, config=job.config)
     for kind, arr in (("anat", masks.anatomy), ("anon", masks.anonymization)):
         save_nifti(arr.astype(np.uint8), affine, job.path(kind), "uint8")
     record = {
         "source": job.source,
+        "masked_from": masked_from,
         "image_id": job.image_id,
         "anat_mask_path": str(job.path("anat").resolve()),
         "anon_mask_path": str(job.path("anon").resolve()),
