@@ -93,7 +93,6 @@ def compute_masks(
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(0)))
     f = factors_for(spacing, cfg.working_mm)
     low = block_mean(vol, f)
-    la = low_affine(affine, f)
     low_ml = float(np.prod(spacing) * np.prod(f)) / 1000.0
     details: dict[str, Any] = {"working_factors": list(f)}
     if not np.any(vol) or float(vol.max()) == float(vol.min()):
@@ -120,15 +119,30 @@ def compute_masks(
     details.update(noise_sigma=bg.sigma, air_zero_fraction=bg.zero_fraction, litres=litres)
 
     if stripped:
-        world_to_mni = tpl_mod.fit(first.astype(np.float32), la, "brain")
-        tiny = 1e-3 * float(np.percentile(low, 99))  # as `anatomy.background`
-        anat = upsample(ndimage.binary_dilation(first), f, shape) & (np.abs(vol) > tiny)
-        anat = anat_mod.largest_component(anat) if anat.any() else anat
-        env = upsample_linear(tpl_mod.labels_on(low.shape, la, world_to_mni)["head"], f, shape)
-        anon = (env > 0.5) & ~anat
-        details["world_to_mni"] = world_to_mni.round(5).tolist()
-        return Masks(anat, anon, True, "skull-stripped", details, WorkingGrid(f, low, bg))
+        return _stripped(vol, affine, low, first, bg, f, details)
+    return _head(vol, affine, low, first, bg, tn, f, cfg, details)
 
+
+def _stripped(vol, affine, low, first, bg, f, details) -> Masks:
+    """Skull-stripped: the anatomy is what is left; the anonymization is the
+    rest of the head envelope fitted to the brain."""
+    shape = vol.shape
+    la = low_affine(affine, f)
+    world_to_mni = tpl_mod.fit(first.astype(np.float32), la, "brain")
+    tiny = 1e-3 * float(np.percentile(low, 99))  # as `anatomy.background`
+    anat = upsample(ndimage.binary_dilation(first), f, shape) & (np.abs(vol) > tiny)
+    anat = anat_mod.largest_component(anat) if anat.any() else anat
+    env = upsample_linear(tpl_mod.labels_on(low.shape, la, world_to_mni)["head"], f, shape)
+    details["world_to_mni"] = world_to_mni.round(5).tolist()
+    return Masks(anat, (env > 0.5) & ~anat, True, "skull-stripped", details,
+                 WorkingGrid(f, low, bg))  # fmt: skip
+
+
+def _head(vol, affine, low, first, bg, tn, f, cfg: MaskConfig, details) -> Masks:
+    """A whole head: the anatomy mask (`masks.anatomy`), then a filled or a
+    blurred face inside the fitted envelope (`masks.anonymization`)."""
+    ac, shape = cfg.anatomy, vol.shape
+    la = low_affine(affine, f)
     ghost = anat_mod.n2_ghost(low, anat_mod.RAYLEIGH_MEAN * bg.sigma)
     hi = anat_mod.otsu(low[first])
     bright = anat_mod.clean(low > max(tn, hi))
@@ -153,7 +167,7 @@ def compute_masks(
     )
 
     envelope = upsample(env_low, f, shape)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    voxel_ml = float(np.prod(np.sqrt((affine[:3, :3] ** 2).sum(0)))) / 1000.0
     zone, value, zone_low = anon_mod.filled_zone(vol, envelope, voxel_ml, f, cfg.anon)
     if value is not None:
         details["fill_value"] = value
@@ -162,7 +176,7 @@ def compute_masks(
     working = WorkingGrid(f, low, bg, fg)
     roughness = anon_mod.block_roughness(vol, f, None if bg.sigma == 0 else labels["face"] > 0.1)
     blur_low, ratio = anon_mod.blurred_zone(roughness, fg, labels["face"] > 0.5, bg.sigma, cfg.anon)
-    details["face_variance_ratio"] = ratio
+    details["face_noise_ratio"] = ratio
     if blur_low.any():
         anon = upsample(blur_low, f, shape) & anat
         return Masks(anat, anon, False, "blurred", details, working)

@@ -90,7 +90,7 @@ def fit(shape_prob: np.ndarray, affine: np.ndarray, target: str = "head") -> np.
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(0.25, 1)
     reg.SetInterpolator(sitk.sitkLinear)
-    init = _centroid_init(fixed, moving_arr, tpl, target)
+    init = _initial(shape_prob, affine, moving_arr, tpl)
     reg.SetInitialTransform(init, inPlace=True)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=100, relaxationFactor=0.6
@@ -102,28 +102,25 @@ def fit(shape_prob: np.ndarray, affine: np.ndarray, target: str = "head") -> np.
     return _to_ras_matrix(init)
 
 
-def _centroid_init(fixed: sitk.Image, moving_arr, tpl: Template, target: str):
-    """Start at the identity rotation with the top of the shapes aligned: the
-    foreground's centroid in x and y, its superior edge in z (a field of view
-    cut at the neck or the vertex moves a centroid, not the top of the head)."""
-    arr = sitk.GetArrayFromImage(fixed).T
-    idx = np.argwhere(arr > 0.5)
-    pts = np.array(
-        [
-            fixed.TransformContinuousIndexToPhysicalPoint(p.tolist())
-            for p in idx[:: max(1, len(idx) // 4000)].astype(float)
-        ]
-    )
-    midx = np.argwhere(moving_arr > 0.5)
-    mpts = (tpl.affine[:3, :3] @ midx.T).T + tpl.affine[:3, 3]
-    mpts = mpts * np.array([-1, -1, 1])  # to LPS
+def _initial(shape_prob: np.ndarray, affine: np.ndarray, moving: np.ndarray, tpl: Template):
+    """Start at the identity rotation with the shapes' centroids aligned in x
+    and y and their tops in z: how much neck an image holds moves its centroid
+    a lot and its top not at all (a cut vertex is left to the optimiser)."""
+    fixed_pts = _points(np.argwhere(shape_prob > 0.5), affine)
+    moving_pts = _points(np.argwhere(moving > 0.5), tpl.affine)
     shift = np.empty(3)
-    shift[:2] = mpts[:, :2].mean(0) - pts[:, :2].mean(0)
-    shift[2] = np.percentile(mpts[:, 2], 99) - np.percentile(pts[:, 2], 99)
+    shift[:2] = moving_pts[:, :2].mean(0) - fixed_pts[:, :2].mean(0)
+    shift[2] = np.percentile(moving_pts[:, 2], 99) - np.percentile(fixed_pts[:, 2], 99)
     t = sitk.AffineTransform(3)
-    t.SetCenter(pts.mean(0).tolist())
+    t.SetCenter(fixed_pts.mean(0).tolist())
     t.SetTranslation(shift.tolist())
     return t
+
+
+def _points(ijk: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Voxel indices -> LPS millimetres (ITK's frame)."""
+    ras = ijk @ affine[:3, :3].T + affine[:3, 3]
+    return ras * np.array([-1.0, -1.0, 1.0])
 
 
 def _to_ras_matrix(t: sitk.AffineTransform) -> np.ndarray:
