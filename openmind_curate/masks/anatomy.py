@@ -139,17 +139,18 @@ def n2_ghost(low: np.ndarray, air_mean: float, max_amplitude: float = 0.4) -> Gh
     scaled by `amplitude`, lying over the air.
 
     Where the shifted image is bright, the ratio of the image to it is the
-    same number everywhere the ghost lies over air: the ghost shows as a sharp
-    peak in the histogram of that ratio. Head tissue spreads the ratio
-    widely, air gives 0. A peak that stands out at least twice over the
-    histogram at twice its ratio is the ghost.
+    same number everywhere the ghost lies over air. Air alone gives a ratio
+    of about 0, and head tissue spreads the ratio widely. So the histogram of
+    that ratio peaks at 0 for a clean image, and at the ghost's amplitude when
+    the ghost covers more of the air than clean air does.
     """
     positive = low[low > air_mean]
     if positive.size < 10:
         return Ghost(-1, 0.0)
     hi = otsu(positive)
     best = Ghost(-1, 0.0)
-    edges = np.linspace(0.0, 1.0, 101)
+    edges = np.linspace(0.0, 1.0, 201)
+    top = int(max_amplitude * 200)
     for axis in range(3):
         n = low.shape[axis]
         if n < 8:
@@ -158,14 +159,12 @@ def n2_ghost(low: np.ndarray, air_mean: float, max_amplitude: float = 0.4) -> Gh
         sel = shifted > hi
         ratio = (low[sel] - air_mean) / shifted[sel]
         hist = np.convolve(np.histogram(ratio, edges)[0], np.ones(3) / 3, mode="same")
-        top = int(max_amplitude * 100)
-        peak = 2 + int(np.argmax(hist[2:top]))
-        if hist[peak] < 20 or peak >= top - 1:
+        peak = int(np.argmax(hist[:top]))
+        if peak < 2 or hist[peak] < 20 or hist[peak] < 1.25 * hist[0]:
             continue
-        if hist[peak] > 2 * hist[min(2 * peak + 2, 99)] and hist[peak] > 2 * hist[1:peak].min():
-            amp = float((edges[peak] + edges[peak + 1]) / 2)
-            if amp > best.amplitude:
-                best = Ghost(axis, amp)
+        amp = float((edges[peak] + edges[peak + 1]) / 2)
+        if amp > best.amplitude:
+            best = Ghost(axis, amp)
     return best
 
 
