@@ -38,7 +38,9 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The data (float32) and affine of `path`; a clear error for a bad file."""
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        # NIfTI stores Fortran order; one C-order copy here keeps every later
+        # reshape (block means, flattening) a view instead of a copy.
+        data = np.ascontiguousarray(np.asanyarray(img.dataobj, dtype=np.float32))
     except Exception as exc:  # noqa: BLE001 - every read failure reads the same to a user
         raise NiftiReadError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
     if data.ndim < 3 or data.size == 0:

@@ -97,15 +97,34 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """3D fill, then 2D fill along every axis (holes open to a cut edge)."""
-    out = ndimage.binary_fill_holes(mask)
+    """3D fill, then 2D fill along every axis (holes open to a cut edge).
+
+    A hole is a background component that does not reach the border, found by
+    labelling (scipy's `binary_fill_holes` dilates until stable: ten times
+    slower here).
+    """
+    out = mask | _enclosed(~mask, ndimage.generate_binary_structure(3, 1), range(3))
     for axis in range(3):
         st = np.zeros((3, 3, 3), bool)
         sl = [slice(None)] * 3
         sl[axis] = 1
         st[tuple(sl)] = ndimage.generate_binary_structure(2, 1)
-        out = ndimage.binary_fill_holes(out, structure=st)
+        out |= _enclosed(~out, st, [a for a in range(3) if a != axis])
     return out
+
+
+def _enclosed(background: np.ndarray, structure: np.ndarray, border_axes) -> np.ndarray:
+    """Background components (by `structure`) touching no face of `border_axes`."""
+    labels, n = ndimage.label(background, structure)
+    if n == 0:
+        return np.zeros(background.shape, bool)
+    touching = np.zeros(n + 1, bool)
+    for axis in border_axes:
+        for idx in (0, -1):
+            face = labels[tuple(idx if a == axis else slice(None) for a in range(3))]
+            touching[np.unique(face)] = True
+    touching[0] = True
+    return ~touching[labels]
 
 
 def clean(mask: np.ndarray) -> np.ndarray:
