@@ -38,9 +38,16 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The data (float32) and affine of `path`; a clear error for a bad file."""
     try:
         img = nib.load(str(path))
-        # NIfTI stores Fortran order; one C-order copy here keeps every later
-        # reshape (block means, flattening) a view instead of a copy.
-        data = np.ascontiguousarray(np.asanyarray(img.dataobj, dtype=np.float32))
+        # NIfTI stores Fortran order. Converting to float32 and to C order in
+        # one pass keeps every later reshape (block means, flattening) a view.
+        proxy = img.dataobj
+        slope = getattr(proxy, "slope", 1.0)
+        inter = getattr(proxy, "inter", 0.0)
+        raw = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
+        data = np.array(raw, dtype=np.float32, order="C")
+        if slope != 1.0 or inter != 0.0:
+            data *= np.float32(slope)
+            data += np.float32(inter)
     except Exception as exc:  # noqa: BLE001 - every read failure reads the same to a user
         raise NiftiReadError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
     if data.ndim < 3 or data.size == 0:

@@ -132,7 +132,8 @@ def _stripped(vol, affine, low, first, bg, f, details) -> Masks:
     tiny = 1e-3 * float(np.percentile(low, 99))  # as `anatomy.background`
     anat = upsample(ndimage.binary_dilation(first), f, shape) & (np.abs(vol) > tiny)
     anat = anat_mod.largest_component(anat) if anat.any() else anat
-    env = upsample_linear(tpl_mod.labels_on(low.shape, la, world_to_mni)["head"], f, shape)
+    head = tpl_mod.labels_on(low.shape, la, world_to_mni, ("head",))["head"]
+    env = upsample_linear(head, f, shape)
     details["world_to_mni"] = world_to_mni.round(5).tolist()
     return Masks(anat, (env > 0.5) & ~anat, True, "skull-stripped", details,
                  WorkingGrid(f, low, bg))  # fmt: skip
@@ -149,7 +150,7 @@ def _head(vol, affine, low, first, bg, tn, f, cfg: MaskConfig, details) -> Masks
     reach = ndimage.binary_dilation(bright, iterations=ac.fit_reach_voxels)
     fit_shape = anat_mod.clean(first & reach)
     world_to_mni = tpl_mod.fit(fit_shape.astype(np.float32), la, "head")
-    labels = tpl_mod.labels_on(low.shape, la, world_to_mni)
+    labels = tpl_mod.labels_on(low.shape, la, world_to_mni, ("head", "face"))
     te = max(
         anat_mod.edge_threshold(low, fit_shape, ac.edge_fraction),
         tn,

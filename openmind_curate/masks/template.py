@@ -133,12 +133,17 @@ def _to_ras_matrix(t: sitk.AffineTransform) -> np.ndarray:
     return _LPS @ m @ _LPS
 
 
-def labels_on(shape: tuple[int, ...], affine: np.ndarray, world_to_mni: np.ndarray) -> dict:
-    """Template fractions (head, face, brain) sampled on an image grid."""
+def labels_on(
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    world_to_mni: np.ndarray,
+    names: tuple[str, ...] = ("head", "face", "brain"),
+) -> dict:
+    """Template fractions (`names` of head, face, brain) sampled on an image grid."""
     tpl = template(LABEL_MM)
     m = np.linalg.inv(tpl.affine) @ world_to_mni @ affine
     out = {}
-    for name in ("head", "face", "brain"):
+    for name in names:
         out[name] = ndimage.affine_transform(
             getattr(tpl, name), m[:3, :3], m[:3, 3], output_shape=shape, order=1, cval=0.0
         )
