@@ -256,12 +256,7 @@ def dwi(
                        gibbs=gibbs, motion=motion, bias=bias)  # fmt: skip
     table = None
     if index is not None:
-        import pyarrow.parquet as pq
-
-        if not index.is_file():
-            console.print(f"[red]error:[/red] no index at {index}")
-            raise typer.Exit(2)
-        table = pq.read_table(index).to_pandas()
+        table = _read_index(index)
         jobs = jobs_for_index(table, out, config)
     else:
         jobs = jobs_for_files(files or [], out, config)
@@ -285,12 +280,16 @@ def dwi(
         raise typer.Exit(1)
 
 
-def _read_index(index: Path):
-    import pyarrow.parquet as pq
-
+def _require_index(index: Path) -> None:
     if not index.is_file():
         console.print(f"[red]error:[/red] no index at {index} (run `curate crawl` first)")
         raise typer.Exit(2)
+
+
+def _read_index(index: Path):
+    import pyarrow.parquet as pq
+
+    _require_index(index)
     return pq.read_table(index).to_pandas()
 
 
@@ -377,9 +376,7 @@ def index_summary(
 
     from openmind_curate.schema import IMAGE_INDEX, SchemaError, validate
 
-    if not index.is_file():
-        console.print(f"[red]error:[/red] no index at {index} (run `curate crawl` first)")
-        raise typer.Exit(2)
+    _require_index(index)
     try:
         table = validate(pq.read_table(index), IMAGE_INDEX)
     except (OSError, pa.ArrowException, SchemaError) as exc:

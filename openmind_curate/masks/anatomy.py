@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from openmind_curate.masks.grid import upsample
+from openmind_curate.masks.grid import upsample, upsample_linear
 
 #: Rayleigh (air) median, mean and standard deviation over sigma.
 RAYLEIGH_MEDIAN, RAYLEIGH_MEAN, RAYLEIGH_STD = 1.1774, 1.2533, 0.6551
@@ -61,6 +61,7 @@ def otsu(values: np.ndarray, bins: int = 128) -> float:
 class Background:
     sigma: float  # Rayleigh sigma of the air (0 if the air is zero-filled)
     zero_fraction: float  # of the dark voxels that are (about) zero
+    zero_level: float = 0.0  # values up to this count as zero
 
 
 def background(low: np.ndarray, data: np.ndarray, factors) -> Background:
@@ -68,6 +69,9 @@ def background(low: np.ndarray, data: np.ndarray, factors) -> Background:
     positive = low[low > 0]
     if positive.size == 0:
         return Background(0.0, 1.0)
+    # "Zero" allows for interpolation dust: a resampled skull-stripped image
+    # (nilearn's MNI152) has air of 1e-5 of its range, not exact zeros.
+    tiny = 1e-3 * float(np.percentile(low, 99))
     scale = float(np.median(positive))
     t = float(np.expm1(otsu(np.log1p(positive / scale))) * scale)
     # Every other voxel is plenty for a median, and halves the cost.
@@ -76,15 +80,12 @@ def background(low: np.ndarray, data: np.ndarray, factors) -> Background:
     sub_factors = tuple(f // step for f in factors)
     vals = sub[upsample(low < t / 2, sub_factors, sub.shape)]
     if vals.size < 100:
-        return Background(0.0, 0.0)
-    # "Zero" allows for interpolation dust: a resampled skull-stripped image
-    # (nilearn's MNI152) has air of 1e-5 of its range, not exact zeros.
-    tiny = 1e-3 * float(np.percentile(low, 99))
+        return Background(0.0, 0.0, tiny)
     zero = float(np.mean(np.abs(vals) <= tiny))
     nonzero = vals[np.abs(vals) > tiny]
     if zero > 0.5 or nonzero.size < 100:
-        return Background(0.0, zero)
-    return Background(float(np.median(np.abs(nonzero)) / RAYLEIGH_MEDIAN), zero)
+        return Background(0.0, zero, tiny)
+    return Background(float(np.median(np.abs(nonzero)) / RAYLEIGH_MEDIAN), zero, tiny)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -187,15 +188,6 @@ def n2_ghost(low: np.ndarray, air_mean: float, max_amplitude: float = 0.4) -> Gh
     return best
 
 
-def remove_ghost(low: np.ndarray, ghost: Ghost) -> np.ndarray:
-    """Subtract the ghost in quadrature (the magnitude of an image plus its
-    N/2 ghost is sqrt(c^2 I(x)^2 + a^2 I(x + N/2)^2))."""
-    if ghost.axis < 0 or ghost.amplitude <= 0:
-        return low
-    shifted = np.roll(low, low.shape[ghost.axis] // 2, axis=ghost.axis)
-    return np.sqrt(np.maximum(low**2 - (ghost.amplitude * shifted) ** 2, 0.0))
-
-
 def refine(fg: np.ndarray, low: np.ndarray, threshold: float, factors, shape) -> np.ndarray:
     """The boundary at full resolution: the threshold crossing of the coarse
     image, interpolated linearly, inside a band of one coarse voxel either side
@@ -205,8 +197,6 @@ def refine(fg: np.ndarray, low: np.ndarray, threshold: float, factors, shape) ->
     for 1 mm data) and repeated onto the voxels: a 1 mm data set then costs
     an eighth of the interpolation, for half a voxel of boundary precision.
     """
-    from openmind_curate.masks.grid import upsample_linear
-
     core = ndimage.binary_erosion(fg, border_value=1)
     outer = ndimage.binary_dilation(fg)
     span = float(np.abs(low - threshold).max()) + 1.0

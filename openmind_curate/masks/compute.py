@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from openmind_curate.masks import anatomy as anat_mod
@@ -90,7 +91,7 @@ def compute_masks(
     if not np.isfinite(np.sum(vol, dtype=np.float64)):  # one pass; NaN and Inf are rare
         vol = np.nan_to_num(vol)
     shape = vol.shape
-    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(0)))
+    spacing = tuple(float(s) for s in voxel_sizes(affine))
     f = factors_for(spacing, cfg.working_mm)
     low = block_mean(vol, f)
     low_ml = float(np.prod(spacing) * np.prod(f)) / 1000.0
@@ -129,8 +130,7 @@ def _stripped(vol, affine, low, first, bg, f, details) -> Masks:
     shape = vol.shape
     la = low_affine(affine, f)
     world_to_mni = tpl_mod.fit(first.astype(np.float32), la, "brain")
-    tiny = 1e-3 * float(np.percentile(low, 99))  # as `anatomy.background`
-    anat = upsample(ndimage.binary_dilation(first), f, shape) & (np.abs(vol) > tiny)
+    anat = upsample(ndimage.binary_dilation(first), f, shape) & (np.abs(vol) > bg.zero_level)
     anat = anat_mod.largest_component(anat) if anat.any() else anat
     head = tpl_mod.labels_on(low.shape, la, world_to_mni, ("head",))["head"]
     env = upsample_linear(head, f, shape)
@@ -168,7 +168,7 @@ def _head(vol, affine, low, first, bg, tn, f, cfg: MaskConfig, details) -> Masks
     )
 
     envelope = upsample(env_low, f, shape)
-    voxel_ml = float(np.prod(np.sqrt((affine[:3, :3] ** 2).sum(0)))) / 1000.0
+    voxel_ml = float(np.prod(voxel_sizes(affine))) / 1000.0
     zone, value, zone_low = anon_mod.filled_zone(vol, envelope, voxel_ml, f, cfg.anon)
     if value is not None:
         details["fill_value"] = value

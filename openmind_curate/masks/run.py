@@ -61,6 +61,14 @@ def _stem(path: str) -> str:
     return name
 
 
+def phase_and_derived(row) -> tuple[bool, bool]:
+    """An index row's two mask decisions: is it a phase part, and is it a
+    DWI-derived map (brain-extracted by construction)?"""
+    flags = row.flags if isinstance(row.flags, str) else ""
+    derived = isinstance(getattr(row, "derived_from", None), str) or row.modality in BRAIN_MASKED
+    return "phase" in flags, derived
+
+
 def jobs_for_index(index, out: Path, config: MaskConfig | None = None) -> list[MaskJob]:
     """One job per image whose header is ok."""
     cfg = config or MaskConfig()
@@ -68,16 +76,15 @@ def jobs_for_index(index, out: Path, config: MaskConfig | None = None) -> list[M
     known = set(zip(rows["dataset_id"], rows["path"], strict=True))
     jobs = []
     for r in rows.itertuples():
-        flags = r.flags if isinstance(r.flags, str) else ""
-        derived = isinstance(getattr(r, "derived_from", None), str) or r.modality in BRAIN_MASKED
+        phase, derived = phase_and_derived(r)
         out_dir = out / r.dataset_id / posixpath.dirname(r.path)
         magnitude = None
-        if "phase" in flags:
+        if phase:
             mag = magnitude_sibling(r.path)
             if mag and (r.dataset_id, mag) in known:
                 magnitude = str(Path(r.root) / mag)
         jobs.append(MaskJob(r.image_id, str(Path(r.root) / r.path), str(out_dir), _stem(r.path),
-                            "phase" in flags, derived, cfg, magnitude))  # fmt: skip
+                            phase, derived, cfg, magnitude))  # fmt: skip
     return jobs
 
 
@@ -137,6 +144,7 @@ def run_jobs(jobs: list[MaskJob], options: JobOptions):
 
 def update_index(index_path: Path, records: list[dict[str, Any]]) -> int:
     """Write the mask paths and the brain-extraction decision into the index."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from openmind_curate.schema import IMAGE_INDEX, validate
@@ -149,8 +157,6 @@ def update_index(index_path: Path, records: list[dict[str, Any]]) -> int:
     for col in ("anat_mask_path", "anon_mask_path", "is_brain_extracted"):
         df[col] = df[col].astype(object)
         df.loc[hit, col] = df.loc[hit, "image_id"].map(lambda i, c=col: by_id[i][c])
-    import pyarrow as pa
-
     table = validate(pa.Table.from_pandas(df, schema=IMAGE_INDEX, preserve_index=False),
                      IMAGE_INDEX)  # fmt: skip
     with atomic_path(index_path) as tmp:

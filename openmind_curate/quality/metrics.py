@@ -51,13 +51,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from openmind_curate.masks.anatomy import (
     RAYLEIGH_MEAN,
-    RAYLEIGH_STD,
     background,
     n2_ghost,
+    noise_threshold,
     otsu,
 )
 from openmind_curate.masks.compute import WorkingGrid
@@ -74,7 +75,7 @@ class MetricsConfig:
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
-    return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(0)))  # type: ignore[return-value]
+    return tuple(float(s) for s in voxel_sizes(affine))  # type: ignore[return-value]
 
 
 def corruption_checks(
@@ -178,7 +179,7 @@ def inu_range(low: np.ndarray, head_low: np.ndarray) -> float:
     """p95/p5 of a quadratic log-field fitted to the bright class of the head."""
     core = ndimage.binary_erosion(head_low)
     vals = low[core]
-    if vals.size < 50 or np.any(vals <= 0) and (vals > 0).sum() < 50:
+    if np.count_nonzero(vals > 0) < 50:
         return float("nan")
     bright = core & (low > otsu(vals))
     if bright.sum() < 20:
@@ -249,8 +250,7 @@ def image_metrics(
     mu_b = float(bright.mean()) if bright.size else float("nan")
     air_sq = float(np.median(sub[air] ** 2)) if air.any() else 0.0
     ghost = n2_ghost(low, RAYLEIGH_MEAN * sigma)
-    block = int(np.prod(f))
-    limit = sigma * (RAYLEIGH_MEAN + cfg.artifact_z * RAYLEIGH_STD / np.sqrt(block))
+    limit = noise_threshold(sigma, int(np.prod(f)), cfg.artifact_z)
     out.update(
         noise_sigma=sigma,
         air_zero_fraction=bg.zero_fraction,

@@ -54,18 +54,17 @@ def parts_dir(out: Path) -> Path:
 
 
 def jobs_for_index(index, out: Path, config: MetricsConfig | None = None) -> list[MetricsJob]:
-    from openmind_curate.masks.run import BRAIN_MASKED
+    from openmind_curate.masks.run import phase_and_derived
 
     cfg = config or MetricsConfig()
     parts = str(parts_dir(out))
     jobs = []
     for r in index.itertuples():
-        flags = r.flags if isinstance(r.flags, str) else ""
+        phase, derived = phase_and_derived(r)
         mask = r.anat_mask_path if isinstance(r.anat_mask_path, str) else None
-        derived = isinstance(getattr(r, "derived_from", None), str) or r.modality in BRAIN_MASKED
         source = str(Path(r.root) / r.path)
         jobs.append(MetricsJob(r.image_id, r.dataset_id, r.path, source, r.modality, parts,
-                               mask, "phase" in flags, derived, cfg))  # fmt: skip
+                               mask, phase, derived, cfg))  # fmt: skip
     return jobs
 
 
