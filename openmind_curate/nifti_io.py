@@ -1,5 +1,6 @@
-"""Writing NIfTI files the way every stage needs them: atomically, in mm/s
-units, with the sform and qform both set to the affine."""
+"""NIfTI reading and writing the way every stage needs it (atomic writes, mm/s
+units, sform and qform both set, clear read errors), and the one conversion
+between numpy volumes with a RAS affine and SimpleITK images (LPS)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from openmind_curate.jobs.atomic import atomic_path
 
@@ -55,3 +57,27 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim > 4:
         data = data.reshape(*data.shape[:4], -1)[..., 0]
     return data, img.affine
+
+
+#: RAS <-> LPS (ITK's frame): flip x and y.
+LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def orthonormal_directions(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The affine's unit column directions and its voxel sizes."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    return affine[:3, :3] / zooms, zooms
+
+
+def to_sitk(vol: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """A 3D numpy volume (i, j, k) with a RAS affine -> an ITK image in LPS."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(vol.T, dtype=np.float32))
+    dirs, zooms = orthonormal_directions(affine)
+    img.SetSpacing([float(z) for z in zooms])
+    img.SetOrigin([float(v) for v in LPS @ affine[:3, 3]])
+    img.SetDirection([float(v) for v in (LPS @ dirs).ravel()])
+    return img
+
+
+def from_sitk(img: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(img).T

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from openmind_curate.dwi.motion import from_sitk, to_sitk
+from openmind_curate.nifti_io import from_sitk, to_sitk
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-_LPS = np.diag([-1.0, -1.0, 1.0])
+from openmind_curate.nifti_io import LPS, from_sitk, orthonormal_directions, to_sitk
 
 
 @dataclass(frozen=True)
@@ -43,25 +43,6 @@ class MotionReport:
     max_rotation_deg: float
     max_translation_mm: float
     n_resampled: int
-
-
-def _directions(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    return affine[:3, :3] / zooms, zooms
-
-
-def to_sitk(vol: np.ndarray, affine: np.ndarray) -> sitk.Image:
-    """A 3D numpy volume (i, j, k) with a RAS affine -> an ITK image in LPS."""
-    img = sitk.GetImageFromArray(np.ascontiguousarray(vol.T, dtype=np.float32))
-    dirs, zooms = _directions(affine)
-    img.SetSpacing([float(z) for z in zooms])
-    img.SetOrigin([float(v) for v in _LPS @ affine[:3, 3]])
-    img.SetDirection([float(v) for v in (_LPS @ dirs).ravel()])
-    return img
-
-
-def from_sitk(img: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayFromImage(img).T
 
 
 MIN_SIZE = 12  # voxels per axis below which registration is not attempted
@@ -108,7 +89,7 @@ def world_rotation(tx: sitk.Euler3DTransform) -> tuple[np.ndarray, np.ndarray]:
     """(3x3 RAS rotation, RAS translation at the rotation centre) of the head motion."""
     r_lps = np.array(tx.GetMatrix()).reshape(3, 3)
     t_lps = np.array(tx.GetTranslation())
-    return _LPS @ r_lps @ _LPS, _LPS @ t_lps
+    return LPS @ r_lps @ LPS, LPS @ t_lps
 
 
 def euler_deg(r: np.ndarray) -> list[float]:
@@ -144,7 +125,7 @@ def correct_motion(
     for i in np.flatnonzero(~is_b0):
         transforms[i] = _register(reference, to_sitk(data[..., i], affine), fixed_mask, cfg)
 
-    dirs, _ = _directions(affine)
+    dirs, _ = orthonormal_directions(affine)
     out = np.empty(data.shape, np.float32)
     rot_vox = np.tile(np.eye(3), (n, 1, 1))
     rotations, translations, moved = [], [], 0

@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from openmind_curate.dwi.motion import to_sitk
+from openmind_curate.nifti_io import to_sitk
 from openmind_curate.synth.head import BIT_BRAIN, BIT_FACE, BIT_HEAD, head_model
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
