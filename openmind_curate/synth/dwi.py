@@ -7,8 +7,8 @@ and MD are exact and a noiseless tensor fit recovers them. The fibre direction
 is the axis along which the white-matter map changes least (smallest
 eigenvector of its structure tensor): tracts run along WM sheets.
 
-Gradient directions are expressed on the image's voxel axes and written in the
-FSL/BIDS convention (x flipped when the affine's determinant is positive).
+Gradient directions are expressed on the image's voxel axes; the conversion
+from the FSL/BIDS files is `dwi.gradients.fsl_to_voxel`, shared with the pipeline.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from dipy.core.sphere import HemiSphere, disperse_charges
 from scipy import ndimage
 
 #: Tissue diffusivities, mm^2/s (eigenvalues for WM).
@@ -33,8 +34,6 @@ class GradientTable:
 
 def gradient_table(n_b0: int, shells: dict[int, int], rng: np.random.Generator) -> GradientTable:
     """b0s interleaved with well spread directions per shell (electrostatic repulsion)."""
-    from dipy.core.sphere import HemiSphere, disperse_charges
-
     bvals, bvecs = [], []
     for b, n in shells.items():
         theta = np.arccos(rng.uniform(-1, 1, n))
@@ -95,15 +94,10 @@ def fa_md(tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def simulate(s0: np.ndarray, tensors: np.ndarray, gtab: GradientTable) -> np.ndarray:
-    """Noiseless signal S0 exp(-b g^T D g), shape (..., n_volumes)."""
+    """Noiseless signal S0 exp(-b g^T D g), shape (..., n_volumes).
+
+    The one signal model of the generator: the corpus writer and the DWI phantom
+    (one volume at a time, with the gradient the moved head saw) both call it.
+    """
     q = np.einsum("...ij,ni,nj->...n", tensors, gtab.bvecs, gtab.bvecs, optimize=True)
     return (s0[..., None] * np.exp(-gtab.bvals * q)).astype(np.float32)
-
-
-def voxel_bvecs(fsl_bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """(n, 3) vectors on the array axes from the FSL-convention table (3 x n)
-    BIDS stores: FSL flips x when the affine's determinant is positive."""
-    out = np.asarray(fsl_bvecs, float).T.copy()
-    if np.linalg.det(affine[:3, :3]) > 0:
-        out[:, 0] *= -1
-    return out

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from openmind_curate.dwi.gradients import fsl_to_voxel
 from openmind_curate.synth import degrade
 from openmind_curate.synth import dwi as dwisim
 from openmind_curate.synth.head import LAYERS, head_model
@@ -82,8 +83,8 @@ def dwi_phantom(
         r = rotation(tuple(angles[i]))
         g_head = r.T @ gtab.bvecs[i]
         heads[i] = g_head
-        q = np.einsum("...ij,i,j->...", tensors, g_head, g_head)
-        signal = (s0 * np.exp(-gtab.bvals[i] * q)).astype(np.float32)
+        one = dwisim.GradientTable(gtab.bvals[i : i + 1], g_head[None])
+        signal = dwisim.simulate(s0, tensors, one)[..., 0]
         # moved(x) = signal(R^T (x - c - t) + c), in voxels (isotropic, axis-aligned grid)
         t_vox = shifts[i] / spacing
         offset = centre_vox - r.T @ (centre_vox + t_vox)
@@ -95,7 +96,7 @@ def dwi_phantom(
         data = degrade.gibbs_truncate(data, gibbs_keep, axis=1)
     sigma = float(np.median(s0[wm > 0.5]) / snr)
     data = degrade.rician(np.maximum(data, 0), sigma, rng).astype(np.float32)
-    bvecs_fsl = gtab.bvecs.T.copy()
-    bvecs_fsl[0] *= -1  # RAS grid: positive determinant, FSL flips x
+    # Voxel frame -> FSL: the same x flip as FSL -> voxel (it is its own inverse).
+    bvecs_fsl = fsl_to_voxel(gtab.bvecs.T, affine).T
     return DwiPhantom(data, affine, gtab.bvals, bvecs_fsl, heads, angles, shifts, fa, md,
                       brain, bias, sigma)  # fmt: skip

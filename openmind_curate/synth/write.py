@@ -16,6 +16,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from openmind_curate.dwi.gradients import fsl_to_voxel
 from openmind_curate.ids import image_id, stable_int
 from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
 from openmind_curate.nifti_io import save_nifti
@@ -204,7 +205,7 @@ def _labels(model: HeadModel, grid: Grid, s2m: np.ndarray) -> np.ndarray:
 def _write_dwi(spec, root, grid, model, s2m, masks, rng, path) -> dict[str, Any]:
     ds = root / spec.dataset_id
     bvals = np.loadtxt(ds / spec.bval_path, ndmin=1)
-    g_vox = dwisim.voxel_bvecs(np.loadtxt(ds / spec.bvec_path, ndmin=2), grid.affine)
+    g_vox = fsl_to_voxel(np.loadtxt(ds / spec.bvec_path, ndmin=2), grid.affine)
     gtab = dwisim.GradientTable(bvals, g_vox)
     gm, wm, csf = (resample(p, model.affine, grid, s2m) for p in (model.gm, model.wm, model.csf))
     soft = np.isin(model.layer, [LAYERS["scalp"], LAYERS["muscle"], LAYERS["marrow"]])
