@@ -20,6 +20,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+import openneuro
+import requests
+
 from openmind_curate.jobs import atomic_write_text
 
 GRAPHQL_URL = "https://openneuro.org/crn/graphql"
@@ -107,8 +110,6 @@ def query_snapshot(
     dataset: str, tag: str | None, *, session: Any = None, timeout: float = 30.0
 ) -> Snapshot:
     """Ask OpenNeuro for the file list of `tag` (the latest snapshot when None)."""
-    import requests
-
     http = session or requests
     query = (SNAPSHOT_QUERY if tag else LATEST_QUERY).substitute(dataset=dataset, tag=tag or "")
     try:
@@ -187,8 +188,6 @@ def fetch(
     atomic_write_text(root / RECORD, json.dumps(record, indent=1))
     if plan.todo:
         if downloader is None:
-            import openneuro
-
             downloader = openneuro.download
         downloader(
             dataset=dataset,

@@ -20,9 +20,11 @@ cover are left as they were (dipy sets them to zero).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from dipy.denoise.patch2self import patch2self
 from numpy.lib.stride_tricks import sliding_window_view
 
 from openmind_curate.dwi.gradients import DwiInputError
@@ -80,8 +82,6 @@ def mppca(
     `threads` > 1 computes slabs of patches concurrently (LAPACK and BLAS
     release the GIL); the over-complete sums stay in one thread.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     if data.ndim != 4:
         raise DwiInputError(f"MP-PCA needs a 4D series, got shape {data.shape}")
     size = 2 * patch_radius + 1
@@ -153,8 +153,6 @@ def mppca(
 
 def patch2self_denoise(data: np.ndarray, bvals: np.ndarray) -> tuple[np.ndarray, DenoiseReport]:
     """dipy's Patch2Self (self-supervised regression across volumes)."""
-    from dipy.denoise.patch2self import patch2self
-
     out = patch2self(data.astype(np.float32), bvals, model="ols", shift_intensity=True,
                      clip_negative_vals=False, verbose=False)  # fmt: skip
     return np.asarray(out, np.float32), DenoiseReport("patch2self", 0, 0, float("nan"), 0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from dipy.core.gradients import gradient_table
+from dipy.reconst.dti import TensorModel
 
 from openmind_curate.dwi.gradients import shells
 
@@ -28,9 +30,6 @@ class MapsReport:
 def tensor_maps(
     data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray, b0: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, MapsReport]:
-    from dipy.core.gradients import gradient_table
-    from dipy.reconst.dti import TensorModel
-
     use = b0 | (bvals <= MAX_B)
     if not (use & ~b0).any():
         raise ValueError(f"no shell with b <= {MAX_B:g} s/mm^2 to fit a tensor")

@@ -9,12 +9,12 @@ holes (ventricles are bright on b0, but sinus drop-outs are not).
 from __future__ import annotations
 
 import numpy as np
+from dipy.segment.mask import median_otsu
+from dipy.segment.threshold import otsu
 from scipy import ndimage
 
 
 def brain_mask(mean_b0: np.ndarray, median_radius: int = 2, numpass: int = 2) -> np.ndarray:
-    from dipy.segment.mask import median_otsu
-
     _, mask = median_otsu(mean_b0.astype(np.float32), median_radius=median_radius,
                           numpass=numpass, dilate=1)  # fmt: skip
     labels, n = ndimage.label(mask)
@@ -27,8 +27,6 @@ def brain_mask(mean_b0: np.ndarray, median_radius: int = 2, numpass: int = 2) ->
 def head_mask(volume: np.ndarray) -> np.ndarray:
     """A loose foreground mask (Otsu on the log image, dilated): where to
     spend denoising and registration effort."""
-    from dipy.segment.threshold import otsu
-
     v = np.log1p(np.maximum(volume, 0))
     fg = v > otsu(v[v > 0]) if (v > 0).any() else np.zeros(v.shape, bool)
     return ndimage.binary_dilation(ndimage.binary_fill_holes(fg), iterations=3)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from dipy.core.gradients import gradient_table, reorient_bvecs
 
 from openmind_curate.nifti_io import LPS, from_sitk, orthonormal_directions, to_sitk
 
@@ -162,8 +163,6 @@ def _resample(vol, affine, reference: sitk.Image, tx) -> np.ndarray:
 
 def reorient(bvals: np.ndarray, bvecs: np.ndarray, rot_vox: np.ndarray) -> np.ndarray:
     """Rotate voxel-frame b-vectors by the inverse of each volume's head rotation."""
-    from dipy.core.gradients import gradient_table, reorient_bvecs
-
     gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=50)
     moved = rot_vox[~gtab.b0s_mask]
     return np.asarray(reorient_bvecs(gtab, np.moveaxis(moved, 0, -1)).bvecs)

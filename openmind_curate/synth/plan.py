@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from openmind_curate.ids import stable_int
-from openmind_curate.synth.participants import STYLES, Subject, make_subjects
+from openmind_curate.synth.dwi import gradient_table
+from openmind_curate.synth.participants import STYLES, Subject, make_subjects, sessions_tsv
 
 PROFILES = ("anat", "sessions", "rare", "qc")
 _ENTITY_ORDER = (
@@ -232,8 +233,6 @@ def _plan_anat(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) ->
 def _dwi_files(shells: dict[int, int], n_b0: int, rng) -> tuple[str, str]:
     """bval and bvec file texts. The vectors are taken as written in the FSL
     convention; the writer derives the voxel-axis vectors it simulates with."""
-    from openmind_curate.synth.dwi import gradient_table
-
     g = gradient_table(n_b0, shells, rng)
     bval = " ".join(f"{b:g}" for b in g.bvals) + "\n"
     bvec = "\n".join(" ".join(f"{v:.6f}" for v in row) for row in g.bvecs.T) + "\n"
@@ -241,8 +240,6 @@ def _dwi_files(shells: dict[int, int], n_b0: int, rng) -> tuple[str, str]:
 
 
 def _plan_sessions(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> None:
-    from openmind_curate.synth.participants import sessions_tsv
-
     t1 = {**_GE, "RepetitionTime": 8.2, "EchoTime": 0.0032, "FlipAngle": 12}
     dwi = {**_GE, "RepetitionTime": 7.8, "EchoTime": 0.081, "PhaseEncodingDirection": "j-",
            "TotalReadoutTime": 0.052}  # fmt: skip
