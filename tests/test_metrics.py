@@ -110,7 +110,9 @@ def test_metric_ranks_its_degradation(measured, ladder, metric):
     rung = df[df["ladder"] == ladder].sort_values("ladder_level")
     assert len(rung) == 5
     rho = spearmanr(rung["ladder_level"], rung[metric]).statistic
-    assert abs(rho) >= 0.9, (ladder, metric, rung[metric].tolist())
+    # More noise lowers SNR and CNR; more blur and ghosting raise FWHM and the artifact measures.
+    expected_sign = -1 if ladder == "noise" else 1
+    assert expected_sign * rho >= 0.9, (ladder, metric, rho, rung[metric].tolist())
 
 
 def test_every_corrupted_file_is_caught_and_clean_ones_are_not(measured):
