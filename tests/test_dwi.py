@@ -13,6 +13,7 @@ import pytest
 from dipy.core.gradients import gradient_table
 from dipy.data import get_fnames
 from dipy.reconst.dti import TensorModel
+from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
 from openmind_curate.cli import app
@@ -251,6 +252,31 @@ def test_cli_index_mode_on_the_generated_corpus(corpus, tmp_path):
     assert again.exit_code == 0
     assert all(json.loads(x)["status"] == "skipped" for x in again.output.splitlines())
     assert len(pq.read_table(index)) == len(table)
+
+
+# ------------------------------------------------------------ b-vector frames
+
+
+def test_fsl_bvecs_do_not_depend_on_the_storage_handedness():
+    """The FSL convention's x flip makes one .bvec file valid for an array stored
+    either way: flipping the first array axis (and the affine with it) leaves the
+    world directions the file describes unchanged. Radiological storage (negative
+    determinant) takes the file as it is."""
+    rng = np.random.default_rng(0)
+    fsl = rng.normal(size=(3, 20))
+    fsl /= np.linalg.norm(fsl, axis=0)
+    assert np.array_equal(fsl_to_voxel(fsl, np.diag([-2.0, 2.0, 2.0, 1.0])), fsl.T)
+    flip_x = np.diag([-1.0, 1.0, 1.0])
+    for rot in Rotation.random(8, random_state=1).as_matrix():
+        for hand in (np.eye(3), flip_x):
+            axes = rot @ hand  # unit array axes in world space, either handedness
+            affine = np.eye(4)
+            affine[:3, :3] = axes @ np.diag([1.8, 2.2, 3.0])
+            flipped = affine.copy()
+            flipped[:3, :3] = affine[:3, :3] @ flip_x
+            world = fsl_to_voxel(fsl, affine) @ axes.T
+            world_flipped = fsl_to_voxel(fsl, flipped) @ (axes @ flip_x).T
+            np.testing.assert_allclose(world_flipped, world, atol=1e-12)
 
 
 # ------------------------------------------------------ real data shipped with dipy

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from openmind_curate.dwi.gradients import fsl_to_voxel
 from openmind_curate.synth import degrade
 from openmind_curate.synth import dwi as dwisim
 from openmind_curate.synth.head import LAYERS, head_model
@@ -96,7 +95,9 @@ def dwi_phantom(
         data = degrade.gibbs_truncate(data, gibbs_keep, axis=1)
     sigma = float(np.median(s0[wm > 0.5]) / snr)
     data = degrade.rician(np.maximum(data, 0), sigma, rng).astype(np.float32)
-    # Voxel frame -> FSL: the same x flip as FSL -> voxel (it is its own inverse).
-    bvecs_fsl = fsl_to_voxel(gtab.bvecs.T, affine).T
+    # Written by hand, not with dwi.gradients.fsl_to_voxel, so that the pipeline
+    # tests check that conversion against an independent statement of the convention.
+    bvecs_fsl = gtab.bvecs.T.copy()
+    bvecs_fsl[0] *= -1  # RAS grid: positive determinant, FSL flips x
     return DwiPhantom(data, affine, gtab.bvals, bvecs_fsl, heads, angles, shifts, fa, md,
                       brain, bias, sigma)  # fmt: skip
