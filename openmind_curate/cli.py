@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from openmind_curate import __version__
+from openmind_curate import index as store
+from openmind_curate.index import IndexStoreError
 from openmind_curate.jobs import JobOptions
 
 app = typer.Typer(
@@ -138,7 +140,11 @@ def crawl(
         console.print(f"[red]error:[/red] not a folder: {', '.join(missing)}")
         raise typer.Exit(2)
     options = CrawlOptions(derivatives, tuple(d.strip() for d in datatypes.split(",") if d))
-    result = run_crawl(roots, out, options, job_options(workers, scheduler, quiet, "crawl"))
+    try:
+        result = run_crawl(roots, out, options, job_options(workers, scheduler, quiet, "crawl"))
+    except IndexStoreError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     index = result.index.to_pandas()
     if len(index):
         _print_index_summary(index, per_dataset=False)
@@ -148,12 +154,19 @@ def crawl(
         print_frame(kinds, f"Problems: {len(problems)}")
         print_frame(problems[["dataset_id", "path", "message"]], "First problems", limit=10)
         console.print(f"All problems: {problems_path(out)}")
-    rate = len(index) / result.seconds if result.seconds else 0.0
+    rate = result.n_images / result.seconds if result.seconds else 0.0
     console.print(
-        f"{len(index)} images from {result.n_datasets} datasets in {result.seconds:.1f} s "
+        f"{result.n_images} images from {result.n_datasets} datasets in {result.seconds:.1f} s "
         f"({rate:,.0f} images/s); {result.n_unchanged} datasets unchanged since the last "
         f"crawl, {result.n_headers_read} headers read. Index: {out}"
     )
+    m = result.merge
+    if m.kept or m.cleared or m.removed or m.derived_kept or m.derived_dropped:
+        console.print(
+            f"Later stages' results: kept for {m.kept} unchanged images and "
+            f"{m.derived_kept} derived rows; dropped for {m.cleared} changed and "
+            f"{m.removed} removed images, with {m.derived_dropped} derived rows."
+        )
     for label in result.failures:
         console.print(f"[red]failed:[/red] {label}")
     if result.failures:
@@ -268,7 +281,11 @@ def dwi(
     if index is not None:
         added = update_index(index, index_rows(jobs, table))
         if not as_json:
-            console.print(f"{added} map rows (FA, MD, T2w) added to {index}")
+            console.print(f"{added.added + added.replaced} map rows (FA, MD, T2w) in {index} "
+                          f"({added.added} new)")  # fmt: skip
+            if added.skipped:
+                console.print(f"[yellow]note[/yellow] {added.skipped} map rows not added: "
+                              "their source left the index during the run")  # fmt: skip
     if not as_json:
         console.print(batch.summary())
         for line in lines:
@@ -280,17 +297,13 @@ def dwi(
         raise typer.Exit(1)
 
 
-def _require_index(index: Path) -> None:
-    if not index.is_file():
-        console.print(f"[red]error:[/red] no index at {index} (run `curate crawl` first)")
-        raise typer.Exit(2)
-
-
 def _read_index(index: Path):
-    import pyarrow.parquet as pq
-
-    _require_index(index)
-    return pq.read_table(index).to_pandas()
+    """The index through the store (absolute paths), or a clear exit."""
+    try:
+        return store.read_frame(index)
+    except IndexStoreError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -312,11 +325,15 @@ def masks(
     jobs = jobs_for_index(table, out)
     batch, records = run_jobs(jobs, job_options(workers, scheduler, quiet, "masks"))
     updated = update_index(index, records)
+    if updated.skipped:
+        console.print(f"[yellow]note[/yellow] {updated.skipped} images changed or left the "
+                      "index during the run: their masks were not recorded")  # fmt: skip
     if records:
         df = pd.DataFrame(records)
         kinds = df["anonymization"].fillna("none").value_counts().rename_axis("anonymization")
         print_frame(kinds.reset_index(name="images"), "Anonymization found")
-    console.print(f"{updated} index rows now carry mask paths ({index}); masks under {out}")
+    console.print(f"{updated.replaced} index rows now carry mask paths ({index}); "
+                  f"masks under {out}")  # fmt: skip
     console.print(batch.summary())
     if batch.failed:
         raise typer.Exit(1)
@@ -371,18 +388,7 @@ def index_summary(
     index: Annotated[Path, typer.Argument(help="An images.parquet written by `curate crawl`.")],
 ) -> None:
     """Counts per modality, per dataset and per header status."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from openmind_curate.schema import IMAGE_INDEX, SchemaError, validate
-
-    _require_index(index)
-    try:
-        table = validate(pq.read_table(index), IMAGE_INDEX)
-    except (OSError, pa.ArrowException, SchemaError) as exc:
-        console.print(f"[red]error:[/red] cannot read index {index}: {exc}")
-        raise typer.Exit(2) from None
-    _print_index_summary(table.to_pandas())
+    _print_index_summary(_read_index(index))
 
 
 @app.command()

@@ -45,8 +45,11 @@ def _f(
     min: float | None = None,  # noqa: A002 - mirrors the metadata key
     max: float | None = None,  # noqa: A002
     doc: str = "",
+    stage: str | None = None,
 ) -> pa.Field:
     meta: dict[str, str] = {"doc": doc}
+    if stage is not None:
+        meta["stage"] = stage
     if allowed is not None:
         meta["allowed"] = json.dumps(list(allowed))
     if min is not None:
@@ -76,7 +79,7 @@ IMAGE_INDEX = pa.schema(
         _f("modality", _S, False, allowed=MODALITIES),
         _f("is_derivative", _B, False),
         _f("flags", _S, doc="comma-separated: phase, inversion, ..."),
-        _f("root", _S, False, doc="dataset root folder"),
+        _f("root", _S, False, doc="dataset root folder, relative to the index's folder"),
         _f("path", _S, False, doc="path relative to the dataset root"),
         _f("size_bytes", _I, False, min=0),
         _f("mtime_ns", _I),
@@ -104,12 +107,22 @@ IMAGE_INDEX = pa.schema(
         _f("health_status", _S),
         _f("participant_extra", _S, doc="other participants.tsv columns as JSON"),
         _f("snapshot_tag", _S, doc="OpenNeuro snapshot the files came from"),
-        _f("derived_from", _S, doc="image_id of the source image (DWI maps)"),
-        _f("is_brain_extracted", _B),
-        _f("anat_mask_path", _S),
-        _f("anon_mask_path", _S),
+        _f("derived_from", _S, doc="image_id of the source image (DWI maps)", stage="dwi"),
+        _f("is_brain_extracted", _B, stage="masks"),
+        _f("anat_mask_path", _S, doc="relative to the index's folder", stage="masks"),
+        _f("anon_mask_path", _S, doc="relative to the index's folder", stage="masks"),
     ]
 )
+
+
+def stage_columns(schema: pa.Schema) -> list[str]:
+    """Columns a stage after the crawl fills (field metadata ``stage``).
+
+    The index store keeps them across a re-crawl for every unchanged image and
+    clears them for a changed one: a new stage's column only needs the mark.
+    """
+    return [f.name for f in schema if (f.metadata or {}).get(b"stage")]
+
 
 _RATING_AXIS = dict(min=1, max=5)
 
@@ -160,7 +173,7 @@ MANIFEST = pa.schema(
 PROBLEMS = pa.schema(
     [
         _f("dataset_id", _S, False),
-        _f("root", _S, False),
+        _f("root", _S, False, doc="dataset root, relative to the index's folder"),
         _f("path", _S, False, doc="relative to the dataset root ('.' for the dataset)"),
         _f(
             "kind",

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from openmind_curate import index as store
 from openmind_curate.cli import app
 from openmind_curate.jobs import JobOptions
 from openmind_curate.synth import SynthConfig, generate
@@ -64,7 +64,7 @@ def masked(corpus, tmp_path_factory):
     result = CliRunner().invoke(app, ["masks", "--index", str(index), "--out", str(out), "-j", "2",
                                  "-q"], env={"COLUMNS": "200"})  # fmt: skip
     assert result.exit_code == 0, result.output
-    table = pq.read_table(index).to_pandas()
+    table = store.read_frame(index)  # mask paths made absolute
     images = truth[(truth["kind"] == "image") & truth["anat_mask_truth"].notna()]
     rows = images.merge(table[["image_id", "anat_mask_path", "anon_mask_path",
                                "is_brain_extracted"]], on="image_id",

@@ -23,7 +23,6 @@ import json
 import os
 import posixpath
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,18 +32,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from openmind_curate import index as store
 from openmind_curate.bids.entities import ENTITY_NAMES, BidsName, parse_name
 from openmind_curate.bids.modalities import modality_of
 from openmind_curate.bids.nifti import HeaderInfo, read_header
 from openmind_curate.bids.participants import Person, extra_json, overlay, read_people
 from openmind_curate.bids.sidecars import Inheritance, load_json, merge
-from openmind_curate.ids import image_id
+from openmind_curate.ids import dataset_ids, image_id
+from openmind_curate.index import CrawlMerge
 from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
 from openmind_curate.schema import IMAGE_INDEX, PROBLEMS, rows_to_table, validate
 
 DEFAULT_DATATYPES = ("anat", "dwi", "pet")
 SKIP_DIRS = frozenset({"sourcedata", "code", "stimuli", "derivatives", "phenotype"})
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: roots relative to the index's folder
 _HEADER_FIELDS = ("header_status", "shape", "spacing", "n_volumes", "dtype")
 
 
@@ -102,21 +103,19 @@ def _skip_dir(name: str) -> bool:
 
 
 def find_datasets(roots: Sequence[str | os.PathLike[str]], derivatives: bool) -> list[DatasetRef]:
-    """Datasets under the given roots (a root may itself be a dataset)."""
-    found: list[DatasetRef] = []
-    seen: Counter[str] = Counter()
+    """Datasets under the given roots (a root may itself be a dataset).
 
-    def add(path: Path, dataset_id: str, is_derivative: bool) -> None:
-        seen[dataset_id] += 1
-        if seen[dataset_id] > 1:
-            dataset_id = f"{dataset_id}~{seen[dataset_id]}"
-        found.append(DatasetRef(str(path.resolve()), dataset_id, is_derivative))
+    A dataset's id is its folder name. Where several datasets share a name,
+    each gets a suffix from its own location (`ids.dataset_ids`), so no id
+    depends on the order of the roots or of the crawl.
+    """
+    found: list[tuple[str, str, int | None, str]] = []  # path, crawl root, parent, suffix
 
-    def visit(path: Path, depth: int) -> None:
+    def visit(path: Path, root: str, depth: int) -> None:
         if is_dataset(path):
-            add(path, path.name, False)
+            found.append((os.path.abspath(path), root, None, ""))
             if derivatives:
-                visit_derivatives(path / "derivatives", path.name)
+                visit_derivatives(path / "derivatives", len(found) - 1)
             return
         if depth >= 3:
             return
@@ -126,21 +125,32 @@ def find_datasets(roots: Sequence[str | os.PathLike[str]], derivatives: bool) ->
             return
         for name in children:
             if not _skip_dir(name):
-                visit(path / name, depth + 1)
+                visit(path / name, root, depth + 1)
 
-    def visit_derivatives(path: Path, parent_id: str) -> None:
+    def visit_derivatives(path: Path, parent: int) -> None:
         if not path.is_dir():
             return
+        root = found[parent][1]
         if any(e.name.startswith("sub-") for e in os.scandir(path) if e.is_dir()):
-            add(path, f"{parent_id}/derivatives", True)
+            found.append((os.path.abspath(path), root, parent, "/derivatives"))
             return
         for e in sorted(os.scandir(path), key=lambda e: e.name):
             if e.is_dir() and not e.name.startswith(".") and is_dataset(Path(e.path)):
-                add(Path(e.path), f"{parent_id}/derivatives/{e.name}", True)
+                found.append((os.path.abspath(e.path), root, parent, f"/derivatives/{e.name}"))
 
     for root in roots:
-        visit(Path(root), 0)
-    return found
+        visit(Path(root), os.path.abspath(root), 0)
+    first: dict[str, int] = {}  # the same folder reached from two roots counts once
+    for k, (path, *_) in enumerate(found):
+        first.setdefault(path, k)
+    top = [k for k in first.values() if found[k][2] is None]
+    top_ids = dict(zip(top, dataset_ids([found[k][:2] for k in top]), strict=True))
+    refs = []
+    for k in first.values():
+        path, _, parent, suffix = found[k]
+        dataset_id = top_ids[k] if parent is None else top_ids[parent] + suffix
+        refs.append(DatasetRef(path, dataset_id, parent is not None))
+    return refs
 
 
 # ------------------------------------------------------------------------ walking
@@ -400,13 +410,15 @@ def _str(value: Any) -> str | None:
 
 @dataclass
 class CrawlResult:
-    index: pa.Table
+    index: pa.Table  # the whole index after the crawl (absolute paths)
     problems: pa.Table
     n_datasets: int
     n_unchanged: int
     n_headers_read: int
     failures: list[str]
     seconds: float = 0.0
+    merge: CrawlMerge = field(default_factory=CrawlMerge)
+    n_images: int = 0  # images the crawl found (the index may hold derived rows too)
 
 
 def state_path(out: Path) -> Path:
@@ -420,18 +432,27 @@ def problems_path(out: Path) -> Path:
 def _load_previous(
     out: Path, options: CrawlOptions
 ) -> tuple[dict, pa.Table | None, pa.Table | None]:
+    """The previous crawl's state (keyed by absolute root), index and problems.
+
+    The index is read through the store (a bad one raises); a missing or
+    mismatched state only costs a full re-read of the headers.
+    """
+    index = store.read(out) if out.exists() else None
     state_file = state_path(out)
-    if not (out.exists() and state_file.exists()):
-        return {}, None, None
+    if index is None or not state_file.exists():
+        return {}, index, None
     try:
         state = json.loads(state_file.read_text())
         if state.get("version") != STATE_VERSION or state.get("options") != _options_doc(options):
-            return {}, None, None
-        index = pq.read_table(out)
-        probs = pq.read_table(problems_path(out)) if problems_path(out).exists() else None
+            return {}, index, None
+        probs = None
+        if problems_path(out).exists():
+            probs = store.absolute_paths(pq.read_table(problems_path(out)), out, ["root"])
     except (OSError, ValueError, pa.ArrowException):
-        return {}, None, None
-    return state.get("datasets", {}), index, probs
+        return {}, index, None
+    base = store.base_dir(out)
+    datasets = {store.to_absolute(k, base): v for k, v in state.get("datasets", {}).items()}
+    return datasets, index, probs
 
 
 def _options_doc(options: CrawlOptions) -> dict[str, Any]:
@@ -444,7 +465,11 @@ def crawl(
     options: CrawlOptions = CrawlOptions(),
     jobs: JobOptions = JobOptions(description="crawl"),
 ) -> CrawlResult:
-    """Crawl `roots` into the index at `out` (parquet), reusing a previous crawl."""
+    """Crawl `roots` into the index at `out` (parquet), reusing a previous crawl.
+
+    The rows go into the index through the store (`openmind_curate.index`),
+    which keeps what later stages added for unchanged images.
+    """
     start = time.perf_counter()
     out = Path(out)
     refs = find_datasets(roots, options.derivatives)
@@ -476,19 +501,28 @@ def crawl(
         n_read += r.n_headers_read
         tables.append(r.index)
         problems += r.problems
-    index = validate(pa.concat_tables(tables), IMAGE_INDEX) if tables else IMAGE_INDEX.empty_table()
+    crawled = validate(pa.concat_tables(tables), IMAGE_INDEX) if tables else None
+    if crawled is None:
+        crawled = IMAGE_INDEX.empty_table()
     problem_table = rows_to_table(problems, PROBLEMS)
-    if unchanged != len(refs) or prev_index is None or len(refs) != len(state):
-        _write(out, index, problem_table, {"version": STATE_VERSION,
-                                          "options": _options_doc(options),
-                                          "datasets": new_state})  # fmt: skip
-    return CrawlResult(index, problem_table, len(refs), unchanged, n_read,
-                       [f.label for f in batch.failed], time.perf_counter() - start)  # fmt: skip
+    result = CrawlResult(prev_index, problem_table, len(refs), unchanged, n_read,
+                         [f.label for f in batch.failed], n_images=crawled.num_rows)  # fmt: skip
+    same = unchanged == len(refs) and len(refs) == len(state) and not batch.failed
+    if not same or prev_index is None:
+        doc = {"version": STATE_VERSION, "options": _options_doc(options), "datasets": new_state}
+        result.index, result.merge = store.replace_crawl(
+            out, crawled, after=lambda: _write_side_files(out, problem_table, doc)
+        )
+    result.seconds = time.perf_counter() - start
+    return result
 
 
 def _split_by_root(table: pa.Table | None) -> dict[str, pa.Table]:
+    """Rows per dataset root; derived rows (another stage's) are not the crawl's."""
     if table is None or table.num_rows == 0:
         return {}
+    if "derived_from" in table.column_names:
+        table = table.filter(pc.is_null(table.column("derived_from")))
     roots = table.column("root")
     return {r: table.filter(pc.equal(roots, r)) for r in pc.unique(roots).to_pylist()}
 
@@ -507,11 +541,12 @@ def _previous_headers(table: pa.Table | None) -> dict[str, tuple]:
     }
 
 
-def _write(out: Path, index: pa.Table, problems: pa.Table, state: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        pq.write_table(index, tmp)
+def _write_side_files(out: Path, problems: pa.Table, state: dict[str, Any]) -> None:
+    """Problems and crawl state, paths relative to the index's folder like the index's."""
     with atomic_path(problems_path(out)) as tmp:
-        pq.write_table(problems, tmp)
+        pq.write_table(store.stored_paths(problems, out, ["root"]), tmp)
+    base = store.base_dir(out)
+    state = {**state, "datasets": {store.to_stored(k, base): v
+                                   for k, v in state["datasets"].items()}}  # fmt: skip
     # The state goes last: if the job dies before it, the next run re-crawls.
     atomic_write_text(state_path(out), json.dumps(state, indent=1))

@@ -23,15 +23,26 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import dipy
 import nibabel as nib
 import numpy as np
+import scipy
+import SimpleITK
+from matplotlib.figure import Figure
+from threadpoolctl import threadpool_limits
 
 from openmind_curate import __version__
+from openmind_curate import index as store
+from openmind_curate.bids.entities import parse_name
+from openmind_curate.bids.nifti import read_header
+from openmind_curate.bids.sidecars import Inheritance
 from openmind_curate.dwi.gradients import DwiInputError, read_table
 from openmind_curate.dwi.pipeline import DwiConfig, DwiResult, run_pipeline
+from openmind_curate.ids import image_id
 from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
 from openmind_curate.jobs.runner import BatchResult
 from openmind_curate.nifti_io import save_nifti
+from openmind_curate.schema import IMAGE_INDEX, rows_to_table
 
 PIPELINE_NAME = "openmind-curate-dwi"
 MAPS = {"FA": "_FA", "MD": "_MD", "T2w": "_desc-meanb0_T2w", "mask": "_desc-brain_mask"}
@@ -91,9 +102,6 @@ def dataset_root(path: Path) -> Path | None:
 
 def find_gradients(path: Path) -> tuple[str | None, str | None]:
     """bval/bvec for a series: same-name files, else BIDS inheritance."""
-    from openmind_curate.bids.entities import parse_name
-    from openmind_curate.bids.sidecars import Inheritance
-
     base = str(path)
     for ext in (".nii.gz", ".nii"):
         base = base.removesuffix(ext)
@@ -118,6 +126,7 @@ def find_gradients(path: Path) -> tuple[str | None, str | None]:
 
 
 def jobs_for_files(files: list[Path], out: Path, config: DwiConfig) -> list[DwiJob]:
+    out = Path(os.path.abspath(out))
     jobs = []
     for f in files:
         f = f.resolve()
@@ -131,6 +140,9 @@ def jobs_for_files(files: list[Path], out: Path, config: DwiConfig) -> list[DwiJ
 
 
 def jobs_for_index(index, out: Path, config: DwiConfig) -> list[DwiJob]:
+    """One job per readable source DWI of an index read through `index.read`
+    (absolute roots); outputs under ``OUT/<dataset_id>/``."""
+    out = Path(os.path.abspath(out))
     rows = index[(index["modality"] == "DWI") & (index["header_status"] == "ok")
                  & ~index["is_derivative"]]  # fmt: skip
     jobs = []
@@ -149,10 +161,6 @@ def jobs_for_index(index, out: Path, config: DwiConfig) -> list[DwiJob]:
 
 
 def _versions() -> dict[str, str]:
-    import dipy
-    import scipy
-    import SimpleITK
-
     return {
         "openmind-curate": __version__, "dipy": dipy.__version__, "numpy": np.__version__,
         "scipy": scipy.__version__, "SimpleITK": SimpleITK.Version.VersionString(),
@@ -173,13 +181,9 @@ def write_description(folder: Path) -> None:
 
 
 def qc_figure(result: DwiResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The QC figure, drawn without pyplot (no global backend, no figure registry)."""
     z = int(np.argmax(result.mask.sum(axis=(0, 1)))) if result.mask.any() else 0
-    fig = plt.figure(figsize=(12, 6), constrained_layout=True)
+    fig = Figure(figsize=(12, 6), constrained_layout=True)
     grid = fig.add_gridspec(2, 4)
     panels = [
         ("mean b0 (T2w)", result.t2w, "gray", None),
@@ -210,13 +214,10 @@ def qc_figure(result: DwiResult, path: Path) -> None:
         ax.axis("off")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
-    plt.close(fig)
 
 
 def process(job: DwiJob) -> dict[str, Any]:
     """One series, end to end (the batch item). Raises with a clear message."""
-    from threadpoolctl import threadpool_limits
-
     if not job.bval or not job.bvec:
         raise DwiInputError(f"no .bval/.bvec found for {job.source} (same name or BIDS "
                             "inheritance)")  # fmt: skip
@@ -290,11 +291,12 @@ def run_jobs(jobs: list[DwiJob], options: JobOptions) -> tuple[BatchResult, list
 
 
 def index_rows(jobs: list[DwiJob], index) -> list[dict[str, Any]]:
-    """Rows for the FA, MD and T2w maps of every finished job."""
-    from openmind_curate.bids.entities import parse_name
-    from openmind_curate.bids.nifti import read_header
-    from openmind_curate.ids import image_id
+    """Rows for the FA, MD and T2w maps of every finished job.
 
+    Each row's root is its derivative dataset (``OUT/<dataset_id>``) and its
+    path is relative to it, so ``image_id(dataset_id, path)`` holds for map
+    rows as for any other; the participant columns are the source's.
+    """
     by_id = index.set_index("image_id") if index is not None else None
     rows = []
     for job in jobs:
@@ -309,15 +311,16 @@ def index_rows(jobs: list[DwiJob], index) -> list[dict[str, Any]]:
             st = path.stat()
             sidecar = path.with_name(path.name.replace(".nii.gz", ".json")).read_text()
             row = {k: v for k, v in source.items() if not _is_missing(v)}
+            for stage_owned in ("anat_mask_path", "anon_mask_path", "is_brain_extracted"):
+                row.pop(stage_owned, None)
             row.update(
-                image_id=image_id(f"{job.dataset_id}/derivatives/{PIPELINE_NAME}", rel),
+                image_id=image_id(job.dataset_id, rel),
                 dataset_id=job.dataset_id, suffix=key, extension=".nii.gz", modality=key,
                 is_derivative=True, flags=None, root=str(deriv_root), path=rel,
                 size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, header_status=head.status,
                 shape=head.shape, spacing=head.spacing, n_volumes=head.n_volumes,
                 dtype=head.dtype, sidecar=sidecar, derived_from=job.source_id,
                 is_brain_extracted=True, bval_path=None, bvec_path=None, datatype="dwi",
-                anat_mask_path=None, anon_mask_path=None,
             )  # fmt: skip
             if "subject" not in row:
                 parsed = parse_name(Path(job.source).name)
@@ -330,20 +333,8 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
-def update_index(index_path: Path, rows: list[dict[str, Any]]) -> int:
-    """Add (or replace, by image_id) the map rows in the index file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from openmind_curate.schema import IMAGE_INDEX, rows_to_table, validate
-
+def update_index(index_path: Path, rows: list[dict[str, Any]]) -> store.RowsResult:
+    """Add (or replace, by image_id) the map rows, through the index store."""
     if not rows:
-        return 0
-    new = rows_to_table(rows, IMAGE_INDEX)
-    old = pq.read_table(index_path)
-    keep = ~np.isin(old.column("image_id").to_numpy(zero_copy_only=False),
-                    new.column("image_id").to_numpy(zero_copy_only=False))  # fmt: skip
-    table = validate(pa.concat_tables([old.filter(pa.array(keep)), new]), IMAGE_INDEX)
-    with atomic_path(index_path) as tmp:
-        pq.write_table(table, tmp)
-    return new.num_rows
+        return store.RowsResult()
+    return store.add_rows(index_path, rows_to_table(rows, IMAGE_INDEX))

@@ -60,7 +60,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def remove_stale_temps(outputs: Iterable[Path]) -> list[Path]:
-    """Delete temporary files left by a killed run next to the given outputs."""
+    """Delete temporary files left by a killed run next to the given outputs.
+
+    Lists each folder once; call it once per batch with every unfinished
+    output, not once per item (a folder of 100k files takes ~0.2 s to list)."""
     removed = []
     for folder in {Path(p).parent for p in outputs}:
         if not folder.is_dir():

@@ -133,14 +133,16 @@ def run_batch(
     labels = [label(it) for it in items]
     results: list[ItemResult | None] = [None] * len(items)
     todo: list[int] = []
+    unfinished: list[Path] = []
     for i, it in enumerate(items):
         paths = [Path(p) for p in outputs(it)] if outputs else []
         if paths and all(p.exists() for p in paths):
             results[i] = ItemResult(labels[i], "skipped")
         else:
-            if paths:
-                remove_stale_temps(paths)
+            unfinished += paths
             todo.append(i)
+    # Once per batch: each output folder is listed once, however many items share it.
+    remove_stale_temps(unfinished)
 
     with _progress(options, len(items), len(items) - len(todo)) as advance:
         if todo:

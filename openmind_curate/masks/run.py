@@ -7,22 +7,26 @@ Outputs, per image, under ``DERIV_ROOT/<dataset_id>/<folder of the image>/``::
     <stem>_desc-masks.json                 decision, numbers, versions (written last)
 
 The JSON is the completion marker: a killed run redoes only the images without
-one. The index gains ``anat_mask_path``, ``anon_mask_path`` (absolute) and
-``is_brain_extracted``.
+one. The index gains ``anat_mask_path``, ``anon_mask_path`` and
+``is_brain_extracted`` through the index store (which stores the paths
+relative to the index's folder), for images whose file has not changed since.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from openmind_curate import index as store
 from openmind_curate.jobs import JobOptions, run_batch
-from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
+from openmind_curate.jobs.atomic import atomic_write_text
 from openmind_curate.masks.compute import MaskConfig, compute_masks
 from openmind_curate.nifti_io import load_nifti, save_nifti
 
@@ -40,6 +44,8 @@ class MaskJob:
     derived: bool = False  # a DWI-derived map: brain-extracted by construction
     config: MaskConfig = field(default_factory=MaskConfig)
     magnitude: str | None = None  # a phase image's part-mag sibling, masked in its place
+    size_bytes: int | None = None  # the source as indexed: masks of a file changed
+    mtime_ns: int | None = None  # since then do not go into the index
 
     def __str__(self) -> str:
         return self.source
@@ -70,8 +76,10 @@ def phase_and_derived(row) -> tuple[bool, bool]:
 
 
 def jobs_for_index(index, out: Path, config: MaskConfig | None = None) -> list[MaskJob]:
-    """One job per image whose header is ok."""
+    """One job per image whose header is ok, from an index read through
+    `index.read` (absolute roots); outputs under ``OUT/<dataset_id>/``."""
     cfg = config or MaskConfig()
+    out = Path(os.path.abspath(out))
     rows = index[index["header_status"] == "ok"]
     known = set(zip(rows["dataset_id"], rows["path"], strict=True))
     jobs = []
@@ -84,7 +92,8 @@ def jobs_for_index(index, out: Path, config: MaskConfig | None = None) -> list[M
             if mag and (r.dataset_id, mag) in known:
                 magnitude = str(Path(r.root) / mag)
         jobs.append(MaskJob(r.image_id, str(Path(r.root) / r.path), str(out_dir), _stem(r.path),
-                            phase, derived, cfg, magnitude))  # fmt: skip
+                            phase, derived, cfg, magnitude, int(r.size_bytes),
+                            None if pd.isna(r.mtime_ns) else int(r.mtime_ns)))  # fmt: skip
     return jobs
 
 
@@ -116,8 +125,8 @@ def process(job: MaskJob) -> dict[str, Any]:
         "source": job.source,
         "masked_from": masked_from,
         "image_id": job.image_id,
-        "anat_mask_path": str(job.path("anat").resolve()),
-        "anon_mask_path": str(job.path("anon").resolve()),
+        "anat_mask_path": job.path("anat").name,  # beside this record
+        "anon_mask_path": job.path("anon").name,
         "is_brain_extracted": masks.is_brain_extracted,
         "anonymization": masks.anonymization_kind,
         "anat_fraction": float(masks.anatomy.mean()),
@@ -129,36 +138,30 @@ def process(job: MaskJob) -> dict[str, Any]:
 
 
 def run_jobs(jobs: list[MaskJob], options: JobOptions):
-    """Run the batch; returns it and the record of every finished image."""
+    """Run the batch; returns it and the record of every finished image, with
+    the mask paths where they are now (absolute)."""
     for j in jobs:
         Path(j.out_dir).mkdir(parents=True, exist_ok=True)
     batch = run_batch(process, jobs, options, outputs=MaskJob.outputs)
     records = []
     for job, res in zip(jobs, batch.results, strict=True):
         if res.status == "done":
-            records.append(res.value)
+            record = res.value
         elif res.status == "skipped":
-            records.append(json.loads(job.path("record").read_text()))
+            record = json.loads(job.path("record").read_text())
+        else:
+            continue
+        records.append({**record, "anat_mask_path": str(job.path("anat")),
+                        "anon_mask_path": str(job.path("anon")),
+                        "size_bytes": job.size_bytes, "mtime_ns": job.mtime_ns})  # fmt: skip
     return batch, records
 
 
-def update_index(index_path: Path, records: list[dict[str, Any]]) -> int:
-    """Write the mask paths and the brain-extraction decision into the index."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from openmind_curate.schema import IMAGE_INDEX, validate
-
+def update_index(index_path: Path, records: list[dict[str, Any]]) -> store.RowsResult:
+    """Mask paths and the brain-extraction decision into the index (store)."""
     if not records:
-        return 0
-    df = pq.read_table(index_path).to_pandas()
-    by_id = {r["image_id"]: r for r in records}
-    hit = df["image_id"].isin(by_id)
-    for col in ("anat_mask_path", "anon_mask_path", "is_brain_extracted"):
-        df[col] = df[col].astype(object)
-        df.loc[hit, col] = df.loc[hit, "image_id"].map(lambda i, c=col: by_id[i][c])
-    table = validate(pa.Table.from_pandas(df, schema=IMAGE_INDEX, preserve_index=False),
-                     IMAGE_INDEX)  # fmt: skip
-    with atomic_path(index_path) as tmp:
-        pq.write_table(table, tmp)
-    return int(hit.sum())
+        return store.RowsResult()
+    cols = ["image_id", "anat_mask_path", "anon_mask_path", "is_brain_extracted"]
+    values = pd.DataFrame(records)
+    guard = [c for c in ("size_bytes", "mtime_ns") if values[c].notna().all()]
+    return store.set_columns(index_path, values[cols + guard], guard)

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from openmind_curate.jobs import JobOptions, run_batch
 from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
 from openmind_curate.masks.compute import compute_masks, reference_volume
+from openmind_curate.masks.run import phase_and_derived
 from openmind_curate.nifti_io import NiftiReadError, load_nifti
 from openmind_curate.quality.metrics import MetricsConfig, image_metrics
+from openmind_curate.schema import METRICS, rows_to_table
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,8 @@ def parts_dir(out: Path) -> Path:
 
 
 def jobs_for_index(index, out: Path, config: MetricsConfig | None = None) -> list[MetricsJob]:
-    from openmind_curate.masks.run import phase_and_derived
-
+    """One job per index row; the index is read through `index.read`, so its
+    roots and mask paths are absolute."""
     cfg = config or MetricsConfig()
     parts = str(parts_dir(out))
     jobs = []
@@ -115,10 +118,6 @@ def run_metrics(index, out: Path, options: JobOptions, config: MetricsConfig | N
     Returns the batch and the table. Header failures found by the crawler
     become ``unreadable`` rows without opening the file again.
     """
-    import pyarrow.parquet as pq
-
-    from openmind_curate.schema import METRICS, rows_to_table
-
     jobs = jobs_for_index(index, out, config)
     parts_dir(out).mkdir(parents=True, exist_ok=True)
     status = dict(zip(index["image_id"], index["header_status"], strict=True))
