@@ -13,6 +13,7 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -179,7 +180,7 @@ def _rows(specs):
             dict(image_id=i, dataset_id="ds", suffix="T1w", extension=".nii.gz",
                  modality="T1w", is_derivative=d is not None, root="/data/ds", path=f"{i}.nii.gz",
                  size_bytes=s, mtime_ns=t, header_status="ok", derived_from=d,
-                 anat_mask_path=m, anon_mask_path=m, is_brain_extracted=m is not None)
+                 anat_mask_path=m, anon_mask_path=m, is_brain_extracted=True if m else None)
             for i, s, t, d, m in specs
         ],
         IMAGE_INDEX,
@@ -219,8 +220,6 @@ def _add_maps(args):
 
 def _set_masks(args):
     path, n = args
-    import pandas as pd
-
     for k in range(n):
         store.set_columns(path, pd.DataFrame({"image_id": [f"img{k}"],
                                               "anat_mask_path": [f"/m/{k}"]}))  # fmt: skip
@@ -244,8 +243,6 @@ def _dispatch(args):
 
 
 def test_masks_of_a_file_changed_meanwhile_are_not_recorded(tmp_path):
-    import pandas as pd
-
     path = tmp_path / "images.parquet"
     with store.locked(path):
         store.write(path, _rows([("a", 10, 1, None, None), ("b", 10, 1, None, None)]))
@@ -254,7 +251,7 @@ def test_masks_of_a_file_changed_meanwhile_are_not_recorded(tmp_path):
     result = store.set_columns(path, values)
     assert (result.replaced, result.skipped) == (1, 1)
     got = store.read_frame(path).set_index("image_id")["anat_mask_path"]
-    assert got["a"] == "/m/a" and got["b"] is None
+    assert got["a"] == "/m/a" and pd.isna(got["b"])
 
 
 # --------------------------------------------------------- versions, bad files

@@ -67,6 +67,22 @@ def test_finished_items_are_skipped_and_stale_temps_removed(tmp_path):
     _check_outputs(tmp_path, 6)
 
 
+def test_stale_temps_are_looked_for_once_per_batch_not_per_item(tmp_path, monkeypatch):
+    """A resume of many items into one big folder lists that folder once."""
+    listed: list[Path] = []
+    real_iterdir = Path.iterdir
+
+    def counting_iterdir(self):
+        listed.append(self)
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", counting_iterdir)
+    items = [(str(tmp_path), i, 0.0) for i in range(40)]
+    result = run_batch(jobfuncs.slow_write, items, LOCAL, outputs=jobfuncs.output_of)
+    assert len(result.done) == 40
+    assert listed.count(tmp_path) == 1
+
+
 def _kill_midway(out: Path, n: int, scheduler: str) -> None:
     """Start a batch in a child process and SIGKILL it once some outputs exist."""
     cmd = [sys.executable, jobfuncs.__file__, str(out), str(n), "0.4", scheduler]
