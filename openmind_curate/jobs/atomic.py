@@ -74,3 +74,21 @@ def remove_stale_temps(outputs: Iterable[Path]) -> list[Path]:
                     entry.unlink()
                     removed.append(entry)
     return removed
+
+
+def write_if_changed(path: str | os.PathLike[str], data: bytes | str) -> bool:
+    """Write `data` atomically unless `path` already holds exactly these bytes.
+
+    An identical file is left untouched, mtime included, so a resumed job does
+    not make incremental readers (the crawl's size+mtime fingerprint) see a
+    change that is not one. Returns True when the file was (re)written.
+    """
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    target = Path(path)
+    try:
+        if target.stat().st_size == len(blob) and target.read_bytes() == blob:
+            return False
+    except OSError:  # missing or unreadable: write it
+        pass
+    atomic_write_bytes(target, blob)
+    return True

@@ -7,6 +7,10 @@ Layout under OUT::
     truth/images.parquet         one row per written file (schema.SYNTH_TRUTH)
     truth/masks/, truth/dwi/     true anatomy/anonymization masks, FA/MD/brain mask
     truth/rows/                  per-file rows (make generation resumable)
+
+A re-run with the same configuration rewrites nothing that is already right:
+finished images are skipped by the batch runner and every other file goes
+through `write_if_changed`, so mtimes stay put and a re-crawl sees no change.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
+from openmind_curate.jobs import JobOptions, run_batch
+from openmind_curate.jobs.atomic import write_if_changed
 from openmind_curate.jobs.runner import BatchResult
 from openmind_curate.schema import SYNTH_TRUTH, rows_to_table
 from openmind_curate.synth.head import head_model
@@ -51,7 +56,7 @@ def write_dataset_files(plan: DatasetPlan, root: Path) -> None:
     if doc:
         files["participants.json"] = doc
     for rel, text in files.items():
-        atomic_write_text(ds / rel, text)
+        write_if_changed(ds / rel, text)
 
 
 def _check_config(root: Path, cfg: SynthConfig) -> None:
@@ -63,7 +68,7 @@ def _check_config(root: Path, cfg: SynthConfig) -> None:
             f"{root} holds a corpus generated with another configuration ({path.read_text()}); "
             "use an empty folder or the same options"
         )
-    atomic_write_text(path, wanted)
+    write_if_changed(path, wanted)
 
 
 def generate(
@@ -95,8 +100,9 @@ def generate(
         row.update(who.get((spec.subject, spec.session)) or who[(spec.subject, None)])
         rows.append(row)
     table = rows_to_table(rows, SYNTH_TRUTH)
-    with atomic_path(root / TRUTH_TABLE) as tmp:
-        pq.write_table(table, tmp)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_if_changed(root / TRUTH_TABLE, sink.getvalue().to_pybytes())
     return table, result
 
 

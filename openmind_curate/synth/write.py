@@ -18,7 +18,7 @@ import numpy as np
 
 from openmind_curate.dwi.gradients import fsl_to_voxel
 from openmind_curate.ids import image_id, stable_int
-from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
+from openmind_curate.jobs.atomic import atomic_path, write_if_changed
 from openmind_curate.nifti_io import save_nifti
 from openmind_curate.synth import degrade
 from openmind_curate.synth import dwi as dwisim
@@ -169,7 +169,7 @@ def write_spec(job: WriteJob) -> dict[str, Any]:
 
     _corrupt(path, spec.corruption)
     row = {**_truth_row(spec, grid, data_shape, path, root), **row}
-    atomic_write_text(job.row_path, json.dumps(row, sort_keys=True))
+    write_if_changed(job.row_path, json.dumps(row, sort_keys=True))
     return row
 
 
