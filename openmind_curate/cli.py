@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from openmind_curate import __version__
+from openmind_curate import __version__, preflight
 from openmind_curate import index as store
 from openmind_curate.index import IndexStoreError
 from openmind_curate.jobs import JobOptions
+from openmind_curate.preflight import InputError
 
 app = typer.Typer(
     name="curate",
     help="Turn public brain MRI into a quality-scored pre-training corpus.",
     no_args_is_help=True,
     add_completion=False,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
 )
 console = Console()
 
 # Options every batch command shares.
 Workers = Annotated[
     int | None,
-    typer.Option("--workers", "-j", min=1, help="Local worker processes [default: all cores]."),
+    typer.Option("--workers", "-j", min=1, help="Local worker processes \\[default: all cores]."),
 ]
 Scheduler = Annotated[
     str | None,
@@ -41,7 +48,34 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
 def job_options(workers: int | None, scheduler: str | None, quiet: bool, what: str) -> JobOptions:
+    """The batch options, with the scheduler address checked before any work."""
+    scheduler = preflight.scheduler(scheduler)
     return JobOptions(workers=workers, scheduler=scheduler, progress=not quiet, description=what)
+
+
+def _error(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # paths stay whole
+    return typer.Exit(code)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input found by a check (`preflight`, the index store, the crawl)
+    becomes a one-line message and exit code 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from openmind_curate.bids.crawl import NoDatasetsError
+
+        try:
+            return func(*args, **kwargs)
+        except (InputError, IndexStoreError, NoDatasetsError) as exc:
+            raise _error(str(exc)) from None
+
+    return wrapper
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _version(value: bool) -> None:
@@ -60,6 +94,7 @@ def main(
 
 
 @app.command()
+@user_errors
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the corpus into.")],
     datasets: Annotated[int, typer.Option("--datasets", "-d", min=1)] = 4,
@@ -77,9 +112,11 @@ def synth(
     from openmind_curate.synth import SynthConfig, generate
 
     cfg = SynthConfig(n_datasets=datasets, n_subjects=subjects, seed=seed, voxel_scale=voxel_scale)
+    out = preflight.output_dir(out, "OUT")
+    options = job_options(workers, scheduler, quiet, "synth")
     start = time.perf_counter()
     try:
-        truth, _ = generate(out, cfg, job_options(workers, scheduler, quiet, "synth"))
+        truth, _ = generate(out, cfg, options)
     except (RuntimeError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -118,6 +155,7 @@ DEFAULT_INDEX = Path("index/images.parquet")
 
 
 @app.command()
+@user_errors
 def crawl(
     roots: Annotated[list[Path], typer.Argument(help="BIDS datasets, or folders holding them.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index to write.")] = DEFAULT_INDEX,
@@ -135,16 +173,10 @@ def crawl(
     from openmind_curate.bids.crawl import CrawlOptions, problems_path
     from openmind_curate.bids.crawl import crawl as run_crawl
 
-    missing = [str(r) for r in roots if not r.is_dir()]
-    if missing:
-        console.print(f"[red]error:[/red] not a folder: {', '.join(missing)}")
-        raise typer.Exit(2)
+    roots = preflight.input_dirs(roots)
+    out = preflight.output_file(out)
     options = CrawlOptions(derivatives, tuple(d.strip() for d in datatypes.split(",") if d))
-    try:
-        result = run_crawl(roots, out, options, job_options(workers, scheduler, quiet, "crawl"))
-    except IndexStoreError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    result = run_crawl(roots, out, options, job_options(workers, scheduler, quiet, "crawl"))
     index = result.index.to_pandas()
     if len(index):
         _print_index_summary(index, per_dataset=False)
@@ -156,9 +188,9 @@ def crawl(
         console.print(f"All problems: {problems_path(out)}")
     rate = result.n_images / result.seconds if result.seconds else 0.0
     console.print(
-        f"{result.n_images} images from {result.n_datasets} datasets in {result.seconds:.1f} s "
-        f"({rate:,.0f} images/s); {result.n_unchanged} datasets unchanged since the last "
-        f"crawl, {result.n_headers_read} headers read. Index: {out}"
+        f"{_plural(result.n_images, 'image')} from {_plural(result.n_datasets, 'dataset')} in "
+        f"{result.seconds:.1f} s ({rate:,.0f} images/s); {result.n_unchanged} unchanged since "
+        f"the last crawl, {_plural(result.n_headers_read, 'header')} read. Index: {out}"
     )
     m = result.merge
     if m.kept or m.cleared or m.removed or m.derived_kept or m.derived_dropped:
@@ -174,11 +206,12 @@ def crawl(
 
 
 @app.command()
+@user_errors
 def fetch(
     datasets: Annotated[list[str], typer.Argument(help="OpenNeuro ids, optionally id:tag.")],
     dest: Annotated[Path, typer.Option("--dest", help="Folder to download into.")],
     tag: Annotated[
-        str | None, typer.Option(help="Snapshot tag [default: the latest snapshot].")
+        str | None, typer.Option(help="Snapshot tag \\[default: the latest snapshot].")
     ] = None,
     modalities: Annotated[
         str, typer.Option(help="Comma-separated BIDS datatype folders to download.")
@@ -197,6 +230,8 @@ def fetch(
         console.print("[red]error:[/red] --tag needs a single dataset; use ID:TAG per dataset")
         raise typer.Exit(2)
     datatypes = tuple(m.strip() for m in modalities.split(",") if m.strip())
+    if not dry_run:
+        dest = preflight.output_dir(dest, "--dest")
     failed = 0
     for arg in datasets:
         dataset, pinned = parse_dataset_arg(arg, tag)
@@ -224,6 +259,7 @@ def fetch(
 
 
 @app.command()
+@user_errors
 def dwi(
     files: Annotated[
         list[Path] | None, typer.Argument(help="DWI series (.nii/.nii.gz); or use --index.")
@@ -270,11 +306,16 @@ def dwi(
     table = None
     if index is not None:
         table = _read_index(index)
+        inputs = None
+    else:
+        inputs = preflight.input_files(files or [])
+    out = preflight.output_dir(out)
+    options = job_options(workers, scheduler, quiet or as_json, "dwi")
+    if table is not None:
         jobs = jobs_for_index(table, out, config)
     else:
-        jobs = jobs_for_files(files or [], out, config)
-    quiet = quiet or as_json
-    batch, lines = run_jobs(jobs, job_options(workers, scheduler, quiet, "dwi"))
+        jobs = jobs_for_files(inputs or [], out, config)
+    batch, lines = run_jobs(jobs, options)
     if as_json:
         for line in lines:
             print(json.dumps(line, default=float))
@@ -297,16 +338,18 @@ def dwi(
         raise typer.Exit(1)
 
 
-def _read_index(index: Path):
-    """The index through the store (absolute paths), or a clear exit."""
-    try:
-        return store.read_frame(index)
-    except IndexStoreError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+def _read_index(index: Path, *, images: bool = True):
+    """The index through the store (absolute paths). A stage given an index
+    without a single image stops here rather than writing an empty result."""
+    frame = store.read_frame(index)
+    if images and frame.empty:
+        raise InputError(f"index {index} holds no images: nothing to do (did `curate crawl` "
+                         "find any dataset?)")  # fmt: skip
+    return frame
 
 
 @app.command()
+@user_errors
 def masks(
     index: Annotated[Path, typer.Option(help="Image index (from `curate crawl`).")] = DEFAULT_INDEX,
     out: Annotated[Path, typer.Option("--out", "-o", help="Derivatives root for the masks.")] = (
@@ -322,16 +365,24 @@ def masks(
     from openmind_curate.masks.run import jobs_for_index, run_jobs, update_index
 
     table = _read_index(index)
+    out = preflight.output_dir(out)
+    options = job_options(workers, scheduler, quiet, "masks")
     jobs = jobs_for_index(table, out)
-    batch, records = run_jobs(jobs, job_options(workers, scheduler, quiet, "masks"))
+    batch, records = run_jobs(jobs, options)
     updated = update_index(index, records)
     if updated.skipped:
         console.print(f"[yellow]note[/yellow] {updated.skipped} images changed or left the "
                       "index during the run: their masks were not recorded")  # fmt: skip
     if records:
         df = pd.DataFrame(records)
-        kinds = df["anonymization"].fillna("none").value_counts().rename_axis("anonymization")
-        print_frame(kinds.reset_index(name="images"), "Anonymization found")
+        derived = set(table.loc[table["derived_from"].notna(), "image_id"])
+        kinds = (
+            df["anonymization"]
+            .fillna("none")
+            .where(~df["image_id"].isin(derived), "DWI-derived map (brain-masked)")
+        )
+        counts = kinds.value_counts().rename_axis("anonymization")
+        print_frame(counts.reset_index(name="images"), "Anonymization found")
     console.print(f"{updated.replaced} index rows now carry mask paths ({index}); "
                   f"masks under {out}")  # fmt: skip
     console.print(batch.summary())
@@ -340,6 +391,7 @@ def masks(
 
 
 @app.command()
+@user_errors
 def metrics(
     index: Annotated[Path, typer.Option(help="Image index (from `curate crawl`).")] = DEFAULT_INDEX,
     out: Annotated[Path, typer.Option("--out", "-o", help="Metrics table (parquet).")] = Path(
@@ -353,6 +405,7 @@ def metrics(
     from openmind_curate.quality.run import run_metrics
 
     table = _read_index(index)
+    out = preflight.output_file(out)
     batch, result = run_metrics(table, out, job_options(workers, scheduler, quiet, "metrics"))
     df = result.to_pandas()
     bad = df[df["corrupted"]]
@@ -360,8 +413,10 @@ def metrics(
         shown = bad.assign(problems=bad["problems"].map(", ".join))
         print_frame(shown[["dataset_id", "path", "problems"]], "Corruption checks failed", 20)
     cols = ["snr_dietrich", "cnr_otsu", "efc", "fber", "fwhm_mm", "artifact_fraction", "inu_range"]
-    summary = df[cols].describe().loc[["count", "50%", "min", "max"]].round(3)
-    print_frame(summary.reset_index(names="stat"), "Metrics over the index")
+    summary = df[cols].describe().loc[["count", "50%", "min", "max"]].round(3).T
+    summary["count"] = summary["count"].astype(int)
+    print_frame(summary.rename(columns={"50%": "median"}).reset_index(names="metric"),
+                "Metrics over the index")  # fmt: skip
     console.print(f"{len(df)} rows, {len(bad)} flagged corrupted -> {out}")
     console.print(batch.summary())
     if batch.failed:
@@ -384,6 +439,7 @@ app.add_typer(index_app, name="index")
 
 
 @index_app.command("summary")
+@user_errors
 def index_summary(
     index: Annotated[Path, typer.Argument(help="An images.parquet written by `curate crawl`.")],
 ) -> None:
@@ -392,6 +448,7 @@ def index_summary(
 
 
 @app.command()
+@user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo run.")] = Path(
         "demo_out"
@@ -405,6 +462,7 @@ def demo(
     and T2w maps of every DWI series, added to the index), masks (anatomy and
     anonymization masks, paths in the index) and metrics (quality table).
     """
+    out = preflight.output_dir(out)
     index = out / "index" / "images.parquet"
     console.rule("[bold]1/5 synth: generated BIDS corpus")
     synth(out / "corpus", workers=workers, quiet=quiet)
@@ -419,5 +477,33 @@ def demo(
     console.rule("[bold green]demo finished")
 
 
+def crash_log(exc: BaseException) -> Path:
+    """Write the traceback of an unexpected error where the user can send it."""
+    folder = Path(os.environ.get("OPENMIND_CURATE_LOGS")
+                  or Path(os.environ.get("OPENMIND_CURATE_CACHE", "~/.cache/openmind-curate"))
+                  .expanduser() / "logs")  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"curate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    path.write_text(f"curate {' '.join(sys.argv[1:])}\nopenmind-curate {__version__}\n\n"
+                    + "".join(lines))  # fmt: skip
+    return path
+
+
+def run() -> None:
+    """The console script: a user sees a one-line summary of an internal error
+    and where its traceback was logged, never a wall of frames."""
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        try:
+            where = f"the traceback is in {crash_log(exc)}"
+        except OSError as log_exc:
+            where = f"and the traceback could not be logged ({log_exc})"
+        console.print(f"[red]internal error:[/red] {escape(f'{type(exc).__name__}: {exc}')}; "
+                      f"{escape(where)}. Please report it.", soft_wrap=True)  # fmt: skip
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    run()

@@ -408,6 +408,10 @@ def _str(value: Any) -> str | None:
 # --------------------------------------------------------------------- the crawl
 
 
+class NoDatasetsError(ValueError):
+    """The roots hold no BIDS dataset: nothing is written."""
+
+
 @dataclass
 class CrawlResult:
     index: pa.Table  # the whole index after the crawl (absolute paths)
@@ -473,6 +477,12 @@ def crawl(
     start = time.perf_counter()
     out = Path(out)
     refs = find_datasets(roots, options.derivatives)
+    if not refs:
+        raise NoDatasetsError(
+            f"no BIDS dataset under {', '.join(map(str, roots))}: no folder with a "
+            "dataset_description.json or sub-* folders (up to 3 levels down); is this a BIDS "
+            "dataset or a folder of them?"
+        )
     state, prev_index, prev_problems = _load_previous(out, options)
     by_root = _split_by_root(prev_index)
     work = []
