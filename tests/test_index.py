@@ -150,7 +150,7 @@ def test_a_moved_tree_stays_valid_and_stages_run_from_anywhere(pipeline, tmp_pat
             assert path.startswith(str(tree)) and Path(path).exists(), path
     monkeypatch.chdir(tmp_path)
     out = _cli("crawl", str(tree / "corpus"), "--out", str(index))
-    assert "2 datasets unchanged" in out and "0 headers read" in out
+    assert "2 unchanged since the last crawl" in out and "0 headers read" in out
     masks = _cli("masks", "--index", str(index), "--out", str(tree / "out" / "masks"))
     assert "18 skipped" in masks
     metrics = tmp_path / "metrics.parquet"
