@@ -19,7 +19,7 @@ PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 def _render(cfg: SlurmConfig, venv: str, workdir: Path) -> str:
     kwargs = cluster_kwargs(cfg, venv=venv, workdir=str(workdir))
-    with SLURMCluster(**kwargs, scheduler_options={"dashboard": False}) as cluster:
+    with SLURMCluster(**kwargs, scheduler_options={"dashboard_address": ":0"}) as cluster:
         return cluster.job_script()
 
 
@@ -132,7 +132,7 @@ def test_launcher_runs_synth_end_to_end_on_a_dask_cluster(tmp_path):
 
     def local_cluster(cfg: SlurmConfig, n_jobs: int) -> LocalCluster:
         cluster = LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True,
-                               dashboard_address=None)  # fmt: skip
+                               dashboard_address=":0")  # fmt: skip
         started.append(cluster)
         return cluster
 

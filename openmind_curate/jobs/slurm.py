@@ -248,7 +248,8 @@ def main(args: Sequence[str] | None = None, default_config: Path | None = None) 
     if opts.dry_run:
         from dask_jobqueue import SLURMCluster
 
-        with SLURMCluster(**cluster_kwargs(cfg), scheduler_options={"dashboard": False}) as cluster:
+        quiet_port = {"dashboard_address": ":0"}  # only rendering: any free port
+        with SLURMCluster(**cluster_kwargs(cfg), scheduler_options=quiet_port) as cluster:
             print(cluster.job_script())
             print(f"# then: {shlex.join(with_scheduler(command, cluster.scheduler_address))}")
         return 0
