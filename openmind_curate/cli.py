@@ -47,9 +47,15 @@ Scheduler = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
-def job_options(workers: int | None, scheduler: str | None, quiet: bool, what: str) -> JobOptions:
-    """The batch options, with the scheduler address checked before any work."""
+def job_options(
+    workers: int | None, scheduler: str | None, quiet: bool, what: str, shared: Path | None = None
+) -> JobOptions:
+    """The batch options, checked before any work: the scheduler address
+    answers, and on a remote cluster every worker sees the `shared` folder
+    the outputs go to."""
     scheduler = preflight.scheduler(scheduler)
+    if shared is not None:
+        preflight.workers_see(scheduler, shared)
     return JobOptions(workers=workers, scheduler=scheduler, progress=not quiet, description=what)
 
 
@@ -113,7 +119,7 @@ def synth(
 
     cfg = SynthConfig(n_datasets=datasets, n_subjects=subjects, seed=seed, voxel_scale=voxel_scale)
     out = preflight.output_dir(out, "OUT")
-    options = job_options(workers, scheduler, quiet, "synth")
+    options = job_options(workers, scheduler, quiet, "synth", out)
     start = time.perf_counter()
     try:
         truth, _ = generate(out, cfg, options)
@@ -310,7 +316,7 @@ def dwi(
     else:
         inputs = preflight.input_files(files or [])
     out = preflight.output_dir(out)
-    options = job_options(workers, scheduler, quiet or as_json, "dwi")
+    options = job_options(workers, scheduler, quiet or as_json, "dwi", out)
     if table is not None:
         jobs = jobs_for_index(table, out, config)
     else:
@@ -366,7 +372,7 @@ def masks(
 
     table = _read_index(index)
     out = preflight.output_dir(out)
-    options = job_options(workers, scheduler, quiet, "masks")
+    options = job_options(workers, scheduler, quiet, "masks", out)
     jobs = jobs_for_index(table, out)
     batch, records = run_jobs(jobs, options)
     updated = update_index(index, records)
@@ -406,7 +412,8 @@ def metrics(
 
     table = _read_index(index)
     out = preflight.output_file(out)
-    batch, result = run_metrics(table, out, job_options(workers, scheduler, quiet, "metrics"))
+    options = job_options(workers, scheduler, quiet, "metrics", out.parent)
+    batch, result = run_metrics(table, out, options)
     df = result.to_pandas()
     bad = df[df["corrupted"]]
     if len(bad):

@@ -116,3 +116,41 @@ def scheduler(address: str | None, timeout: float = SCHEDULER_TIMEOUT_S) -> str 
             "is `dask scheduler` running there?"
         ) from None
     return address
+
+
+def _exists(path: str) -> bool:
+    """Runs on each worker (by reference, so a test can stand in for a blind one)."""
+    return os.path.exists(path)
+
+
+def workers_see(address: str | None, folder: Path) -> None:
+    """On a remote Dask cluster every worker must see `folder` at the same path
+    (a shared file system), or its outputs would land on the workers' disks.
+
+    A probe file is written here and looked for on every worker.
+    """
+    if address is None or address == "local":
+        return
+    # Imported here: distributed costs about a second to import, and only a
+    # run on a remote cluster needs it.
+    from dask.distributed import Client
+
+    probe = folder / f".curate-visible-{os.getpid()}-{os.urandom(4).hex()}"
+    probe.write_text("")
+    try:
+        with Client(address, timeout=SCHEDULER_TIMEOUT_S * 2) as client:
+            seen = client.run(_exists, str(probe))
+    except OSError as exc:
+        raise InputError(f"cannot use the Dask scheduler at {address}: {exc}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    if not seen:
+        raise InputError(f"the Dask scheduler at {address} has no workers: start some with "
+                         f"`dask worker {address}`")  # fmt: skip
+    blind = sorted(w for w, ok in seen.items() if not ok)
+    if blind:
+        raise InputError(
+            f"{len(blind)} of {len(seen)} Dask workers ({', '.join(blind[:3])}) cannot see "
+            f"{folder}: outputs must go to a file system that this machine and every worker "
+            "mount at the same path"
+        )

@@ -53,6 +53,53 @@ def dask_cluster():
 
 
 @pytest.fixture(scope="session")
+def dask_processes(tmp_path_factory):
+    """A real cluster as a user starts one: `dask scheduler` and `dask worker`
+    processes on loopback, started in a folder of their own (once per run)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from dask.distributed import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    cwd = tmp_path_factory.mktemp("dask-workers-home")
+    dask = str(Path(sys.executable).with_name("dask"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    procs = [subprocess.Popen(scheduler, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("dask scheduler did not start") from None
+            time.sleep(0.2)
+    worker = [dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"]
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(subprocess.Popen(worker, cwd=cwd, env=env, **quiet))
+    try:
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address, cwd
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="session")
 def masked(corpus, tmp_path_factory):
     """The corpus crawled, then `curate masks` run on its index (once)."""
     root, truth = corpus
