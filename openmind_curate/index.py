@@ -104,9 +104,10 @@ def absolute_paths(table: pa.Table, index_path: str | os.PathLike[str], columns=
 def read(index_path: str | os.PathLike[str]) -> pa.Table:
     """The index, validated, upgraded if older, with absolute paths."""
     path = Path(index_path)
+    if path.is_dir():
+        raise IndexStoreError(f"cannot read index {path}: a folder, not an index file")
     if not path.is_file():
-        what = "a folder, not an index file" if path.is_dir() else "no such file"
-        raise IndexStoreError(f"cannot read index {path}: {what} (run `curate crawl` first)")
+        raise IndexStoreError(f"no index at {path} (run `curate crawl` first)")
     try:
         pf = pq.ParquetFile(path)
         meta = pf.schema_arrow.metadata or {}

@@ -75,7 +75,7 @@ def CASES(d: Path) -> list[tuple[list[str], str]]:
         (d / "notparquet.parquet", "not a parquet file"),
         (d / "metrics.parquet", "not an image index: image_index: column 'dataset_id'"),
         (d, "a folder, not an index file"),
-        (d / "missing.parquet", "no such file"),
+        (d / "missing.parquet", "no index at"),
         (d / "newer.parquet", "newer openmind-curate"),
         (d / "empty" / "images.parquet", "holds no images"),
     ]:
@@ -163,5 +163,5 @@ def test_the_console_script_runs_through_the_guard():
     exe = Path(sys.executable).with_name("curate")
     done = subprocess.run([exe, "index", "summary", "/nonexistent/images.parquet"],
                           capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 2 and "no such file" in done.stdout
+    assert done.returncode == 2 and "no index at /nonexistent/images.parquet" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
