@@ -314,3 +314,13 @@ def test_resume_refuses_a_different_configuration(tmp_path):
     generate(tmp_path, cfg, JobOptions(workers=1, progress=False))
     with pytest.raises(ValueError, match="another configuration"):
         generate(tmp_path, SynthConfig(n_datasets=1, n_subjects=1, seed=9, voxel_scale=3.0))
+
+
+def test_summary_counts_defaced_images_not_their_mask_files(corpus):
+    from openmind_curate.synth.summary import summarize
+
+    _, truth = corpus
+    masks = truth[(truth["kind"] == "mask") & truth["deface"].notna()]
+    assert len(masks) >= 1  # the corpus has a defacemask beside a defaced image
+    defaced_images = truth[(truth["kind"] == "image") & truth["deface"].notna()]
+    assert summarize(truth).degradations["defaced"] == len(defaced_images)

@@ -31,18 +31,20 @@ def summarize(truth: pd.DataFrame) -> CorpusSummary:
             }
         )
     counts = pd.DataFrame(rows)
+    # Degradations count images: a `_defacemask` file records its image's
+    # defacing but is not itself a defaced image.
     degradations = {
-        "Rician noise > 2%": int((truth["noise_level"] > 0.02).sum()),
-        "blur": int((truth["blur_fwhm_mm"] > 0).sum()),
-        "ghosting": int((truth["ghost_amplitude"] > 0).sum()),
-        "Gibbs (k-space cut)": int((truth["gibbs_keep"] < 1).sum()),
-        "bias field": int((truth["bias_strength"] > 0).sum()),
-        "defaced": int(truth["deface"].notna().sum()),
-        "skull-stripped": int(truth["skull_stripped"].sum()),
-        "cropped FOV": int((truth["fov_crop"] > 0).sum()),
+        "Rician noise > 2%": int((images["noise_level"] > 0.02).sum()),
+        "blur": int((images["blur_fwhm_mm"] > 0).sum()),
+        "ghosting": int((images["ghost_amplitude"] > 0).sum()),
+        "Gibbs (k-space cut)": int((images["gibbs_keep"] < 1).sum()),
+        "bias field": int((images["bias_strength"] > 0).sum()),
+        "defaced": int(images["deface"].notna().sum()),
+        "skull-stripped": int(images["skull_stripped"].sum()),
+        "cropped FOV": int((images["fov_crop"] > 0).sum()),
         **{
-            f"corrupt: {k}": int((truth["corruption"] == k).sum())
-            for k in sorted(truth["corruption"].dropna().unique())
+            f"corrupt: {k}": int((images["corruption"] == k).sum())
+            for k in sorted(images["corruption"].dropna().unique())
         },
     }
     return CorpusSummary(
