@@ -142,3 +142,52 @@ def test_dask_cluster_records_a_raising_worker(dask_cluster):
     assert all("ValueError" in r.error for r in result.failed)
     # Results come back in item order whatever order workers finished in.
     assert [r.label for r in result.results] == [f"img-{i}" for i in range(7)]
+
+
+def test_outputs_made_with_other_options_are_recomputed_unless_kept(tmp_path):
+    items = [(str(tmp_path), i, 0.0) for i in range(4)]
+    run_batch(jobfuncs.slow_write, items, LOCAL, outputs=jobfuncs.output_of)
+    for i in (1, 2):  # as if made with other options (the hook reads the marker)
+        jobfuncs.output_of(items[i])[0].write_text("stale")
+
+    kept = run_batch(jobfuncs.slow_write, items, JobOptions(workers=2, progress=False,
+                     keep_existing=True), outputs=jobfuncs.output_of,
+                     current=jobfuncs.options_current)  # fmt: skip
+    assert (len(kept.skipped), kept.recomputed) == (4, [])
+    assert jobfuncs.output_of(items[1])[0].read_text() == "stale"
+
+    redone = run_batch(jobfuncs.slow_write, items, LOCAL, outputs=jobfuncs.output_of,
+                       current=jobfuncs.options_current)  # fmt: skip
+    assert redone.recomputed == [str(items[1]), str(items[2])]
+    assert [r.label for r in redone.done] == redone.recomputed
+    assert len(redone.skipped) == 2
+    assert "2 recomputed: options changed" in redone.summary()
+    _check_outputs(tmp_path, 4)
+
+
+def test_a_failed_recompute_does_not_leave_the_old_output_looking_current(tmp_path):
+    """The stale marker goes before the item is redone: if the redo fails or is
+    killed, the item is unfinished (redone next time), not silently kept."""
+    item = (str(tmp_path), 3, 0.0)
+    marker = jobfuncs.output_of(item)[0]
+    marker.write_text("stale")
+    result = run_batch(jobfuncs.fail_on_tuples, [item], LOCAL, outputs=jobfuncs.output_of,
+                       current=jobfuncs.options_current)  # fmt: skip
+    assert [r.label for r in result.failed] == result.recomputed == [str(item)]
+    assert not marker.exists()
+
+
+def test_options_hash_ignores_threads_and_tracks_what_shapes_outputs(tmp_path):
+    from openmind_curate.dwi.pipeline import DwiConfig
+    from openmind_curate.jobs import marker_is_current, options_hash
+
+    base = options_hash(DwiConfig())
+    assert options_hash(DwiConfig(threads=7)) == base
+    assert options_hash(DwiConfig(gibbs=False)) != base
+    assert options_hash(DwiConfig()) == base  # stable across calls
+    marker = tmp_path / "record.json"
+    marker.write_text('{"status": "done"}')  # an older release: no hash recorded
+    assert marker_is_current(marker, base)
+    marker.write_text(f'{{"options_hash": "{base}"}}')
+    assert marker_is_current(marker, base)
+    assert not marker_is_current(marker, options_hash(DwiConfig(gibbs=False)))

@@ -7,6 +7,12 @@ Guarantees every batch command relies on:
 - an item whose outputs all exist is skipped, so a killed job resumes where it
   stopped (outputs are written atomically, see `atomic`, so "exists" means
   "complete"); temporary files a killed run left behind are removed first;
+- an item whose outputs exist but were made with other options (the stage's
+  `current` hook says so) is redone, unless `JobOptions.keep_existing`;
+- Ctrl-C, SIGINT or SIGTERM stop the batch within seconds: no new item starts,
+  running ones are killed (their outputs are atomic, so nothing is half
+  written) and `run_batch` raises `BatchInterrupted`; a second signal exits at
+  once;
 - a progress bar on long work.
 
 The function and items must be picklable (module-level functions).
@@ -14,10 +20,19 @@ The function and items must be picklable (module-level functions).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
 import os
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -38,6 +53,11 @@ from openmind_curate.jobs.atomic import remove_stale_temps
 
 Status = Literal["done", "skipped", "failed"]
 
+#: How often the batch loop looks for a signal while it waits on workers (s).
+POLL_S = 0.1
+#: The signals that stop a batch; the exit code is 128 + the signal number.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 @dataclass(frozen=True)
 class JobOptions:
@@ -50,6 +70,9 @@ class JobOptions:
     LocalCluster on this machine, or None for a local process pool."""
     progress: bool = True
     description: str = "items"
+    keep_existing: bool = False
+    """Keep finished outputs even when they were made with other options
+    (default: such items are recomputed)."""
 
     @property
     def n_workers(self) -> int:
@@ -70,6 +93,8 @@ class ItemResult:
 class BatchResult:
     results: list[ItemResult] = field(default_factory=list)
     seconds: float = 0.0
+    recomputed: list[str] = field(default_factory=list)
+    """Labels of items redone because their outputs were made with other options."""
 
     def _with(self, status: Status) -> list[ItemResult]:
         return [r for r in self.results if r.status == status]
@@ -95,14 +120,147 @@ class BatchResult:
             f"{len(self.results)} items in {self.seconds:.1f} s: {len(self.done)} done, "
             f"{len(self.skipped)} skipped (already finished), {len(self.failed)} failed"
         ]
+        if self.recomputed:
+            lines.append(f"{len(self.recomputed)} recomputed: options changed")
         lines += [f"  FAILED {r.label}: {r.error}" for r in self.failed]
         return "\n".join(lines)
 
 
-def call_item(func: Callable[[Any], Any], item: Any, label: str) -> ItemResult:
-    """Run one item, turning any exception into a failed result. Runs on the worker."""
+class BatchInterrupted(Exception):
+    """A batch stopped by SIGINT (Ctrl-C) or SIGTERM.
+
+    The command line prints ``str(exc)`` and exits with ``exc.exit_code``
+    (130 or 143, the shell's convention of 128 + the signal number).
+    `result` holds the items finished before the signal.
+    """
+
+    def __init__(self, signum: int, done: int, total: int, result: BatchResult | None = None):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.done = done
+        self.total = total
+        self.result = result
+        super().__init__(signum, done, total)
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return (
+            f"Interrupted ({name}): {self.done} of {self.total} items finished; "
+            "run the same command again to resume"
+        )
+
+
+# ------------------------------------------------------------- options on disk
+
+
+def options_hash(config: Any, exclude: Iterable[str] = ("threads",)) -> str:
+    """A short stable hash of the config dataclass fields that shape outputs.
+
+    Recorded in each output's completion marker, so a re-run with other
+    options recomputes instead of keeping stale results. Fields that change
+    only speed (thread counts) are left out; so is the toolkit version, so a
+    new release does not recompute a corpus.
+    """
+    values = dataclasses.asdict(config)
+    for name in exclude:
+        values.pop(name, None)
+    doc = {"config": type(config).__name__, "fields": values}
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=_canonical)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)  # paths, enums
+
+
+def marker_is_current(marker: str | os.PathLike[str], expected_hash: str) -> bool:
+    """Whether a completion marker (a JSON object) was made with these options.
+
+    A marker without ``options_hash`` comes from a release that did not record
+    it and counts as current: upgrading must not recompute a whole corpus. An
+    unreadable marker does not (the item is redone).
+    """
+    try:
+        doc = json.loads(Path(marker).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict):
+        return False
+    recorded = doc.get("options_hash")
+    return recorded is None or recorded == expected_hash
+
+
+# ------------------------------------------------------------------ signals
+
+
+class _Stop:
+    """The batch's signal handlers, installed only while it runs (main thread).
+
+    The first SIGINT/SIGTERM is only recorded: the batch loop polls `signum`,
+    kills its workers and raises `BatchInterrupted`, so the decision and the
+    clean-up happen in one place. A second signal kills the known workers
+    (`force` hooks) and exits at once with the first signal's code.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.force: list[Callable[[], None]] = []
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        for hook in list(self.force):
+            with contextlib.suppress(Exception):
+                hook()
+        os._exit(128 + self.signum)
+
+
+def _worker_init() -> None:
+    """Pool workers leave SIGINT to the main process, which decides and kills
+    them; SIGTERM gets its default action back (a fork copies the parent's)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def dask_setup(worker: Any = None) -> None:
+    """Dask preload hook (``preload=[this module]``): LocalCluster workers share
+    the terminal's process group, and a Ctrl-C must not kill them mid-task
+    with a traceback; the main process cancels and closes the cluster."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# ------------------------------------------------------------------ the batch
+
+
+def call_item(
+    func: Callable[[Any], Any], item: Any, label: str, stale: Sequence[str] = ()
+) -> ItemResult:
+    """Run one item, turning any exception into a failed result. Runs on the worker.
+
+    `stale` lists completion markers made with other options: they go first,
+    so an item interrupted while being redone counts as unfinished.
+    """
     start = time.perf_counter()
     try:
+        for path in stale:
+            Path(path).unlink(missing_ok=True)
         value = func(item)
     except Exception as exc:  # noqa: BLE001 - the batch must go on
         return ItemResult(
@@ -115,6 +273,20 @@ def call_item(func: Callable[[Any], Any], item: Any, label: str) -> ItemResult:
     return ItemResult(label, "done", value=value, seconds=time.perf_counter() - start)
 
 
+@dataclass(frozen=True)
+class _Work:
+    """What the backends run: items, labels, the indices to do, stale markers."""
+
+    func: Callable[[Any], Any]
+    items: list[Any]
+    labels: list[str]
+    todo: list[int]
+    stale: dict[int, list[str]]
+
+    def args(self, i: int) -> tuple[Any, ...]:
+        return (self.func, self.items[i], self.labels[i], self.stale.get(i, []))
+
+
 def run_batch(
     func: Callable[[Any], Any],
     items: Iterable[Any],
@@ -122,35 +294,54 @@ def run_batch(
     *,
     label: Callable[[Any], str] = str,
     outputs: Callable[[Any], Sequence[str | os.PathLike[str]]] | None = None,
+    current: Callable[[Any], bool] | None = None,
 ) -> BatchResult:
     """Apply `func` to every item; see the module docstring for the guarantees.
 
     `outputs(item)` lists the files an item produces. When all exist the item
-    is skipped. Results keep the order of `items`.
+    is skipped, unless `current(item)` says they were made with other options
+    (and `options.keep_existing` is off): then it is redone and listed in
+    `BatchResult.recomputed`. Results keep the order of `items`.
+
+    Raises `BatchInterrupted` on SIGINT/SIGTERM (handlers installed only for
+    the batch's duration, and only from the main thread).
     """
     start = time.perf_counter()
-    items = list(items)
-    labels = [label(it) for it in items]
-    results: list[ItemResult | None] = [None] * len(items)
-    todo: list[int] = []
-    unfinished: list[Path] = []
-    for i, it in enumerate(items):
-        paths = [Path(p) for p in outputs(it)] if outputs else []
-        if paths and all(p.exists() for p in paths):
-            results[i] = ItemResult(labels[i], "skipped")
-        else:
+    with _Stop() as stop:
+        items = list(items)
+        labels = [label(it) for it in items]
+        results: list[ItemResult | None] = [None] * len(items)
+        todo: list[int] = []
+        stale: dict[int, list[str]] = {}
+        unfinished: list[Path] = []
+        for i, it in enumerate(items):
+            paths = [Path(p) for p in outputs(it)] if outputs else []
+            if paths and all(p.exists() for p in paths):
+                if options.keep_existing or current is None or current(it):
+                    results[i] = ItemResult(labels[i], "skipped")
+                    continue
+                stale[i] = [str(p) for p in paths]
             unfinished += paths
             todo.append(i)
-    # Once per batch: each output folder is listed once, however many items share it.
-    remove_stale_temps(unfinished)
+        # Once per batch: each output folder is listed once, however many items share it.
+        remove_stale_temps(unfinished)
+        work = _Work(func, items, labels, todo, stale)
 
-    with _progress(options, len(items), len(items) - len(todo)) as advance:
-        if todo:
-            backend = _run_dask if options.scheduler else _run_local
-            for i, res in backend(func, items, labels, todo, options):
-                results[i] = res
-                advance()
-    return BatchResult([r for r in results if r is not None], time.perf_counter() - start)
+        with _progress(options, len(items), len(items) - len(todo)) as advance:
+            if todo and stop.signum is None:
+                backend = _run_dask if options.scheduler else _run_local
+                for i, res in backend(work, options, stop):
+                    results[i] = res
+                    advance()
+        batch = BatchResult(
+            [r for r in results if r is not None],
+            time.perf_counter() - start,
+            [labels[i] for i in stale if results[i] is not None],
+        )
+        if stop.signum is not None:
+            finished = sum(r.status != "failed" for r in batch.results)
+            raise BatchInterrupted(stop.signum, finished, len(items), batch)
+    return batch
 
 
 class _progress:
@@ -179,55 +370,101 @@ class _progress:
             self.bar.stop()
 
 
-def _run_local(func, items, labels, todo, options):
+# ------------------------------------------------------------ local processes
+
+
+def _new_pool(n_workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=n_workers, initializer=_worker_init)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL the pool's processes: a running item cannot be cancelled any
+    other way, and its outputs are atomic (a killed item leaves at most a
+    temporary file, removed by the next run)."""
+    for proc in list((pool._processes or {}).values()):  # no public API for this
+        with contextlib.suppress(Exception):
+            proc.kill()
+
+
+@contextlib.contextmanager
+def _pool(n_workers: int, stop: _Stop) -> Iterator[ProcessPoolExecutor]:
+    """A pool whose workers are killed, not waited for, unless it ends normally."""
+    pool = _new_pool(n_workers)
+    hook = lambda: _kill_workers(pool)  # noqa: E731
+    stop.force.append(hook)
+    clean = False
+    try:
+        yield pool
+        clean = stop.signum is None
+    finally:
+        stop.force.remove(hook)
+        if not clean:
+            _kill_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_local(work: _Work, options: JobOptions, stop: _Stop):
     """Process pool that survives a worker dying (segfault, OOM kill).
 
     A dead worker breaks the whole `ProcessPoolExecutor`, failing every pending
     future. The items that were in flight are then re-run one at a time in a
     fresh single-process pool, which tells the guilty item apart from the
-    innocent ones; the rest of the batch continues in a new pool.
+    innocent ones; the rest of the batch continues in a new pool. After a
+    stop signal nothing is re-run: the workers died because of it.
     """
-    pending = list(todo)
-    suspects: list[int] = []
-    while pending:
-        with ProcessPoolExecutor(max_workers=options.n_workers) as pool:
-            window = 2 * options.n_workers
+    pending = deque(work.todo)
+    window = 2 * options.n_workers
+    while pending and stop.signum is None:
+        suspects: list[int] = []
+        with _pool(options.n_workers, stop) as pool:
             inflight: dict[Future, int] = {}
-            broken = False
-            while (pending or inflight) and not broken:
+            while (pending or inflight) and not suspects and stop.signum is None:
                 while pending and len(inflight) < window:
-                    i = pending.pop(0)
-                    inflight[pool.submit(call_item, func, items[i], labels[i])] = i
-                finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                    i = pending.popleft()
+                    inflight[pool.submit(call_item, *work.args(i))] = i
+                finished, _ = wait(inflight, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     i = inflight.pop(fut)
                     try:
-                        yield i, fut.result()
+                        res = fut.result()
                     except BrokenProcessPool:
                         suspects.append(i)
-                        broken = True
-            if broken:
+                        continue
+                    yield i, res
+            if suspects:
                 suspects.extend(inflight.values())
-                pool.shutdown(wait=False, cancel_futures=True)
         for i in suspects:
-            yield i, _run_isolated(func, items[i], labels[i])
-        suspects.clear()
+            res = _run_isolated(work, i, stop)
+            if res is None:
+                return
+            yield i, res
 
 
-def _run_isolated(func, item, label) -> ItemResult:
-    with ProcessPoolExecutor(max_workers=1) as pool:
-        try:
-            return pool.submit(call_item, func, item, label).result()
-        except BrokenProcessPool:
-            return ItemResult(
-                label,
-                "failed",
-                error="worker process died while processing this item "
-                "(crash, out-of-memory kill or signal)",
-            )
+def _run_isolated(work: _Work, i: int, stop: _Stop) -> ItemResult | None:
+    """One item in its own process; None when a stop signal came first."""
+    with _pool(1, stop) as pool:
+        fut = pool.submit(call_item, *work.args(i))
+        while stop.signum is None:
+            if not wait([fut], timeout=POLL_S).done:
+                continue
+            try:
+                return fut.result()
+            except BrokenProcessPool:
+                return ItemResult(
+                    work.labels[i],
+                    "failed",
+                    error="worker process died while processing this item "
+                    "(crash, out-of-memory kill or signal)",
+                )
+    return None
 
 
-def _run_dask(func, items, labels, todo, options):
+# ---------------------------------------------------------------------- Dask
+
+
+def _run_dask(work: _Work, options: JobOptions, stop: _Stop):
+    """Items as Dask futures; on a stop signal they are cancelled and the
+    client (and a LocalCluster's worker processes) closed at once."""
     from dask.distributed import Client, LocalCluster, as_completed
     from distributed.scheduler import KilledWorker
 
@@ -238,26 +475,82 @@ def _run_dask(func, items, labels, todo, options):
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            preload=[__name__],  # `dask_setup`: workers ignore Ctrl-C
         )
+        stop.force.append(lambda: _kill_cluster_workers(cluster))
         client = Client(cluster)
     else:
         client = Client(options.scheduler)
+    futures: dict[Any, int] = {}
     try:
-        futures = {client.submit(call_item, func, items[i], labels[i], pure=False): i for i in todo}
-        for fut in as_completed(futures):
-            i = futures[fut]
-            try:
-                yield i, fut.result()
-            except KilledWorker:
-                yield (
-                    i,
-                    ItemResult(
-                        labels[i], "failed", error="Dask worker died while processing this item"
-                    ),
-                )
-            except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled
-                yield i, ItemResult(labels[i], "failed", error=f"{type(exc).__name__}: {exc}")
+        futures = {client.submit(call_item, *work.args(i), pure=False): i for i in work.todo}
+        queue = as_completed(futures)
+        while stop.signum is None:
+            batch = queue.next_batch(block=False)
+            if not batch:
+                if queue.is_empty():
+                    break
+                with queue.thread_condition:
+                    queue.thread_condition.wait(timeout=POLL_S)
+                continue
+            for fut in batch:
+                i = futures[fut]
+                yield i, _dask_result(fut, work.labels[i], KilledWorker)
     finally:
-        client.close()
+        if stop.signum is not None:
+            if cluster is not None:
+                _stop_cluster_workers(cluster)  # their tasks die with them
+            else:  # a shared cluster: its workers finish their running task
+                with contextlib.suppress(Exception):
+                    client.cancel(list(futures), force=True)
+        with contextlib.suppress(Exception):
+            client.close(timeout=2 if stop.signum else None)
         if cluster is not None:
-            cluster.close()
+            with contextlib.suppress(Exception):
+                cluster.close(timeout=2 if stop.signum else None)
+        stop.force.clear()
+
+
+def _dask_result(fut: Any, label: str, killed: type[Exception]) -> ItemResult:
+    try:
+        return fut.result()
+    except killed:
+        return ItemResult(label, "failed", error="Dask worker died while processing this item")
+    except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled
+        return ItemResult(label, "failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _stop_cluster_workers(cluster: Any, timeout: float = 1.0) -> None:
+    """Kill a LocalCluster's workers at once and close their nannies (Dask
+    cannot stop a running task, and a graceful close waits for it: a DWI
+    series takes ~40 s). Each nanny is put in its closing state first, so it
+    does not restart the worker it then sees die."""
+
+    async def close_all() -> None:
+        nannies = list(cluster.workers.values())
+        closing = [asyncio.ensure_future(n.close(timeout=timeout, reason="batch-interrupted"))
+                   for n in nannies]  # fmt: skip
+        await asyncio.sleep(0)  # every close has started: status "closing", no restart
+        _kill_cluster_workers(cluster)
+        await asyncio.gather(*closing, return_exceptions=True)
+
+    # "Removing worker ... lost computed tasks" and the like: expected here.
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with contextlib.suppress(Exception):
+            cluster.sync(close_all, callback_timeout=3 * timeout)
+    finally:
+        quiet.setLevel(level)
+
+
+def _kill_cluster_workers(cluster: Any) -> None:
+    """SIGKILL a LocalCluster's worker processes: Dask cannot stop a running
+    task, and a graceful close waits for it (a DWI series takes ~40 s)."""
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        worker = getattr(nanny, "process", None)  # a Nanny's WorkerProcess
+        pid = getattr(getattr(worker, "process", None), "pid", None)
+        if pid:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
