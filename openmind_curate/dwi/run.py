@@ -10,7 +10,8 @@ Outputs per series, next to each other in ``OUT/<dataset>/<subject>/[<session>/]
 
 ``<stem>`` is the source name without ``_dwi.nii.gz``. Every file is written
 atomically and the run record last, so its presence means the series is done
-and a re-run skips it.
+and a re-run skips it, unless the record's ``options_hash`` says it was made
+with other options (see `is_current`): then the series is recomputed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ from openmind_curate.bids.sidecars import Inheritance
 from openmind_curate.dwi.gradients import DwiInputError, read_table
 from openmind_curate.dwi.pipeline import DwiConfig, DwiResult, run_pipeline
 from openmind_curate.ids import image_id
-from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
+from openmind_curate.jobs import (
+    JobOptions,
+    atomic_path,
+    atomic_write_text,
+    marker_is_current,
+    options_hash,
+    run_batch,
+)
 from openmind_curate.jobs.runner import BatchResult
 from openmind_curate.nifti_io import save_nifti
 from openmind_curate.schema import IMAGE_INDEX, rows_to_table
@@ -80,6 +88,13 @@ class DwiJob:
 
     def outputs(self) -> list[Path]:
         return [self.record]
+
+
+def is_current(job: DwiJob) -> bool:
+    """Whether the series' run record was made with the job's options (the
+    runner's `current` hook). A record without a hash, from an older release,
+    counts as current: an upgrade does not recompute a corpus."""
+    return marker_is_current(job.record, options_hash(job.config))
 
 
 # ------------------------------------------------------------------ finding files
@@ -234,9 +249,10 @@ def process(job: DwiJob) -> dict[str, Any]:
             raise DwiInputError(f"{job.source}: {exc}") from None
     write_description(Path(job.deriv_root))
     arrays = {"FA": result.fa, "MD": result.md, "T2w": result.t2w, "mask": result.mask}
+    digest = options_hash(job.config)
     common = {
         "Sources": [job.source], "SourceImageID": job.source_id,
-        "Steps": job.config.steps(), "Parameters": _params(job.config),
+        "Steps": job.config.steps(), "Parameters": _params(job.config), "OptionsHash": digest,
         "SoftwareVersions": _versions(), "StepSeconds": result.seconds,
         "Motion": result.reports.get("motion"), "Warnings": result.warnings,
     }  # fmt: skip
@@ -257,7 +273,8 @@ def process(job: DwiJob) -> dict[str, Any]:
     record = {"input": job.source, "status": "done", "outputs": paths,
               "seconds": result.seconds, "warnings": result.warnings,
               "reports": result.reports, "source_id": job.source_id,
-              "dataset_id": job.dataset_id}  # fmt: skip
+              "dataset_id": job.dataset_id, "options_hash": digest,
+              "version": __version__}  # fmt: skip
     atomic_write_text(job.record, json.dumps(record, indent=1, default=float))
     return record
 
@@ -267,13 +284,16 @@ def _params(config: DwiConfig) -> dict[str, Any]:
 
 
 def run_jobs(jobs: list[DwiJob], options: JobOptions) -> tuple[BatchResult, list[dict]]:
-    """Run the batch; returns it and one JSON-able result per input (in order)."""
+    """Run the batch; returns it and one JSON-able result per input (in order).
+
+    Series finished with other options are recomputed unless
+    ``options.keep_existing``; ``batch.recomputed`` names them."""
     concurrent = max(1, min(options.n_workers if not options.scheduler else 1, len(jobs)))
     threads = max(1, (os.cpu_count() or 1) // concurrent)
     jobs = [replace(j, config=replace(j.config, threads=threads)) for j in jobs]
     for j in jobs:
         j.out_dir.mkdir(parents=True, exist_ok=True)
-    batch = run_batch(process, jobs, options, outputs=DwiJob.outputs)
+    batch = run_batch(process, jobs, options, outputs=DwiJob.outputs, current=is_current)
     lines = []
     for job, res in zip(jobs, batch.results, strict=True):
         if res.status == "failed":

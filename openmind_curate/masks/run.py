@@ -7,9 +7,11 @@ Outputs, per image, under ``DERIV_ROOT/<dataset_id>/<folder of the image>/``::
     <stem>_desc-masks.json                 decision, numbers, versions (written last)
 
 The JSON is the completion marker: a killed run redoes only the images without
-one. The index gains ``anat_mask_path``, ``anon_mask_path`` and
-``is_brain_extracted`` through the index store (which stores the paths
-relative to the index's folder), for images whose file has not changed since.
+one, and a run with other mask options those made with the old ones (its
+``options_hash``, see `is_current`). The index gains ``anat_mask_path``,
+``anon_mask_path`` and ``is_brain_extracted`` through the index store (which
+stores the paths relative to the index's folder), for images whose file has
+not changed since.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from openmind_curate import __version__
 from openmind_curate import index as store
-from openmind_curate.jobs import JobOptions, run_batch
+from openmind_curate.jobs import JobOptions, marker_is_current, options_hash, run_batch
 from openmind_curate.jobs.atomic import atomic_write_text
 from openmind_curate.masks.compute import MaskConfig, compute_masks
 from openmind_curate.nifti_io import load_nifti, save_nifti
@@ -57,6 +60,13 @@ class MaskJob:
 
     def outputs(self) -> list[Path]:
         return [self.path("record")]
+
+
+def is_current(job: MaskJob) -> bool:
+    """Whether the image's masks record was made with the job's MaskConfig (the
+    runner's `current` hook). A record without a hash, from an older release,
+    counts as current: an upgrade does not recompute a corpus."""
+    return marker_is_current(job.path("record"), options_hash(job.config))
 
 
 def _stem(path: str) -> str:
@@ -132,6 +142,8 @@ def process(job: MaskJob) -> dict[str, Any]:
         "anat_fraction": float(masks.anatomy.mean()),
         "anon_fraction": float(masks.anonymization.mean()),
         "details": masks.details,
+        "options_hash": options_hash(job.config),
+        "version": __version__,
     }
     atomic_write_text(job.path("record"), json.dumps(record, indent=1, default=float))
     return record
@@ -139,10 +151,11 @@ def process(job: MaskJob) -> dict[str, Any]:
 
 def run_jobs(jobs: list[MaskJob], options: JobOptions):
     """Run the batch; returns it and the record of every finished image, with
-    the mask paths where they are now (absolute)."""
+    the mask paths where they are now (absolute). Images masked with other
+    options are redone unless ``options.keep_existing``."""
     for j in jobs:
         Path(j.out_dir).mkdir(parents=True, exist_ok=True)
-    batch = run_batch(process, jobs, options, outputs=MaskJob.outputs)
+    batch = run_batch(process, jobs, options, outputs=MaskJob.outputs, current=is_current)
     records = []
     for job, res in zip(jobs, batch.results, strict=True):
         if res.status == "done":

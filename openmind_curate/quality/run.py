@@ -1,10 +1,11 @@
 """`curate metrics`: quality metrics and corruption checks for every image of an index.
 
 Each image's row is first written as ``<out>.parts/<image_id>.json`` (the
-completion marker, so a killed run resumes), then all rows go into one
-parquet table (`schema.METRICS`). The anatomy mask comes from the index
-(`curate masks`) when there is one, else it is computed on the fly and not
-kept. Images whose header the crawler could not read get a row with the
+completion marker, so a killed run resumes; a row measured with another
+MetricsConfig, by its ``options_hash``, is measured again), then all rows go
+into one parquet table (`schema.METRICS`). The anatomy mask comes from the
+index (`curate masks`) when there is one, else it is computed on the fly and
+not kept. Images whose header the crawler could not read get a row with the
 ``unreadable`` problem and no metrics.
 """
 
@@ -19,7 +20,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from openmind_curate.jobs import JobOptions, run_batch
+from openmind_curate import __version__
+from openmind_curate.jobs import JobOptions, marker_is_current, options_hash, run_batch
 from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
 from openmind_curate.masks.compute import compute_masks, reference_volume
 from openmind_curate.masks.run import phase_and_derived
@@ -50,6 +52,18 @@ class MetricsJob:
 
     def outputs(self) -> list[Path]:
         return [self.part]
+
+
+def is_current(job: MetricsJob) -> bool:
+    """Whether the image's row was measured with the job's MetricsConfig (the
+    runner's `current` hook). A row without a hash, from an older release,
+    counts as current: an upgrade does not recompute a corpus."""
+    return marker_is_current(job.part, options_hash(job.config))
+
+
+def _stamp(job: MetricsJob, row: dict[str, Any]) -> dict[str, Any]:
+    """The options and version a row was made with (not columns of the table)."""
+    return {**row, "options_hash": options_hash(job.config), "version": __version__}
 
 
 def parts_dir(out: Path) -> Path:
@@ -102,6 +116,7 @@ def measure(job: MetricsJob) -> dict[str, Any]:
         values = image_metrics(vol, affine, anat, job.config, not job.phase, working)
         row = {**_base(job), **values, "mask_source": source}
     row["seconds"] = time.perf_counter() - start
+    row = _stamp(job, row)
     atomic_write_text(job.part, json.dumps(row, default=_json_default))
     return row
 
@@ -116,7 +131,8 @@ def run_metrics(index, out: Path, options: JobOptions, config: MetricsConfig | N
     """Measure every image of `index` and write the table to `out`.
 
     Returns the batch and the table. Header failures found by the crawler
-    become ``unreadable`` rows without opening the file again.
+    become ``unreadable`` rows without opening the file again. Rows measured
+    with another `config` are measured again unless ``options.keep_existing``.
     """
     jobs = jobs_for_index(index, out, config)
     parts_dir(out).mkdir(parents=True, exist_ok=True)
@@ -125,10 +141,10 @@ def run_metrics(index, out: Path, options: JobOptions, config: MetricsConfig | N
     for job in jobs:
         if status[job.image_id] == "ok":
             todo.append(job)
-        elif not job.part.exists():
+        elif not job.part.exists() or not (options.keep_existing or is_current(job)):
             row = unreadable_row(job, f"{job.source}: header {status[job.image_id]}")
-            atomic_write_text(job.part, json.dumps(row))
-    batch = run_batch(measure, todo, options, outputs=MetricsJob.outputs)
+            atomic_write_text(job.part, json.dumps(_stamp(job, row)))
+    batch = run_batch(measure, todo, options, outputs=MetricsJob.outputs, current=is_current)
     rows = [json.loads(j.part.read_text()) for j in jobs if j.part.exists()]
     table = rows_to_table(rows, METRICS)
     with atomic_path(out) as tmp:
