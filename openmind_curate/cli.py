@@ -19,7 +19,7 @@ from rich.table import Table
 from openmind_curate import __version__, preflight
 from openmind_curate import index as store
 from openmind_curate.index import IndexStoreError
-from openmind_curate.jobs import JobOptions
+from openmind_curate.jobs import BatchInterrupted, JobOptions
 from openmind_curate.preflight import InputError
 
 app = typer.Typer(
@@ -45,10 +45,22 @@ Scheduler = Annotated[
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+KeepExisting = Annotated[
+    bool,
+    typer.Option(
+        "--keep-existing",
+        help="Keep finished outputs made with other options \\[default: recompute them].",
+    ),
+]
 
 
 def job_options(
-    workers: int | None, scheduler: str | None, quiet: bool, what: str, shared: Path | None = None
+    workers: int | None,
+    scheduler: str | None,
+    quiet: bool,
+    what: str,
+    shared: Path | None = None,
+    keep_existing: bool = False,
 ) -> JobOptions:
     """The batch options, checked before any work: the scheduler address
     answers, and on a remote cluster every worker sees the `shared` folder
@@ -56,7 +68,8 @@ def job_options(
     scheduler = preflight.scheduler(scheduler)
     if shared is not None:
         preflight.workers_see(scheduler, shared)
-    return JobOptions(workers=workers, scheduler=scheduler, progress=not quiet, description=what)
+    return JobOptions(workers=workers, scheduler=scheduler, progress=not quiet, description=what,
+                      keep_existing=keep_existing)  # fmt: skip
 
 
 def _error(message: str, code: int = 2) -> typer.Exit:
@@ -66,7 +79,8 @@ def _error(message: str, code: int = 2) -> typer.Exit:
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Bad input found by a check (`preflight`, the index store, the crawl)
-    becomes a one-line message and exit code 2, never a traceback."""
+    becomes a one-line message and exit code 2, never a traceback; a batch
+    stopped by Ctrl-C or SIGTERM says what was done and exits 130 or 143."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -76,6 +90,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except (InputError, IndexStoreError, NoDatasetsError) as exc:
             raise _error(str(exc)) from None
+        except BatchInterrupted as exc:
+            Console(stderr=True).print(escape(str(exc)), soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
 
     return wrapper
 
@@ -287,6 +304,7 @@ def dwi(
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
+    keep_existing: KeepExisting = False,
 ) -> None:
     """DWI -> denoise, Gibbs, motion, N4, brain mask -> FA, MD and T2w (mean b0) maps."""
     import json
@@ -316,7 +334,7 @@ def dwi(
     else:
         inputs = preflight.input_files(files or [])
     out = preflight.output_dir(out)
-    options = job_options(workers, scheduler, quiet or as_json, "dwi", out)
+    options = job_options(workers, scheduler, quiet or as_json, "dwi", out, keep_existing)
     if table is not None:
         jobs = jobs_for_index(table, out, config)
     else:
@@ -364,6 +382,7 @@ def masks(
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
+    keep_existing: KeepExisting = False,
 ) -> None:
     """Anatomy and anonymization masks for every readable image; paths go into the index."""
     import pandas as pd
@@ -372,7 +391,7 @@ def masks(
 
     table = _read_index(index)
     out = preflight.output_dir(out)
-    options = job_options(workers, scheduler, quiet, "masks", out)
+    options = job_options(workers, scheduler, quiet, "masks", out, keep_existing)
     jobs = jobs_for_index(table, out)
     batch, records = run_jobs(jobs, options)
     updated = update_index(index, records)
@@ -406,13 +425,14 @@ def metrics(
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
+    keep_existing: KeepExisting = False,
 ) -> None:
     """No-reference quality metrics and corruption checks for every image of the index."""
     from openmind_curate.quality.run import run_metrics
 
     table = _read_index(index)
     out = preflight.output_file(out)
-    options = job_options(workers, scheduler, quiet, "metrics", out.parent)
+    options = job_options(workers, scheduler, quiet, "metrics", out.parent, keep_existing)
     batch, result = run_metrics(table, out, options)
     df = result.to_pandas()
     bad = df[df["corrupted"]]
