@@ -191,3 +191,12 @@ def test_options_hash_ignores_threads_and_tracks_what_shapes_outputs(tmp_path):
     marker.write_text(f'{{"options_hash": "{base}"}}')
     assert marker_is_current(marker, base)
     assert not marker_is_current(marker, options_hash(DwiConfig(gibbs=False)))
+
+
+def test_an_item_done_elsewhere_without_its_outputs_here_fails(tmp_path):
+    """A worker that wrote to its own disk (no shared file system): the item
+    is a failure naming the missing output, not a silent loss."""
+    items = [(str(tmp_path), i, 0.0) for i in range(3)]
+    result = run_batch(jobfuncs.handler_names, items, LOCAL, outputs=jobfuncs.output_of)
+    assert len(result.failed) == 3 and not result.done
+    assert all("is not here" in r.error and "out-00" in r.error for r in result.failed)

@@ -7,6 +7,9 @@ Guarantees every batch command relies on:
 - an item whose outputs all exist is skipped, so a killed job resumes where it
   stopped (outputs are written atomically, see `atomic`, so "exists" means
   "complete"); temporary files a killed run left behind are removed first;
+- an item a worker reports done but whose outputs are not where this process
+  looks (a cluster without a shared file system) is a failure, never lost
+  silently;
 - an item whose outputs exist but were made with other options (the stage's
   `current` hook says so) is redone, unless `JobOptions.keep_existing`;
 - Ctrl-C, SIGINT or SIGTERM stop the batch within seconds: no new item starts,
@@ -331,7 +334,7 @@ def run_batch(
             if todo and stop.signum is None:
                 backend = _run_dask if options.scheduler else _run_local
                 for i, res in backend(work, options, stop):
-                    results[i] = res
+                    results[i] = res if outputs is None else _check_outputs(res, outputs(items[i]))
                     advance()
         batch = BatchResult(
             [r for r in results if r is not None],
@@ -342,6 +345,24 @@ def run_batch(
             finished = sum(r.status != "failed" for r in batch.results)
             raise BatchInterrupted(stop.signum, finished, len(items), batch)
     return batch
+
+
+def _check_outputs(res: ItemResult, paths: Sequence[str | os.PathLike[str]]) -> ItemResult:
+    """An item a worker reports done must have left its outputs where this
+    process looks for them: on a cluster without a shared file system they
+    would sit on the worker's disk, and the result would be lost silently."""
+    if res.status != "done":
+        return res
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if not missing:
+        return res
+    return ItemResult(
+        res.label,
+        "failed",
+        error=f"finished on its worker, but its output {missing[0]} is not here "
+        "(do the workers write to a file system this machine shares?)",
+        seconds=res.seconds,
+    )
 
 
 class _progress:
