@@ -30,6 +30,7 @@ import numpy as np
 import scipy
 import SimpleITK
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from threadpoolctl import threadpool_limits
 
 from openmind_curate import __version__
@@ -196,10 +197,12 @@ def write_description(folder: Path) -> None:
 
 
 def qc_figure(result: DwiResult, path: Path) -> None:
-    """The QC figure, drawn without pyplot (no global backend, no figure registry)."""
+    """The QC figure, drawn without pyplot (no global backend, no figure registry):
+    the maps with their colour scales, and the motion in two panels, rotations
+    (degrees) and translations (mm), against whole volume numbers."""
     z = int(np.argmax(result.mask.sum(axis=(0, 1)))) if result.mask.any() else 0
-    fig = Figure(figsize=(12, 6), constrained_layout=True)
-    grid = fig.add_gridspec(2, 4)
+    fig = Figure(figsize=(12, 7), constrained_layout=True)
+    grid = fig.add_gridspec(3, 4, height_ratios=[2.2, 1, 1])
     panels = [
         ("mean b0 (T2w)", result.t2w, "gray", None),
         ("FA", result.fa, "gray", (0, 1)),
@@ -208,25 +211,34 @@ def qc_figure(result: DwiResult, path: Path) -> None:
     ]
     for i, (title, arr, cmap, lim) in enumerate(panels):
         ax = fig.add_subplot(grid[0, i])
-        ax.imshow(arr[:, :, z].T, origin="lower", cmap=cmap,
-                  vmin=lim[0] if lim else None, vmax=lim[1] if lim else None)  # fmt: skip
+        shown = ax.imshow(arr[:, :, z].T, origin="lower", cmap=cmap,
+                          vmin=lim[0] if lim else None, vmax=lim[1] if lim else None)  # fmt: skip
         if i == 3:
             ax.contour(result.mask[:, :, z].T, levels=[0.5], colors="r", linewidths=0.8)
+        else:
+            fig.colorbar(shown, ax=ax, shrink=0.8)
         ax.set_title(title)
         ax.axis("off")
-    ax = fig.add_subplot(grid[1, :])
     motion = result.reports.get("motion")
-    if motion:
-        rot, tra = np.array(motion["rotations_deg"]), np.array(motion["translations_mm"])
-        for k, axis in enumerate("xyz"):
-            ax.plot(rot[:, k], label=f"rot {axis} (deg)")
-            ax.plot(tra[:, k], "--", label=f"trans {axis} (mm)")
-        ax.legend(ncol=6, fontsize=8)
-        ax.set_xlabel("volume")
-        ax.set_title("estimated motion")
-    else:
+    if not motion:
+        ax = fig.add_subplot(grid[1:, :])
         ax.text(0.5, 0.5, "motion correction off", ha="center")
         ax.axis("off")
+    else:
+        series = [("rotation (deg)", np.array(motion["rotations_deg"])),
+                  ("translation (mm)", np.array(motion["translations_mm"]))]  # fmt: skip
+        for row, (label, values) in enumerate(series, start=1):
+            ax = fig.add_subplot(grid[row, :])
+            volumes = np.arange(len(values))
+            for k, axis in enumerate("xyz"):
+                ax.plot(volumes, values[:, k], marker=".", label=axis)
+            ax.set_ylabel(label)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(ncol=3, fontsize=8, loc="upper right")
+            if row == 1:
+                ax.set_title("estimated motion, per volume")
+            else:
+                ax.set_xlabel("volume")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
 
