@@ -109,3 +109,23 @@ def test_masks_and_metrics_markers_compare_their_config(tmp_path, stage):
     assert not is_current(other)
     marker.write_text(json.dumps({"image_id": "id"}))  # an older release
     assert is_current(other)
+
+
+def test_the_command_line_says_what_it_recomputed_and_keeps_on_request(series, tmp_path):
+    from typer.testing import CliRunner
+
+    from openmind_curate.cli import app
+
+    fast = ["--denoise", "none", "--no-motion", "--no-bias", "-j", "1"]
+    base = ["dwi", str(series), "--out", str(tmp_path / "out"), *fast]
+
+    def run(*extra: str) -> str:
+        result = CliRunner().invoke(app, [*base, *extra, "-q"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    assert "1 done" in run("--no-gibbs")
+    assert "1 skipped" in run("--no-gibbs")
+    assert "1 skipped" in run("--keep-existing")  # Gibbs on now, but the old output is kept
+    out = run()
+    assert "1 done" in out and "1 recomputed: options changed" in out
