@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from dipy.segment.threshold import otsu
 from scipy import ndimage
 
 from openmind_curate.masks.grid import upsample, upsample_linear
@@ -43,18 +44,6 @@ class AnatomyConfig:
     ghost_margin: float = 1.6  # threshold above the brightest tissue's N/2 ghost
     envelope_voxels: int = 2  # envelope dilation, in working-grid voxels
     fit_reach_voxels: int = 3  # how far beyond the bright core the fitted shape reaches
-
-
-def otsu(values: np.ndarray, bins: int = 128) -> float:
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mu0 = m0 / np.maximum(w0, 1)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centres[int(np.argmax(between))])
 
 
 @dataclass(frozen=True)
@@ -167,7 +156,7 @@ def n2_ghost(low: np.ndarray, air_mean: float, max_amplitude: float = 0.4) -> Gh
     positive = low[low > air_mean]
     if positive.size < 10:
         return Ghost(-1, 0.0)
-    hi = otsu(positive)
+    hi = float(otsu(positive))
     best = Ghost(-1, 0.0)
     edges = np.linspace(0.0, 1.0, 201)
     top = int(max_amplitude * 200)

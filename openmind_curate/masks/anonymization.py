@@ -30,6 +30,8 @@ class AnonConfig:
     blur_ratio: float = 0.2  # face-zone / air noise variance below which a face is blurred
     max_brain_litres: float = 2.5  # a skull-stripped image holds at most this much
     min_zero_air: float = 0.95  # fraction of the air exactly zero in a skull-stripped image
+    blur_reach_blocks: int = 8  # how far beyond the template's face zone a blur may reach
+    max_edge_blocks: int = 8  # a fill touching the field of view's edge more than this filled air
 
 
 def is_stripped(zero_fraction: float, litres: float, cfg: AnonConfig) -> bool:
@@ -107,10 +109,15 @@ def blurred_zone(
     face_low: np.ndarray,
     noise_sigma: float,
     cfg: AnonConfig,
+    searched: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Working-grid blocks of a blurred face, and the face's roughness relative
     to the noise variance (the air's sigma squared; without noisy air, the
-    smoothest tenth of the head's blocks)."""
+    smoothest tenth of the head's blocks).
+
+    The template's face zone decides whether the face is blurred; the smooth
+    blocks of the head within `blur_reach_blocks` of it (and in `searched`,
+    where `roughness` was computed) say how far the blur reaches."""
     inner = ndimage.binary_erosion(anat_low)
     face = inner & face_low
     rest = inner & ~ndimage.binary_dilation(face_low, iterations=2)
@@ -120,7 +127,9 @@ def blurred_zone(
     ratio = float(np.median(roughness[face])) / max(ref, 1e-12)
     if ratio >= cfg.blur_ratio:
         return np.zeros(anat_low.shape, bool), ratio
-    near = ndimage.binary_dilation(face_low, iterations=2) & anat_low
+    near = ndimage.binary_dilation(face_low, iterations=cfg.blur_reach_blocks) & anat_low
+    if searched is not None:
+        near &= searched
     zone = near & (roughness < cfg.blur_ratio * ref)
     zone = ndimage.binary_opening(zone) | (zone & face_low)
     labels, n = ndimage.label(zone)
@@ -129,3 +138,71 @@ def blurred_zone(
         sizes[0] = 0
         zone = labels == int(np.argmax(sizes))
     return ndimage.binary_closing(zone) & anat_low, ratio
+
+
+def blurred_voxels(
+    data: np.ndarray,
+    seed: np.ndarray,
+    allowed: np.ndarray,
+    noise_var: float,
+    reach: tuple[int, int, int],
+    width: int = 7,
+) -> np.ndarray:
+    """The blurred voxels joined to `seed` (the blocks found blurred) inside
+    `allowed` (the head), within `reach` voxels of the seed.
+
+    A voxel is blurred where the local variance (squared second differences
+    along the first axis over 6, box-averaged over `width` voxels) is below
+    a fifth of the air's noise variance. A fifth keeps Rayleigh air (0.43 of
+    it) and intact tissue (at least 1; a 7-voxel box falls that low about 5
+    standard deviations from its mean) out. A box straddling the edge crosses it
+    2 voxels inside the blur, so the result is grown back by 2 voxels. The
+    data, not the template's face zone, say how far the blur reaches.
+    """
+    out = np.zeros(data.shape, bool)
+    if not seed.any() or noise_var <= 0:
+        return out
+    idx = [np.flatnonzero(seed.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    box = tuple(
+        slice(max(int(i[0]) - r, 0), min(int(i[-1]) + r + 1, n))
+        for i, r, n in zip(idx, reach, data.shape, strict=True)
+    )
+    crop = data[box].astype(np.float32)
+    d2 = np.zeros(crop.shape, np.float32)
+    d2[1:-1] = crop[2:] - 2 * crop[1:-1] + crop[:-2]
+    np.square(d2, out=d2)
+    local = ndimage.uniform_filter(d2, width) / 6.0
+    inside = allowed[box]
+    smooth = inside & (local < 0.2 * noise_var)
+    labels, n = ndimage.label(smooth)
+    if n == 0:
+        return out
+    hit = np.unique(labels[seed[box] & smooth])
+    found = np.isin(labels, hit[hit > 0])
+    # A box straddling the edge falls below a fifth of the level 2 voxels in.
+    out[box] = ndimage.binary_dilation(found, iterations=2) & inside
+    return out
+
+
+def head_only_fill(
+    same_low: np.ndarray, zone_low: np.ndarray, cfg: AnonConfig
+) -> np.ndarray | None:
+    """The filled region itself, on the working grid, when the tool filled only
+    head voxels; None when it filled air too.
+
+    pydeface, mri_deface and quickshear fill a zone or a half-space that runs
+    out to the edge of the field of view, air included, so the fitted head must
+    say which filled voxels were head. A fill that stops short of every edge
+    is surrounded by noisy air: the tool filled the head only, and the fill's
+    own shape is the answer (a template fitted to an unusual head could only
+    cut it). The filled blocks joined to the zone found in the envelope count;
+    `max_edge_blocks` of them on the array's faces are tolerated (a neck cut by
+    the field of view).
+    """
+    labels, n = ndimage.label(same_low > 0)
+    if n == 0:
+        return None
+    joined = np.unique(labels[zone_low > 0])
+    region = np.isin(labels, joined[joined > 0])
+    edge = sum(int(np.count_nonzero(region.take(idx, axis=a))) for a in range(3) for idx in (0, -1))
+    return region if region.any() and edge <= cfg.max_edge_blocks else None

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from dipy.segment.threshold import otsu
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
@@ -132,7 +133,7 @@ def _stripped(vol, affine, low, first, bg, f, details) -> Masks:
     world_to_mni = tpl_mod.fit(first.astype(np.float32), la, "brain")
     anat = upsample(ndimage.binary_dilation(first), f, shape) & (np.abs(vol) > bg.zero_level)
     anat = anat_mod.largest_component(anat) if anat.any() else anat
-    head = tpl_mod.labels_on(low.shape, la, world_to_mni, ("head",))["head"]
+    head = tpl_mod.labels_on(low.shape, la, world_to_mni, ("upper_head",))["upper_head"]
     env = upsample_linear(head, f, shape)
     details["world_to_mni"] = world_to_mni.round(5).tolist()
     return Masks(anat, (env > 0.5) & ~anat, True, "skull-stripped", details,
@@ -145,7 +146,7 @@ def _head(vol, affine, low, first, bg, tn, f, cfg: MaskConfig, details) -> Masks
     ac, shape = cfg.anatomy, vol.shape
     la = low_affine(affine, f)
     ghost = anat_mod.n2_ghost(low, anat_mod.RAYLEIGH_MEAN * bg.sigma)
-    hi = anat_mod.otsu(low[first])
+    hi = float(otsu(low[first]))
     bright = anat_mod.clean(low > max(tn, hi))
     reach = ndimage.binary_dilation(bright, iterations=ac.fit_reach_voxels)
     fit_shape = anat_mod.clean(first & reach)
@@ -167,18 +168,76 @@ def _head(vol, affine, low, first, bg, tn, f, cfg: MaskConfig, details) -> Masks
         ghost_amplitude=ghost.amplitude,
     )
 
-    envelope = upsample(env_low, f, shape)
     voxel_ml = float(np.prod(voxel_sizes(affine))) / 1000.0
-    zone, value, zone_low = anon_mod.filled_zone(vol, envelope, voxel_ml, f, cfg.anon)
+    rough = upsample(ndimage.binary_dilation(env_low), f, shape)
+    zone, value, zone_low = anon_mod.filled_zone(vol, rough, voxel_ml, f, cfg.anon)
+    if value is not None:
+        level = tpl_mod.HEAD_FRACTION * float(np.percentile(low[fit_shape], 99))
+        like_template = anat_mod.clean(fit_shape & (low > level))
+        world_to_mni = _refit_known(like_template, zone_low > 0, la, world_to_mni)
+        head_only = anon_mod.head_only_fill(block_mean(vol == value, f), zone_low, cfg.anon)
+        if head_only is None:
+            envelope = _smooth_envelope(shape, affine, world_to_mni, zone)
+        else:
+            envelope = upsample(ndimage.binary_dilation(head_only), f, shape)
+        zone, value, zone_low = anon_mod.filled_zone(vol, envelope, voxel_ml, f, cfg.anon)
+        details["world_to_mni"] = world_to_mni.round(5).tolist()
+        details["head_only_fill"] = head_only is not None
     if value is not None:
         details["fill_value"] = value
         working = WorkingGrid(f, low, bg, fg & ~(zone_low > 0.5))
         return Masks(anat & ~zone, zone, False, "filled", details, working)
     working = WorkingGrid(f, low, bg, fg)
-    roughness = anon_mod.block_roughness(vol, f, None if bg.sigma == 0 else labels["face"] > 0.1)
-    blur_low, ratio = anon_mod.blurred_zone(roughness, fg, labels["face"] > 0.5, bg.sigma, cfg.anon)
+    searched = None
+    if bg.sigma > 0:  # only around the face zone: the full pass costs more than the rest
+        near = ndimage.binary_dilation(labels["face"] > 0.1, iterations=cfg.anon.blur_reach_blocks)
+        searched = _box_of(near)
+    roughness = anon_mod.block_roughness(vol, f, searched)
+    blur_low, ratio = anon_mod.blurred_zone(
+        roughness, fg, labels["face"] > 0.5, bg.sigma, cfg.anon, searched
+    )
     details["face_noise_ratio"] = ratio
     if blur_low.any():
-        anon = upsample(blur_low, f, shape) & anat
+        if bg.sigma > 0:  # the edge at full resolution, against the air's noise
+            seed = upsample(blur_low, f, shape) & anat
+            reach = tuple(8 * k for k in f)  # 8 working-grid blocks: about 3 cm
+            box = _smooth_envelope(shape, affine, world_to_mni, seed, max(reach))
+            # Blurring moves the face's edge: the fitted head bounds it too.
+            anon = anon_mod.blurred_voxels(vol, seed, anat | box, bg.sigma**2, reach) | seed
+        else:
+            anon = upsample(blur_low, f, shape) & anat
         return Masks(anat, anon, False, "blurred", details, working)
     return Masks(anat, np.zeros(shape, bool), False, None, details, working)
+
+
+def _refit_known(fit_shape, removed_low, la, world_to_template) -> np.ndarray:
+    """The envelope fit again on all the head the image still shows (the
+    face's sides, jaw and neck too, not only the cranium), started from the
+    cranium fit: the anatomy around a removed zone places the missing part."""
+    known = ~ndimage.binary_dilation(removed_low)
+    return tpl_mod.refine(fit_shape, known, la, world_to_template)
+
+
+def _smooth_envelope(shape, affine, world_to_template, zone, grow: int = 8) -> np.ndarray:
+    """The fitted head at full resolution (template fraction > 0.5, linear),
+    in the bounding box of `zone` grown by `grow` voxels; False elsewhere."""
+    out = np.zeros(shape, bool)
+    if not zone.any():
+        return out
+    idx = [np.flatnonzero(zone.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    box = tuple(
+        slice(max(int(i[0]) - grow, 0), min(int(i[-1]) + grow + 1, n))
+        for i, n in zip(idx, shape, strict=True)
+    )
+    head = tpl_mod.labels_on(shape, affine, world_to_template, ("head",), box)["head"]
+    out[box] = head > 0.5
+    return out
+
+
+def _box_of(mask: np.ndarray) -> np.ndarray:
+    """The bounding box of `mask`, filled."""
+    out = np.zeros(mask.shape, bool)
+    if mask.any():
+        idx = np.argwhere(mask)
+        out[tuple(slice(a, b + 1) for a, b in zip(idx.min(0), idx.max(0), strict=True))] = True
+    return out

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from dipy.segment.threshold import otsu
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
@@ -59,7 +60,6 @@ from openmind_curate.masks.anatomy import (
     background,
     n2_ghost,
     noise_threshold,
-    otsu,
 )
 from openmind_curate.masks.compute import WorkingGrid
 from openmind_curate.masks.grid import block_mean, factors_for, upsample
@@ -181,7 +181,7 @@ def inu_range(low: np.ndarray, head_low: np.ndarray) -> float:
     vals = low[core]
     if np.count_nonzero(vals > 0) < 50:
         return float("nan")
-    bright = core & (low > otsu(vals))
+    bright = core & (low > float(otsu(vals)))
     if bright.sum() < 20:
         return float("nan")
     idx = np.argwhere(bright).astype(np.float64)
@@ -244,7 +244,7 @@ def image_metrics(
     sigma = bg.sigma
     core = ndimage.binary_erosion(head_low)
     core_vals = low[core] if core.sum() > 20 else low[head_low]
-    t = otsu(core_vals)
+    t = float(otsu(core_vals))
     dark, bright = core_vals[core_vals <= t], core_vals[core_vals > t]
     mu_d = float(dark.mean()) if dark.size else float("nan")
     mu_b = float(bright.mean()) if bright.size else float("nan")
