@@ -87,7 +87,7 @@ again = crawl([root], out, CrawlOptions(), jobs)
 second = time.perf_counter() - t
 rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
           resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-print(json.dumps(dict(images=r.index.num_rows, seconds=first, recrawl=second,
+print(json.dumps(dict(images=r.n_images, seconds=first, recrawl=second,
                       unchanged=again.n_unchanged, datasets=r.n_datasets, rss_mb=rss)))
 """
 

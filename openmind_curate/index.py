@@ -77,12 +77,17 @@ def to_absolute(path: str | None, base: str) -> str | None:
 
 
 def _map_paths(table: pa.Table, columns: Sequence[str], fn: Callable[[str | None], Any]):
+    """Apply `fn` to each distinct value of the path columns (a corpus has a
+    few hundred roots over 100k rows), then spread the results back."""
     for name in columns:
         if name not in table.column_names:
             continue
         i = table.column_names.index(name)
-        values = [fn(v) for v in table.column(name).to_pylist()]
-        table = table.set_column(i, table.schema.field(i), pa.array(values, pa.string()))
+        col = table.column(name)
+        distinct = pc.unique(col)
+        mapped = pa.array([fn(v) for v in distinct.to_pylist()], pa.string())
+        values = mapped.take(pc.index_in(col, value_set=distinct))
+        table = table.set_column(i, table.schema.field(i), values)
     return table
 
 
