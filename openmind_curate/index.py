@@ -257,16 +257,18 @@ def set_columns(
     values: pd.DataFrame,
     guard: Sequence[str] = ("size_bytes", "mtime_ns"),
 ) -> RowsResult:
-    """Set columns for the images in `values` (``image_id`` plus the columns).
+    """Set stage columns for the images in `values` (``image_id`` plus the columns).
 
     The `guard` columns, when `values` has them, must still match the index:
     a value computed from a file that has since changed (or been re-crawled
     as changed) is not written. Returns how many rows were set and skipped.
     """
     columns = [c for c in values.columns if c != "image_id" and c not in guard]
-    unknown = [c for c in columns if c not in IMAGE_INDEX.names]
+    unknown = [c for c in columns if c not in stage_columns(IMAGE_INDEX)]
     if unknown:
-        raise IndexStoreError(f"not index columns: {', '.join(unknown)}")
+        # Only a stage column survives a re-crawl (the one rule): a stage that
+        # needs a new column marks it with `stage=` in schema.IMAGE_INDEX.
+        raise IndexStoreError(f"not stage columns of the index: {', '.join(unknown)}")
     checks = [c for c in guard if c in values.columns]
     by_id = {r["image_id"]: r for r in values.to_dict("records")}
     result = RowsResult()

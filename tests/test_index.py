@@ -250,6 +250,8 @@ def test_masks_of_a_file_changed_meanwhile_are_not_recorded(tmp_path):
                            "size_bytes": [10, 10], "mtime_ns": [1, 0]})  # fmt: skip
     result = store.set_columns(path, values)
     assert (result.replaced, result.skipped) == (1, 1)
+    with pytest.raises(store.IndexStoreError, match="not stage columns of the index: modality"):
+        store.set_columns(path, pd.DataFrame({"image_id": ["a"], "modality": ["T2w"]}))
     got = store.read_frame(path).set_index("image_id")["anat_mask_path"]
     assert got["a"] == "/m/a" and pd.isna(got["b"])
 
