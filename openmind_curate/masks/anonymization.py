@@ -1,17 +1,27 @@
 """What anonymization did to an image, voxel by voxel.
 
-Three kinds, each decided from the data inside the fitted head envelope
-(`masks.template`):
+Three kinds, each decided from the data; the fitted template
+(`masks.template`) only says where a head would have been:
 
-- **filled** (pydeface, mri_deface, quickshear): the face zone holds one
+- **filled** (pydeface, mri_deface, quickshear): the removed zone holds one
   exact value, almost always 0. Thermal noise never gives a run of identical
-  values inside the head, so exact equality is the test, and the removed zone
-  is recovered to the voxel wherever the air is noisy.
+  values inside the head, so exact equality is the test, and the zone's cut
+  faces are recovered to the voxel wherever the air is noisy. Those tools
+  fill air too (a face box, a half-space running out to the field of view's
+  edge), so the fitted head, refitted on all the head the image still shows,
+  says which filled voxels were head. A fill that stops short of every edge
+  was confined to the head by the tool, and is taken as it is
+  (`head_only_fill`).
 - **blurred** (face-blurring tools): noise is gone. The local noise variance
-  (`block_roughness`) of the face zone is compared with the noise variance measured in the air;
-  an intact face holds at least the noise, a blurred one a small fraction.
+  (`block_roughness`) of the face zone is compared with the noise variance
+  measured in the air; an intact face holds at least the noise, a blurred one
+  a small fraction. The blur's extent is then set voxel by voxel from the
+  same measure (`blurred_voxels`), not from the template's face zone.
 - **skull-stripped**: the air is exactly zero and what remains is the size of
   a brain. Everything in the head envelope outside the anatomy was removed.
+
+Not done: estimating a shear plane when the air is zero-filled too (then
+exact zeros cannot tell a cut face from the air).
 """
 
 from __future__ import annotations

@@ -188,22 +188,27 @@ def _head(vol, affine, low, first, bg, tn, f, cfg: MaskConfig, details) -> Masks
         working = WorkingGrid(f, low, bg, fg & ~(zone_low > 0.5))
         return Masks(anat & ~zone, zone, False, "filled", details, working)
     working = WorkingGrid(f, low, bg, fg)
-    searched = None
-    if bg.sigma > 0:  # only around the face zone: the full pass costs more than the rest
-        near = ndimage.binary_dilation(labels["face"] > 0.1, iterations=cfg.anon.blur_reach_blocks)
-        searched = _box_of(near)
+    face_low = labels["face"] > 0.5
+    # Around the face zone only (a full pass costs more than the rest); when
+    # the face is blurred, again over the reach of a blur beyond that zone.
+    searched = _box_of(labels["face"] > 0.1) if bg.sigma > 0 else None
     roughness = anon_mod.block_roughness(vol, f, searched)
-    blur_low, ratio = anon_mod.blurred_zone(
-        roughness, fg, labels["face"] > 0.5, bg.sigma, cfg.anon, searched
-    )
+    blur_low, ratio = anon_mod.blurred_zone(roughness, fg, face_low, bg.sigma, cfg.anon, searched)
+    if blur_low.any() and searched is not None:
+        blocks = cfg.anon.blur_reach_blocks
+        searched = _box_of(ndimage.binary_dilation(labels["face"] > 0.1, iterations=blocks))
+        roughness = anon_mod.block_roughness(vol, f, searched)
+        blur_low, ratio = anon_mod.blurred_zone(
+            roughness, fg, face_low, bg.sigma, cfg.anon, searched
+        )
     details["face_noise_ratio"] = ratio
     if blur_low.any():
         if bg.sigma > 0:  # the edge at full resolution, against the air's noise
             seed = upsample(blur_low, f, shape) & anat
-            reach = tuple(8 * k for k in f)  # 8 working-grid blocks: about 3 cm
-            box = _smooth_envelope(shape, affine, world_to_mni, seed, max(reach))
+            span = tuple(cfg.anon.blur_reach_blocks * k for k in f)
+            box = _smooth_envelope(shape, affine, world_to_mni, seed, max(span))
             # Blurring moves the face's edge: the fitted head bounds it too.
-            anon = anon_mod.blurred_voxels(vol, seed, anat | box, bg.sigma**2, reach) | seed
+            anon = anon_mod.blurred_voxels(vol, seed, anat | box, bg.sigma**2, span) | seed
         else:
             anon = upsample(blur_low, f, shape) & anat
         return Masks(anat, anon, False, "blurred", details, working)
