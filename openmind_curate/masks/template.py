@@ -28,7 +28,7 @@ the zone pydeface removes. pydeface pulls in nipype (pure Python). From them:
   head assumed around a skull-stripped brain (the mean head's neck runs on
   to the edge of its field of view, which says nothing about other scans).
 
-These are built once (about 10 s) and cached under `headmodel.cache_dir()`.
+These are built once (about 15 s) and cached under `headmodel.cache_dir()`.
 The fit is 12-parameter affine on binary shapes, so contrast, bias and noise
 do not matter. It costs about 0.15 s per image at 4 mm.
 """
