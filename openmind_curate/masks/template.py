@@ -14,7 +14,9 @@ template only says where a face or a head would have been.
 The template is pydeface's (MIT licence, a dependency; its defacing needs FSL,
 so only its data files are used): `mean_reg2mean.nii.gz`, an average of real
 heads (176x256x256, about 1 mm), and `facemask.nii.gz` on the same grid, 0 in
-the zone pydeface removes. pydeface pulls in nipype (pure Python). From them:
+the zone pydeface removes. pydeface pulls in nipype (pure Python). The
+real-head tests also cut heads with quickshear (BSD licence, a dev
+dependency). From pydeface's files:
 
 - head: the mean head above 10% of its 99th percentile (air is below 2%, the
   scalp near 60%), closed, holes filled, largest component;
