@@ -66,18 +66,18 @@ def test_masks_stop_at_once_and_resume(index, tmp_path, scheduler, sig, group):
     out = tmp_path / "masks"
     extra = ["--scheduler", scheduler] if scheduler else []
     proc = _popen(["masks", "--index", str(index), "--out", str(out), "-j", "2", *extra])
-    _started(out, "*_desc-masks.json", proc, n=2)
+    _started(out, "*Anatomy_mask.json", proc, n=2)
     seconds, text = _stop(proc, sig, group)
     assert proc.returncode == 130, text
     assert seconds < 5.0, f"took {seconds:.1f} s to stop"
     assert "Interrupted (SIGINT)" in text and "run the same command again" in text
     assert "Traceback" not in text
-    done = len(list(out.rglob("*_desc-masks.json")))
+    done = len(list(out.rglob("*Anatomy_mask.json")))
     again = subprocess.run([CURATE, "masks", "--index", str(index), "--out", str(out), "-q",
                             "-j", "2"], capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{done} skipped" in again.stdout
-    for record in out.rglob("*_desc-masks.json"):
+    for record in out.rglob("*Anatomy_mask.json"):
         assert json.loads(record.read_text())["options_hash"]
 
 

@@ -48,11 +48,7 @@ def test_phase_image_is_masked_from_its_magnitude(masked):
     phase = rows[rows["flags"] == "phase"]
     assert len(phase) >= 1
     for row in phase.itertuples():
-        record = json.loads(
-            Path(
-                row.anat_mask_path.replace("_desc-anatomy_mask.nii.gz", "_desc-masks.json")
-            ).read_text()
-        )
+        record = json.loads(Path(row.anat_mask_path.replace(".nii.gz", ".json")).read_text())
         assert "_part-mag_" in record["masked_from"]
 
 
@@ -161,7 +157,7 @@ def test_dwi_maps_are_brain_extracted_by_construction(corpus):
 
 def test_masks_resume_and_skip_finished(masked):
     _, rows, index, out, _ = masked
-    records = sorted(out.rglob("*_desc-masks.json"))
+    records = sorted(out.rglob("*Anatomy_mask.json"))
     victim = records[0]
     data = json.loads(victim.read_text())
     victim.unlink()

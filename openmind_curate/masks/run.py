@@ -1,10 +1,11 @@
 """`curate masks`: both masks for every readable image of an index.
 
-Outputs, per image, under ``DERIV_ROOT/<dataset_id>/<folder of the image>/``::
+Outputs, per image, under ``DERIV_ROOT/<dataset_id>/<folder of the image>/``
+(names from `mask_names`; for ``sub-01_T1w``)::
 
-    <stem>_desc-anatomy_mask.nii.gz        uint8 {0,1}, the image's grid
-    <stem>_desc-anonymization_mask.nii.gz  uint8 {0,1}, the image's grid
-    <stem>_desc-masks.json                 decision, numbers, versions (written last)
+    sub-01_desc-T1wAnatomy_mask.nii.gz        uint8 {0,1}, the image's grid
+    sub-01_desc-T1wAnonymization_mask.nii.gz  uint8 {0,1}, the image's grid
+    sub-01_desc-T1wAnatomy_mask.json          decision, numbers, versions (written last)
 
 The JSON is the completion marker: a killed run redoes only the images without
 one, and a run with other mask options those made with the old ones (its
@@ -28,6 +29,7 @@ import pandas as pd
 
 from openmind_curate import __version__
 from openmind_curate import index as store
+from openmind_curate.bids.entities import parse_name
 from openmind_curate.jobs import JobOptions, marker_is_current, options_hash, run_batch
 from openmind_curate.jobs.atomic import atomic_write_text
 from openmind_curate.masks.compute import MaskConfig, compute_masks
@@ -54,9 +56,7 @@ class MaskJob:
         return self.source
 
     def path(self, kind: str) -> Path:
-        suffix = {"anat": "_desc-anatomy_mask.nii.gz", "anon": "_desc-anonymization_mask.nii.gz",
-                  "record": "_desc-masks.json"}[kind]  # fmt: skip
-        return Path(self.out_dir) / f"{self.stem}{suffix}"
+        return Path(self.out_dir) / mask_names(self.stem)[kind]
 
     def outputs(self) -> list[Path]:
         return [self.path("record")]
@@ -67,6 +67,29 @@ def is_current(job: MaskJob) -> bool:
     runner's `current` hook). A record without a hash, from an older release,
     counts as current: an upgrade does not recompute a corpus."""
     return marker_is_current(job.path("record"), options_hash(job.config))
+
+
+#: The ``desc`` label of each mask, after the source's own desc and suffix.
+_KINDS = {"anat": "Anatomy", "anon": "Anonymization"}
+
+
+def mask_names(stem: str) -> dict[str, str]:
+    """BIDS-derivative names of an image's masks: the source's entities, then
+    ``desc-<source desc><source suffix><Kind>_mask``, so two masks of one
+    subject stay apart and a name never holds two ``desc`` entities or a
+    suffix in its middle. ``sub-01_ses-01_desc-meanb0_T2w`` gives
+    ``sub-01_ses-01_desc-meanb0T2wAnatomy_mask.nii.gz``; the record is the
+    anatomy mask's JSON sidecar. A name that is not BIDS-shaped keeps its stem.
+    """
+    parsed = parse_name(stem + ".nii.gz")
+    if parsed is None or not parsed.suffix.isalnum():
+        names = {k: f"{stem}_desc-{v.lower()}_mask.nii.gz" for k, v in _KINDS.items()}
+    else:
+        ents = "".join(f"{k}-{v}_" for k, v in parsed.entities.items() if k != "desc")
+        source = parsed.entities.get("desc", "") + parsed.suffix
+        names = {k: f"{ents}desc-{source}{v}_mask.nii.gz" for k, v in _KINDS.items()}
+    names["record"] = names["anat"].replace(".nii.gz", ".json")
+    return names
 
 
 def _stem(path: str) -> str:
