@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import time
@@ -114,6 +115,13 @@ def main(
     ] = False,
 ) -> None:
     """openmind-curate: crawl, process, score and train on public brain MRI."""
+    # The library's notices (a one-time model build, ...) go to stderr.
+    log = logging.getLogger("openmind_curate")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 @app.command()

@@ -18,6 +18,7 @@ import the generator.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ from nilearn.datasets import (
 from scipy import ndimage
 
 from openmind_curate.jobs.atomic import atomic_path
+
+log = logging.getLogger(__name__)
 
 #: Labels of the non-brain layer map (`HeadModel.layer`); 0 = inside the skull.
 LAYERS: dict[str, int] = {
@@ -125,6 +128,7 @@ def head_model() -> HeadModel:
             return HeadModel(**{k: z[k] for k in HeadModel.__dataclass_fields__})
     except (OSError, KeyError, ValueError, EOFError):
         pass
+    log.info("Building the whole-head model once (about 15 s); cached in %s", path)
     model = build_head_model()
     try:
         with atomic_path(path) as tmp:
