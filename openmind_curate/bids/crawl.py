@@ -451,8 +451,9 @@ def _load_previous(
             return {}, index, None
         probs = None
         if problems_path(out).exists():
-            probs = store.absolute_paths(pq.read_table(problems_path(out)), out, ["root"])
-    except (OSError, ValueError, pa.ArrowException):
+            probs = validate(pq.read_table(problems_path(out)), PROBLEMS)
+            probs = store.absolute_paths(probs, out, ["root"])
+    except (OSError, ValueError, pa.ArrowException):  # SchemaError is a ValueError
         return {}, index, None
     base = store.base_dir(out)
     datasets = {store.to_absolute(k, base): v for k, v in state.get("datasets", {}).items()}

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from openmind_curate.jobs import JobOptions, run_batch
 from openmind_curate.jobs.atomic import write_if_changed
 from openmind_curate.jobs.runner import BatchResult
-from openmind_curate.schema import SYNTH_TRUTH, rows_to_table
+from openmind_curate.schema import SYNTH_TRUTH, rows_to_table, validate
 from openmind_curate.synth.head import head_model
 from openmind_curate.synth.participants import participants_json, participants_tsv
 from openmind_curate.synth.plan import DatasetPlan, SynthConfig, plan_corpus
@@ -107,4 +107,5 @@ def generate(
 
 
 def load_truth(root: str | Path) -> pa.Table:
-    return pq.read_table(Path(root) / TRUTH_TABLE, schema=SYNTH_TRUTH)
+    """The corpus's truth table, validated like every table a reader takes in."""
+    return validate(pq.read_table(Path(root) / TRUTH_TABLE), SYNTH_TRUTH)
