@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from openmind_curate.masks.anatomy import fill_holes
 from openmind_curate.masks.grid import block_mean, upsample
 
 
@@ -153,21 +154,35 @@ def blurred_zone(
 def blurred_voxels(
     data: np.ndarray,
     seed: np.ndarray,
-    allowed: np.ndarray,
+    level: float,
     noise_var: float,
     reach: tuple[int, int, int],
     width: int = 7,
+    grow: int = 3,
 ) -> np.ndarray:
     """The blurred voxels joined to `seed` (the blocks found blurred) inside
-    `allowed` (the head), within `reach` voxels of the seed.
+    the head the image shows, within `reach` voxels of the seed.
 
     A voxel is blurred where the local variance (squared second differences
     along the first axis over 6, box-averaged over `width` voxels) is below
     a fifth of the air's noise variance. A fifth keeps Rayleigh air (0.43 of
     it) and intact tissue (at least 1; a 7-voxel box falls that low about 5
-    standard deviations from its mean) out. A box straddling the edge crosses it
-    2 voxels inside the blur, so the result is grown back by 2 voxels. The
-    data, not the template's face zone, say how far the blur reaches.
+    standard deviations from its mean) out. The data, not the template's face
+    zone, say how far the blur reaches.
+
+    The head is the image above `level` (the template's own head rule, a
+    fraction of the image's 99th percentile), holes filled. A blurred face
+    has no noise but keeps its signal, and blurring leaves the 10% level of a
+    tissue/air edge within about a millimetre of where it was, whereas the
+    fitted template misses a face that differs from the average by a few
+    millimetres; the noise-based anatomy runs further out on the blur's
+    smooth tail. Noisy air never counts (it is not smooth).
+
+    A box straddling the border with the noisy head is below a fifth of the
+    level only `width // 2` voxels inside the blur for noise alone, and the
+    tool's step between its blurred copy and the untouched image (second
+    differences across it are large) moves that one voxel further in, so the
+    result is grown back by `grow` = 3 voxels inside the head.
     """
     out = np.zeros(data.shape, bool)
     if not seed.any() or noise_var <= 0:
@@ -182,15 +197,14 @@ def blurred_voxels(
     d2[1:-1] = crop[2:] - 2 * crop[1:-1] + crop[:-2]
     np.square(d2, out=d2)
     local = ndimage.uniform_filter(d2, width) / 6.0
-    inside = allowed[box]
+    inside = fill_holes(crop > level)
     smooth = inside & (local < 0.2 * noise_var)
     labels, n = ndimage.label(smooth)
     if n == 0:
         return out
     hit = np.unique(labels[seed[box] & smooth])
     found = np.isin(labels, hit[hit > 0])
-    # A box straddling the edge falls below a fifth of the level 2 voxels in.
-    out[box] = ndimage.binary_dilation(found, iterations=2) & inside
+    out[box] = ndimage.binary_dilation(found, iterations=grow) & inside
     return out
 
 

@@ -206,9 +206,9 @@ def _head(vol, affine, low, first, bg, tn, f, cfg: MaskConfig, details) -> Masks
         if bg.sigma > 0:  # the edge at full resolution, against the air's noise
             seed = upsample(blur_low, f, shape) & anat
             span = tuple(cfg.anon.blur_reach_blocks * k for k in f)
-            box = _smooth_envelope(shape, affine, world_to_mni, seed, max(span))
-            # Blurring moves the face's edge: the fitted head bounds it too.
-            anon = anon_mod.blurred_voxels(vol, seed, anat | box, bg.sigma**2, span) | seed
+            # The face's edge from the data, by the template's head rule.
+            level = tpl_mod.HEAD_FRACTION * float(np.percentile(vol, 99))
+            anon = anon_mod.blurred_voxels(vol, seed, level, bg.sigma**2, span) | seed
         else:
             anon = upsample(blur_low, f, shape) & anat
         return Masks(anat, anon, False, "blurred", details, working)
