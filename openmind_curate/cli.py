@@ -338,6 +338,7 @@ def dwi(
     table = None
     if index is not None:
         table = _read_index(index)
+        _writable_index(index)
         inputs = None
     else:
         inputs = preflight.input_files(files or [])
@@ -370,6 +371,14 @@ def dwi(
         raise typer.Exit(1)
 
 
+def _writable_index(index: Path) -> None:
+    """A stage that will add to the index checks, before hours of work, that
+    it can write and lock it."""
+    preflight.output_file(index, "--index")
+    with store.locked(index, timeout=30):
+        pass
+
+
 def _read_index(index: Path, *, images: bool = True):
     """The index through the store (absolute paths). A stage given an index
     without a single image stops here rather than writing an empty result."""
@@ -398,6 +407,7 @@ def masks(
     from openmind_curate.masks.run import jobs_for_index, run_jobs, update_index
 
     table = _read_index(index)
+    _writable_index(index)
     out = preflight.output_dir(out)
     options = job_options(workers, scheduler, quiet, "masks", out, keep_existing)
     jobs = jobs_for_index(table, out)

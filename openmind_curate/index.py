@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from openmind_curate.ids import image_id
-from openmind_curate.jobs.atomic import atomic_path
+from openmind_curate.jobs.atomic import atomic_path, remove_stale_temps
 from openmind_curate.schema import IMAGE_INDEX, SchemaError, stage_columns, validate
 
 #: Version of the stored index; 1 had absolute (or working-folder) paths and no metadata.
@@ -181,6 +181,11 @@ def locked(index_path: str | os.PathLike[str], timeout: float = LOCK_TIMEOUT_S) 
             f"index {path} is locked by another process for over {timeout:.0f} s "
             f"(lock file {path}.lock)"
         ) from None
+    except (OSError, NotImplementedError) as exc:
+        raise IndexStoreError(
+            f"cannot lock index {path} ({exc}): put the index on a local or lock-capable "
+            "file system"
+        ) from None
     try:
         yield
     finally:
@@ -197,8 +202,12 @@ def write(index_path: str | os.PathLike[str], table: pa.Table) -> pa.Table:
         raise IndexStoreError(f"index {index_path}: image_id {dup} would appear twice")
     stored = stored_paths(table, index_path)
     meta = {META_KEY: json.dumps({"version": INDEX_VERSION, "paths": "relative to this folder"})}
+    # Under the lock, a temporary file beside the index is a killed writer's.
+    remove_stale_temps([Path(index_path)])
     with atomic_path(index_path) as tmp:
         pq.write_table(stored.replace_schema_metadata(meta), tmp)
+        with open(tmp, "rb+") as fh:  # on disk before the rename, as atomic_write_bytes
+            os.fsync(fh.fileno())
     return table
 
 
@@ -222,7 +231,7 @@ def update(
 class RowsResult:
     added: int = 0  # new image_ids
     replaced: int = 0  # image_ids already present, now updated
-    skipped: int = 0  # rows whose source image is gone or changed
+    skipped: int = 0  # add_rows: source gone; set_columns: image gone or its file changed
 
 
 def add_rows(index_path: str | os.PathLike[str], rows: pa.Table) -> RowsResult:
@@ -245,7 +254,8 @@ def add_rows(index_path: str | os.PathLike[str], rows: pa.Table) -> RowsResult:
         result.replaced = len(new_ids & have)
         result.added = len(new_ids) - result.replaced
         new, _ = carry_stage_columns(current, new)
-        stay = pc.invert(pc.is_in(current.column("image_id"), pa.array(sorted(new_ids))))
+        replaced = pa.array(sorted(new_ids), pa.string())
+        stay = pc.invert(pc.is_in(current.column("image_id"), replaced))
         return pa.concat_tables([current.filter(stay), new])
 
     update(index_path, change)
@@ -357,6 +367,13 @@ def merge_crawl(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, CrawlMer
     (`carry_stage_columns`), plus the derived rows whose source (followed
     through chains of derivation) is still there and unchanged."""
     report = CrawlMerge()
+    # The crawl owns no stage column: values in `new` (rows reused from an
+    # index read before the lock) may be stale, the locked copy is not.
+    for name in stage_columns(IMAGE_INDEX):
+        j = new.column_names.index(name)
+        new = new.set_column(
+            j, new.schema.field(j), pa.nulls(new.num_rows, new.schema.field(j).type)
+        )
     if old is None or old.num_rows == 0:
         return new, report
     derived_mask = pc.is_valid(old.column("derived_from"))

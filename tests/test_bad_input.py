@@ -50,10 +50,12 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def read_only(tmp_path_factory):
-    """A folder nobody may write into, root included (an immutable folder)."""
+def read_only(tmp_path_factory, files):
+    """A folder nobody may write into, root included (an immutable folder),
+    holding a valid index (so a stage can read it but not add to it)."""
     folder = tmp_path_factory.mktemp("ro") / "locked"
     folder.mkdir()
+    shutil.copy(files / "index" / "images.parquet", folder / "images.parquet")
     if os.geteuid() == 0:
         if shutil.which("chattr") is None:
             pytest.skip("running as root without chattr: no way to make a folder read-only")
@@ -124,7 +126,9 @@ def test_every_command_rejects_bad_input_with_a_message(files):
 
 def test_a_read_only_output_folder_is_refused_before_any_work(files, read_only):
     good = str(files / "index" / "images.parquet")
+    locked_index = read_only / "images.parquet"
     for args in (
+        ["masks", "--index", str(locked_index), "--out", str(files / "m2")],
         ["synth", str(read_only / "corpus")],
         ["masks", "--index", good, "--out", str(read_only)],
         ["metrics", "--index", good, "--out", str(read_only / "m.parquet")],
@@ -133,7 +137,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(files, read_only):
         result = runner.invoke(app, args, env={"COLUMNS": "300"})
         text = " ".join(result.output.split())
         assert result.exit_code == 2 and "cannot write" in text and str(read_only) in text, args
-    assert list(read_only.iterdir()) == []
+    assert [p.name for p in read_only.iterdir()] == ["images.parquet"]
 
 
 def test_defaults_show_in_help():

@@ -316,3 +316,28 @@ def test_duplicate_dataset_names_get_order_free_suffixes(tmp_path):
     assert ids("c", "b", "a") == expected
     assert ids("b/ds1", "a/ds1") == {"a/ds1": "ds1~a", "b/ds1": "ds1~b"}
     assert dataset_ids([("/x/p/ds", "/x/p"), ("/y/p/ds", "/y/p")]) == ["ds~p", "ds~p~2"]
+
+
+def test_add_rows_whose_sources_are_all_gone_adds_nothing(tmp_path):
+    path = tmp_path / "images.parquet"
+    with store.locked(path):
+        store.write(path, _rows([("a", 10, 1, None, None)]))
+    result = store.add_rows(path, _rows([("m1", 1, 1, "gone", None), ("m2", 1, 1, "gone", None)]))
+    assert (result.added, result.skipped) == (0, 2)
+    assert list(store.read_frame(path)["image_id"]) == ["a"]
+
+
+def test_a_dataset_renamed_by_a_new_duplicate_gets_its_new_id_on_every_row(corpus, tmp_path):
+    src, _ = corpus
+    for site in ("siteA", "siteB"):
+        shutil.copytree(src / "ds900001", tmp_path / "data" / site / "ds1")
+    out = tmp_path / "index" / "images.parquet"
+    first = crawl([tmp_path / "data" / "siteA"], out, CrawlOptions(), JOBS)
+    assert set(first.index.column("dataset_id").to_pylist()) == {"ds1"}
+    both = crawl([tmp_path / "data" / "siteA", tmp_path / "data" / "siteB"], out, CrawlOptions(),
+                 JOBS)  # fmt: skip
+    frame = store.read_frame(out)
+    assert set(frame["dataset_id"]) == {"ds1~siteA", "ds1~siteB"}
+    for row in frame.itertuples():
+        assert row.image_id == image_id(row.dataset_id, row.path)
+    assert both.n_headers_read == first.n_images  # siteA's headers reused, siteB's read

@@ -9,6 +9,7 @@ and then with it, as ``curate dwi FILE --no-gibbs`` then ``curate dwi FILE``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -129,3 +130,14 @@ def test_the_command_line_says_what_it_recomputed_and_keeps_on_request(series, t
     assert "1 skipped" in run("--keep-existing")  # Gibbs on now, but the old output is kept
     out = run()
     assert "1 done" in out and "1 recomputed: options changed" in out
+
+
+def test_an_output_of_a_changed_input_is_redone_not_skipped(series, tmp_path):
+    out = tmp_path / "out"
+    _run(series, out, FAST)
+    st = series.stat()
+    os.utime(series, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file was replaced
+    again, line, record, _ = _run(series, out, FAST)
+    assert (len(again.done), line["status"]) == (1, "done")
+    assert record["source_mtime_ns"] == series.stat().st_mtime_ns
+    assert len(_run(series, out, FAST)[0].skipped) == 1  # and now it is current

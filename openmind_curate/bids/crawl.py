@@ -488,9 +488,13 @@ def crawl(
     by_root = _split_by_root(prev_index)
     work = []
     for ref in refs:
-        prev = state.get(ref.root)
-        headers = _previous_headers(by_root.get(ref.root))
-        work.append(DatasetJob(ref, options, prev and prev["fingerprint"], headers))
+        prev = state.get(ref.root) or {}
+        # Reuse a dataset's rows only under the same id: a new duplicate name
+        # elsewhere renames it, and its rows must carry the new id.
+        same_id = prev.get("dataset_id") == ref.dataset_id
+        headers = _previous_headers(by_root.get(ref.root))  # headers do not depend on ids
+        work.append(DatasetJob(ref, options, prev.get("fingerprint") if same_id else None,
+                               headers))  # fmt: skip
     batch = run_batch(crawl_dataset, work, jobs)
 
     tables, problems, new_state, unchanged, n_read = [], [], {}, 0, 0

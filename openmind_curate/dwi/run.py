@@ -48,6 +48,7 @@ from openmind_curate.jobs import (
     marker_is_current,
     options_hash,
     run_batch,
+    source_stamp,
 )
 from openmind_curate.jobs.runner import BatchResult
 from openmind_curate.nifti_io import save_nifti
@@ -95,7 +96,7 @@ def is_current(job: DwiJob) -> bool:
     """Whether the series' run record was made with the job's options (the
     runner's `current` hook). A record without a hash, from an older release,
     counts as current: an upgrade does not recompute a corpus."""
-    return marker_is_current(job.record, options_hash(job.config))
+    return marker_is_current(job.record, options_hash(job.config), job.source)
 
 
 # ------------------------------------------------------------------ finding files
@@ -248,6 +249,7 @@ def process(job: DwiJob) -> dict[str, Any]:
     if not job.bval or not job.bvec:
         raise DwiInputError(f"no .bval/.bvec found for {job.source} (same name or BIDS "
                             "inheritance)")  # fmt: skip
+    stamp = source_stamp(job.source)  # before reading: a later change means redo
     try:
         img = nib.load(job.source)
         data = np.asanyarray(img.dataobj, dtype=np.float32)
@@ -282,7 +284,7 @@ def process(job: DwiJob) -> dict[str, Any]:
         paths[key] = str(path)
     qc_figure(result, job.qc)
     paths["qc"] = str(job.qc)
-    record = {"input": job.source, "status": "done", "outputs": paths,
+    record = {"input": job.source, "status": "done", "outputs": paths, **stamp,
               "seconds": result.seconds, "warnings": result.warnings,
               "reports": result.reports, "source_id": job.source_id,
               "dataset_id": job.dataset_id, "options_hash": digest,
@@ -300,8 +302,10 @@ def run_jobs(jobs: list[DwiJob], options: JobOptions) -> tuple[BatchResult, list
 
     Series finished with other options are recomputed unless
     ``options.keep_existing``; ``batch.recomputed`` names them."""
-    concurrent = max(1, min(options.n_workers if not options.scheduler else 1, len(jobs)))
-    threads = max(1, (os.cpu_count() or 1) // concurrent)
+    # On a cluster each worker is one core's worth (one thread per worker):
+    # this machine's core count says nothing about the nodes'.
+    concurrent = max(1, min(options.n_workers, len(jobs)))
+    threads = 1 if options.scheduler else max(1, (os.cpu_count() or 1) // concurrent)
     jobs = [replace(j, config=replace(j.config, threads=threads)) for j in jobs]
     for j in jobs:
         j.out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from openmind_curate.jobs.runner import (
     marker_is_current,
     options_hash,
     run_batch,
+    source_stamp,
 )
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "atomic_write_text",
     "marker_is_current",
     "options_hash",
+    "source_stamp",
     "run_batch",
 ]

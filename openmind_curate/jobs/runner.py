@@ -180,8 +180,23 @@ def _canonical(value: Any) -> Any:
     return str(value)  # paths, enums
 
 
-def marker_is_current(marker: str | os.PathLike[str], expected_hash: str) -> bool:
-    """Whether a completion marker (a JSON object) was made with these options.
+def source_stamp(path: str | os.PathLike[str]) -> dict[str, int]:
+    """An input's size and mtime, for its completion marker: an output of a
+    file that has changed since is redone, not skipped."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return {"source_size_bytes": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+
+
+def marker_is_current(
+    marker: str | os.PathLike[str],
+    expected_hash: str,
+    source: str | os.PathLike[str] | None = None,
+) -> bool:
+    """Whether a completion marker (a JSON object) was made with these options
+    and, when the marker recorded it (`source_stamp`), from `source` as it is now.
 
     A marker without ``options_hash`` comes from a release that did not record
     it and counts as current: upgrading must not recompute a whole corpus. An
@@ -194,7 +209,12 @@ def marker_is_current(marker: str | os.PathLike[str], expected_hash: str) -> boo
     if not isinstance(doc, dict):
         return False
     recorded = doc.get("options_hash")
-    return recorded is None or recorded == expected_hash
+    if recorded is not None and recorded != expected_hash:
+        return False
+    if source is not None and "source_mtime_ns" in doc:
+        now = source_stamp(source)
+        return bool(now) and all(doc.get(k) == v for k, v in now.items())
+    return True
 
 
 # ------------------------------------------------------------------ signals

@@ -96,7 +96,7 @@ def job_script_prologue(cfg: SlurmConfig, venv: str, workdir: str) -> list[str]:
     """The shell lines a job runs before its workers start."""
     variables = {**THREAD_LIMITS, **cfg.env}
     return [
-        cfg.activate.format(venv=venv),
+        cfg.activate.replace("{venv}", venv),  # not format(): ${HOME}-style lines stay
         *[f"export {k}={shlex.quote(str(v))}" for k, v in variables.items()],
         f"cd {shlex.quote(workdir)}",
     ]
@@ -182,12 +182,23 @@ def run_curate(argv: Sequence[str]) -> int:
         return proc.wait()
     finally:
         if proc.poll() is None:  # we were interrupted: stop the command first
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_child(proc)
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    """A terminal's Ctrl-C reached the command too and it is stopping cleanly
+    (it counts a second signal as "exit at once"): give it time, then ask it
+    with one SIGINT, and kill it only if that fails."""
+    for send in (None, proc.send_signal):
+        if send is not None:
+            send(signal.SIGINT)
+        try:
+            proc.wait(timeout=10 if send is None else 30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.kill()
+    proc.wait()
 
 
 def launch(
@@ -206,7 +217,13 @@ def launch(
     cluster = cluster_factory(cfg, n_jobs)
     try:
         argv = with_scheduler(command, cluster.scheduler_address)
-        log(f"{n_jobs} jobs x {cfg.cores} workers asked for; running: {shlex.join(argv)}")
+        log(f"{n_jobs} jobs x {cfg.cores} workers asked for; waiting for the first to start")
+        # The command checks that workers see its output folder: it needs one
+        # worker up. SLURM jobs queue like any other, so this may take a while.
+        wait = getattr(cluster, "wait_for_workers", None)
+        if wait is not None:
+            wait(1)
+        log(f"running: {shlex.join(argv)}")
         return run(argv)
     finally:
         log("closing the cluster (pending and running worker jobs are cancelled)")

@@ -30,7 +30,13 @@ import pandas as pd
 from openmind_curate import __version__
 from openmind_curate import index as store
 from openmind_curate.bids.entities import parse_name
-from openmind_curate.jobs import JobOptions, marker_is_current, options_hash, run_batch
+from openmind_curate.jobs import (
+    JobOptions,
+    marker_is_current,
+    options_hash,
+    run_batch,
+    source_stamp,
+)
 from openmind_curate.jobs.atomic import atomic_write_text
 from openmind_curate.masks.compute import MaskConfig, compute_masks
 from openmind_curate.nifti_io import load_nifti, save_nifti
@@ -66,7 +72,7 @@ def is_current(job: MaskJob) -> bool:
     """Whether the image's masks record was made with the job's MaskConfig (the
     runner's `current` hook). A record without a hash, from an older release,
     counts as current: an upgrade does not recompute a corpus."""
-    return marker_is_current(job.path("record"), options_hash(job.config))
+    return marker_is_current(job.path("record"), options_hash(job.config), job.source)
 
 
 #: The ``desc`` label of each mask, after the source's own desc and suffix.
@@ -144,6 +150,7 @@ def process(job: MaskJob) -> dict[str, Any]:
     A phase image with a magnitude sibling on the same grid is masked from the
     magnitude, where the head has an edge; alone, from its phase smoothness.
     """
+    stamp = source_stamp(job.source)  # before reading: a later change means redo
     data, affine = load_nifti(job.source)
     forced = True if job.derived else None
     phase, masked_from = job.phase, job.source
@@ -166,6 +173,7 @@ def process(job: MaskJob) -> dict[str, Any]:
         "anon_fraction": float(masks.anonymization.mean()),
         "details": masks.details,
         "options_hash": options_hash(job.config),
+        **stamp,
         "version": __version__,
     }
     atomic_write_text(job.path("record"), json.dumps(record, indent=1, default=float))

@@ -21,7 +21,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from openmind_curate import __version__
-from openmind_curate.jobs import JobOptions, marker_is_current, options_hash, run_batch
+from openmind_curate.jobs import (
+    JobOptions,
+    marker_is_current,
+    options_hash,
+    run_batch,
+    source_stamp,
+)
 from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
 from openmind_curate.masks.compute import compute_masks, reference_volume
 from openmind_curate.masks.run import phase_and_derived
@@ -58,12 +64,13 @@ def is_current(job: MetricsJob) -> bool:
     """Whether the image's row was measured with the job's MetricsConfig (the
     runner's `current` hook). A row without a hash, from an older release,
     counts as current: an upgrade does not recompute a corpus."""
-    return marker_is_current(job.part, options_hash(job.config))
+    return marker_is_current(job.part, options_hash(job.config), job.source)
 
 
 def _stamp(job: MetricsJob, row: dict[str, Any]) -> dict[str, Any]:
     """The options and version a row was made with (not columns of the table)."""
-    return {**row, "options_hash": options_hash(job.config), "version": __version__}
+    return {**row, "options_hash": options_hash(job.config), "version": __version__,
+            **source_stamp(job.source)}  # fmt: skip
 
 
 def parts_dir(out: Path) -> Path:
