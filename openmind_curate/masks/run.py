@@ -38,6 +38,7 @@ from openmind_curate.jobs import (
     source_stamp,
 )
 from openmind_curate.jobs.atomic import atomic_write_text
+from openmind_curate.masks import template
 from openmind_curate.masks.compute import MaskConfig, compute_masks
 from openmind_curate.nifti_io import load_nifti, save_nifti
 
@@ -186,6 +187,11 @@ def run_jobs(jobs: list[MaskJob], options: JobOptions):
     options are redone unless ``options.keep_existing``."""
     for j in jobs:
         Path(j.out_dir).mkdir(parents=True, exist_ok=True)
+    if jobs and not options.scheduler:
+        # Built (or loaded) once here: forked workers inherit it, rather than
+        # each building it on its first image.
+        template.template(template.FIT_MM)
+        template.template(template.LABEL_MM)
     batch = run_batch(process, jobs, options, outputs=MaskJob.outputs, current=is_current)
     records = []
     for job, res in zip(jobs, batch.results, strict=True):

@@ -38,6 +38,7 @@ do not matter. It costs about 0.15 s per image at 4 mm.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -51,6 +52,8 @@ from openmind_curate.jobs.atomic import atomic_path
 from openmind_curate.masks.anatomy import clean
 from openmind_curate.masks.grid import block_mean, low_affine
 from openmind_curate.nifti_io import to_sitk
+
+log = logging.getLogger(__name__)
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -99,6 +102,7 @@ def template_labels() -> tuple[np.ndarray, np.ndarray]:
             return z["bits"], z["affine"]
     except (OSError, KeyError, ValueError, EOFError):
         pass
+    log.info("Building the head template once (about 15 s); cached in %s", path)
     bits, affine = build_template_labels()
     try:
         with atomic_path(path) as tmp:
