@@ -418,11 +418,10 @@ def masks(
                       "index during the run: their masks were not recorded")  # fmt: skip
     if records:
         df = pd.DataFrame(records)
-        derived = set(table.loc[table["derived_from"].notna(), "image_id"])
         kinds = (
             df["anonymization"]
             .fillna("none")
-            .where(~df["image_id"].isin(derived), "DWI-derived map (brain-masked)")
+            .where(~df["derived"], "DWI-derived map (brain-masked)")
         )
         counts = kinds.value_counts().rename_axis("anonymization")
         print_frame(counts.reset_index(name="images"), "Anonymization found")
@@ -489,7 +488,7 @@ def index_summary(
     index: Annotated[Path, typer.Argument(help="An images.parquet written by `curate crawl`.")],
 ) -> None:
     """Counts per modality, per dataset and per header status."""
-    _print_index_summary(_read_index(index))
+    _print_index_summary(_read_index(index, images=False))
 
 
 @app.command()

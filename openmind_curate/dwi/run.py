@@ -45,6 +45,7 @@ from openmind_curate.jobs import (
     JobOptions,
     atomic_path,
     atomic_write_text,
+    marker_fields,
     marker_is_current,
     options_hash,
     run_batch,
@@ -52,7 +53,7 @@ from openmind_curate.jobs import (
 )
 from openmind_curate.jobs.runner import BatchResult
 from openmind_curate.nifti_io import save_nifti
-from openmind_curate.schema import IMAGE_INDEX, rows_to_table
+from openmind_curate.schema import IMAGE_INDEX, rows_to_table, stage_columns
 
 PIPELINE_NAME = "openmind-curate-dwi"
 MAPS = {"FA": "_FA", "MD": "_MD", "T2w": "_desc-meanb0_T2w", "mask": "_desc-brain_mask"}
@@ -284,11 +285,10 @@ def process(job: DwiJob) -> dict[str, Any]:
         paths[key] = str(path)
     qc_figure(result, job.qc)
     paths["qc"] = str(job.qc)
-    record = {"input": job.source, "status": "done", "outputs": paths, **stamp,
+    record = {"input": job.source, "status": "done", "outputs": paths,
               "seconds": result.seconds, "warnings": result.warnings,
               "reports": result.reports, "source_id": job.source_id,
-              "dataset_id": job.dataset_id, "options_hash": digest,
-              "version": __version__}  # fmt: skip
+              "dataset_id": job.dataset_id, **marker_fields(job.config, stamp)}  # fmt: skip
     atomic_write_text(job.record, json.dumps(record, indent=1, default=float))
     return record
 
@@ -347,7 +347,7 @@ def index_rows(jobs: list[DwiJob], index) -> list[dict[str, Any]]:
             st = path.stat()
             sidecar = path.with_name(path.name.replace(".nii.gz", ".json")).read_text()
             row = {k: v for k, v in source.items() if not _is_missing(v)}
-            for stage_owned in ("anat_mask_path", "anon_mask_path", "is_brain_extracted"):
+            for stage_owned in stage_columns(IMAGE_INDEX):  # the source's, not the map's
                 row.pop(stage_owned, None)
             row.update(
                 image_id=image_id(job.dataset_id, rel),

@@ -52,6 +52,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from openmind_curate import __version__
 from openmind_curate.jobs.atomic import remove_stale_temps
 
 Status = Literal["done", "skipped", "failed"]
@@ -188,6 +189,13 @@ def source_stamp(path: str | os.PathLike[str]) -> dict[str, int]:
     except OSError:
         return {}
     return {"source_size_bytes": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+
+
+def marker_fields(config: Any, stamp: dict[str, int]) -> dict[str, Any]:
+    """What every completion marker records so a later run can tell whether it
+    is current: the options hash, the toolkit version (kept apart from the
+    hash), and the input's `source_stamp`, taken before the input was read."""
+    return {"options_hash": options_hash(config), "version": __version__, **stamp}
 
 
 def marker_is_current(

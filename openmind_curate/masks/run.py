@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from openmind_curate import __version__
 from openmind_curate import index as store
 from openmind_curate.bids.entities import parse_name
 from openmind_curate.jobs import (
     JobOptions,
+    marker_fields,
     marker_is_current,
     options_hash,
     run_batch,
@@ -56,8 +56,6 @@ class MaskJob:
     derived: bool = False  # a DWI-derived map: brain-extracted by construction
     config: MaskConfig = field(default_factory=MaskConfig)
     magnitude: str | None = None  # a phase image's part-mag sibling, masked in its place
-    size_bytes: int | None = None  # the source as indexed: masks of a file changed
-    mtime_ns: int | None = None  # since then do not go into the index
 
     def __str__(self) -> str:
         return self.source
@@ -132,8 +130,7 @@ def jobs_for_index(index, out: Path, config: MaskConfig | None = None) -> list[M
             if mag and (r.dataset_id, mag) in known:
                 magnitude = str(Path(r.root) / mag)
         jobs.append(MaskJob(r.image_id, str(Path(r.root) / r.path), str(out_dir), _stem(r.path),
-                            phase, derived, cfg, magnitude, int(r.size_bytes),
-                            None if pd.isna(r.mtime_ns) else int(r.mtime_ns)))  # fmt: skip
+                            phase, derived, cfg, magnitude))  # fmt: skip
     return jobs
 
 
@@ -173,9 +170,7 @@ def process(job: MaskJob) -> dict[str, Any]:
         "anat_fraction": float(masks.anatomy.mean()),
         "anon_fraction": float(masks.anonymization.mean()),
         "details": masks.details,
-        "options_hash": options_hash(job.config),
-        **stamp,
-        "version": __version__,
+        **marker_fields(job.config, stamp),
     }
     atomic_write_text(job.path("record"), json.dumps(record, indent=1, default=float))
     return record
@@ -183,7 +178,8 @@ def process(job: MaskJob) -> dict[str, Any]:
 
 def run_jobs(jobs: list[MaskJob], options: JobOptions):
     """Run the batch; returns it and the record of every finished image, with
-    the mask paths where they are now (absolute). Images masked with other
+    the mask paths where they are now (absolute), whether it is a DWI-derived
+    map, and the size and mtime of the file that was masked. Images masked with other
     options are redone unless ``options.keep_existing``."""
     for j in jobs:
         Path(j.out_dir).mkdir(parents=True, exist_ok=True)
@@ -201,9 +197,11 @@ def run_jobs(jobs: list[MaskJob], options: JobOptions):
             record = json.loads(job.path("record").read_text())
         else:
             continue
+        # The guard of `update_index`: the file as it was when masked.
         records.append({**record, "anat_mask_path": str(job.path("anat")),
-                        "anon_mask_path": str(job.path("anon")),
-                        "size_bytes": job.size_bytes, "mtime_ns": job.mtime_ns})  # fmt: skip
+                        "anon_mask_path": str(job.path("anon")), "derived": job.derived,
+                        "size_bytes": record.get("source_size_bytes"),
+                        "mtime_ns": record.get("source_mtime_ns")})  # fmt: skip
     return batch, records
 
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from openmind_curate import __version__
 from openmind_curate.jobs import (
     JobOptions,
+    marker_fields,
     marker_is_current,
     options_hash,
     run_batch,
@@ -69,8 +69,7 @@ def is_current(job: MetricsJob) -> bool:
 
 def _stamp(job: MetricsJob, row: dict[str, Any]) -> dict[str, Any]:
     """The options and version a row was made with (not columns of the table)."""
-    return {**row, "options_hash": options_hash(job.config), "version": __version__,
-            **source_stamp(job.source)}  # fmt: skip
+    return {**row, **marker_fields(job.config, source_stamp(job.source))}
 
 
 def parts_dir(out: Path) -> Path:
