@@ -76,18 +76,22 @@ def to_absolute(path: str | None, base: str) -> str | None:
     return os.path.normpath(os.path.join(base, path))
 
 
+def _with_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """`table` with column `name` replaced, its field (and metadata) kept."""
+    i = table.column_names.index(name)
+    return table.set_column(i, table.schema.field(i), values)
+
+
 def _map_paths(table: pa.Table, columns: Sequence[str], fn: Callable[[str | None], Any]):
     """Apply `fn` to each distinct value of the path columns (a corpus has a
     few hundred roots over 100k rows), then spread the results back."""
     for name in columns:
         if name not in table.column_names:
             continue
-        i = table.column_names.index(name)
         col = table.column(name)
         distinct = pc.unique(col)
         mapped = pa.array([fn(v) for v in distinct.to_pylist()], pa.string())
-        values = mapped.take(pc.index_in(col, value_set=distinct))
-        table = table.set_column(i, table.schema.field(i), values)
+        table = _with_column(table, name, mapped.take(pc.index_in(col, value_set=distinct)))
     return table
 
 
@@ -161,8 +165,7 @@ def _upgrade_v1(table: pa.Table) -> pa.Table:
             table.column("dataset_id").to_pylist(), table.column("path").to_pylist(), strict=True
         )
     ]
-    i = table.column_names.index("image_id")
-    return table.set_column(i, table.schema.field(i), pa.array(ids, pa.string()))
+    return _with_column(table, "image_id", pa.array(ids, pa.string()))
 
 
 # ---------------------------------------------------------------------- write
@@ -299,9 +302,7 @@ def set_columns(
             col = table.column(name).to_pylist()
             for i, row in hits:
                 col[i] = _none_if_nan(row[name])
-            j = table.column_names.index(name)
-            array = pa.array(col, IMAGE_INDEX.field(name).type)
-            table = table.set_column(j, table.schema.field(j), array)
+            table = _with_column(table, name, pa.array(col, IMAGE_INDEX.field(name).type))
         return table
 
     update(index_path, change)
@@ -348,9 +349,8 @@ def carry_stage_columns(old: pa.Table, new: pa.Table) -> tuple[pa.Table, np.ndar
             same[j] = i
     indices = pa.array(same, pa.int64(), mask=same < 0)
     for name in stage_columns(IMAGE_INDEX):
-        j = new.column_names.index(name)
         carried = pc.coalesce(new.column(name), old.column(name).take(indices))
-        new = new.set_column(j, new.schema.field(j), carried)
+        new = _with_column(new, name, carried)
     return new, same
 
 
@@ -370,10 +370,7 @@ def merge_crawl(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, CrawlMer
     # The crawl owns no stage column: values in `new` (rows reused from an
     # index read before the lock) may be stale, the locked copy is not.
     for name in stage_columns(IMAGE_INDEX):
-        j = new.column_names.index(name)
-        new = new.set_column(
-            j, new.schema.field(j), pa.nulls(new.num_rows, new.schema.field(j).type)
-        )
+        new = _with_column(new, name, pa.nulls(new.num_rows, IMAGE_INDEX.field(name).type))
     if old is None or old.num_rows == 0:
         return new, report
     derived_mask = pc.is_valid(old.column("derived_from"))
