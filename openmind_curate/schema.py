@@ -126,10 +126,19 @@ def stage_columns(schema: pa.Schema) -> list[str]:
 
 _RATING_AXIS = dict(min=1, max=5)
 
+#: What a rated item is for: regular items feed the IQS and inter-rater
+#: agreement, repeat items (a hidden second showing) only intra-rater
+#: agreement, gold items (known answers) only rater accuracy.
+ITEM_KINDS: tuple[str, ...] = ("regular", "repeat", "gold")
+
 RATINGS = pa.schema(
     [
-        _f("image_id", _S, False),
+        _f("image_id", _S, False, doc="the rated unit: a DWI's maps are rated under the DWI's id"),
         _f("rater_id", _S, False),
+        _f("kind", _S, False, allowed=ITEM_KINDS),
+        _f("version", pa.int32(), False, min=1, doc="append-only: a correction is version + 1"),
+        _f("submission_id", _S, False, doc="one per save: a repeated save is one rating"),
+        _f("image_checksum", _S, doc="sha256 of the file(s) shown, so a changed file shows up"),
         _f("noisiness", pa.int8(), False, **_RATING_AXIS, doc="1 clean ... 5 unusable"),
         _f("blurriness", pa.int8(), False, **_RATING_AXIS, doc="1 sharp ... 5 unusable"),
         _f("artifact_level", pa.int8(), **_RATING_AXIS, doc="null for DWI-derived maps"),
@@ -426,3 +435,48 @@ def rows_to_table(
             row = _first_bad_value(values, field.type)
             raise SchemaError(name, field.name, f"cannot build {field.type}: {exc}", row) from None
     return validate(pa.Table.from_arrays(arrays, schema=schema), schema)
+
+
+def row_problems(df: Any, schema: pa.Schema, limit: int = 1000) -> list[tuple[int, str, str]]:
+    """Every bad cell of a pandas DataFrame, as (row, column, problem).
+
+    `validate` stops at the first problem, which suits a stage's own output;
+    a file a person wrote (a ratings import) deserves the whole list at once.
+    """
+    problems: list[tuple[int, str, str]] = []
+    for field in schema:
+        if field.name not in df.columns:
+            problems.append((-1, field.name, "missing column"))
+            continue
+        values = [None if _is_missing(v) else v for v in df[field.name]]
+        allowed, low, high = _meta(field, "allowed"), _meta(field, "min"), _meta(field, "max")
+        for row, value in enumerate(values):
+            problem = _cell_problem(field, value, allowed, low, high)
+            if problem:
+                problems.append((row, field.name, problem))
+                if len(problems) >= limit:
+                    return problems
+    return problems
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return value is None or bool(value != value)  # NaN, NaT, pd.NA
+    except (TypeError, ValueError):
+        return False
+
+
+def _cell_problem(field: pa.Field, value: Any, allowed, low, high) -> str | None:
+    if value is None:
+        return None if field.nullable else "empty, but required"
+    try:
+        scalar = pa.array([value]).cast(field.type, safe=True)[0].as_py()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError):
+        return f"{value!r} is not a {field.type}"
+    if allowed is not None and scalar not in allowed:
+        return f"{scalar!r} is not one of {allowed}"
+    if low is not None and scalar < low:
+        return f"{scalar!r} is below {low}"
+    if high is not None and scalar > high:
+        return f"{scalar!r} is above {high}"
+    return None

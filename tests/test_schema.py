@@ -67,7 +67,8 @@ def test_wrong_type_names_column_and_row():
 
 
 def test_range_rule_on_ratings():
-    row = dict(image_id="a", rater_id="r1", noisiness=2, blurriness=6, artifact_level=None,
+    row = dict(image_id="a", rater_id="r1", kind="regular", version=1, submission_id="s1",
+               noisiness=2, blurriness=6, artifact_level=None,
                fov_suboptimal=False, corrupted=False,
                created_at=pa.scalar(0, pa.timestamp("us", tz="UTC")).as_py())  # fmt: skip
     with pytest.raises(SchemaError, match=r"'blurriness', row 0: value 6 is above 5"):
