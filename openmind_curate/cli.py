@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from openmind_curate import __version__, preflight
+from openmind_curate import __version__, cli_ratings, preflight
 from openmind_curate import index as store
-from openmind_curate.index import IndexStoreError
-from openmind_curate.jobs import BatchInterrupted, JobOptions
+from openmind_curate.cli_support import (
+    DEFAULT_INDEX,
+    console,
+    plural,
+    print_frame,
+    user_errors,
+)
+from openmind_curate.jobs import JobOptions
 from openmind_curate.preflight import InputError
 
 app = typer.Typer(
@@ -30,7 +32,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
 
 # Options every batch command shares.
 Workers = Annotated[
@@ -71,35 +72,6 @@ def job_options(
         preflight.workers_see(scheduler, shared)
     return JobOptions(workers=workers, scheduler=scheduler, progress=not quiet, description=what,
                       keep_existing=keep_existing)  # fmt: skip
-
-
-def _error(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # paths stay whole
-    return typer.Exit(code)
-
-
-def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input found by a check (`preflight`, the index store, the crawl)
-    becomes a one-line message and exit code 2, never a traceback; a batch
-    stopped by Ctrl-C or SIGTERM says what was done and exits 130 or 143."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from openmind_curate.bids.crawl import NoDatasetsError
-
-        try:
-            return func(*args, **kwargs)
-        except (InputError, IndexStoreError, NoDatasetsError) as exc:
-            raise _error(str(exc)) from None
-        except BatchInterrupted as exc:
-            Console(stderr=True).print(escape(str(exc)), soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _version(value: bool) -> None:
@@ -154,19 +126,6 @@ def synth(
     _print_corpus_summary(truth.to_pandas(), out, time.perf_counter() - start)
 
 
-def print_frame(df, title: str, limit: int | None = None) -> None:
-    """A DataFrame as a rich table (numbers right-aligned)."""
-    table = Table(title=title, title_justify="left")
-    for col in df.columns:
-        numeric = str(df[col].dtype).startswith(("int", "float", "uint"))
-        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
-    for row in df.head(limit).itertuples(index=False) if limit else df.itertuples(index=False):
-        table.add_row(*["" if v is None else str(v) for v in row])
-    console.print(table)
-    if limit and len(df) > limit:
-        console.print(f"  ... and {len(df) - limit} more")
-
-
 def _print_corpus_summary(truth, out: Path, seconds: float) -> None:
     import pandas as pd
 
@@ -180,9 +139,6 @@ def _print_corpus_summary(truth, out: Path, seconds: float) -> None:
         f"{s.n_files} files ({s.n_images} images), {s.n_subjects} subjects, "
         f"{s.size_mb:.0f} MB, in {seconds:.1f} s. Truth table: {out / 'truth' / 'images.parquet'}"
     )
-
-
-DEFAULT_INDEX = Path("index/images.parquet")
 
 
 @app.command()
@@ -219,9 +175,9 @@ def crawl(
         console.print(f"All problems: {problems_path(out)}")
     rate = result.n_images / result.seconds if result.seconds else 0.0
     console.print(
-        f"{_plural(result.n_images, 'image')} from {_plural(result.n_datasets, 'dataset')} in "
+        f"{plural(result.n_images, 'image')} from {plural(result.n_datasets, 'dataset')} in "
         f"{result.seconds:.1f} s ({rate:,.0f} images/s); {result.n_unchanged} unchanged since "
-        f"the last crawl, {_plural(result.n_headers_read, 'header')} read. Index: {out}"
+        f"the last crawl, {plural(result.n_headers_read, 'header')} read. Index: {out}"
     )
     m = result.merge
     if m.kept or m.cleared or m.removed or m.derived_kept or m.derived_dropped:
@@ -480,6 +436,7 @@ def _print_index_summary(index, per_dataset: bool = True) -> None:
 
 index_app = typer.Typer(help="Inspect an image index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+cli_ratings.register(app)
 
 
 @index_app.command("summary")
@@ -504,20 +461,23 @@ def demo(
 
     Today: synth (a generated corpus), crawl (the image index), dwi (FA, MD
     and T2w maps of every DWI series, added to the index), masks (anatomy and
-    anonymization masks, paths in the index) and metrics (quality table).
+    anonymization masks, paths in the index), metrics (quality table) and
+    ratings (an assignment plan filled by simulated raters, with agreement).
     """
     out = preflight.output_dir(out)
     index = out / "index" / "images.parquet"
-    console.rule("[bold]1/5 synth: generated BIDS corpus")
+    console.rule("[bold]1/6 synth: generated BIDS corpus")
     synth(out / "corpus", workers=workers, quiet=quiet)
-    console.rule("[bold]2/5 crawl: image index")
+    console.rule("[bold]2/6 crawl: image index")
     crawl([out / "corpus"], out=index, workers=workers, quiet=quiet)
-    console.rule("[bold]3/5 dwi: FA, MD and T2w maps")
+    console.rule("[bold]3/6 dwi: FA, MD and T2w maps")
     dwi(None, out=out / "derivatives" / "dwi", index=index, workers=workers, quiet=quiet)
-    console.rule("[bold]4/5 masks: anatomy and anonymization masks")
+    console.rule("[bold]4/6 masks: anatomy and anonymization masks")
     masks(index=index, out=out / "derivatives" / "masks", workers=workers, quiet=quiet)
-    console.rule("[bold]5/5 metrics: automatic quality metrics")
+    console.rule("[bold]5/6 metrics: automatic quality metrics")
     metrics(index=index, out=out / "metrics" / "metrics.parquet", workers=workers, quiet=quiet)
+    console.rule("[bold]6/6 ratings: assignment plan filled by SIMULATED raters")
+    cli_ratings.demo_ratings(index, out / "corpus" / "truth" / "images.parquet")
     console.rule("[bold green]demo finished")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from openmind_curate.ids import stable_int
+from openmind_curate.preflight import InputError
 
 #: The group of every unit made of DWI-derived maps (never the acquired T2w group).
 DWI_GROUP = "DWI-derived"
@@ -106,8 +107,9 @@ def assign(picked: pd.DataFrame, raters: list[str], config: PlanConfig,
     original) and gold items (for every rater). Columns: rater_id, image_id,
     kind, position, dataset_id, group_name."""
     if config.raters > len(raters):
-        raise ValueError(f"the plan needs {config.raters} raters per image but only "
-                         f"{len(raters)} active rater(s) exist: add more with `curate raters add`")  # fmt: skip
+        raise InputError(f"the plan needs {config.raters} raters per image but only "
+                         f"{len(raters)} active rater(s) exist: add more with "
+                         "`curate raters add NAME`")  # fmt: skip
     rng = np.random.default_rng(stable_int(config.seed, "assign"))
     load = dict.fromkeys(sorted(raters), 0)
     rows = []

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from openmind_curate import __version__, schema
+from openmind_curate.preflight import InputError
 from openmind_curate.schema import ITEM_KINDS, RATINGS
 
 STORE_VERSION = 1
@@ -41,7 +42,7 @@ _PBKDF2_ROUNDS = 120_000
 _SAVE_ATTEMPTS = 50
 
 
-class RatingsError(ValueError):
+class RatingsError(InputError):
     """A refused request (bad token, an image not in the plan, a bad file);
     the message says what and why, and nothing was written."""
 
