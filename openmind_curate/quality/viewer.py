@@ -1,0 +1,258 @@
+"""What the rater app shows: a unit's volumes as three orthogonal slices.
+
+Pure functions plus a small cache, so the app only draws. `load_unit` reads
+a unit's files once (the file bytes give the checksum stored with a rating),
+reorients each volume to the closest canonical RAS grid and precomputes the
+intensity percentiles the window presets use. `slices` cuts and windows three
+2D uint8 images from the cached array: moving a slider never re-reads a file.
+`UnitCache` keeps the last few units and loads the next one in a background
+thread while the rater scores the current one.
+
+Display convention (neurological, as nilearn and MRIQC reports): every view
+is upright (superior, or anterior for the axial view, at the top); coronal
+and axial views have the subject's left on the image's left; the sagittal
+view has the nose on the left. Pixels are square in millimetres: a view of
+an anisotropic volume is resampled (bilinear, 2D only) to the finest spacing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from openmind_curate.quality.plan import unit_images
+
+#: Window presets: name -> (low percentile, high percentile) of the nonzero voxels.
+PRESETS: dict[str, tuple[float, float]] = {
+    "Auto (1-99%)": (1.0, 99.0),
+    "Narrow (5-95%)": (5.0, 95.0),
+    "Wide (0.5-99.5%)": (0.5, 99.5),
+    "Full range": (0.0, 100.0),
+}
+DEFAULT_PRESET = "Auto (1-99%)"
+VIEWS = ("sagittal", "coronal", "axial")
+_PERCENTILES = sorted({p for pair in PRESETS.values() for p in pair})
+_SAMPLE_VOXELS = 2_000_000  # percentiles from a strided subsample above this size
+
+
+class ViewerError(ValueError):
+    """A unit that cannot be shown (not in the index, a file that cannot be read)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """One volume of a unit, on its closest canonical (RAS) voxel grid."""
+
+    label: str  # modality: T1w, ... or FA / MD / T2w for a DWI unit's maps
+    data: np.ndarray  # float32, axes x (left->right), y (posterior->anterior), z (inf->sup)
+    spacing: tuple[float, float, float]  # mm along x, y, z
+    percentiles: dict[float, float]  # of the finite nonzero voxels
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def center(self) -> tuple[int, int, int]:
+        return tuple(n // 2 for n in self.shape)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, eq=False)
+class Unit:
+    unit_id: str
+    volumes: list[Volume]
+    checksum: str  # sha256 of the files' bytes, in the order shown
+    files: tuple[str, ...] = field(default=())
+
+    @property
+    def labels(self) -> list[str]:
+        return [v.label for v in self.volumes]
+
+
+def _percentiles(data: np.ndarray) -> dict[float, float]:
+    step = max(1, int(np.ceil((data.size / _SAMPLE_VOXELS) ** (1 / 3))))
+    sample = data[::step, ::step, ::step].ravel()
+    sample = sample[np.isfinite(sample) & (sample != 0)]
+    if sample.size == 0:  # an all-zero (or all-NaN) volume
+        return dict.fromkeys(_PERCENTILES, 0.0)
+    values = np.percentile(sample, _PERCENTILES)
+    out = {p: float(v) for p, v in zip(_PERCENTILES, values, strict=True)}
+    out[0.0], out[100.0] = float(data.min()), float(data.max())  # exact (data has no NaN)
+    return out
+
+
+def load_volume(path: str | Path, label: str = "") -> tuple[Volume, bytes]:
+    """A file as a canonical float32 volume (4D and up: the first volume), and its bytes."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        img = nib.load(str(path))
+        if len(img.shape) > 3:  # a unit is 3D; a 4D file shows its first volume
+            img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
+        if len(img.shape) != 3 or 0 in img.shape:
+            raise ValueError(f"shape {img.shape} is not a 3D image")
+        img = nib.as_closest_canonical(img)
+        data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - every read failure reads the same to a rater
+        raise ViewerError(f"cannot show {path.name}: {type(exc).__name__}: {exc}") from None
+    data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    spacing = tuple(float(s) if s > 0 else 1.0 for s in spacing)
+    return Volume(label, data, spacing, _percentiles(data)), raw  # type: ignore[arg-type]
+
+
+def load_unit(index_df: pd.DataFrame, unit_id: str) -> Unit:
+    """The volumes a unit shows (one image, or a DWI's FA, MD and T2w maps) and
+    the sha256 of their files' bytes in that order. Paths come from the index only."""
+    rows = unit_images(index_df, unit_id)
+    if rows.empty:
+        raise ViewerError(f"unit {unit_id} is not in the index")
+    digest = hashlib.sha256()
+    volumes, files = [], []
+    for row in rows.itertuples():
+        path = Path(row.root) / row.path
+        volume, raw = load_volume(path, str(row.modality))
+        digest.update(raw)
+        volumes.append(volume)
+        files.append(str(path))
+    return Unit(unit_id, volumes, digest.hexdigest(), tuple(files))
+
+
+def window(volume_stats: Volume | Mapping[float, float], preset: str) -> tuple[float, float]:
+    """(level, width) of a preset, from a volume's precomputed percentiles."""
+    stats = volume_stats.percentiles if isinstance(volume_stats, Volume) else volume_stats
+    if preset not in PRESETS:
+        raise ValueError(f"unknown window preset {preset!r}; choose from {list(PRESETS)}")
+    lo, hi = (float(stats[p]) for p in PRESETS[preset])
+    width = hi - lo
+    if not np.isfinite(width) or width <= 0:
+        width = max(abs(hi), 1.0) * 1e-3 if np.isfinite(hi) else 1.0
+    return (lo + hi) / 2, width
+
+
+def to_uint8(plane: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Window a 2D plane: level - width/2 -> 0, level + width/2 -> 255."""
+    width = width if width > 0 else 1e-6
+    low = level - width / 2
+    scaled = (plane.astype(np.float32, copy=False) - np.float32(low)) * np.float32(255.0 / width)
+    return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
+
+
+def _square_pixels(img: np.ndarray, row_mm: float, col_mm: float, finest: float) -> np.ndarray:
+    rows = max(1, round(img.shape[0] * row_mm / finest))
+    cols = max(1, round(img.shape[1] * col_mm / finest))
+    if (rows, cols) == img.shape:
+        return img
+    return np.asarray(Image.fromarray(img).resize((cols, rows), Image.BILINEAR))
+
+
+def planes(data: np.ndarray, ijk: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+    """The three raw planes through voxel ijk of a canonical volume, display-oriented:
+    sagittal (rows sup->inf, cols ant->post), coronal (rows sup->inf, cols left->right),
+    axial (rows ant->post, cols left->right)."""
+    i, j, k = (int(np.clip(c, 0, n - 1)) for c, n in zip(ijk, data.shape, strict=True))
+    sagittal = data[i, :, :].T[::-1, ::-1]
+    coronal = data[:, j, :].T[::-1, :]
+    axial = data[:, :, k].T[::-1, :]
+    return sagittal, coronal, axial
+
+
+def slices(
+    unit_volume: Volume | np.ndarray,
+    ijk: tuple[int, int, int],
+    level: float,
+    width: float,
+    spacing: tuple[float, float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sagittal, coronal and axial uint8 images through voxel ijk (x, y, z of the
+    canonical grid), windowed by level/width, with square pixels in mm."""
+    if isinstance(unit_volume, Volume):
+        data, spacing = unit_volume.data, spacing or unit_volume.spacing
+    else:
+        data, spacing = unit_volume, spacing or (1.0, 1.0, 1.0)
+    sx, sy, sz = spacing
+    finest = min(spacing)
+    sag, cor, ax = (to_uint8(p, level, width) for p in planes(data, ijk))
+    return (
+        _square_pixels(sag, sz, sy, finest),
+        _square_pixels(cor, sz, sx, finest),
+        _square_pixels(ax, sy, sx, finest),
+    )
+
+
+class UnitCache:
+    """The last `maxsize` units, loaded once each; `prefetch` loads in the background.
+
+    Thread-safe: a unit requested while its load runs waits for that load
+    rather than starting another. A failed load is not kept (a retry reads again).
+    """
+
+    def __init__(
+        self,
+        index_df: pd.DataFrame | None = None,
+        maxsize: int = 4,
+        *,
+        loader: Callable[[str], Unit] | None = None,
+        workers: int = 1,
+    ):
+        if loader is None:
+            if index_df is None:
+                raise ValueError("UnitCache needs an index frame or a loader")
+            frame = index_df
+
+            def loader(unit_id: str) -> Unit:
+                return load_unit(frame, unit_id)
+
+        self._loader = loader
+        self._maxsize = max(1, maxsize)
+        self._lock = threading.Lock()
+        self._futures: OrderedDict[str, Future[Unit]] = OrderedDict()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unit-prefetch")
+
+    def _future(self, unit_id: str) -> Future[Unit]:
+        with self._lock:
+            fut = self._futures.get(unit_id)
+            if fut is None:
+                fut = self._pool.submit(self._loader, unit_id)
+                self._futures[unit_id] = fut
+            self._futures.move_to_end(unit_id)
+            while len(self._futures) > self._maxsize:
+                self._futures.popitem(last=False)
+            return fut
+
+    def prefetch(self, unit_id: str | None) -> None:
+        """Start loading `unit_id` in the background (nothing if cached or None)."""
+        if unit_id is not None:
+            self._future(unit_id)
+
+    def get(self, unit_id: str, timeout: float | None = None) -> Unit:
+        """The unit, waiting for a pending load; raises the load's error."""
+        fut = self._future(unit_id)
+        try:
+            return fut.result(timeout=timeout)
+        except BaseException:
+            with self._lock:
+                if self._futures.get(unit_id) is fut and fut.done():
+                    del self._futures[unit_id]
+            raise
+
+    def __contains__(self, unit_id: str) -> bool:
+        with self._lock:
+            return unit_id in self._futures
+
+    def clear(self) -> None:
+        with self._lock:
+            self._futures.clear()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
