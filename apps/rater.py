@@ -158,7 +158,9 @@ def viewer_panel(unit: viewer.Unit, sid: str) -> None:
         pics = viewer.slices(vol, tuple(ijk), level, width)
         cols = st.columns(3)
         for col, pic, name in zip(cols, pics, VIEW_NAMES, strict=True):
-            col.image(pic, caption=f"{vol.label} · {name}", width="stretch")
+            col.image(
+                pic, caption=f"{vol.label} · {name}", width="stretch", output_format="PNG"
+            )  # lossless: JPEG would add artifacts to rate
     ss[f"{sid}-window"] = used
 
 
