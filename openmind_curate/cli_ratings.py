@@ -153,7 +153,7 @@ def _gold_units(path: Path, candidates, engine):
 
     from openmind_curate.quality import ratings
 
-    df = ratings.read_table_file(preflight.input_files([path], "--gold")[0])
+    df = ratings.read_table_file(preflight.input_files([path])[0])
     need = ["image_id", *ratings.AXES, *ratings.FLAGS]
     missing = [c for c in need if c not in df.columns]
     if missing:
@@ -200,7 +200,7 @@ def ratings_import(
     index, known raters); one bad row rejects the file and nothing is written."""
     from openmind_curate.quality import ratings
 
-    path = preflight.input_files([path], "FILE")[0]
+    path = preflight.input_files([path])[0]
     df = ratings.read_table_file(path)
     known = set(store.read_frame(index)["image_id"])
     added = ratings.import_ratings(_engine(db, index), df, known, source=str(path))

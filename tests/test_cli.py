@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import openmind_curate
 from openmind_curate.cli import app
+from openmind_curate.quality import ratings
 
 runner = CliRunner()
 STAGES = ["bids", "dwi", "masks", "quality", "manifest", "jobs", "train", "synth"]
@@ -75,6 +76,15 @@ def test_demo_runs_the_existing_stages(tmp_path):
     assert index.loc[index["derived_from"].notna(), "is_brain_extracted"].all()
     metrics = pq.read_table(tmp_path / "metrics" / "metrics.parquet").to_pandas()
     assert len(metrics) == len(index)
+    # step 6: simulated raters filled the plan, and the output says they are simulated
+    assert "SIMULATED ratings" in result.output and "Agreement per axis" in result.output
+    engine = ratings.connect(tmp_path / "index" / "ratings.sqlite", create=False)
+    rated = ratings.read_ratings(engine)
+    queued = ratings.read_assignments(engine)
+    assert len(rated) == len(queued) > 0 and set(rated["app_version"]) == {"simulated"}
+    dwi_units = rated[rated["image_id"].isin(maps["derived_from"])]  # under the source's id
+    assert len(dwi_units) and dwi_units["artifact_level"].isna().all()
+    assert not rated["image_id"].isin(maps["image_id"]).any()  # never under a map's id
 
 
 def test_index_summary_and_clear_errors(tmp_path, corpus):

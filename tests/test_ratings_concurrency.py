@@ -168,3 +168,30 @@ def test_postgres_refuses_unplanned_and_revoked(postgres_db_url):
     after = store.read_ratings(engine)
     assert len(after) == 1 and after["image_id"].tolist() == ["img-000"]
     engine.dispose()
+
+
+def _first_connect(db: str, barrier, results) -> None:
+    try:
+        barrier.wait(timeout=120)
+        store.connect(db).dispose()  # every process makes the tables, as `curate` does
+        results.put(None)
+    except BaseException:
+        barrier.abort()
+        results.put(traceback.format_exc())
+
+
+def test_eight_processes_open_a_new_database_at_once(ratings_db):
+    """Raters' apps starting together on an empty database all succeed (the tables
+    are made under a lock, not eight times over)."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(N_PROCS), ctx.Queue()
+    procs = [ctx.Process(target=_first_connect, args=(ratings_db, barrier, results))
+             for _ in range(N_PROCS)]  # fmt: skip
+    for p in procs:
+        p.start()
+    errors = [e for e in (results.get(timeout=300) for _ in procs) if e]
+    for p in procs:
+        p.join(timeout=60)
+    assert not errors, "\n".join(errors)
+    engine = store.connect(ratings_db, create=False)
+    assert store.list_raters(engine).empty and store.read_ratings(engine).empty

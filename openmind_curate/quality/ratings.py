@@ -157,8 +157,10 @@ def connect(db: str | os.PathLike[str], *, create: bool = True) -> Engine:
         engine = sa.create_engine(url, pool_pre_ping=True)
     try:
         if create:
-            metadata.create_all(engine)
             with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":  # many processes may create at once
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(7235175)"))
+                metadata.create_all(conn)
                 _check_version(conn, describe(db))
     except OperationalError as exc:
         where = describe(db)
@@ -175,11 +177,8 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def _check_version(conn: sa.Connection, where: str) -> None:
     row = conn.execute(sa.select(store_meta.c.value).where(store_meta.c.key == "version")).first()
-    if row is None:
-        try:
-            conn.execute(sa.insert(store_meta).values(key="version", value=str(STORE_VERSION)))
-        except IntegrityError:  # another process made it first
-            pass
+    if row is None:  # the caller holds the write lock: nobody else is making it now
+        conn.execute(sa.insert(store_meta).values(key="version", value=str(STORE_VERSION)))
     elif int(row.value) > STORE_VERSION:
         raise RatingsError(f"{where}: written by a newer openmind-curate (store version "
                            f"{row.value}, this one reads {STORE_VERSION}); upgrade it")  # fmt: skip

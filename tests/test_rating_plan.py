@@ -1,0 +1,107 @@
+"""The rating plan: units, picks per group, K raters per unit, queues, repeats, gold."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from openmind_curate.preflight import InputError
+from openmind_curate.quality import plan as P
+
+
+def _row(image_id, dataset, modality, *, status="ok", derived_from=None, flags=None):
+    return dict(image_id=image_id, dataset_id=dataset, modality=modality, header_status=status,
+                derived_from=derived_from, flags=flags, path=f"{image_id}.nii.gz")  # fmt: skip
+
+
+@pytest.fixture
+def index() -> pd.DataFrame:
+    rows = [_row(f"t1-{i}", "dsA", "T1w") for i in range(5)]
+    rows += [_row("t1-phase", "dsA", "T1w", flags="phase"), _row("t1-bad", "dsA", "T1w",
+             status="corrupt"), _row("t2-0", "dsA", "T2w"), _row("t2-1", "dsB", "T2w")]  # fmt: skip
+    rows += [_row("dwi-1", "dsB", "DWI"), _row("dwi-2", "dsB", "DWI"), _row("dwi-3", "dsB", "DWI")]
+    for src in ("dwi-1", "dwi-2"):  # dwi-3 has no maps yet
+        rows += [_row(f"{src}-{m}", "dsB", m, derived_from=src) for m in ("T2w", "FA", "MD")]
+    return pd.DataFrame(rows)
+
+
+def test_units_groups_and_listed_images(index):
+    units, not_rated = P.units(index)
+    by_id = units.set_index("image_id")
+    # a DWI is one unit under its own id, in the DWI-derived group, never in T2w
+    assert by_id.loc[["dwi-1", "dwi-2"], "group_name"].tolist() == [P.DWI_GROUP] * 2
+    assert not any(i.endswith(("-FA", "-MD", "-T2w")) for i in units["image_id"])
+    assert set(units.loc[units["group_name"] == "T2w", "image_id"]) == {"t2-0", "t2-1"}
+    assert by_id.loc["t1-phase", "secondary"] and not by_id.loc["t1-0", "secondary"]
+    reasons = not_rated.set_index("image_id")["reason"]
+    assert reasons["t1-bad"] == "header_status is corrupt"
+    assert "without derived maps" in reasons["dwi-3"]
+    assert "t1-bad" not in by_id.index and "dwi-3" not in by_id.index
+
+
+def test_unit_images_shows_the_three_maps_in_order(index):
+    assert P.unit_images(index, "dwi-1")["image_id"].tolist() == ["dwi-1-FA", "dwi-1-MD",
+                                                                    "dwi-1-T2w"]  # fmt: skip
+    assert P.unit_images(index, "t1-0")["image_id"].tolist() == ["t1-0"]
+
+
+def test_picks_per_group_prefer_primary_images_and_are_seeded(index):
+    units, _ = P.units(index)
+    cfg = P.PlanConfig(per_group=2, seed=3)
+    picked = P.pick_units(units, cfg)
+    counts = picked.groupby(["dataset_id", "group_name"]).size().to_dict()
+    assert counts == {("dsA", "T1w"): 2, ("dsA", "T2w"): 1, ("dsB", "T2w"): 1,
+                      ("dsB", P.DWI_GROUP): 2}  # fmt: skip
+    assert "t1-phase" not in set(picked["image_id"])  # five primary T1w images to choose from
+    assert picked.equals(P.pick_units(units, cfg))
+    others = {tuple(sorted(P.pick_units(units, P.PlanConfig(seed=s))["image_id"]))
+              for s in range(10)}  # fmt: skip
+    assert len(others) > 1  # the seed matters
+    # adding a dataset does not change another dataset's picks
+    more = pd.concat([units, units.assign(dataset_id="dsC")])
+    again = P.pick_units(more, cfg)
+    assert set(again.loc[again["dataset_id"] == "dsA", "image_id"]) == set(
+        picked.loc[picked["dataset_id"] == "dsA", "image_id"]
+    )
+
+
+def test_phase_part_picked_only_when_nothing_else(index):
+    units, _ = P.units(index[index["image_id"].isin(["t1-phase", "t1-0"])])
+    assert P.pick_units(units, P.PlanConfig(per_group=2))["image_id"].tolist()[-1] == "t1-phase"
+
+
+def test_assignment_k_raters_balanced_and_shuffled(index):
+    units, _ = P.units(index)
+    picked = P.pick_units(units, P.PlanConfig(per_group=2))
+    raters = ["r1", "r2", "r3"]
+    plan = P.assign(picked, raters, P.PlanConfig(raters=2, seed=1))
+    per_unit = plan.groupby("image_id")["rater_id"].agg(list)
+    assert all(len(v) == 2 == len(set(v)) for v in per_unit)  # K distinct raters each
+    loads = plan["rater_id"].value_counts()
+    assert loads.max() - loads.min() <= 1 and loads.sum() == 2 * len(picked)
+    for _, queue in plan.groupby("rater_id"):
+        assert queue["position"].tolist() == list(range(len(queue)))
+    orders = {tuple(P.assign(picked, raters, P.PlanConfig(raters=2, seed=s))
+                    .query("rater_id == 'r1'")["image_id"]) for s in range(6)}  # fmt: skip
+    assert len(orders) > 1
+
+
+def test_repeats_hidden_after_their_original_and_gold_for_everyone(index):
+    units, _ = P.units(index)
+    picked = P.pick_units(units, P.PlanConfig(per_group=2))
+    gold = pd.DataFrame(dict(image_id=["t1-4"], dataset_id=["dsA"], group_name=["T1w"]))
+    cfg = P.PlanConfig(raters=2, seed=2, repeat_fraction=0.5)
+    plan = P.assign(picked, ["r1", "r2"], cfg, gold)
+    for _, queue in plan.groupby("rater_id"):
+        regular = queue[queue["kind"] == "regular"]
+        repeats = queue[queue["kind"] == "repeat"]
+        assert len(repeats) == round(0.5 * len(regular))
+        first = regular.set_index("image_id")["position"]
+        assert all(r.position > first[r.image_id] for r in repeats.itertuples())
+        assert queue.loc[queue["kind"] == "gold", "image_id"].tolist() == ["t1-4"]
+
+
+def test_too_few_raters_is_a_clear_error(index):
+    units, _ = P.units(index)
+    with pytest.raises(InputError, match="needs 2 raters per image but only 1"):
+        P.assign(P.pick_units(units, P.PlanConfig()), ["solo"], P.PlanConfig(raters=2))
