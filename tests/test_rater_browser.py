@@ -1,0 +1,108 @@
+"""The rater app in a real browser: `streamlit run` as a user starts it, driven by
+Chromium through Playwright: sign in, score one image, save, and check the store."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from openmind_curate.quality import ratings as store
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    from test_rater_app import build_site
+
+    folder = tmp_path_factory.mktemp("rater-browser")
+    site = build_site(folder)
+    port = _free_port()
+    env = {**os.environ, "OPENMIND_RATER_INDEX": str(site["index"]),
+           "OPENMIND_RATER_DB": str(site["db"]), "OPENMIND_RATER_SHOW_DATASETS": "0",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "apps" / "rater.py"),
+           "--server.headless", "true", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]  # fmt: skip
+    log = open(folder / "streamlit.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("streamlit did not start:\n" + (folder / "streamlit.log").read_text())
+            time.sleep(0.3)
+        yield {**site, "url": url}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_sign_in_rate_and_save_in_chromium(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1100})
+            page.set_default_timeout(30_000)
+            page.goto(server["url"])
+            page.get_by_label("Rater token").fill(server["tokens"]["alice"])
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_text("Item 1 of 3")).to_be_visible()
+            expect(page.get_by_text("ds-secret-name")).to_have_count(0)
+            expect(page.locator("img[src*='.png']")).to_have_count(3)
+            for axis, value in (("Noisiness", "2"), ("Blurriness", "3"), ("Artifact level", "4")):
+                group = page.get_by_role("radiogroup", name=axis)
+                group.get_by_text(value, exact=True).click()
+            page.get_by_text("Field of view suboptimal").click()  # the label: the box is hidden
+            page.get_by_label("Comment (optional)").fill("slight wrap-around")
+            page.get_by_role("button", name="Save and next").click()
+            expect(page.get_by_text("Item 2 of 3")).to_be_visible()  # the DWI unit: 3 maps
+            expect(page.locator("img[src*='.png']")).to_have_count(9)
+            expect(page.get_by_role("button", name="Save and next")).to_be_visible()
+            expect(page.get_by_role("radiogroup", name="Artifact level")).to_have_count(0)
+            page.screenshot(path=str(tmp_path / "rater.png"), full_page=True)
+        finally:
+            browser.close()
+    saved = store.read_ratings(store.connect(server["db"]), rater_id="alice")
+    assert len(saved) == 1
+    row = saved.iloc[0]
+    assert (row["image_id"], row["noisiness"], row["blurriness"], row["artifact_level"]) == (
+        "img-a", 2, 3, 4)  # fmt: skip
+    assert row["fov_suboptimal"] and not row["corrupted"]
+    assert row["comment"] == "slight wrap-around" and row["seconds_spent"] > 0
+    assert (tmp_path / "rater.png").stat().st_size > 0
