@@ -296,7 +296,10 @@ def main() -> None:
     raters = store.list_raters(engine)
     mine = raters[raters["rater_id"] == rater.rater_id]
     if mine.empty or pd.notna(mine["revoked_at"].iloc[0]):  # revoked since signing in
+        flash = ss.get("flash")  # a save refused in the same click says why
         on_sign_out()
+        if flash is not None and flash[0] == "error":
+            st.error(flash[1])
         ss["sign_in_error"] = "Your token was revoked; sign in with a new one."
         sign_in_page()
         st.stop()
