@@ -48,13 +48,13 @@ def get_engine(db: str):
 
 
 @st.cache_resource(show_spinner=False)
-def get_index(path: str, _stamp: int):
+def get_index(path: str, stamp: int):  # the stamp is part of the cache key
     return read_frame(path)
 
 
 @st.cache_resource(show_spinner=False)
 def get_cache(path: str, stamp: int) -> viewer.UnitCache:
-    return viewer.UnitCache(get_index(path, stamp), maxsize=CACHE_UNITS)
+    return viewer.UnitCache(get_index(path, stamp), maxsize=CACHE_UNITS, workers=2)
 
 
 def index_stamp(path: str) -> int:
@@ -83,7 +83,9 @@ def on_sign_out() -> None:
         del ss[key]
 
 
-def on_save(rater_id: str, item: flow.Item, sid: str, shown_at: float, checksum: str) -> None:
+def on_save(
+    rater_id: str, item: flow.Item, sid: str, shown_at: float, checksum: str | None
+) -> None:
     values = {name: ss.get(f"{sid}-{name}") for name in (*AXES, *FLAGS, "comment")}
     try:
         rating = flow.make_rating(
@@ -140,9 +142,11 @@ def show_flash() -> None:
     {"error": st.error, "info": st.info, "success": st.success}[level](text)
 
 
+@st.fragment
 def viewer_panel(unit: viewer.Unit, sid: str) -> None:
-    """Three orthogonal views of each volume; sliders and presets only redraw
-    (the arrays are cached), and what was used is kept for the save."""
+    """Three orthogonal views of each volume. A fragment: a slider or preset
+    change reruns only this panel (no database reads), redrawing from the
+    cached arrays; what was used is kept for the save."""
     first = unit.volumes[0]
     controls = st.columns([2, 1, 1, 1])
     preset = controls[0].radio("Window", list(viewer.PRESETS), horizontal=True,
@@ -164,7 +168,9 @@ def viewer_panel(unit: viewer.Unit, sid: str) -> None:
     ss[f"{sid}-window"] = used
 
 
-def rating_form(rater_id: str, item: flow.Item, sid: str, shown_at: float, checksum: str) -> None:
+def rating_form(
+    rater_id: str, item: flow.Item, sid: str, shown_at: float, checksum: str | None
+) -> None:
     latest = item.latest or {}
     with st.form(f"rate-{sid}", enter_to_submit=False):
         for axis in item.axes:
@@ -236,7 +242,7 @@ def rate_page(rater: store.Rater) -> None:
         unit = cache.get(item.image_id)
     except viewer.ViewerError as exc:
         st.error(f"{exc}. Skip it, or rate it as corrupted.")
-        rating_form(rid, item, sid, shown["shown_at"], "")
+        rating_form(rid, item, sid, shown["shown_at"], None)
         return
     if not back:
         after = flow.next_after(engine, rid, item)

@@ -3,6 +3,7 @@ Chromium through Playwright: sign in, score one image, save, and check the store
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -85,6 +86,14 @@ def test_sign_in_rate_and_save_in_chromium(server, tmp_path):
             expect(page.get_by_text("Item 1 of 3")).to_be_visible()
             expect(page.get_by_text("ds-secret-name")).to_have_count(0)
             expect(page.locator("img[src*='.png']")).to_have_count(3)
+            # the viewer: a preset and a slice change redraw the views (a fragment rerun)
+            first_src = page.locator("img[src*='.png']").first.get_attribute("src")
+            page.get_by_text("Narrow (5-95%)").click()
+            axial = page.get_by_role("slider", name="Axial slice")
+            axial.focus()
+            page.keyboard.press("ArrowLeft")
+            expect(axial).to_have_value("7")
+            expect(page.locator("img[src*='.png']").first).not_to_have_attribute("src", first_src)
             for axis, value in (("Noisiness", "2"), ("Blurriness", "3"), ("Artifact level", "4")):
                 group = page.get_by_role("radiogroup", name=axis)
                 group.get_by_text(value, exact=True).click()
@@ -105,4 +114,6 @@ def test_sign_in_rate_and_save_in_chromium(server, tmp_path):
         "img-a", 2, 3, 4)  # fmt: skip
     assert row["fov_suboptimal"] and not row["corrupted"]
     assert row["comment"] == "slight wrap-around" and row["seconds_spent"] > 0
+    settings = json.loads(row["window_settings"])
+    assert settings["preset"] == "Narrow (5-95%)" and settings["slices"] == [10, 12, 7]
     assert (tmp_path / "rater.png").stat().st_size > 0
