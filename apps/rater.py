@@ -239,7 +239,8 @@ def rate_page(rater: store.Rater) -> None:
 
     cache = get_cache(INDEX, index_stamp(INDEX))
     try:
-        unit = cache.get(item.image_id)
+        with st.spinner("Loading the image..."):
+            unit = cache.get(item.image_id)
     except viewer.ViewerError as exc:
         st.error(f"{exc}. Skip it, or rate it as corrupted.")
         rating_form(rid, item, sid, shown["shown_at"], None)

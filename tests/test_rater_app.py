@@ -269,6 +269,27 @@ def test_save_error_is_shown_and_nothing_saved(site):
     assert any("sign in with a new one" in e for e in errors) and len(at.image) == 0
 
 
+def test_unshowable_item_says_so_and_can_be_skipped(site, monkeypatch):
+    import streamlit as st
+
+    from openmind_curate.quality import viewer
+
+    def broken(_index, unit_id):
+        raise viewer.ViewerError(f"cannot show {unit_id}.nii.gz: EOFError")
+
+    st.cache_resource.clear()  # a fresh UnitCache, loading through the broken loader
+    monkeypatch.setattr(viewer, "load_unit", broken)
+    try:
+        at = _sign_in(_app(), site["tokens"]["alice"])
+        assert not at.exception and len(at.image) == 0
+        assert "cannot show img-a.nii.gz" in at.error[0].value
+        at = _rate(at, corrupted=True)  # it can still be rated (as corrupted)
+        row = store.read_ratings(site["engine"], rater_id="alice").iloc[0]
+        assert row["corrupted"] and pd.isna(row["image_checksum"])
+    finally:
+        st.cache_resource.clear()
+
+
 def test_skip_moves_item_to_the_end(site):
     at = _sign_in(_app(), site["tokens"]["alice"])
     at.button[1].click().run()  # Skip
