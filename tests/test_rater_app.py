@@ -269,7 +269,7 @@ def test_save_error_is_shown_and_nothing_saved(site):
     assert any("sign in with a new one" in e for e in errors) and len(at.image) == 0
 
 
-def test_unshowable_item_says_so_and_can_be_skipped(site, monkeypatch):
+def test_unshowable_item_says_why_and_can_still_be_rated(site, monkeypatch):
     import streamlit as st
 
     from openmind_curate.quality import viewer
