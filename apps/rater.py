@@ -16,6 +16,7 @@ in the database and its files from the index.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ CACHE_UNITS = 6
 VIEW_NAMES = ("Sagittal (nose left)", "Coronal (L | R)", "Axial (L | R, anterior up)")
 
 ss = st.session_state
+LOG = logging.getLogger("openmind_curate.rater")
 
 
 # --- shared resources (one per server process) ---------------------------------------------
@@ -241,8 +243,10 @@ def rate_page(rater: store.Rater) -> None:
     try:
         with st.spinner("Loading the image..."):
             unit = cache.get(item.image_id)
-    except viewer.ViewerError as exc:
-        st.error(f"{exc}. Skip it, or rate it as corrupted.")
+    except viewer.ViewerError as exc:  # the reason goes to the server log: it names files
+        LOG.warning("rater %s, unit %s: %s", rid, item.image_id, exc)
+        st.error("This image cannot be shown (its file could not be read). "
+                 "Skip it, or rate it as corrupted.")  # fmt: skip
         rating_form(rid, item, sid, shown["shown_at"], None)
         return
     if not back:

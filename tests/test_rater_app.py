@@ -275,14 +275,15 @@ def test_unshowable_item_says_why_and_can_still_be_rated(site, monkeypatch):
     from openmind_curate.quality import viewer
 
     def broken(_index, unit_id):
-        raise viewer.ViewerError(f"cannot show {unit_id}.nii.gz: EOFError")
+        raise viewer.ViewerError(f"cannot show /data/ds-secret-name/{unit_id}.nii.gz: EOFError")
 
     st.cache_resource.clear()  # a fresh UnitCache, loading through the broken loader
     monkeypatch.setattr(viewer, "load_unit", broken)
     try:
         at = _sign_in(_app(), site["tokens"]["alice"])
         assert not at.exception and len(at.image) == 0
-        assert "cannot show img-a.nii.gz" in at.error[0].value
+        assert "cannot be shown" in at.error[0].value
+        assert "ds-secret-name" not in _texts(at) and ".nii" not in _texts(at)  # no path
         at = _rate(at, corrupted=True)  # it can still be rated (as corrupted)
         row = store.read_ratings(site["engine"], rater_id="alice").iloc[0]
         assert row["corrupted"] and pd.isna(row["image_checksum"])
