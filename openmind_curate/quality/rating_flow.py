@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -124,7 +124,7 @@ def previous_item(engine: Engine, rater_id: str, steps: int = 1) -> Item | None:
         if (item.image_id, item.kind) == (row["image_id"], row["kind"]):
             values = {c: _plain(row[c]) for c in (*AXES, *FLAGS, "comment", "version",
                                                  "window_settings")}  # fmt: skip
-            return Item(**{**item.__dict__, "latest": values})
+            return replace(item, latest=values)
     return None  # rated, but no longer in the plan
 
 
