@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from openmind_curate import __version__, cli_ratings, preflight
+from openmind_curate import __version__, cli_manifest, cli_ratings, cli_report, preflight
 from openmind_curate import index as store
 from openmind_curate.cli_support import (
     DEFAULT_INDEX,
@@ -437,6 +437,8 @@ def _print_index_summary(index, per_dataset: bool = True) -> None:
 index_app = typer.Typer(help="Inspect an image index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 cli_ratings.register(app)
+cli_manifest.register(app)
+cli_report.register(app)
 
 
 @index_app.command("summary")

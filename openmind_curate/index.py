@@ -129,6 +129,7 @@ def read(index_path: str | os.PathLike[str]) -> pa.Table:
             f"index {path} was written by a newer openmind-curate (index version {version}; "
             f"this version reads up to {INDEX_VERSION}): upgrade openmind-curate"
         )
+    table = _add_missing_stage_columns(table)
     try:
         table = validate(table, IMAGE_INDEX)
     except SchemaError as exc:
@@ -136,6 +137,16 @@ def read(index_path: str | os.PathLike[str]) -> pa.Table:
     if version < 2:
         return _upgrade_v1(table)
     return absolute_paths(table, path)
+
+
+def _add_missing_stage_columns(table: pa.Table) -> pa.Table:
+    """An index written before a stage existed lacks that stage's columns: they
+    are empty, as for an image the stage has not reached."""
+    for name in stage_columns(IMAGE_INDEX):
+        if name not in table.column_names:
+            table = table.append_column(IMAGE_INDEX.field(name), pa.nulls(len(table),
+                                        IMAGE_INDEX.field(name).type))  # fmt: skip
+    return table
 
 
 def read_frame(index_path: str | os.PathLike[str]) -> pd.DataFrame:

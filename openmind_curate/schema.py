@@ -111,6 +111,31 @@ IMAGE_INDEX = pa.schema(
         _f("is_brain_extracted", _B, stage="masks"),
         _f("anat_mask_path", _S, doc="relative to the index's folder", stage="masks"),
         _f("anon_mask_path", _S, doc="relative to the index's folder", stage="masks"),
+        _f(
+            "iqs",
+            _F,
+            min=1,
+            max=5,
+            stage="iqs",
+            doc="the paper's IQS: the mean over the rated units of the image's group "
+            "(dataset x modality, or dataset x DWI-derived); lower is better",
+        ),
+        _f(
+            "iqs_image",
+            _F,
+            min=1,
+            max=5,
+            stage="iqs",
+            doc="the image's own IQS from its raters (a DWI map: its DWI's); null if unrated",
+        ),
+        _f(
+            "iqs_predicted",
+            _F,
+            min=1,
+            max=5,
+            stage="iqs",
+            doc="per-image IQS predicted from the automatic metrics (curate iqs --model)",
+        ),
     ]
 )
 
@@ -152,11 +177,20 @@ RATINGS = pa.schema(
     ]
 )
 
+#: The IQS group of DWI-derived maps (never the dataset's acquired T2w group).
+DWI_DERIVED_GROUP = "DWI-derived"
+
 IQS = pa.schema(
     [
         _f("image_id", _S, False),
         _f("dataset_id", _S, False),
         _f("modality", _S, False, allowed=MODALITIES),
+        _f(
+            "group_key",
+            _S,
+            False,
+            doc="dataset_id/modality, or dataset_id/DWI-derived for maps of a DWI",
+        ),
         _f("n_raters", pa.int32(), False, min=0),
         _f("noisiness", _F, min=1, max=5, doc="mean across raters"),
         _f("blurriness", _F, min=1, max=5),
@@ -172,8 +206,7 @@ IQS = pa.schema(
 MANIFEST = pa.schema(
     [
         *IMAGE_INDEX,
-        _f("iqs", _F, min=1, max=5),
-        _f("iqs_image", _F, min=1, max=5),
+        _f("split", _S, False, allowed=("train", "val"), doc="subject-level split"),
     ]
 )
 

@@ -18,9 +18,10 @@ import pandas as pd
 
 from openmind_curate.ids import stable_int
 from openmind_curate.preflight import InputError
+from openmind_curate.schema import DWI_DERIVED_GROUP
 
 #: The group of every unit made of DWI-derived maps (never the acquired T2w group).
-DWI_GROUP = "DWI-derived"
+DWI_GROUP = DWI_DERIVED_GROUP
 #: Order in which a DWI unit's maps are shown.
 MAP_ORDER = ("FA", "MD", "T2w")
 #: Parts a person does not judge image quality on; picked only if a group has nothing else.
