@@ -288,8 +288,139 @@ def rate(
         raise typer.Exit(130) from None
 
 
+@user_errors
+def iqs(
+    index: IndexOpt = DEFAULT_INDEX,
+    db: DbOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Also write the detailed IQS table here (parquet)."),
+    ] = None,
+    model: Annotated[
+        bool,
+        typer.Option(
+            "--model",
+            help="Also predict a per-image IQS from the automatic metrics "
+            "(column iqs_predicted; the paper's IQS is kept as it is).",
+        ),
+    ] = False,  # fmt: skip
+    metrics: Annotated[
+        Path, typer.Option("--metrics", help="Metrics table (from `curate metrics`), for --model.")
+    ] = Path("metrics.parquet"),
+    check_files: Annotated[
+        bool,
+        typer.Option(
+            "--check-files",
+            help="Warn about ratings made on a file that has changed "
+            "since (reads every rated unit's files to hash them).",
+        ),
+    ] = False,  # fmt: skip
+) -> None:
+    """The paper's Image Quality Score from the ratings, written into the index.
+
+    Per unit: the raters' mean of each axis and worst flag (each rater's latest
+    regular rating); per image: their mean, 5 if corrupted or an axis is 5, +1
+    for a suboptimal FOV (at most 5); per dataset x modality (a DWI and its
+    maps: dataset x DWI-derived): the mean over the rated units, given to every
+    image of the group. Writes iqs and iqs_image (and with --model
+    iqs_predicted) for every image of the index; lower is better.
+    """
+    from openmind_curate.quality import iqs as scoring
+    from openmind_curate.quality import ratings
+
+    frame = store.read_frame(index)
+    engine = _engine(db, index, create=False)
+    rated = ratings.read_ratings(engine)
+    if rated.empty:
+        raise ratings.RatingsError(f"{ratings.describe(_db(db, index))}: no ratings yet "
+                                   "(raters score their queue with `curate rate`)")  # fmt: skip
+    if not (rated["kind"] == "regular").any():
+        raise ratings.RatingsError(f"{ratings.describe(_db(db, index))}: only repeat or gold "
+                                   "ratings, which never feed the IQS")  # fmt: skip
+    metrics_df = _metrics_table(metrics) if model else None
+    if out is not None:
+        out = preflight.output_file(out)
+    result = scoring.compute_iqs(frame, rated)
+    table = result.table
+    values = table[["image_id", "iqs", "iqs_image"]].copy()
+    warnings = result.warnings()
+    if model:
+        from openmind_curate.quality import iqs_model
+
+        fitted = iqs_model.fit_predict(metrics_df, table)
+        values["iqs_predicted"] = values["image_id"].map(fitted.predictions).astype(float)
+        _print_model(fitted)
+        if fitted.skipped:
+            warnings.append(f"no per-image model: {fitted.skipped}; iqs_predicted is null")
+    if check_files:
+        changed = scoring.changed_files(frame, rated)
+        if changed:
+            warnings.append(scoring.listing(
+                f"{len(changed)} unit(s) were rated on a file that has changed since (or can no "
+                "longer be read); re-rate them", changed, 5))  # fmt: skip
+    guard = frame[["image_id", "size_bytes", "mtime_ns"]]
+    written = store.set_columns(index, values.merge(guard, on="image_id", how="left"))
+    if out is not None:
+        from openmind_curate.jobs.atomic import atomic_path
+        from openmind_curate.schema import IQS, validate
+
+        checked = validate(table, IQS)
+        with atomic_path(out) as tmp:
+            import pyarrow.parquet as pq
+
+            pq.write_table(checked, tmp)
+    groups = result.groups
+    print_frame(groups.assign(iqs=groups["iqs"].round(3)), "IQS per dataset x modality", 40)
+    print_frame(scoring.kept_at(table["iqs"]), "Images kept at IQS <= threshold")
+    scored = int(groups["iqs"].notna().sum())
+    console.print(f"{plural(scored, 'group')} scored, {len(groups) - scored} unscored; "
+                  f"{int(table['iqs'].notna().sum())} of {plural(len(table), 'image')} have an "
+                  f"IQS ({int(table['iqs_image'].notna().sum())} rated themselves); "
+                  f"{written.replaced} index rows written to {index}"
+                  + (f"; table -> {out}" if out is not None else ""))  # fmt: skip
+    if written.skipped:
+        warnings.append(f"{written.skipped} image(s) changed on disk while scoring; "
+                        "their values were not written (run `curate iqs` again)")  # fmt: skip
+    for warning in warnings:
+        console.print(f"[yellow]warning[/yellow] {warning}", soft_wrap=True)
+
+
+def _metrics_table(path: Path):
+    """The `curate metrics` table, checked: it exists and has image_id."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if not path.exists():
+        raise InputError(f"{path}: no metrics table here (make it with `curate metrics`, "
+                         "or give --metrics)")  # fmt: skip
+    path = preflight.input_files([path])[0]
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: cannot read the metrics table: {exc}") from None
+    if "image_id" not in df.columns:
+        raise InputError(f"{path}: the metrics table has no image_id column "
+                         "(is it the output of `curate metrics`?)")  # fmt: skip
+    return df
+
+
+def _print_model(fitted) -> None:
+    if fitted.skipped:
+        return
+    cv = fitted.cv
+    console.print(
+        f"per-image model, held out by dataset ({int(cv['n_folds'])} folds, "
+        f"{int(cv['n_images'])} rated images from {int(cv['n_datasets'])} datasets): "
+        f"Spearman {cv['spearman']:.3f}, MAE {cv['mae']:.3f}; dataset-level baseline "
+        f"(training folds' mean per modality) Spearman {cv['baseline_spearman']:.3f}, "
+        f"MAE {cv['baseline_mae']:.3f}"
+    )
+    console.print(f"features: {', '.join(fitted.features)}", soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     app.command("rate")(rate)
+    app.command("iqs")(iqs)
     app.add_typer(raters_app, name="raters")
     app.add_typer(ratings_app, name="ratings")
 
