@@ -383,6 +383,7 @@ def _pie(ax, values: pd.Series, field: str, name: str, n_total: int) -> None:
     n = int(counts.sum())
     ax.set_title(f"{name}\nn = {_n(n)} of {_n(n_total)}\nimages with a known value", fontsize=10)
     if not n:
+        ax.set_aspect("equal")
         _no_data(ax, f"no data: no image has a known {name}")
         return
     wedges, _texts, _pct = ax.pie(
@@ -599,11 +600,16 @@ def _datasets_section(index: pd.DataFrame) -> Sections:
     marks = cumulative_marks(curve)
     parts = ['<h2 id="datasets">Cumulative images over datasets</h2>']
     if marks:
-        said = "; ".join(
-            f"{f:.0%} of the images come from the {_plural(k, 'largest dataset')}"
+        said = ", ".join(
+            f"{f:.0%} from the {'largest' if k == 1 else f'{k:,} largest'}"
             for f, k in marks.items()
         )
-        parts.append(_p(f"As in the paper's Figure 4: {said}, of {len(curve):,}."))
+        parts.append(
+            _p(
+                f"As in the paper's Figure 4. Of {_plural(len(curve), 'dataset')}: "
+                f"{said.replace(' from', ' of the images come from', 1)}."
+            )
+        )
     else:
         parts.append(_p("No images in the index."))
     parts.append(_img("cumulative.png", "cumulative number of images over datasets"))
@@ -647,7 +653,7 @@ def _iqs_section(index: pd.DataFrame, iqs: pd.DataFrame | None) -> Sections:
     table = html_table(
         thresholds[["kept", "images", "fraction"]],
         "Images kept at each IQS threshold",
-        {"kept": "kept", "fraction": "of all images"},
+        {"kept": "IQS threshold", "images": "images kept", "fraction": "of all images"},
         {"fraction": "pct"},
     )
     parts = ['<h2 id="iqs">Image quality (IQS)</h2>']
