@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -298,3 +299,59 @@ def test_cli_bad_input_is_named(crawled, tmp_path):
     result = runner.invoke(app, ["iqs", "--index", str(work), "--db",
                                  str(tmp_path / "none.sqlite")], env=ENV)  # fmt: skip
     assert result.exit_code == 2 and "no ratings database" in result.output
+
+
+def test_cli_model_predicts_per_image_and_names_bad_metrics(crawled, tmp_path):
+    work = _private(crawled, tmp_path)
+    frame = store.read_frame(work)
+    ok = frame[(frame["header_status"] == "ok") & frame["derived_from"].isna()]
+    engine = ratings.connect(ratings.default_db(work))
+    ratings.add_rater(engine, "ana")
+    rng = np.random.default_rng(0)
+    noise = pd.Series(rng.uniform(0, 1, len(ok)), index=ok["image_id"])
+    metrics = pd.DataFrame(
+        dict(
+            image_id=ok["image_id"],
+            dataset_id=ok["dataset_id"],
+            noise_sigma=noise.to_numpy(),
+            efc=rng.normal(size=len(ok)),
+        )
+    )
+    for image in ok["image_id"].iloc[:: max(1, len(ok) // 30)]:  # ~30 units, many datasets
+        score = int(round(1 + 3 * noise[image]))
+        ratings.save_rating(
+            engine,
+            dict(
+                image_id=image,
+                rater_id="ana",
+                kind="regular",
+                submission_id=ratings.new_submission_id(),
+                noisiness=score,
+                blurriness=score,
+                artifact_level=score,
+                fov_suboptimal=False,
+                corrupted=False,
+            ),
+            planned=False,
+        )
+    idx = ["iqs", "--index", str(work), "--model"]
+    result = runner.invoke(app, [*idx, "--metrics", str(tmp_path / "none.parquet")], env=ENV)
+    assert result.exit_code == 2 and "none.parquet" in result.output
+    bad = tmp_path / "bad.parquet"
+    metrics.drop(columns="image_id").to_parquet(bad)
+    result = runner.invoke(app, [*idx, "--metrics", str(bad)], env=ENV)
+    assert result.exit_code == 2 and "bad.parquet" in result.output and "image_id" in result.output
+    good = tmp_path / "metrics.parquet"
+    metrics.to_parquet(good)
+    text = _ok([*idx, "--metrics", str(good)])
+    assert "Spearman" in text and "baseline" in text
+    after = store.read_frame(work).set_index("image_id")
+    predicted = after.loc[ok["image_id"], "iqs_predicted"]
+    assert predicted.notna().all() and predicted.between(1, 5).all()
+    assert after.loc[ok["image_id"], "iqs_image"].notna().sum() >= 10  # the paper's score stays
+
+    few = tmp_path / "few.parquet"
+    metrics.head(3).to_parquet(few)
+    text = _ok([*idx, "--metrics", str(few)])
+    assert "no per-image model" in text
+    assert store.read_frame(work)["iqs_predicted"].isna().all()  # a stale prediction is cleared
