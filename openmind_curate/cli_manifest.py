@@ -1,9 +1,175 @@
-"""`curate build-manifest`: (being built)."""
+"""`curate build-manifest`: the pre-training manifest (index rows that pass the filters)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from openmind_curate.cli_support import DEFAULT_INDEX, console, plural, user_errors
+from openmind_curate.preflight import InputError
+
+
+def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    console.print(table)
+
+
+def build_manifest(
+    iqs_max: Annotated[
+        float | None,
+        typer.Option("--iqs-max", help="Keep images with IQS <= this (1 clean ... 5 unusable)."),
+    ] = None,
+    index: Annotated[
+        Path,
+        typer.Option(
+            "--index",
+            help="Image index (from `curate crawl`), or the OpenMind release's "
+            "openneuro_metadata.csv.",
+        ),
+    ] = DEFAULT_INDEX,
+    iqs: Annotated[
+        Path | None,
+        typer.Option(
+            "--iqs",
+            help="IQS table (image_id, iqs, iqs_image) overriding the "
+            "index's scores \\[default: the scores in the index].",
+        ),  # fmt: skip
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output file \\[default: manifests/<name of the filters>]."),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="parquet, nnssl (pretrain_data.json) or openmind-csv.")
+    ] = "parquet",
+    keep_unrated: Annotated[
+        bool, typer.Option("--keep-unrated", help="Keep images without a score.")
+    ] = False,
+    use_predicted_iqs: Annotated[
+        bool, typer.Option("--use-predicted-iqs", help="Filter on iqs_predicted instead of iqs.")
+    ] = False,
+    modality: Annotated[
+        str | None, typer.Option("--modality", help="Keep only these, e.g. T1w,T2w,FLAIR.")
+    ] = None,
+    exclude_modality: Annotated[
+        str | None, typer.Option("--exclude-modality", help="Drop these modalities.")
+    ] = None,
+    datasets: Annotated[
+        str | None, typer.Option("--datasets", help="Keep only these dataset ids (comma list).")
+    ] = None,
+    exclude_datasets: Annotated[
+        str | None, typer.Option("--exclude-datasets", help="Drop these dataset ids.")
+    ] = None,
+    require_masks: Annotated[
+        bool, typer.Option("--require-masks", help="Keep images with both masks.")
+    ] = False,
+    header_status: Annotated[
+        str,
+        typer.Option("--header-status", help="Keep these header statuses (comma list), or 'any'."),
+    ] = "ok",
+    max_spacing: Annotated[
+        float | None,
+        typer.Option(
+            "--max-spacing", help="Keep images whose largest voxel spacing is <= this (mm)."
+        ),
+    ] = None,
+    keep_4d: Annotated[
+        bool,
+        typer.Option("--keep-4d", help="Keep 4D series (n_volumes > 1) \\[default: dropped]."),
+    ] = False,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Fraction of subjects for validation.")
+    ] = 0.01,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the subject-level split.")] = 0,
+    openmind_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--openmind-root",
+            help="With an OpenMind CSV: the folder its paths are "
+            "relative to \\[default: the CSV's folder (or its OpenMind/)].",
+        ),  # fmt: skip
+    ] = None,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Write an empty manifest instead of failing.")
+    ] = False,
+    collection_name: Annotated[
+        str, typer.Option("--collection-name", help="nnssl collection_name.")
+    ] = "Dataset001_OpenMind",
+) -> None:
+    """Filter the index into a pre-training manifest with a subject-level train/val split.
+
+    Writes manifests/<filters>.parquet (or --format nnssl / openmind-csv) and a
+    JSON sidecar beside it (filters, counts per filter, input checksums,
+    version). Images without a score are dropped by --iqs-max unless
+    --keep-unrated; 4D series (raw DWI) are dropped unless --keep-4d (DWI
+    enters as its 3D FA/MD/T2w maps).
+    """
+    import sys
+
+    from openmind_curate.manifest import build as B
+    from openmind_curate.manifest import filters as F
+
+    try:
+        if fmt not in ("parquet", "nnssl", "openmind-csv"):
+            raise InputError(f"--format {fmt!r}: use parquet, nnssl or openmind-csv")
+        status = None if header_status.strip().lower() == "any" else F.parse_list(header_status)
+        filters = F.Filters(
+            iqs_max=iqs_max,
+            keep_unrated=keep_unrated,
+            use_predicted_iqs=use_predicted_iqs,
+            modalities=F.parse_modalities(modality, "--modality"),
+            exclude_modalities=F.parse_modalities(exclude_modality, "--exclude-modality") or (),
+            datasets=F.parse_list(datasets),
+            exclude_datasets=F.parse_list(exclude_datasets) or (),
+            header_status=status,
+            max_spacing=max_spacing,
+            require_masks=require_masks,
+            keep_4d=keep_4d,
+        )
+    except F.FilterError as exc:
+        raise InputError(str(exc)) from None
+    result = B.build(
+        index, filters, out, fmt=fmt, val_fraction=val_fraction, seed=seed, iqs_file=iqs,
+        openmind_root=openmind_root, allow_empty=allow_empty, collection_name=collection_name,
+        command=["curate", *sys.argv[1:]],
+    )  # fmt: skip
+    _summary(result)
+
+
+def _summary(result) -> None:
+    data = result.sidecar_data
+    c = data["counts"]
+    _table("Filters", ["filter", "rule", "before", "dropped", "after"],
+           [[s.name, s.rule, s.before, s.dropped, s.after] for s in result.steps])  # fmt: skip
+    iqs_step = next((s for s in result.steps if s.name == "iqs"), None)
+    if iqs_step is not None:
+        d = iqs_step.detail
+        kept = "kept (--keep-unrated)" if not d["unrated_dropped"] else "dropped"
+        console.print(f"IQS: {plural(d['above_threshold'], 'image')} above the threshold; "
+                      f"{plural(d['unrated'], 'unrated image')} {kept}")  # fmt: skip
+    rows = [[m, v["images"], v["subjects"], v["datasets"], v["val_images"]]
+            for m, v in c["per_modality"].items()]  # fmt: skip
+    rows.append(["total", c["images"], c["subjects"], c["datasets"], result.split.val_images])
+    _table("Kept per modality", ["modality", "images", "subjects", "datasets", "val images"], rows)
+    sp = result.split
+    console.print(
+        f"kept {plural(c['images'], 'image')} of {c['input_images']}, "
+        f"{plural(c['subjects'], 'subject')}, {plural(c['datasets'], 'dataset')}; split: "
+        f"{sp.train_subjects} train / {sp.val_subjects} val subjects "
+        f"({sp.train_images} / {sp.val_images} images, seed {sp.seed})"
+    )
+    console.print(f"sidecar: {result.sidecar}", soft_wrap=True)
+    print(result.out)  # plain stdout, last line: a script can capture the path
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to `app`."""
+    app.command("build-manifest")(user_errors(build_manifest))

@@ -1,0 +1,219 @@
+"""The manifest's filters: pure functions of an index table (Arrow in, Arrow out).
+
+`apply` runs the filters in a fixed order and counts the images before and
+after each one, so the sidecar and the summary can say what every filter did.
+Each filter is a boolean mask computed in Arrow: a 113,921-row index filters
+in milliseconds.
+
+Order: header status, 4D images, modality, excluded modalities, datasets,
+excluded datasets, voxel spacing, masks, IQS. 4D images (``n_volumes > 1``,
+e.g. raw DWI series) are dropped by default: they are not pre-training
+images; DWI enters the corpus as its 3D maps (FA, MD, mean-b0 T2w), as in the
+OpenMind paper (appendix B). An image whose ``n_volumes`` is unknown (the
+OpenMind CSV has none) counts as 3D.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from openmind_curate.schema import HEADER_STATUSES, MODALITIES
+
+#: IQS is defined on the rating scale, 1 (clean) ... 5 (unusable).
+IQS_RANGE = (1.0, 5.0)
+
+
+class FilterError(ValueError):
+    """A filter option the user gave cannot be used (bad threshold, unknown modality)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a manifest keeps. Defaults keep every readable 3D image."""
+
+    iqs_max: float | None = None
+    keep_unrated: bool = False
+    use_predicted_iqs: bool = False
+    modalities: tuple[str, ...] | None = None
+    exclude_modalities: tuple[str, ...] = ()
+    datasets: tuple[str, ...] | None = None
+    exclude_datasets: tuple[str, ...] = ()
+    header_status: tuple[str, ...] | None = ("ok",)
+    max_spacing: float | None = None
+    require_masks: bool = False
+    keep_4d: bool = False
+
+    def __post_init__(self) -> None:
+        check_threshold(self.iqs_max, "--iqs-max")
+        if self.max_spacing is not None and not (
+            math.isfinite(self.max_spacing) and self.max_spacing > 0
+        ):
+            raise FilterError(f"--max-spacing {self.max_spacing} must be a positive number (mm)")
+        for option, names in (("--modality", self.modalities),
+                              ("--exclude-modality", self.exclude_modalities)):  # fmt: skip
+            for name in names or ():
+                if name not in MODALITIES:
+                    raise FilterError(unknown_modality(name, option))
+        for status in self.header_status or ():
+            if status not in HEADER_STATUSES:
+                raise FilterError(
+                    f"--header-status {status!r} is not one of {', '.join(HEADER_STATUSES)}"
+                )
+
+    @property
+    def iqs_column(self) -> str:
+        return "iqs_predicted" if self.use_predicted_iqs else "iqs"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def check_threshold(value: float | None, option: str) -> None:
+    if value is None:
+        return
+    low, high = IQS_RANGE
+    if not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
+        raise FilterError(
+            f"{option} {value!r} is outside the IQS scale: give a number from {low:g} "
+            f"(clean) to {high:g} (unusable), e.g. {option} 2.5"
+        )
+
+
+def unknown_modality(name: str, option: str = "--modality") -> str:
+    return f"{option}: unknown modality {name!r}; known: {', '.join(MODALITIES)}"
+
+
+def parse_modalities(text: str | None, option: str = "--modality") -> tuple[str, ...] | None:
+    """``"t1w, T2w,FLAIR"`` -> ("T1w", "T2w", "FLAIR"); names match case-insensitively."""
+    if text is None:
+        return None
+    by_lower = {m.lower(): m for m in MODALITIES}
+    out = []
+    for name in _items(text):
+        known = by_lower.get(name.lower())
+        if known is None:
+            raise FilterError(unknown_modality(name, option))
+        if known not in out:
+            out.append(known)
+    if not out:
+        raise FilterError(f"{option} needs at least one modality")
+    return tuple(out)
+
+
+def parse_list(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(dict.fromkeys(_items(text)))
+
+
+def _items(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@dataclass
+class Step:
+    """One filter's effect: images before and after, and why it dropped them."""
+
+    name: str
+    rule: str
+    before: int
+    after: int
+    detail: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        return self.before - self.after
+
+    def to_json(self) -> dict[str, Any]:
+        return {"filter": self.name, "rule": self.rule, "before": self.before,
+                "after": self.after, "dropped": self.dropped, **self.detail}  # fmt: skip
+
+
+def max_spacing(table: pa.Table) -> np.ndarray:
+    """Largest of the first three (spatial) spacings per row; NaN if unknown."""
+    col = table.column("spacing").combine_chunks()
+    out = np.full(len(col), np.nan)
+    if len(col) == 0:
+        return out
+    sliced = pc.list_slice(col, 0, 3)
+    flat = pc.list_flatten(sliced).to_numpy(zero_copy_only=False).astype(np.float64)
+    parent = pc.list_parent_indices(sliced).to_numpy(zero_copy_only=False)
+    np.fmax.at(out, parent, flat)
+    return out
+
+
+def _in(table: pa.Table, column: str, values: tuple[str, ...]) -> pa.Array:
+    col = table.column(column)
+    return pc.fill_null(pc.is_in(col, pa.array(list(values), col.type)), False)
+
+
+def _three_d(t: pa.Table) -> pa.Array:
+    return pc.fill_null(pc.less_equal(t.column("n_volumes"), 1), True)
+
+
+def _has_masks(t: pa.Table) -> pa.Array:
+    return pc.and_(pc.is_valid(t.column("anat_mask_path")), pc.is_valid(t.column("anon_mask_path")))
+
+
+def _masks(f: Filters) -> list[tuple[str, str, Any]]:
+    """(name, rule, table -> keep mask) for each active filter, in order."""
+    steps: list[tuple[str, str, Any]] = []
+    if f.header_status is not None:
+        rule = f"header_status in {list(f.header_status)}"
+        steps.append(("header_status", rule, lambda t: _in(t, "header_status", f.header_status)))
+    if not f.keep_4d:
+        steps.append(("3d_only", "n_volumes <= 1 (4D series such as raw DWI dropped)", _three_d))
+    if f.modalities is not None:
+        rule = f"modality in {list(f.modalities)}"
+        steps.append(("modality", rule, lambda t: _in(t, "modality", f.modalities)))
+    if f.exclude_modalities:
+        rule = f"modality not in {list(f.exclude_modalities)}"
+        steps.append(("exclude_modality", rule,
+                      lambda t: pc.invert(_in(t, "modality", f.exclude_modalities))))  # fmt: skip
+    if f.datasets is not None:
+        rule = f"dataset_id in {list(f.datasets)}"
+        steps.append(("datasets", rule, lambda t: _in(t, "dataset_id", f.datasets)))
+    if f.exclude_datasets:
+        rule = f"dataset_id not in {list(f.exclude_datasets)}"
+        steps.append(("exclude_datasets", rule,
+                      lambda t: pc.invert(_in(t, "dataset_id", f.exclude_datasets))))  # fmt: skip
+    if f.max_spacing is not None:
+        limit = f.max_spacing
+        rule = f"max voxel spacing <= {limit:g} mm (unknown spacing dropped)"
+        fine = lambda t: pa.array(np.nan_to_num(max_spacing(t), nan=np.inf) <= limit)  # noqa: E731
+        steps.append(("max_spacing", rule, fine))
+    if f.require_masks:
+        steps.append(("require_masks", "anat_mask_path and anon_mask_path present", _has_masks))
+    return steps
+
+
+def apply(table: pa.Table, f: Filters) -> tuple[pa.Table, list[Step]]:
+    """The rows of `table` that pass `f`, and each filter's counts."""
+    steps: list[Step] = []
+    for name, rule, mask_of in _masks(f):
+        before = table.num_rows
+        table = table.filter(mask_of(table))
+        steps.append(Step(name, rule, before, table.num_rows))
+    if f.iqs_max is not None:
+        col = table.column(f.iqs_column)
+        unrated = col.is_null()
+        n_unrated = int(pc.sum(unrated).as_py() or 0)
+        passes = pc.less_equal(col, f.iqs_max)
+        keep = pc.if_else(unrated, f.keep_unrated, passes)
+        before = table.num_rows
+        table = table.filter(keep)
+        rule = f"{f.iqs_column} <= {f.iqs_max:g}" + (
+            " or unrated (--keep-unrated)" if f.keep_unrated else "; unrated images dropped"
+        )
+        above = before - n_unrated - int(pc.sum(pc.fill_null(passes, False)).as_py() or 0)
+        steps.append(Step("iqs", rule, before, table.num_rows,
+                          {"unrated": n_unrated, "unrated_dropped": 0 if f.keep_unrated
+                           else n_unrated, "above_threshold": above}))  # fmt: skip
+    return table, steps
