@@ -290,7 +290,7 @@ def png_bytes(fig: Figure) -> bytes:
 def modality_figure(table: pd.DataFrame) -> Figure:
     """Horizontal bars of images per modality, counts at the bar ends."""
     rows = max(len(table), 1)
-    fig = Figure(figsize=(7.5, 1.4 + 0.3 * rows), constrained_layout=True)
+    fig = Figure(figsize=(6.5, 1.4 + 0.3 * rows), constrained_layout=True)
     ax = fig.add_subplot()
     total = int(table["images"].sum()) if len(table) else 0
     ax.set_title(f"Images per modality (n = {_n(total)} images, {len(table)} modalities)")
@@ -308,7 +308,7 @@ def modality_figure(table: pd.DataFrame) -> Figure:
     ax.set_xlim(0, table["images"].max() * 1.15)
     ax.set_xlabel("images (count)")
     ax.set_ylabel("modality")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
     return fig
 
 
