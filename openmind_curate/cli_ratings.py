@@ -325,10 +325,13 @@ def iqs(
     image of the group. Writes iqs and iqs_image (and with --model
     iqs_predicted) for every image of the index; lower is better.
     """
+    import pandas as pd
+
     from openmind_curate.quality import iqs as scoring
     from openmind_curate.quality import ratings
 
-    frame = store.read_frame(index)
+    indexed = store.read(index)
+    frame = indexed.to_pandas()
     engine = _engine(db, index, create=False)
     rated = ratings.read_ratings(engine)
     if rated.empty:
@@ -358,8 +361,10 @@ def iqs(
             warnings.append(scoring.listing(
                 f"{len(changed)} unit(s) were rated on a file that has changed since (or can no "
                 "longer be read); re-rate them", changed, 5))  # fmt: skip
-    guard = frame[["image_id", "size_bytes", "mtime_ns"]]
-    written = store.set_columns(index, values.merge(guard, on="image_id", how="left"))
+    # the files as scored: an image re-crawled as changed meanwhile is not written
+    for col in ("size_bytes", "mtime_ns"):  # exact ints (None if null), never NaN floats
+        values[col] = pd.Series(indexed.column(col).to_pylist(), index=values.index, dtype=object)
+    written = store.set_columns(index, values)
     if out is not None:
         from openmind_curate.jobs.atomic import atomic_path
         from openmind_curate.schema import IQS, validate
