@@ -24,7 +24,7 @@ def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
 
 def build_manifest(
     iqs_max: Annotated[
-        float | None,
+        str | None,
         typer.Option("--iqs-max", help="Keep images with IQS <= this (1 clean ... 5 unusable)."),
     ] = None,
     index: Annotated[
@@ -122,7 +122,7 @@ def build_manifest(
             raise InputError(f"--format {fmt!r}: use parquet, nnssl or openmind-csv")
         status = None if header_status.strip().lower() == "any" else F.parse_list(header_status)
         filters = F.Filters(
-            iqs_max=iqs_max,
+            iqs_max=F.parse_threshold(iqs_max, "--iqs-max"),
             keep_unrated=keep_unrated,
             use_predicted_iqs=use_predicted_iqs,
             modalities=F.parse_modalities(modality, "--modality"),

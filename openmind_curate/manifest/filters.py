@@ -86,6 +86,22 @@ def check_threshold(value: float | None, option: str) -> None:
         )
 
 
+def parse_threshold(text: str | None, option: str = "--iqs-max") -> float | None:
+    """A threshold as typed on the command line, checked against the IQS scale."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        low, high = IQS_RANGE
+        raise FilterError(
+            f"{option} {text!r} is not a number: give a number from {low:g} (clean) to "
+            f"{high:g} (unusable), e.g. {option} 2.5"
+        ) from None
+    check_threshold(value, option)
+    return value
+
+
 def unknown_modality(name: str, option: str = "--modality") -> str:
     return f"{option}: unknown modality {name!r}; known: {', '.join(MODALITIES)}"
 

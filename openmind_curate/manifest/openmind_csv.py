@@ -39,7 +39,7 @@ _NUMBERS = ("image_quality_score", "age", "weight", "bmi", "magnetic_field_stren
 _SAME = ("race", "health_status", "manufacturer", "model_name", "phase_encoding_direction",
          "magnetic_field_strength", "repetition_time", "echo_time", "age", "weight", "bmi",
          "derived_from")  # fmt: skip
-_IMAGE_EXT = r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.b2nd)$"
+_IMAGE_EXT = r"(?:\.nii\.gz|\.nii|\.nrrd|\.mha|\.b2nd)$"
 
 
 def is_openmind_csv(path: str | os.PathLike[str]) -> bool:
@@ -242,4 +242,9 @@ def to_layout(table: pa.Table, out_dir: str, base: str) -> pa.Table:
 
 
 def write_csv(layout: pa.Table, path: str | os.PathLike[str]) -> None:
-    pacsv.write_csv(layout, path, pacsv.WriteOptions(quoting_style="needed"))
+    """The layout as CSV: a plain header line (as pandas writes it), values
+    quoted only where needed."""
+    with open(path, "wb") as fh:
+        fh.write((",".join(layout.column_names) + "\n").encode())
+        options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+        pacsv.write_csv(layout, fh, options)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-#: Validation gets at least this many subjects when there are more than that.
+#: Validation gets at least this many subjects when there are twice as many.
 MIN_VAL_SUBJECTS = 5
 
 
@@ -45,12 +45,14 @@ def subject_keys(table: pa.Table) -> pa.Array:
 
 
 def n_val_subjects(n_subjects: int, val_fraction: float) -> int:
-    """``round(fraction * n)``, raised to `MIN_VAL_SUBJECTS` when possible (one
-    subject always stays for training); 0 when the fraction is 0."""
+    """``round(fraction * n)``, raised to `MIN_VAL_SUBJECTS` when that leaves
+    training the larger part (a corpus of 10 subjects or more), else to half;
+    at least one subject stays for training; 0 when the fraction is 0."""
     if val_fraction <= 0 or n_subjects < 2:
         return 0
     n = int(np.floor(val_fraction * n_subjects + 0.5))
-    return min(max(n, MIN_VAL_SUBJECTS, 1), n_subjects - 1)
+    floor = min(MIN_VAL_SUBJECTS, n_subjects // 2)
+    return min(max(n, floor, 1), n_subjects - 1)
 
 
 def _rank(keys: list[str], seed: int) -> np.ndarray:

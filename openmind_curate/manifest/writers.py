@@ -41,7 +41,11 @@ class ManifestError(ValueError):
 def sidecar_path(out: str | os.PathLike[str]) -> Path:
     """``<name>.json`` beside the manifest (``<name>.sidecar.json`` for a JSON manifest)."""
     out = Path(out)
-    stem = out.name.split(".")[0]
+    stem = out.stem
+    for ext in (".csv.gz", ".parquet", ".csv", ".json"):
+        if out.name.endswith(ext):
+            stem = out.name[: -len(ext)]
+            break
     if out.suffix == ".json":
         return out.with_name(f"{stem}.sidecar.json")
     return out.with_name(f"{stem}.json")
