@@ -355,3 +355,85 @@ def test_cli_model_predicts_per_image_and_names_bad_metrics(crawled, tmp_path):
     text = _ok([*idx, "--metrics", str(few)])
     assert "no per-image model" in text
     assert store.read_frame(work)["iqs_predicted"].isna().all()  # a stale prediction is cleared
+
+
+def test_changed_files_flags_ratings_of_a_changed_file(tmp_path):
+    import hashlib
+
+    from openmind_curate.quality.iqs import changed_files
+
+    for name, data in (("a.nii", b"aaa"), ("b.nii", b"bbb"), ("fa.nii", b"F"), ("md.nii", b"M")):
+        (tmp_path / name).write_bytes(data)
+    idx = _index(_img("a"), _img("b"), _img("d", modality="DWI"),
+                 _img("fa", modality="FA", derived_from="d"),
+                 _img("md", modality="MD", derived_from="d"))  # fmt: skip
+    idx["root"], idx["path"] = str(tmp_path), ["a.nii", "b.nii", "d.nii", "fa.nii", "md.nii"]
+    sha = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
+    rows = [_r("a", "r1", 1, 1, 1), _r("b", "r1", 1, 1, 1), _r("d", "r1", 1, 1)]
+    rows[0]["image_checksum"] = sha(b"aaa")  # unchanged
+    rows[1]["image_checksum"] = sha(b"old bytes")  # the file changed after the rating
+    rows[2]["image_checksum"] = sha(b"FM")  # a DWI unit: its maps' bytes, FA then MD
+    assert changed_files(idx, _ratings(*rows)) == ["b"]
+
+
+def test_cli_dwi_maps_in_a_real_index(crawled, tmp_path):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from openmind_curate.ids import image_id
+    from openmind_curate.schema import IMAGE_INDEX
+
+    work = _private(crawled, tmp_path)
+    table = store.read(work)
+    dwi = table.filter(pc.equal(table["modality"], "DWI")).to_pylist()[0]
+    maps = []
+    for modality in ("FA", "MD", "T2w"):
+        path = f"derivatives/dwi/{modality}.nii.gz"
+        maps.append(
+            {
+                **dwi,
+                "image_id": image_id(dwi["dataset_id"], path),
+                "path": path,
+                "modality": modality,
+                "suffix": modality,
+                "derived_from": dwi["image_id"],
+            }
+        )
+    store.add_rows(work, pa.Table.from_pylist(maps, schema=IMAGE_INDEX))
+    frame = store.read_frame(work)
+    ds = dwi["dataset_id"]
+    other = frame[
+        (frame["dataset_id"] == ds)
+        & frame["derived_from"].isna()
+        & (frame["modality"] != "DWI")
+        & (frame["header_status"] == "ok")
+    ].iloc[0]
+    engine = ratings.connect(ratings.default_db(work))
+    ratings.add_rater(engine, "ana")
+    for unit, score, artifact in ((dwi["image_id"], 2, 5), (other["image_id"], 4, 3)):
+        ratings.save_rating(
+            engine,
+            dict(
+                image_id=unit,
+                rater_id="ana",
+                kind="regular",
+                submission_id=ratings.new_submission_id(),
+                noisiness=score,
+                blurriness=score,
+                artifact_level=artifact,
+                fov_suboptimal=False,
+                corrupted=False,
+            ),
+            planned=False,
+        )
+    out = tmp_path / "iqs.parquet"
+    _ok(["iqs", "--index", str(work), "--out", str(out)])
+    after = store.read_frame(work).set_index("image_id")
+    unit = [dwi["image_id"], *[m["image_id"] for m in maps]]
+    assert (after.loc[unit, "iqs_image"] == 2.0).all()  # artifact 5 ignored for a DWI unit
+    assert (after.loc[unit, "iqs"] == 2.0).all()
+    detail = pq.read_table(out).to_pandas().set_index("image_id")
+    assert (detail.loc[unit, "group_key"] == f"{ds}/DWI-derived").all()
+    # the acquired image of the same dataset keeps its own group and score: (4 + 4 + 3) / 3
+    assert detail.loc[other["image_id"], "group_key"] == f"{ds}/{other['modality']}"
+    assert detail.loc[other["image_id"], "iqs"] == pytest.approx(11 / 3)
