@@ -16,7 +16,8 @@ def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
 
     table = Table(title=title, title_justify="left")
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+        numeric = all(isinstance(row[i], int) for row in rows)
+        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*["" if v is None else str(v) for v in row])
     console.print(table)

@@ -210,26 +210,38 @@ def _masks(f: Filters) -> list[tuple[str, str, Any]]:
     return steps
 
 
+def _count(mask: np.ndarray) -> int:
+    return int(np.count_nonzero(mask))
+
+
 def apply(table: pa.Table, f: Filters) -> tuple[pa.Table, list[Step]]:
-    """The rows of `table` that pass `f`, and each filter's counts."""
+    """The rows of `table` that pass `f`, and each filter's counts.
+
+    Each filter's mask is computed on the whole table and combined; the
+    table is filtered once at the end (filtering 60 columns per step would
+    cost more than every mask together)."""
     steps: list[Step] = []
+    keep = np.ones(table.num_rows, bool)
     for name, rule, mask_of in _masks(f):
-        before = table.num_rows
-        table = table.filter(mask_of(table))
-        steps.append(Step(name, rule, before, table.num_rows))
+        before = _count(keep)
+        keep &= _numpy(mask_of(table))
+        steps.append(Step(name, rule, before, _count(keep)))
     if f.iqs_max is not None:
         col = table.column(f.iqs_column)
-        unrated = col.is_null()
-        n_unrated = int(pc.sum(unrated).as_py() or 0)
-        passes = pc.less_equal(col, f.iqs_max)
-        keep = pc.if_else(unrated, f.keep_unrated, passes)
-        before = table.num_rows
-        table = table.filter(keep)
+        unrated = _numpy(col.is_null()) & keep
+        passes = _numpy(pc.fill_null(pc.less_equal(col, f.iqs_max), False)) & keep
+        before, n_unrated = _count(keep), _count(unrated)
+        keep = passes | unrated if f.keep_unrated else passes
         rule = f"{f.iqs_column} <= {f.iqs_max:g}" + (
             " or unrated (--keep-unrated)" if f.keep_unrated else "; unrated images dropped"
         )
-        above = before - n_unrated - int(pc.sum(pc.fill_null(passes, False)).as_py() or 0)
-        steps.append(Step("iqs", rule, before, table.num_rows,
-                          {"unrated": n_unrated, "unrated_dropped": 0 if f.keep_unrated
-                           else n_unrated, "above_threshold": above}))  # fmt: skip
-    return table, steps
+        detail = {"unrated": n_unrated, "unrated_dropped": 0 if f.keep_unrated else n_unrated,
+                  "above_threshold": before - n_unrated - _count(passes)}  # fmt: skip
+        steps.append(Step("iqs", rule, before, _count(keep), detail))
+    return table.filter(pa.array(keep)), steps
+
+
+def _numpy(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(mask, pa.ChunkedArray):
+        mask = mask.combine_chunks()
+    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), bool)
