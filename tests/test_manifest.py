@@ -408,3 +408,10 @@ def test_allow_empty_writes_an_empty_manifest(work, monkeypatch):
 def test_missing_index_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert "curate crawl" in _cli(["--iqs-max", "2.5"], code=2)
+
+
+def test_output_under_a_file_is_a_clear_error(work, monkeypatch):
+    monkeypatch.chdir(work)
+    (work / "blocker").write_text("")
+    out = _cli(["--iqs-max", "2.5", "--out", "blocker/m.parquet"], code=2)
+    assert "is a file, not a folder" in out

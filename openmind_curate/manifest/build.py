@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from openmind_curate import __version__
+from openmind_curate import __version__, preflight
 from openmind_curate import index as store
 from openmind_curate.manifest import filters as F
 from openmind_curate.manifest import openmind_csv, split, writers
@@ -254,9 +254,7 @@ def build(
         raise InputError(f"--format {fmt!r}: use one of {', '.join(writers.FORMATS)}")
     if not 0 <= val_fraction < 1:
         raise InputError(f"--val-fraction {val_fraction} must be at least 0 and below 1")
-    out = resolve_out(out, f, fmt, val_fraction, seed)
-    if out.is_dir():
-        raise InputError(f"--out {out} is a folder; give a file path")
+    out = preflight.output_file(resolve_out(out, f, fmt, val_fraction, seed))
     table, base, inputs = load(index_path, iqs_file, openmind_root)
     total = table.num_rows
     kept, steps = F.apply(table, f)
@@ -265,7 +263,6 @@ def build(
         raise EmptyManifestError(_empty_message(steps, total))
     split_col, split_counts = split.assign(kept, val_fraction, seed)
     manifest = validate(kept.append_column(MANIFEST.field("split"), split_col), MANIFEST)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         paths = writers.write_parquet(manifest, out)
     elif fmt == "nnssl":
