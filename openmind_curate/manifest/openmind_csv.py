@@ -215,11 +215,9 @@ def unique_ids(table: pa.Table) -> pa.Array:
     return pc.if_else(keep, ids, prefixed)
 
 
-def to_layout(table: pa.Table, out_dir: str, base: str) -> pa.Table:
+def to_layout(table: pa.Table, base: str) -> pa.Table:
     """A manifest (absolute paths) as the layout's columns, paths relative to
-    `base` (the corpus folder); `out_dir` is the CSV's folder (unused by the
-    paths, which the layout defines against the corpus folder)."""
-    del out_dir
+    `base`, the corpus folder (`corpus_base`)."""
     image_path = pc.binary_join_element_wise(table.column("dataset_id"), table.column("path"), "/")
     brain = table.column("is_brain_extracted")
     columns = {

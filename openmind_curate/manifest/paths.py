@@ -2,12 +2,17 @@
 
 The index stores ``root``, ``anat_mask_path`` and ``anon_mask_path`` relative
 to the index's folder; a manifest stores them relative to its own folder. With
-every mask path distinct, an ``os.path`` call per value costs seconds at the
-corpus's scale, so `rebase` works on whole columns: a stored path is already
-normal (``os.path.relpath`` output), so it is some leading ``../`` parts and a
-clean rest; the new prefix is computed once per distinct count of leading
-``../`` and joined to the rests in Arrow. Values that do not have that shape
-(absolute, ``.``, ``..`` inside) take the slow, exact path.
+every mask path distinct, an ``os.path`` call per value costs about half a
+second at the corpus's scale, so these work on whole Arrow columns:
+
+- `to_absolute`: a column with few distinct values (roots) maps each once;
+  otherwise a stored path is some leading ``../`` parts and a rest, and the
+  folder those parts lead to is computed once per count of them;
+- `relative_to`: one pass per ancestor of the target folder, deepest first
+  (the longest common prefix wins), as ``os.path.relpath`` would.
+
+Values of another shape (``.`` or ``..`` inside, ``//``) take the exact,
+slow way, so the result always equals ``os.path``'s (tests check it).
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ def write_nnssl(table: pa.Table, out: Path, collection_name: str) -> dict[str, A
 
 def write_openmind_csv(table: pa.Table, out: Path) -> dict[str, Any]:
     base = openmind_csv.corpus_base(table)
-    layout = openmind_csv.to_layout(table, str(out.parent), base)
+    layout = openmind_csv.to_layout(table, base)
     with atomic_path(out) as tmp:
         openmind_csv.write_csv(layout, tmp)
     rel = relative_to(pa.array([base]), str(out.parent))[0].as_py()
