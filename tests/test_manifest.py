@@ -415,3 +415,22 @@ def test_output_under_a_file_is_a_clear_error(work, monkeypatch):
     (work / "blocker").write_text("")
     out = _cli(["--iqs-max", "2.5", "--out", "blocker/m.parquet"], code=2)
     assert "is a file, not a folder" in out
+
+
+def test_every_option_reaches_the_filters(work, monkeypatch):
+    monkeypatch.chdir(work)
+    args = ["--iqs-max", "2", "--use-predicted-iqs", "--header-status", "any", "--keep-4d",
+            "--datasets", "dsB,dsC", "--exclude-datasets", "dsB", "--require-masks",
+            "--max-spacing", "2", "--val-fraction", "0.5", "--seed", "3",
+            "--format", "openmind-csv"]  # fmt: skip
+    path = Path(_cli(args).strip().splitlines()[-1])
+    assert path == work / "manifests" / (
+        "iqspred-le-2_ds-dsB-dsC_no-ds-dsB_sp-le-2_masks_hdr-any_with-4d_val-0.5_seed-3.csv"
+    )
+    side = json.loads(sidecar_path(path).read_text())
+    assert [s["filter"] for s in side["steps"]] == [
+        "datasets", "exclude_datasets", "max_spacing", "require_masks", "iqs"]  # fmt: skip
+    assert side["split"]["seed"] == 3 and side["split"]["val_subjects"] == 1
+    back = openmind_csv.read(path, work / "data")
+    assert set(back.column("image_id").to_pylist()) == {"dsC_c1", "dsC_c2"}
+    assert back.column("iqs").to_pylist() == [2.5, 4.0]  # the index's iqs, not the predicted

@@ -139,8 +139,8 @@ def nnssl_pretrain_data(
     - dataset: ``{"dataset_index": dataset_id, "name": null, "dataset_info":
       {"image_quality_score": [{"modality", "derived_from",
       "image_quality_score"}, ...]}, "subjects": {subject_id: ...}}``; the list
-      holds the first IQS of each (modality, derived_from) group, as the
-      converter's groupby does;
+      holds the first known IQS of each (modality, derived_from) group, as
+      the converter's ``groupby(...).first()`` does;
     - subject: ``{"subject_id": "sub-XX", "sessions": {...}, "subject_info":
       {age, sex, handedness, race, weight, bmi, health_status: known ones}}``;
     - session: ``{"session_id": "ses-YY" or "ses-DEFAULT", "session_info":
@@ -204,7 +204,8 @@ def nnssl_pretrain_data(
             },
         })  # fmt: skip
         key = (cols["modality"][i], cols["derived_from"][i])
-        groups[ds].setdefault(key, cols["iqs"][i])
+        if groups[ds].get(key) is None:  # pandas' groupby().first(): the first known value
+            groups[ds][key] = cols["iqs"][i]
     for ds, dataset in datasets.items():
         dataset["dataset_info"]["image_quality_score"] = [
             {"modality": m, "derived_from": d, "image_quality_score": v}
