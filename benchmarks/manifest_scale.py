@@ -8,7 +8,8 @@ index file through `openmind_curate.index` (paths stored relative to it).
 Then times:
 
 - the build in-process (`manifest.build.build`: read, filter, split, write
-  parquet + sidecar), best of 3;
+  parquet + sidecar), best of 3; then once each: the nnssl export, the
+  OpenMind CSV export of every row, and that CSV read back as `--index`;
 - the whole command from the shell (`curate build-manifest --iqs-max 2.5`,
   interpreter start-up included), best of 3, and ``import openmind_curate.cli``
   alone;
@@ -174,6 +175,19 @@ def main() -> None:
         kept = result.table.num_rows
         print(f"build (in-process): {t_build:.3f} s  -> {kept} images kept, "
               f"{result.split.val_subjects} val subjects  [target < 1 s]")  # fmt: skip
+
+        everything = F.Filters(header_status=None, keep_4d=True)
+        for fmt, name, kept_by in (("nnssl", "n/pretrain_data.json", F.Filters(iqs_max=2.5)),
+                                   ("openmind-csv", "om.csv", everything)):  # fmt: skip
+            t = time.perf_counter()
+            B.build(index_path, kept_by, work / "manifests" / name, fmt=fmt, command=[])
+            print(f"  --format {fmt} ({'--iqs-max 2.5' if kept_by.iqs_max else 'every row'}): "
+                  f"{time.perf_counter() - t:.2f} s")  # fmt: skip
+        t = time.perf_counter()
+        back = B.build(work / "manifests" / "om.csv", F.Filters(iqs_max=2.5),
+                       work / "manifests" / "from-csv.parquet", command=[])  # fmt: skip
+        print(f"  --index <OpenMind CSV of {back.total} rows> --iqs-max 2.5: "
+              f"{time.perf_counter() - t:.2f} s")  # fmt: skip
 
         def shell() -> None:
             subprocess.run([str(curate), "build-manifest", "--iqs-max", "2.5"], cwd=work,
