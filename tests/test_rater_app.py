@@ -8,6 +8,7 @@ raters alice (three items), bob (one item, to check isolation) and an admin.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -95,6 +96,15 @@ def site(site_template, tmp_path, monkeypatch) -> dict:
 
 
 # --- the app, through AppTest -------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """AppTest leaves the app script installed as ``__main__``; a later test that
+    spawns processes would then re-run the app in each child. Put it back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 def _app():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import queue
 import random
 import time
 import traceback
@@ -68,6 +69,25 @@ def _rater_process(db: str, token: str, proc: int, barrier, results) -> None:
         results.put((proc, None, None, traceback.format_exc()))
 
 
+def _collect(procs, results, timeout: float = 300.0) -> list:
+    """One result per process; a process that died without one (killed, or
+    failed to start) fails the test at once, with its exit code."""
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < len(procs):
+        try:
+            out.append(results.get(timeout=1))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if not p.is_alive()]
+            if len(dead) == len(procs) and results.empty():
+                time.sleep(1)  # a result put just before exiting may still be in the pipe
+                if results.empty():
+                    pytest.fail(f"{len(procs) - len(out)} process(es) ended without a result; "
+                                f"exit codes {dead}")  # fmt: skip
+            if time.monotonic() > deadline:
+                pytest.fail(f"no result from {len(procs) - len(out)} process(es) in {timeout} s")
+    return out
+
+
 def _store_with_raters(db: str) -> dict[str, str]:
     engine = store.connect(db)
     raters = [f"rater-{k}" for k in range(N_RATERS)]
@@ -96,7 +116,7 @@ def test_eight_processes_race_and_double_click(ratings_db):
     for p in procs:
         p.start()
     try:
-        out = [results.get(timeout=300) for _ in procs]
+        out = _collect(procs, results)
     finally:
         for p in procs:
             p.join(timeout=60)
@@ -189,7 +209,7 @@ def test_eight_processes_open_a_new_database_at_once(ratings_db):
              for _ in range(N_PROCS)]  # fmt: skip
     for p in procs:
         p.start()
-    errors = [e for e in (results.get(timeout=300) for _ in procs) if e]
+    errors = [e for e in _collect(procs, results) if e]
     for p in procs:
         p.join(timeout=60)
     assert not errors, "\n".join(errors)
