@@ -31,6 +31,7 @@ runner = CliRunner()
 JOBS = JobOptions(workers=2, progress=False)
 FAST_DWI = ["--denoise", "none", "--no-gibbs", "--no-motion", "--no-bias"]
 STAGE = ["anat_mask_path", "anon_mask_path", "is_brain_extracted"]
+IQS_COLUMNS = ["iqs", "iqs_image", "iqs_predicted"]
 
 
 def _cli(*args: str) -> str:
@@ -188,7 +189,7 @@ def _rows(specs):
 
 
 def test_merge_crawl_follows_one_rule_for_every_stage_column():
-    assert set(stage_columns(IMAGE_INDEX)) == {"derived_from", *STAGE}
+    assert set(stage_columns(IMAGE_INDEX)) == {"derived_from", *STAGE, *IQS_COLUMNS}
     old = _rows([
         ("a", 10, 1, None, "/m/a"),   # unchanged
         ("b", 10, 1, None, "/m/b"),   # changed mtime
@@ -341,3 +342,15 @@ def test_a_dataset_renamed_by_a_new_duplicate_gets_its_new_id_on_every_row(corpu
     for row in frame.itertuples():
         assert row.image_id == image_id(row.dataset_id, row.path)
     assert both.n_headers_read == first.n_images  # siteA's headers reused, siteB's read
+
+
+def test_index_from_before_a_stage_reads_with_its_columns_empty(tmp_path):
+    """An index written before the IQS stage existed has no IQS columns."""
+    path = tmp_path / "images.parquet"
+    with store.locked(path):
+        store.write(path, _rows([("a", 10, 1, None, None)]))
+    old = pq.read_table(path)
+    pq.write_table(old.drop_columns(IQS_COLUMNS), path)
+    table = store.read(path)
+    assert table.schema.names == IMAGE_INDEX.names
+    assert all(table.column(c).null_count == 1 for c in IQS_COLUMNS)
