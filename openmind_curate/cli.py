@@ -463,23 +463,33 @@ def demo(
 
     Today: synth (a generated corpus), crawl (the image index), dwi (FA, MD
     and T2w maps of every DWI series, added to the index), masks (anatomy and
-    anonymization masks, paths in the index), metrics (quality table) and
-    ratings (an assignment plan filled by simulated raters, with agreement).
+    anonymization masks, paths in the index), metrics (quality table),
+    ratings (an assignment plan filled by simulated raters, with agreement),
+    iqs (the paper's score, and one predicted per image from the metrics),
+    build-manifest --iqs-max 2.5 and report (an HTML overview).
     """
     out = preflight.output_dir(out)
     index = out / "index" / "images.parquet"
-    console.rule("[bold]1/6 synth: generated BIDS corpus")
+    console.rule("[bold]1/9 synth: generated BIDS corpus")
     synth(out / "corpus", workers=workers, quiet=quiet)
-    console.rule("[bold]2/6 crawl: image index")
+    console.rule("[bold]2/9 crawl: image index")
     crawl([out / "corpus"], out=index, workers=workers, quiet=quiet)
-    console.rule("[bold]3/6 dwi: FA, MD and T2w maps")
+    console.rule("[bold]3/9 dwi: FA, MD and T2w maps")
     dwi(None, out=out / "derivatives" / "dwi", index=index, workers=workers, quiet=quiet)
-    console.rule("[bold]4/6 masks: anatomy and anonymization masks")
+    console.rule("[bold]4/9 masks: anatomy and anonymization masks")
     masks(index=index, out=out / "derivatives" / "masks", workers=workers, quiet=quiet)
-    console.rule("[bold]5/6 metrics: automatic quality metrics")
+    console.rule("[bold]5/9 metrics: automatic quality metrics")
     metrics(index=index, out=out / "metrics" / "metrics.parquet", workers=workers, quiet=quiet)
-    console.rule("[bold]6/6 ratings: assignment plan filled by SIMULATED raters")
+    console.rule("[bold]6/9 ratings: assignment plan filled by SIMULATED raters")
     cli_ratings.demo_ratings(index, out / "corpus" / "truth" / "images.parquet")
+    console.rule("[bold]7/9 iqs: Image Quality Score (from the simulated ratings)")
+    cli_ratings.iqs(index=index, out=out / "iqs" / "iqs.parquet", model=True,
+                    metrics=out / "metrics" / "metrics.parquet")  # fmt: skip
+    console.rule("[bold]8/9 build-manifest --iqs-max 2.5")
+    manifest = out / "manifests" / "iqs-le-2.5.parquet"
+    cli_manifest.build_manifest(iqs_max="2.5", index=index, out=manifest)
+    console.rule("[bold]9/9 report: dataset overview")
+    cli_report.report(index=index, manifest=manifest, out=out / "report")
     console.rule("[bold green]demo finished")
 
 

@@ -51,50 +51,50 @@ def _iqs_table(path: Path):
     return frame.assign(iqs=scores)
 
 
+@user_errors
+def report(
+    index: Annotated[
+        Path, typer.Option("--index", help="Image index (from `curate crawl`).")
+    ] = DEFAULT_INDEX,
+    iqs: Annotated[
+        Path | None,
+        typer.Option(
+            "--iqs",
+            help="IQS table (parquet or CSV with image_id, iqs): replaces the index's iqs column.",
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="A manifest (parquet or CSV with image_id): marks the images it kept.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for index.html and its PNG figures.")
+    ] = Path("report"),
+) -> None:
+    """Write a static HTML overview of the index: images per modality, the
+    cumulative images over datasets, metadata, the IQS and the top datasets."""
+    from openmind_curate.manifest.report import write_report
+
+    frame = store.read_frame(index)
+    iqs_frame = _iqs_table(iqs) if iqs is not None else None
+    kept = read_table(manifest, "manifest", ("image_id",)) if manifest is not None else None
+    folder = preflight.output_dir(out)
+    sources = {"index": str(Path(index).resolve())}
+    if iqs is not None:
+        sources["IQS"] = str(iqs.resolve())
+    if manifest is not None:
+        sources["manifest"] = str(manifest.resolve())
+    page = write_report(frame, folder, iqs=iqs_frame, manifest=kept, sources=sources)
+    console.print(
+        f"report of {plural(len(frame), 'image')} from "
+        f"{plural(frame['dataset_id'].nunique(), 'dataset')} written:"
+    )
+    print(page)  # plain stdout: whole, for a script or a browser
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to `app`."""
-
-    @app.command("report")
-    @user_errors
-    def report(
-        index: Annotated[
-            Path, typer.Option("--index", help="Image index (from `curate crawl`).")
-        ] = DEFAULT_INDEX,
-        iqs: Annotated[
-            Path | None,
-            typer.Option(
-                "--iqs",
-                help="IQS table (parquet or CSV with image_id, iqs): "
-                "replaces the index's iqs column.",
-            ),
-        ] = None,
-        manifest: Annotated[
-            Path | None,
-            typer.Option(
-                "--manifest",
-                help="A manifest (parquet or CSV with image_id): marks the images it kept.",
-            ),
-        ] = None,
-        out: Annotated[
-            Path, typer.Option("--out", help="Folder for index.html and its PNG figures.")
-        ] = Path("report"),
-    ) -> None:
-        """Write a static HTML overview of the index: images per modality, the
-        cumulative images over datasets, metadata, the IQS and the top datasets."""
-        from openmind_curate.manifest.report import write_report
-
-        frame = store.read_frame(index)
-        iqs_frame = _iqs_table(iqs) if iqs is not None else None
-        kept = read_table(manifest, "manifest", ("image_id",)) if manifest is not None else None
-        folder = preflight.output_dir(out)
-        sources = {"index": str(Path(index).resolve())}
-        if iqs is not None:
-            sources["IQS"] = str(iqs.resolve())
-        if manifest is not None:
-            sources["manifest"] = str(manifest.resolve())
-        page = write_report(frame, folder, iqs=iqs_frame, manifest=kept, sources=sources)
-        console.print(
-            f"report of {plural(len(frame), 'image')} from "
-            f"{plural(frame['dataset_id'].nunique(), 'dataset')} written:"
-        )
-        print(page)  # plain stdout: whole, for a script or a browser
+    app.command("report")(report)

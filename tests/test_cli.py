@@ -85,6 +85,15 @@ def test_demo_runs_the_existing_stages(tmp_path):
     dwi_units = rated[rated["image_id"].isin(maps["derived_from"])]  # under the source's id
     assert len(dwi_units) and dwi_units["artifact_level"].isna().all()
     assert not rated["image_id"].isin(maps["image_id"]).any()  # never under a map's id
+    # steps 7-9: scores in the index, the manifest, the report
+    scored = pq.read_table(tmp_path / "index" / "images.parquet").to_pandas()
+    readable = scored[scored["header_status"] == "ok"]
+    assert readable["iqs"].notna().all() and readable["iqs_predicted"].notna().any()
+    manifest = pq.read_table(tmp_path / "manifests" / "iqs-le-2.5.parquet").to_pandas()
+    assert len(manifest) and (manifest["iqs"] <= 2.5).all() and set(manifest["split"]) == {
+        "train", "val"}  # fmt: skip
+    assert (tmp_path / "manifests" / "iqs-le-2.5.json").is_file()
+    assert (tmp_path / "report" / "index.html").is_file()
 
 
 def test_index_summary_and_clear_errors(tmp_path, corpus):
