@@ -1,0 +1,483 @@
+"""The MAE pre-training loop: single process or DDP under torchrun, exact resume.
+
+Recipe (the paper's, after nnssl): SGD with Nesterov momentum 0.99, lr 1e-2,
+weight decay 3e-5, PolyLR (exponent 0.9, stepped per epoch as nnssl does),
+gradient norm clipped at 12 (nnssl), 1000 epochs of 250 steps, global batch 8.
+
+The data come through an abstraction, so tests pass an in-memory fake and the
+CLI the store's loader: `batches(step, rank, world) -> dict` (the loader
+contract's `sample_batch`, partially applied: a dict with `image` (b,1,p,p,p),
+`anon` (b,1,p,p,p) and `index`, the global sample indices), or `stream(start,
+rank, world) -> Iterator[dict]` (the same batches from `make_loader`, with
+worker processes). A batch is a pure function of its step, and masks are
+seeded by (seed, step, global sample index): a resumed run sees the very
+batches and masks it would have seen, and the checkpoint carries every other
+state (model, optimizer, scheduler, scaler, RNGs), so a resume on the CPU is
+bit-exact.
+
+DDP: when WORLD_SIZE > 1 (torchrun) the process group starts from the
+environment (gloo on the CPU, NCCL on GPUs); `global_batch` is split evenly
+over the ranks; rank 0 logs, validates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
+from openmind_curate.train import models
+from openmind_curate.train.checkpoint import (
+    CheckpointError,
+    config_hash,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from openmind_curate.train.mae import VAL_STREAM, apply_mask, batch_masks, mae_loss
+
+Batch = dict[str, Any]
+BatchFn = Callable[[int, int, int], Batch]
+StreamFn = Callable[[int, int, int], Iterator[Batch]]
+
+AMP_MODES = ("none", "bf16", "fp16")
+#: Options that do not change the trajectory: a resume may change them.
+UNHASHED = frozenset({"out", "resume", "stop_after", "val_every", "checkpoint_every",
+                      "progress", "compile", "device"})  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    arch: str = "resenc-l"
+    method: str = "mae"
+    patch: int = 160
+    global_batch: int = 8
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    lr: float = 1e-2
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9
+    grad_clip: float = 12.0  # max gradient norm (nnssl); 0 = off
+    mask_block: int = 16
+    mask_ratio: float = 0.75
+    anon_aware: bool = False
+    amp: str = "none"  # none | bf16 | fp16 (fp16 with a GradScaler, CUDA only)
+    compile: str = ""  # "" or a torch.compile backend ("inductor")
+    seed: int = 0
+    val_every: int = 1  # epochs between validations (0: only at the end)
+    checkpoint_every: int = 0  # steps between checkpoints (0: at each epoch end)
+    resume: bool = False
+    stop_after: int | None = None  # stop (with a checkpoint) after this many steps in all
+    spacing: tuple[float, float, float] | str = (1.0, 1.0, 1.0)
+    normalization: str = "zscore"
+    data: str = ""  # a fingerprint of the training data (part of the hash)
+    progress: bool = True
+    device: str = ""  # "" = cuda:LOCAL_RANK when CUDA is available, else cpu
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.iters_per_epoch
+
+    def hashed(self) -> dict[str, Any]:
+        """The options that shape the trajectory (JSON round-tripped)."""
+        kept = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in UNHASHED}
+        return json.loads(json.dumps(kept, default=str))
+
+    def check(self) -> None:
+        models.arch_config(self.arch)
+        if self.method != "mae":
+            raise ValueError(f"unknown method {self.method!r}; only 'mae' is implemented")
+        div = models.arch_config(self.arch).divisor
+        if self.patch < div or self.patch % div:
+            raise ValueError(f"--patch {self.patch}: {self.arch} needs a multiple of {div}")
+        for name in ("global_batch", "epochs", "iters_per_epoch", "mask_block"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"--amp {self.amp!r}: choose one of {', '.join(AMP_MODES)}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask ratio must be in (0, 1), got {self.mask_ratio}")
+
+
+@dataclass
+class RunResult:
+    out: Path
+    steps: int  # steps done in all (including those before a resume)
+    complete: bool
+    loss: float | None  # the last step's loss
+    val_loss: float | None  # the last validation loss
+    seconds: float  # this process's training time
+    resumed_from: int = 0
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class PolyLR(LRScheduler):
+    """lr = base * (1 - epoch / epochs) ** exponent, stepped once per training step
+    (the epoch is step // iters_per_epoch, so the lr changes at epoch starts)."""
+
+    def __init__(self, optimizer, epochs: int, iters_per_epoch: int, exponent: float = 0.9,
+                 last_epoch: int = -1) -> None:  # fmt: skip
+        self.epochs, self.iters_per_epoch, self.exponent = epochs, iters_per_epoch, exponent
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        epoch = min(max(step, 0) // self.iters_per_epoch, self.epochs)
+        return (1.0 - epoch / self.epochs) ** self.exponent
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+
+# --- distributed -----------------------------------------------------------------
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    created: bool = False
+
+
+def _dist_setup() -> _Dist:
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    created = False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)  # env:// (MASTER_ADDR, RANK, ...)
+        created = True
+    return _Dist(rank=dist.get_rank(), world=dist.get_world_size(),
+                 local_rank=int(os.environ.get("LOCAL_RANK", "0")), created=created)  # fmt: skip
+
+
+def _mean_over_ranks(value: torch.Tensor, ctx: _Dist) -> torch.Tensor:
+    if ctx.world == 1:
+        return value
+    import torch.distributed as dist
+
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / ctx.world
+
+
+# --- logging ---------------------------------------------------------------------
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash
+                break
+    return out
+
+
+def plot_losses(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """The loss curve (per step, per-epoch mean, validation) as a PNG."""
+    if not records:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps = np.array([r["step"] for r in records])
+    losses = np.array([r["loss"] for r in records], dtype=float)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(steps, losses, lw=0.5, alpha=0.4, color="tab:blue", label="train (step)")
+    epochs = np.array([r["epoch"] for r in records])
+    ends = [int(steps[epochs == e].max()) for e in np.unique(epochs)]
+    means = [float(losses[epochs == e].mean()) for e in np.unique(epochs)]
+    ax.plot(ends, means, lw=1.5, color="tab:blue", label="train (epoch mean)")
+    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    if val:
+        vs, vl = zip(*val, strict=True)
+        ax.plot(vs, vl, "o-", color="tab:orange", ms=3, label="validation")
+    if np.all(losses > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MAE loss (masked MSE)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+class _Progress:
+    """One line: rewritten in place on a terminal, printed per epoch otherwise."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+        self.tty = enabled and sys.stderr.isatty()
+        self.t0, self.n = time.perf_counter(), 0
+
+    def update(self, rec: dict[str, Any], epochs: int, epoch_end: bool) -> None:
+        if not self.enabled:
+            return
+        self.n += 1
+        rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
+        val = f" val {rec['val_loss']:.4g}" if rec.get("val_loss") is not None else ""
+        line = (f"epoch {rec['epoch'] + 1}/{epochs} step {rec['step'] + 1}/{self.total} "
+                f"loss {rec['loss']:.4g}{val} lr {rec['lr']:.3g} {rate:.2f} steps/s")  # fmt: skip
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(100)[:120] + ("\n" if epoch_end and val else ""))
+            sys.stderr.flush()
+        elif epoch_end:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+# --- the loop --------------------------------------------------------------------
+
+
+def _device(config: TrainConfig, ctx: _Dist) -> torch.device:
+    if config.device:
+        return torch.device(config.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", ctx.local_rank)
+    return torch.device("cpu")
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.amp == "none":
+        return nullcontext()
+    dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t.to(device, non_blocking=True)
+
+
+def validate(model: nn.Module, val: list[Batch], config: TrainConfig,
+             device: torch.device) -> float:  # fmt: skip
+    """Mean MAE loss over fixed validation patches with fixed masks."""
+    net = models.unwrap(model)
+    was_training = net.training
+    net.eval()
+    losses = []
+    offset = 0
+    with torch.no_grad():
+        for batch in val:
+            image = _to(batch["image"], device)
+            n = image.shape[0]
+            mask = batch_masks(image.shape[2:], range(offset, offset + n), 0, config.seed,
+                               config.mask_block, config.mask_ratio, stream=VAL_STREAM,
+                               device=device)  # fmt: skip
+            offset += n
+            anon = _to(batch["anon"], device) if config.anon_aware else None
+            with _autocast(config, device):
+                pred = net(apply_mask(image, mask))
+            losses.append(float(mae_loss(pred.float(), image, mask, anon)))
+    net.train(was_training)
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _freeze_unused_heads(model: nn.Module) -> None:
+    """Without deep supervision the decoder uses only its last segmentation layer;
+    the others never get a gradient, which DDP (find_unused_parameters=False)
+    would wait for. They are frozen (SGD skips them either way)."""
+    heads = getattr(getattr(model, "decoder", None), "seg_layers", None)
+    if heads is not None and not getattr(model.decoder, "deep_supervision", False):
+        for head in list(heads)[:-1]:
+            head.requires_grad_(False)
+
+
+def train(
+    config: TrainConfig,
+    batches: BatchFn | None = None,
+    val: list[Batch] | None = None,
+    *,
+    stream: StreamFn | None = None,
+    after_backward: Callable[[int, nn.Module], None] | None = None,
+) -> RunResult:
+    """Run (or resume) MAE pre-training; see the module docstring."""
+    if (batches is None) == (stream is None):
+        raise ValueError("give exactly one of `batches` and `stream`")
+    config.check()
+    ctx = _dist_setup()
+    try:
+        return _train(config, batches, val, stream, after_backward, ctx)
+    finally:
+        if ctx.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResult:
+    if config.global_batch % ctx.world:
+        raise ValueError(f"global batch {config.global_batch} does not split over "
+                         f"{ctx.world} ranks")  # fmt: skip
+    out = Path(config.out)
+    main = ctx.rank == 0
+    ckpt_path, log_path = out / "checkpoint.pt", out / "log.jsonl"
+    device = _device(config, ctx)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    hashed = config.hashed()
+    chash = config_hash(hashed)
+    if ckpt_path.exists() and not config.resume:
+        raise CheckpointError(f"{out} already holds a checkpoint ({ckpt_path.name}); "
+                              "pass --resume to continue it, or choose another --out")  # fmt: skip
+    blob = load_checkpoint(ckpt_path, chash, hashed) if config.resume else None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)  # noqa: NPY002 - for code using the global RNG
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = models.build(config.arch).to(device)
+    _freeze_unused_heads(model)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          nesterov=True, weight_decay=config.weight_decay)  # fmt: skip
+    sched = PolyLR(opt, config.epochs, config.iters_per_epoch, config.poly_exponent)
+    scaler = None
+    if config.amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+        scaler = torch.amp.GradScaler("cuda")
+
+    start = 0
+    if blob is not None:
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["scheduler"])
+        if scaler is not None and blob.get("scaler") is not None:
+            scaler.load_state_dict(blob["scaler"])
+        set_rng_state(blob["rng"])
+        start = int(blob["step"])
+    records = [r for r in _read_log(log_path) if r["step"] < start] if blob else []
+    if main:
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(out / "config.json", json.dumps(
+            {**asdict(config), "config_hash": chash}, indent=2, default=str) + "\n")  # fmt: skip
+
+    net: nn.Module = model
+    if ctx.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net, backend=config.compile)
+
+    def checkpoint(step: int) -> None:
+        if main:
+            save_checkpoint(ckpt_path, {
+                "config": hashed, "config_hash": chash, "step": step,
+                "model": models.unwrap(net).state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_state(),
+            })  # fmt: skip
+
+    total = config.total_steps
+    end = total if config.stop_after is None else min(total, config.stop_after)
+    every = config.checkpoint_every or config.iters_per_epoch
+    progress = _Progress(config.progress and main, total)
+    it = stream(start, ctx.rank, ctx.world) if stream is not None else None
+    last_loss: float | None = None
+    last_val: float | None = None
+    t_run = time.perf_counter()
+    log = open(log_path, "a") if main else None  # noqa: SIM115 - closed in finally
+    try:
+        net.train()
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            batch = next(it) if it is not None else batches(step, ctx.rank, ctx.world)
+            image = _to(batch["image"], device)
+            mask = batch_masks(image.shape[2:], batch["index"], step, config.seed,
+                               config.mask_block, config.mask_ratio, device=device)  # fmt: skip
+            anon = _to(batch["anon"], device) if config.anon_aware else None
+            lr = opt.param_groups[0]["lr"]
+            with _autocast(config, device):
+                pred = net(apply_mask(image, mask))
+            loss = mae_loss(pred.float(), image, mask, anon)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if after_backward is not None:
+                after_backward(step, net)
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            sched.step()
+            last_loss = float(_mean_over_ranks(loss.detach(), ctx))
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"loss is {last_loss} at step {step}; "
+                                         "try a lower --lr or --amp bf16")  # fmt: skip
+            epoch, done = step // config.iters_per_epoch, step + 1
+            epoch_end = done % config.iters_per_epoch == 0
+            rec: dict[str, Any] = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr,
+                                   "seconds": round(time.perf_counter() - t0, 4)}  # fmt: skip
+            due = config.val_every and epoch_end and (epoch + 1) % config.val_every == 0
+            if val and main and (due or done == total):
+                rec["val_loss"] = last_val = validate(net, val, config, device)
+            if log is not None:
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            records.append(rec)
+            progress.update(rec, config.epochs, epoch_end)
+            if done % every == 0 or epoch_end or done == end:
+                checkpoint(done)
+    finally:
+        progress.close()
+        if log is not None:
+            log.close()
+
+    steps = max(start, end)
+    complete = steps >= total
+    files: dict[str, Path] = {"checkpoint": ckpt_path, "log": log_path}
+    if main:
+        png = plot_losses(records, out / "loss.png")
+        if png is not None:
+            files["loss_png"] = png
+        spacing = config.spacing if isinstance(config.spacing, str) else tuple(config.spacing)
+        meta = models.EncoderMeta(
+            arch=config.arch, patch_size=(config.patch,) * 3, spacing=spacing,
+            normalization=config.normalization, method=config.method,
+            extra={"config_hash": chash, "steps": steps, "complete": complete,
+                   "mask_block": config.mask_block, "mask_ratio": config.mask_ratio,
+                   "anon_aware": config.anon_aware},
+        )  # fmt: skip
+        files["encoder"] = models.save_encoder(net, out / "encoder.pt", meta)
+    return RunResult(out=out, steps=steps, complete=complete, loss=last_loss, val_loss=last_val,
+                     seconds=time.perf_counter() - t_run, resumed_from=start,
+                     files=files)  # fmt: skip
