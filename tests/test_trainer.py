@@ -281,3 +281,50 @@ def test_bf16_autocast_and_compile_on_cpu(tmp_path):
     assert result.complete and np.isfinite(losses(tmp_path / "bf16")).all()
     keys = load_checkpoint(tmp_path / "bf16" / "checkpoint.pt")["model"].keys()
     assert keys == models.build("tiny").state_dict().keys()
+
+
+# --- the CLI ---------------------------------------------------------------------
+
+
+def cli(args: list[str]):
+    import typer
+    from typer.testing import CliRunner
+
+    from openmind_curate import cli_train
+
+    app = typer.Typer()
+    cli_train.register(app)
+    app.command("noop", hidden=True)(lambda: None)  # two commands: `train` stays a subcommand
+    return CliRunner().invoke(app, ["train", *args], env={"COLUMNS": "200"})
+
+
+def test_cli_resenc_l_on_a_cpu_is_a_clear_message(tmp_path, monkeypatch):
+    from openmind_curate import cli_train
+
+    manifest = tmp_path / "iqs-le-2.5.parquet"
+    manifest.write_bytes(b"")  # never read: the device check comes first
+    monkeypatch.setattr(cli_train, "_cuda", lambda: False)
+    result = cli(["--manifest", str(manifest)])
+    assert result.exit_code == 2, result.output
+    assert "needs a CUDA GPU" in result.output and "--arch tiny" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "iqs-le-2.5.store").exists()
+
+
+def test_cli_input_errors(tmp_path, monkeypatch):
+    from openmind_curate import cli_train
+
+    monkeypatch.setattr(cli_train, "_cuda", lambda: False)
+    missing = cli(["--manifest", str(tmp_path / "none.parquet"), "--arch", "tiny"])
+    assert missing.exit_code == 2 and "file not found" in missing.output
+    manifest = tmp_path / "m.parquet"
+    manifest.write_bytes(b"")
+    base = ["--manifest", str(manifest), "--arch", "tiny", "--out", str(tmp_path / "run")]
+    bad_patch = cli([*base, "--patch", "30"])
+    assert bad_patch.exit_code == 2 and "multiple of 4" in bad_patch.output
+    no_store = cli([*base, "--patch", "32", "--store", str(tmp_path / "nostore")])
+    assert no_store.exit_code == 2 and "curate preprocess" in no_store.output
+    (tmp_path / "run").mkdir(exist_ok=True)
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"x")
+    taken = cli([*base, "--patch", "32"])
+    assert taken.exit_code == 2 and "--resume" in taken.output
