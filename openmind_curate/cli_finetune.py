@@ -92,9 +92,9 @@ def finetune(
         patch=patch, batch=batch, iters_per_epoch=iters_per_epoch, lr=lr, stage_len=stage_len,
         seed=seed, spacing=spacing, val_fraction=val_fraction, quiet=quiet,
     )  # fmt: skip
-    check(config)
+    source = check(config)
     out = config.out = preflight.output_dir(out)
-    result = run_finetune(config, echo=lambda s: console.print(s, highlight=False))
+    result = run_finetune(config, source=source, echo=lambda s: console.print(s, highlight=False))
     table = Table(title=f"Validation Dice ({len(result.per_case)} case(s))", title_justify="left")
     table.add_column("case")
     names = list(result.dice)

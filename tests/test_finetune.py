@@ -324,6 +324,17 @@ def test_cli_errors(cli, nnunet_dir, tmp_path, monkeypatch):
     r = runner.invoke(cli, ["finetune", "--data", str(nnunet_dir), "--out", out,
                             "--pretrained", str(bad)])  # fmt: skip
     assert r.exit_code == 2 and "bad.pt" in r.output
+    r = runner.invoke(cli, ["finetune", "--data", str(nnunet_dir), "--out", out, "--arch",
+                            "tiny", "--patch", "18"])  # fmt: skip
+    assert r.exit_code == 2 and "multiple of 4" in r.output
+    one = tmp_path / "one"
+    for sub in ("imagesTr", "labelsTr"):
+        (one / sub).mkdir(parents=True)
+    (one / "dataset.json").write_text((nnunet_dir / "dataset.json").read_text())
+    for name in ("imagesTr/toy_000_0000.nii.gz", "labelsTr/toy_000.nii.gz"):
+        (one / name).write_bytes((nnunet_dir / name).read_bytes())
+    r = runner.invoke(cli, ["finetune", "--data", str(one), "--out", out, "--arch", "tiny"])
+    assert r.exit_code == 2 and "at least 2 labelled cases" in r.output
     assert not (tmp_path / "run").exists()  # nothing written before the checks pass
 
 

@@ -245,9 +245,11 @@ def _encoder_meta(config: FinetuneConfig, device: torch.device) -> models.Encode
     return meta
 
 
-def preflight(config: FinetuneConfig) -> None:
-    """The checks that need no data: schedule and stage length, architecture,
-    resenc-l on a CPU-only machine, the encoder file; InputError when wrong."""
+def preflight(config: FinetuneConfig) -> segdata.SegSource:
+    """Every check before a run writes anything: schedule and stage length,
+    architecture, resenc-l on a CPU-only machine, the encoder file, the patch,
+    the data folder and its cases (at least 2); InputError when wrong. Returns
+    the data source (cases found, not read yet)."""
     if config.schedule not in schedules.SCHEDULES:
         raise InputError(f"--schedule {config.schedule}: choose one of "
                          f"{', '.join(schedules.SCHEDULES)}")  # fmt: skip
@@ -264,12 +266,21 @@ def preflight(config: FinetuneConfig) -> None:
         raise InputError(f"--arch {config.arch}: choose one of {', '.join(sorted(models.ARCHS))}")
     device = _device(config.device)
     if config.pretrained is None:
-        if (config.arch or "resenc-l") == "resenc-l" and device.type == "cpu":
+        arch = config.arch or "resenc-l"
+        if arch == "resenc-l" and device.type == "cpu":
             raise InputError(cpu_resenc_message())
+        patch = _patch3(config.patch or DEFAULT_PATCH[arch])
     else:
-        _encoder_meta(config, device)
+        meta = _encoder_meta(config, device)
+        arch, patch = meta.arch, _patch3(config.patch or meta.patch_size)
+    div = models.arch_config(arch).divisor
+    if any(p < 1 or p % div for p in patch):
+        raise InputError(f"--patch {patch}: each edge must be a multiple of {div} for {arch}")
     if not Path(config.data).is_dir():
         raise InputError(f"--data {config.data}: not a folder")
+    source = segdata.read_source(Path(config.data))
+    segdata.split_cases([c.case_id for c in source.cases], config.val_fraction, config.seed)
+    return source
 
 
 def build_model(config: FinetuneConfig, n_classes: int, in_channels: int) -> Setup:
@@ -351,14 +362,14 @@ def finetune(
 ) -> FinetuneResult:
     """Train, validate, and write RUN/log.jsonl, RUN/metrics.json, RUN/model.pt.
 
-    `source` and `data` (from `load_data`) skip reading the data folder again.
+    `source` (from `preflight`) skips the checks; `data` (from `load_data`)
+    skips reading the cases again.
     """
     if config.quiet:
         echo = _silent
     echo = echo or print
     if source is None:
-        preflight(config)
-        source = segdata.read_source(Path(config.data))
+        source = preflight(config)
     setup = build_model(config, source.n_classes, source.channels)
     if data is None:
         data = load_data(source, setup.spacing, setup.normalization, config.val_fraction,
