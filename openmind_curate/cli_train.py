@@ -191,7 +191,8 @@ def train_cmd(
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     state = "done" if result.complete else "stopped"
-    _say(f"{state}: {result.steps} of {config.total_steps} steps, loss {result.loss:.4g}"
+    loss = "" if result.loss is None else f", loss {result.loss:.4g}"
+    _say(f"{state}: {result.steps} of {config.total_steps} steps{loss}"
          + (f", validation loss {result.val_loss:.4g}" if result.val_loss is not None else "")
          + f"; run folder {escape(str(result.out))}")  # fmt: skip
     for name, path in result.files.items():

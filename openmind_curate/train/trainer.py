@@ -464,6 +464,10 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
 
     steps = max(start, end)
     complete = steps >= total
+    if records:  # also after a resume with nothing left to do
+        last_loss = records[-1]["loss"]
+        vals = [r["val_loss"] for r in records if r.get("val_loss") is not None]
+        last_val = vals[-1] if vals else None
     files: dict[str, Path] = {"checkpoint": ckpt_path, "log": log_path}
     if main:
         png = plot_losses(records, out / "loss.png")
