@@ -197,6 +197,10 @@ def train_cmd(
          + f"; run folder {escape(str(result.out))}")  # fmt: skip
     for name, path in result.files.items():
         _say(f"  {name}: {escape(str(path))}")
+    if result.signal is not None:
+        _say(f"stopped by signal {result.signal} after step {result.steps}; the same command "
+             "with --resume continues")  # fmt: skip
+        raise typer.Exit(128 + result.signal)
 
 
 def _loader(data, config, workers: int | None, val_patches: int):

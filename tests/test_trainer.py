@@ -328,3 +328,85 @@ def test_cli_input_errors(tmp_path, monkeypatch):
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"x")
     taken = cli([*base, "--patch", "32"])
     assert taken.exit_code == 2 and "--resume" in taken.output
+
+
+def write_manifest(tmp: Path) -> Path:
+    """Three 40^3 1 mm volumes (2 train, 1 val; one with an anonymization mask)
+    in a schema-valid parquet manifest."""
+    from openmind_curate.manifest.writers import write_parquet
+    from openmind_curate.nifti_io import save_nifti
+    from openmind_curate.schema import MANIFEST, rows_to_table
+
+    rows = []
+    for i, split in enumerate(["train", "train", "val"]):
+        vol = FakeBatches(1, patch=40, seed=i).volume(0, 0)[0] + 3.0
+        save_nifti(vol, np.eye(4), tmp / f"sub-{i}_T1w.nii.gz")
+        anon = None
+        if i == 0:
+            face = np.zeros((40, 40, 40), np.float32)
+            face[:, :8] = 1
+            save_nifti(face, np.eye(4), tmp / "sub-0_anon.nii.gz")
+            anon = str(tmp / "sub-0_anon.nii.gz")
+        rows.append({
+            "image_id": f"img{i}", "dataset_id": "ds000001", "subject": f"{i:02d}",
+            "suffix": "T1w", "extension": ".nii.gz", "modality": "T1w",
+            "is_derivative": False, "root": str(tmp), "path": f"sub-{i}_T1w.nii.gz",
+            "size_bytes": 1, "header_status": "ok", "group_n_rated": 0, "split": split,
+            "anat_mask_path": None, "anon_mask_path": anon,
+        })  # fmt: skip
+    (tmp / "manifests").mkdir()
+    path = tmp / "manifests" / "iqs-le-2.5.parquet"
+    write_parquet(rows_to_table(rows, MANIFEST), path)
+    return path
+
+
+def test_cli_trains_on_the_default_store(tmp_path, monkeypatch):
+    """`curate train` end to end on the tiny network: the manifest preprocessed
+    into <manifest stem>.store, the store's loader, validation on its val split.
+    --compile is only checked to be accepted (torch.compile patched to its
+    "eager" backend: inductor's CPU warm-up is ~40 s here)."""
+    pytest.importorskip("blosc2")
+    pytest.importorskip("openmind_curate.train.loader")  # engineer P's, landing separately
+    from openmind_curate import cli_train
+
+    monkeypatch.setattr(cli_train, "_cuda", lambda: False)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, backend=None: real_compile(m, backend="eager"))
+    manifest = write_manifest(tmp_path)
+    run = tmp_path / "run"
+    args = ["--manifest", str(manifest), "--arch", "tiny", "--patch", "32", "--batch", "2",
+            "--mask-block", "8", "--epochs", "1", "--iters-per-epoch", "3", "--out", str(run),
+            "--workers", "0", "--val-patches", "2", "--anon-aware", "--amp", "bf16",
+            "--compile", "-q"]  # fmt: skip
+    result = cli(args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "manifests" / "iqs-le-2.5.store" / "store.parquet").is_file()
+    assert "done: 3 of 3 steps" in result.output
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1, 2] and "val_loss" in log[-1]
+    assert all(np.isfinite(r["loss"]) for r in log)
+    for name in ("checkpoint.pt", "encoder.pt", "loss.png", "config.json"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["amp"] == "bf16" and config["anon_aware"] and config["data"]
+    # resuming a finished run changes nothing; another seed is refused
+    again = cli([*args, "--resume"])
+    assert again.exit_code == 0 and "done: 3 of 3 steps" in again.output, again.output
+    other = cli([*args, "--resume", "--seed", "1"])
+    assert other.exit_code == 2 and "seed: 0 -> 1" in other.output, other.output
+
+
+def test_sigterm_checkpoints_at_the_step_end_and_resume_finishes(tmp_path):
+    import signal
+
+    def term_at_1(step, net):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run = tmp_path / "run"
+    stopped = train(tiny(run), FakeBatches(2), after_backward=term_at_1)
+    assert stopped.signal == signal.SIGTERM and stopped.steps == 2 and not stopped.complete
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    done = train(tiny(run, resume=True), FakeBatches(2))
+    assert done.complete and done.resumed_from == 2 and len(losses(run)) == 8

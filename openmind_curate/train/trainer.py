@@ -26,7 +26,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -126,6 +128,7 @@ class RunResult:
     seconds: float  # this process's training time
     resumed_from: int = 0
     files: dict[str, Path] = field(default_factory=dict)
+    signal: int | None = None  # SIGINT/SIGTERM that stopped the run (checkpoint written)
 
 
 class PolyLR(LRScheduler):
@@ -313,6 +316,32 @@ def _freeze_unused_heads(model: nn.Module) -> None:
             head.requires_grad_(False)
 
 
+class _StopOnSignal:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the end of the step and
+    stops. Only in a single process's main thread (under torchrun the ranks
+    would stop at different steps)."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if self.active:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def train(
     config: TrainConfig,
     batches: BatchFn | None = None,
@@ -410,7 +439,10 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
     last_val: float | None = None
     t_run = time.perf_counter()
     log = open(log_path, "a") if main else None  # noqa: SIM115 - closed in finally
+    stopper = _StopOnSignal(ctx.world == 1)
+    end_run = end
     try:
+        stopper.__enter__()
         net.train()
         for step in range(start, end):
             t0 = time.perf_counter()
@@ -455,14 +487,18 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
                 log.flush()
             records.append(rec)
             progress.update(rec, config.epochs, epoch_end)
-            if done % every == 0 or epoch_end or done == end:
+            if done % every == 0 or epoch_end or done == end or stopper.signum is not None:
                 checkpoint(done)
+            if stopper.signum is not None:
+                end_run = done
+                break
     finally:
+        stopper.__exit__()
         progress.close()
         if log is not None:
             log.close()
 
-    steps = max(start, end)
+    steps = max(start, end_run)
     complete = steps >= total
     if records:  # also after a resume with nothing left to do
         last_loss = records[-1]["loss"]
@@ -483,5 +519,5 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
         )  # fmt: skip
         files["encoder"] = models.save_encoder(net, out / "encoder.pt", meta)
     return RunResult(out=out, steps=steps, complete=complete, loss=last_loss, val_loss=last_val,
-                     seconds=time.perf_counter() - t_run, resumed_from=start,
-                     files=files)  # fmt: skip
+                     seconds=time.perf_counter() - t_run, resumed_from=start, files=files,
+                     signal=stopper.signum)  # fmt: skip
