@@ -13,7 +13,16 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from openmind_curate import __version__, cli_manifest, cli_ratings, cli_report, preflight
+from openmind_curate import (
+    __version__,
+    cli_finetune,
+    cli_manifest,
+    cli_preprocess,
+    cli_ratings,
+    cli_report,
+    cli_train,
+    preflight,
+)
 from openmind_curate import index as store
 from openmind_curate.cli_support import (
     DEFAULT_INDEX,
@@ -439,6 +448,9 @@ app.add_typer(index_app, name="index")
 cli_ratings.register(app)
 cli_manifest.register(app)
 cli_report.register(app)
+cli_preprocess.register(app)
+cli_train.register(app)
+cli_finetune.register(app)
 
 
 @index_app.command("summary")
