@@ -123,7 +123,11 @@ def train_cmd(
         int, typer.Option("--val-every", help="Validate every N epochs (0: only at the end).")
     ] = 1,
     val_patches: Annotated[
-        int, typer.Option("--val-patches", help="Fixed validation patches.")
+        int,
+        typer.Option(
+            "--val-patches",
+            help="Fixed validation patches (rounded up to whole global batches; 0: none).",
+        ),
     ] = 16,
     mask_block: Annotated[
         int, typer.Option("--mask-block", help="MAE mask block edge (8 for 32^3 patches).")
@@ -215,12 +219,12 @@ def _loader(data, config, workers: int | None, val_patches: int):
     def stream(start: int, rank: int, world: int):
         return iter(L.make_loader(data, lcfg, start, rank, world, n_workers))
 
-    val = None
-    if val_patches > 0 and (data.cases["split"] == "val").any():
-        val = L.val_batches(data, lcfg, val_patches)
-    else:
+    if val_patches <= 0 or _world()[0] != 0:  # only rank 0 validates
+        return stream, None
+    if not (data.cases["split"] == "val").any():
         _say("no validation cases in the store: no validation loss")
-    return stream, val
+        return stream, None
+    return stream, L.val_batches(data, lcfg, max(1, -(-val_patches // config.global_batch)))
 
 
 def register(app: typer.Typer) -> None:

@@ -374,6 +374,7 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
     device = _device(config, ctx)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed patch size: autotune the convolutions
     hashed = config.hashed()
     chash = config_hash(hashed)
     if ckpt_path.exists() and not config.resume:
@@ -434,7 +435,7 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
     end = total if config.stop_after is None else min(total, config.stop_after)
     every = config.checkpoint_every or config.iters_per_epoch
     progress = _Progress(config.progress and main, total)
-    it = stream(start, ctx.rank, ctx.world) if stream is not None else None
+    it = stream(start, ctx.rank, ctx.world) if stream is not None and start < end else None
     last_loss: float | None = None
     last_val: float | None = None
     t_run = time.perf_counter()
