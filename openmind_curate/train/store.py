@@ -164,7 +164,9 @@ class Store:
             if case_id not in self._shapes:
                 raise KeyError(f"no case {case_id!r} with status ok in {self.path}")
             path = case_dir(self.path, case_id) / ARRAYS[kind]
-            arr = blosc2.open(str(path), mode="r")
+            # One decompression thread: a blosc2 thread pool started in this
+            # process would deadlock the loader's forked workers.
+            arr = blosc2.open(str(path), mode="r", dparams=blosc2.DParams(nthreads=1))
             self._open[key] = arr
             while len(self._open) > self.MAX_OPEN:
                 self._open.popitem(last=False)
