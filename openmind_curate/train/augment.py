@@ -55,7 +55,8 @@ def sample_params(config: Any, generator: torch.Generator) -> AugParams:
     """One sample's augmentation, from `config` (`LoaderConfig`: spatial_prob,
     flip_prob, rotation_deg, scale). Always draws the same numbers, so a
     sample's flips do not depend on whether it was rotated."""
-    u = torch.rand(8, generator=generator, dtype=torch.float64).numpy()
+    u = torch.rand(8, generator=generator, dtype=torch.float64, device=generator.device)
+    u = u.cpu().numpy()  # a CUDA generator works too
     spatial = bool(u[0] < config.spatial_prob)
     flips = tuple(bool(v < config.flip_prob) for v in u[1:4])
     if not spatial:
@@ -139,8 +140,8 @@ MASK_KEYS = ("anat", "anon")
 def augment_batch(batch: dict[str, Any], config: Any, generator: torch.Generator) -> dict[str, Any]:
     """Augment a whole batch on its device: ``image`` (b, C, D, H, W) and the
     masks ``anat``/``anon`` (b, 1, D, H, W) present, in lockstep. Parameters
-    are drawn per sample, in order, from `generator` (a CPU generator works
-    for CUDA tensors). Returns a new dict; other entries are passed through."""
+    are drawn per sample, in order, from `generator` (CPU or CUDA, whatever
+    the batch's device). Returns a new dict; other entries are passed through."""
     image = batch["image"]
     keys = [k for k in MASK_KEYS if batch.get(k) is not None]
     masks = torch.cat([batch[k].to(image.dtype) for k in keys], 1) if keys else None
