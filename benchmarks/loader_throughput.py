@@ -12,9 +12,10 @@ Ours: `make_loader` with `--workers` processes (one per core), global batch 2
 per step, anatomy-centred patches off, augmentation at spatial_prob 0.2 (the
 default) and 1.0 (flips at 0.5 in both), and with no augmentation (reads
 only). The first batch of every worker is not timed (process start).
-Peer (the naive loader): nibabel loads the whole .nii.gz for every patch
-(as a loader over the raw NIfTI files must), z-scores it and crops the same
-160^3 patch location; one process, no augmentation.
+Peer (the naive loader): nibabel loads the whole image and anatomy mask
+.nii.gz for every patch (as a loader over the raw NIfTI files must),
+z-scores the image over the mask and crops the same 160^3 patch location;
+in this process (no worker, no inter-process copy), no augmentation.
 
     python benchmarks/loader_throughput.py [--volumes 4] [--steps 12] [--workers N]
 """
@@ -101,7 +102,8 @@ def ours(store, cfg: LoaderConfig, workers: int, steps: int) -> float:
 
 
 def naive(store, cfg: LoaderConfig, sources: dict[str, str], steps: int) -> float:
-    """The same cases and patch locations, read with nibabel from the .nii.gz."""
+    """The same cases and patch locations, image and anatomy mask read with
+    nibabel from their .nii.gz (the loader's batch holds the mask too)."""
     from openmind_curate.train.loader import _start
 
     cases = split_cases(store, cfg.split)
@@ -112,14 +114,17 @@ def naive(store, cfg: LoaderConfig, sources: dict[str, str], steps: int) -> floa
             rng = np.random.default_rng([cfg.seed, step, g])
             case = cases[int(rng.integers(len(cases)))]
             s = _start(rng, store, case, cfg)
-            vol = np.asarray(nib.load(sources[case]).dataobj, dtype=np.float32)
-            nz = vol[vol != 0]
+            vol = np.asarray(nib.load(sources[case][0]).dataobj, dtype=np.float32)
+            anat = np.asarray(nib.load(sources[case][1]).dataobj, dtype=np.uint8)
+            nz = vol[anat > 0]
             vol = (vol - nz.mean()) / nz.std()
             out = np.zeros((PATCH,) * 3, np.float32)
+            out_anat = np.zeros((PATCH,) * 3, np.uint8)
             src = tuple(slice(max(0, a), min(d, a + PATCH)) for a, d in zip(s, vol.shape,
                                                                           strict=True))  # fmt: skip
             dst = tuple(slice(x.start - a, x.stop - a) for x, a in zip(src, s, strict=True))
             out[dst] = vol[src]
+            out_anat[dst] = anat[src]
             n += 1
     return n / (time.perf_counter() - start)
 
@@ -133,7 +138,11 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         store = build(Path(tmp), args.volumes, args.workers)
-        sources = dict(zip(store.cases["case_id"], store.cases["source"], strict=True))
+        cases = store.cases
+        sources = {
+            c: (src, src.replace("_T1w.", "_anat."))
+            for c, src in zip(cases["case_id"], cases["source"], strict=True)
+        }
         cfg = LoaderConfig(patch=PATCH, global_batch=2, seed=0)
         w = args.workers
         print(f"160^3 patches, {w} loader worker(s) = {w} core(s), {args.steps} steps of 2")
@@ -147,7 +156,7 @@ def main() -> None:
             rates[name] = ours(store, c, w, args.steps) / w
             print(f"  ours, blosc2 store, {name:42s} {rates[name]:6.2f} patches/s per core")
         peer = naive(store, cfg, sources, max(2, args.steps // 3))
-        print(f"  peer, nibabel whole .nii.gz per patch, no augmentation      "
+        print(f"  peer, nibabel image+mask .nii.gz per patch, no augmentation "
               f"{peer:6.2f} patches/s per core")  # fmt: skip
         default = rates["augmentation, spatial_prob 0.2 (default)"]
         reads = rates["no augmentation (reads only)"]
