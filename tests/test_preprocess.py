@@ -175,13 +175,19 @@ def test_resume_skips_finished_cases(tmp_path):
     bad = smooth((10, 10, 10))
     bad[0, 0, 0] = np.inf
     cases["inf"] = {"image": write(tmp_path / "inf.nii.gz", bad)}
+    cases["late"] = {"image": str(tmp_path / "late.nii.gz")}  # not there yet
     df = manifest_rows(tmp_path, cases)
     out = tmp_path / "s"
     first = P.preprocess(df, out, options=OPTS)
-    assert len(first.batch.done) == 4
+    assert len(first.batch.done) == 5
+    assert first.table.iloc[-1]["reason"].startswith("unreadable image")
     again = P.preprocess(df, out, options=OPTS)
-    assert len(again.batch.skipped) == 4 and not again.batch.done  # rejected ones too
+    assert len(again.batch.skipped) == 5 and not again.batch.done  # rejected ones too
     assert again.table.equals(first.table)
+    write(tmp_path / "late.nii.gz", smooth((10, 10, 10), 9))  # the missing file arrives
+    late = P.preprocess(df, out, options=OPTS)
+    assert [r.label for r in late.batch.done] == [cases["late"]["image"]]
+    assert late.table.iloc[-1]["status"] == "ok"
     # a run killed mid-case: its case folder is missing, a temporary one left behind
     import shutil
 
@@ -189,11 +195,11 @@ def test_resume_skips_finished_cases(tmp_path):
     (out / "cases" / ".tmp-r1-123-abcd").mkdir()
     third = P.preprocess(df, out, options=OPTS)
     assert [r.label for r in third.batch.done] == [cases["r1"]["image"]]
-    assert len(third.batch.skipped) == 3
+    assert len(third.batch.skipped) == 4
     assert not (out / "cases" / ".tmp-r1-123-abcd").exists()
     # other options: every case is redone
     fourth = P.preprocess(df, out, P.PreprocessConfig(clip=P.Clip(0, 1000)), OPTS)
-    assert len(fourth.batch.done) == 4 and sorted(fourth.batch.recomputed) == sorted(
+    assert len(fourth.batch.done) == 5 and sorted(fourth.batch.recomputed) == sorted(
         c["image"] for c in cases.values()
     )
 

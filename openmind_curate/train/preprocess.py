@@ -135,7 +135,8 @@ class PrepJob:
 
 def is_current(job: PrepJob) -> bool:
     """The case was made with these options, from the image as it is now, and
-    with the masks the manifest names now."""
+    with the masks the manifest names now (a case rejected because its file was
+    missing is redone once the file exists)."""
     marker = S.record_path(job.store, job.case_id)
     if not marker_is_current(marker, options_hash(job.config), job.source):
         return False
@@ -143,6 +144,8 @@ def is_current(job: PrepJob) -> bool:
         doc = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
+    if "source_mtime_ns" not in doc and os.path.exists(job.source):
+        return False  # rejected while the file was missing: it is there now
     return doc.get("anat_source") == job.anat and doc.get("anon_source") == job.anon
 
 
