@@ -366,7 +366,6 @@ def test_cli_trains_on_the_default_store(tmp_path, monkeypatch):
     --compile is only checked to be accepted (torch.compile patched to its
     "eager" backend: inductor's CPU warm-up is ~40 s here)."""
     pytest.importorskip("blosc2")
-    pytest.importorskip("openmind_curate.train.loader")  # engineer P's, landing separately
     from openmind_curate import cli_train
 
     monkeypatch.setattr(cli_train, "_cuda", lambda: False)
@@ -410,3 +409,32 @@ def test_sigterm_checkpoints_at_the_step_end_and_resume_finishes(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     done = train(tiny(run, resume=True), FakeBatches(2))
     assert done.complete and done.resumed_from == 2 and len(losses(run)) == 8
+
+
+def test_cli_under_torchrun_two_ranks_logs_the_one_process_losses(tmp_path, monkeypatch):
+    """`torchrun -m openmind_curate.cli train` (2 gloo ranks, the store's loader with
+    a worker process each) against one process: the same patches and masks per
+    global sample, so the logged (rank-averaged) losses agree to rel 1e-5."""
+    pytest.importorskip("blosc2")
+    from openmind_curate import cli_train
+
+    monkeypatch.setattr(cli_train, "_cuda", lambda: False)
+    manifest = write_manifest(tmp_path)
+    args = ["--arch", "tiny", "--patch", "32", "--batch", "4", "--mask-block", "8",
+            "--epochs", "1", "--iters-per-epoch", "3", "--val-patches", "4", "-q"]  # fmt: skip
+    one = cli(["--manifest", str(manifest), "--out", str(tmp_path / "one"), "--workers", "0",
+               *args])  # fmt: skip
+    assert one.exit_code == 0, one.output
+    store = tmp_path / "manifests" / "iqs-le-2.5.store"
+    exe = str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([exe, "--standalone", "--nproc-per-node=2", "-m", "openmind_curate.cli",
+                           "train", "--manifest", str(manifest), "--store", str(store),
+                           "--out", str(tmp_path / "two"), "--workers", "1", *args],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("done: 3 of 3 steps") == 1  # rank 0 speaks
+    a = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
+    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-5)
