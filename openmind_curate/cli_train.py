@@ -112,7 +112,11 @@ def train_cmd(
     ] = False,
     amp: Annotated[
         str,
-        typer.Option("--amp", help="none, bf16 or fp16 \\[default: bf16 on a GPU, none on a CPU]."),
+        typer.Option(
+            "--amp",
+            help="none, bf16 or fp16 \\[default: bf16 on a GPU, none on a CPU].",
+            show_default=False,
+        ),
     ] = "auto",
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the network (inductor).")
