@@ -85,8 +85,8 @@ def run_script(
     if torchrun:
         path = script_dir / "ranks.py"  # torchrun runs a file
         path.write_text(script)
-        exe = str(Path(sys.executable).with_name("torchrun"))
-        cmd = [exe, "--standalone", f"--nproc-per-node={torchrun}", str(path)]
+        exe = [sys.executable, "-m", "torch.distributed.run"]  # = torchrun
+        cmd = [*exe, "--standalone", f"--nproc-per-node={torchrun}", str(path)]
     else:
         cmd = [sys.executable, "-c", script]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -426,9 +426,9 @@ def test_cli_under_torchrun_two_ranks_logs_the_one_process_losses(tmp_path, monk
                *args])  # fmt: skip
     assert one.exit_code == 0, one.output
     store = tmp_path / "manifests" / "iqs-le-2.5.store"
-    exe = str(Path(sys.executable).with_name("torchrun"))
+    exe = [sys.executable, "-m", "torch.distributed.run"]  # = torchrun
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([exe, "--standalone", "--nproc-per-node=2", "-m", "openmind_curate.cli",
+    done = subprocess.run([*exe, "--standalone", "--nproc-per-node=2", "-m", "openmind_curate.cli",
                            "train", "--manifest", str(manifest), "--store", str(store),
                            "--out", str(tmp_path / "two"), "--workers", "1", *args],
                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
