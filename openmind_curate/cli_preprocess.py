@@ -8,31 +8,17 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from openmind_curate.cli_support import console, plural, user_errors
+from openmind_curate.cli_support import (
+    KeepExisting,
+    Quiet,
+    Scheduler,
+    Workers,
+    console,
+    job_options,
+    plural,
+    user_errors,
+)
 from openmind_curate.preflight import InputError
-
-# The batch options every batch command shares (same flags as in cli.py, which
-# imports this module: so they are declared here, not imported from there).
-Workers = Annotated[
-    int | None,
-    typer.Option("--workers", "-j", min=1, help="Local worker processes \\[default: all cores]."),
-]
-Scheduler = Annotated[
-    str | None,
-    typer.Option(
-        "--scheduler",
-        help="Dask scheduler address (tcp://host:8786), or 'local' for a Dask LocalCluster. "
-        "Default: a local process pool.",
-    ),
-]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-KeepExisting = Annotated[
-    bool,
-    typer.Option(
-        "--keep-existing",
-        help="Keep finished cases made with other options \\[default: recompute them].",
-    ),
-]
 
 
 def preprocess(
@@ -67,7 +53,6 @@ def preprocess(
     batch goes on. A killed run resumes: run the same command again.
     """
     from openmind_curate import preflight
-    from openmind_curate.cli import job_options
     from openmind_curate.manifest.writers import ManifestError, read_manifest
     from openmind_curate.train import preprocess as P
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from openmind_curate import preflight
 from openmind_curate.index import IndexStoreError
-from openmind_curate.jobs import BatchInterrupted
+from openmind_curate.jobs import BatchInterrupted, JobOptions
 from openmind_curate.preflight import InputError
 
 console = Console()
@@ -60,3 +61,44 @@ def print_frame(df, title: str, limit: int | None = None) -> None:
     console.print(table)
     if limit and len(df) > limit:
         console.print(f"  ... and {len(df) - limit} more")
+
+
+# Options every batch command shares.
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", "-j", min=1, help="Local worker processes \\[default: all cores]."),
+]
+Scheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Dask scheduler address (tcp://host:8786), or 'local' for a Dask LocalCluster. "
+        "Default: a local process pool.",
+    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+KeepExisting = Annotated[
+    bool,
+    typer.Option(
+        "--keep-existing",
+        help="Keep finished outputs made with other options \\[default: recompute them].",
+    ),
+]
+
+
+def job_options(
+    workers: int | None,
+    scheduler: str | None,
+    quiet: bool,
+    what: str,
+    shared: Path | None = None,
+    keep_existing: bool = False,
+) -> JobOptions:
+    """The batch options, checked before any work: the scheduler address
+    answers, and on a remote cluster every worker sees the `shared` folder
+    the outputs go to."""
+    scheduler = preflight.scheduler(scheduler)
+    if shared is not None:
+        preflight.workers_see(scheduler, shared)
+    return JobOptions(workers=workers, scheduler=scheduler, progress=not quiet, description=what,
+                      keep_existing=keep_existing)  # fmt: skip

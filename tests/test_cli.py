@@ -94,6 +94,10 @@ def test_demo_runs_the_existing_stages(tmp_path):
         "train", "val"}  # fmt: skip
     assert (tmp_path / "manifests" / "iqs-le-2.5.json").is_file()
     assert (tmp_path / "report" / "index.html").is_file()
+    # steps 10-12: store, MAE run, fine-tuning from scratch and pre-trained
+    assert (tmp_path / "train" / "store" / "store.parquet").is_file()
+    assert (tmp_path / "train" / "mae-tiny" / "encoder.pt").is_file()
+    assert "scratch: mean Dice" in result.output and "pretrained: mean Dice" in result.output
 
 
 def test_index_summary_and_clear_errors(tmp_path, corpus):
