@@ -492,8 +492,10 @@ def _demo_training(out: Path, manifest: Path, workers: int | None, quiet: bool) 
         dice = ", ".join(f"{k} {v:.3f}" for k, v in r["dice"].items())
         console.print(f"{name:>10}: mean Dice {r['mean_dice']:.3f} ({dice}); {r['epochs']} "
                       f"epochs, {r['schedule']}, lr {r['lr']:g}")  # fmt: skip
-    console.print("Toy sizes: a 30-step pre-training of a 79k-parameter network says nothing "
-                  "about the paper's recipe; the demo shows that every stage runs.")
+    console.print(
+        "Toy sizes: a 30-step pre-training of a 79k-parameter network says nothing "
+        "about the paper's recipe; the demo shows that every stage runs."
+    )
 
 
 def crash_log(exc: BaseException) -> Path:
