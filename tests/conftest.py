@@ -243,3 +243,21 @@ def postgres_db_url(postgres_server) -> str:
     """``postgresql://postgres@127.0.0.1:<port>/test_<n>``: a fresh, empty database
     on the session's server for this test alone."""
     return _create_database(postgres_server, f"test_{next(_db_count)}")
+
+
+# --- Debian's chromium, driven by Playwright (the rater app's and the report's browser tests) --
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> dict:
+    """Playwright's launch arguments for Debian's chromium, headless and as root
+    (`playwright install` cannot download browsers here). The background
+    networking flags keep it from calling out through a closed network."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package `chromium`; .ci/run installs it)")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    return {"executable_path": CHROMIUM, "args": args}

@@ -16,7 +16,6 @@ import pytest
 
 from openmind_curate.quality import ratings as store
 
-CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -28,10 +27,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+def server(tmp_path_factory, chromium):
     from test_rater_app import build_site
 
     folder = tmp_path_factory.mktemp("rater-browser")
@@ -70,13 +66,11 @@ def server(tmp_path_factory):
         log.close()
 
 
-def test_sign_in_rate_and_save_in_chromium(server, tmp_path):
+def test_sign_in_rate_and_save_in_chromium(server, tmp_path, chromium):
     from playwright.sync_api import expect, sync_playwright
 
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = p.chromium.launch(**chromium)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
             page.set_default_timeout(30_000)

@@ -19,7 +19,6 @@ from openmind_curate.cli import app
 from openmind_curate.manifest import report
 from openmind_curate.schema import IMAGE_INDEX, rows_to_table
 
-CHROMIUM = "/usr/bin/chromium"
 HEADINGS = (
     "Dataset report", "Images per modality", "Cumulative images over datasets", "Metadata",
     "Image quality (IQS)", "Top 3 datasets by image count",
@@ -234,14 +233,7 @@ def test_cli_bad_input_names_the_file(tmp_path, option, content, message):
     assert "Traceback" not in result.output
 
 
-@pytest.fixture
-def browser_ok():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-
-
-def test_page_in_chromium(tmp_path, browser_ok):
+def test_page_in_chromium(tmp_path, chromium):
     from playwright.sync_api import sync_playwright
 
     index = make_index()
@@ -250,10 +242,8 @@ def test_page_in_chromium(tmp_path, browser_ok):
     index["weight"] = rng.normal(70, 10, len(index))
     manifest = index.head(6).assign(split="train")
     page_path = report.write_report(index, tmp_path / "report", manifest=manifest)
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = p.chromium.launch(**chromium)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             errors: list[str] = []

@@ -546,18 +546,33 @@ def _run_dask(work: _Work, options: JobOptions, stop: _Stop):
                 i = futures[fut]
                 yield i, _dask_result(fut, work.labels[i], KilledWorker)
     finally:
-        if stop.signum is not None:
-            if cluster is not None:
-                _stop_cluster_workers(cluster)  # their tasks die with them
-            else:  # a shared cluster: its workers finish their running task
-                with contextlib.suppress(Exception):
-                    client.cancel(list(futures), force=True)
-        with contextlib.suppress(Exception):
-            client.close(timeout=2 if stop.signum else None)
-        if cluster is not None:
+        # Stopped: "Removing worker ... lost computed tasks", a closed comm's
+        # traceback and the like are expected while the workers die.
+        with _quiet_distributed() if stop.signum is not None else contextlib.nullcontext():
+            if stop.signum is not None:
+                if cluster is not None:
+                    _stop_cluster_workers(cluster)  # their tasks die with them
+                else:  # a shared cluster: its workers finish their running task
+                    with contextlib.suppress(Exception):
+                        client.cancel(list(futures), force=True)
             with contextlib.suppress(Exception):
-                cluster.close(timeout=2 if stop.signum else None)
+                client.close(timeout=2 if stop.signum else None)
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.close(timeout=2 if stop.signum else None)
         stop.force.clear()
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """Dask's own loggers at ERROR for the duration."""
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
 
 
 def _dask_result(fut: Any, label: str, killed: type[Exception]) -> ItemResult:
@@ -583,15 +598,8 @@ def _stop_cluster_workers(cluster: Any, timeout: float = 1.0) -> None:
         _kill_cluster_workers(cluster)
         await asyncio.gather(*closing, return_exceptions=True)
 
-    # "Removing worker ... lost computed tasks" and the like: expected here.
-    quiet = logging.getLogger("distributed")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with contextlib.suppress(Exception):
-            cluster.sync(close_all, callback_timeout=3 * timeout)
-    finally:
-        quiet.setLevel(level)
+    with _quiet_distributed(), contextlib.suppress(Exception):
+        cluster.sync(close_all, callback_timeout=3 * timeout)
 
 
 def _kill_cluster_workers(cluster: Any) -> None:

@@ -283,7 +283,15 @@ def prepare(job: PrepJob) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     _check_values(data)
     img = _oriented(data, affine)
     ref = _reference(img, job.config.spacing)
-    image = _resample(img, ref, linear=True)
+    if job.config.spacing is None:  # the image's own grid: no interpolation at all
+        image = sitk.GetArrayFromImage(sitk.Cast(img, sitk.sitkFloat32))
+    else:
+        image = _resample(img, ref, linear=True)
+        # Linear interpolation leaves float residue (1e-7) in voxels that were 0,
+        # which z-scoring would turn into -mean/std: the nonzero region is the
+        # source's, resampled nearest-neighbour (found on the MNI152 template).
+        support = _resample(_oriented((data != 0).astype(np.float32), affine), ref, linear=False)
+        image[support < 0.5] = 0
     box = nonzero_box(image)
     image = np.ascontiguousarray(image[box])
     if not image.any():
