@@ -3,6 +3,7 @@ sampling, padding, image/mask alignment, exact flips."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -182,3 +183,39 @@ def test_identity_and_exact_flips():
     out = A.augment_batch(batch, still, torch.Generator().manual_seed(0))
     assert torch.allclose(out["image"], batch["image"], atol=1e-5)
     assert torch.equal(out["anat"], batch["anat"])
+
+
+def _private_mib(pid: int) -> float:
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux /proc")
+def test_loader_worker_memory_stays_bounded_at_160(tmp_path):
+    """At 160^3 a worker's freed temporaries stayed in glibc's fragmented heap:
+    2.9 GB private after 40 batches (measured), 8 workers per GPU. The worker
+    hands them back (malloc_trim) and stays well under 1.5 GB."""
+    import psutil
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(2):
+        vol = rng.normal(100, 10, (176, 176, 176)).astype(np.float32)
+        save_nifti(vol, np.eye(4), tmp_path / f"big{i}.nii")
+        rows.append({"image_id": f"big{i}", "dataset_id": "ds1", "subject": str(i),
+                     "suffix": "T1w", "extension": ".nii", "modality": "T1w",
+                     "is_derivative": False, "root": str(tmp_path), "path": f"big{i}.nii",
+                     "size_bytes": 1, "header_status": "ok", "split": "train"})  # fmt: skip
+    df = rows_to_table(rows, MANIFEST).to_pandas()
+    P.preprocess(df, tmp_path / "store", P.PreprocessConfig(spacing=None),
+                 JobOptions(workers=1, progress=False))  # fmt: skip
+    big = open_store(tmp_path / "store")
+    batches = make_loader(big, LoaderConfig(patch=160, global_batch=2, seed=0), workers=1)
+    for _ in range(40):
+        next(batches)
+    (worker,) = psutil.Process().children()
+    assert _private_mib(worker.pid) < 1500

@@ -18,6 +18,9 @@ the volume).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -143,8 +146,33 @@ class StepBatches(torch.utils.data.Dataset):
         return 2**40
 
     def __getitem__(self, i: int) -> Batch:
-        return sample_batch(self.store, self.config, self.start_step + int(i), self.rank,
-                            self.world)  # fmt: skip
+        batch = sample_batch(self.store, self.config, self.start_step + int(i), self.rank,
+                             self.world)  # fmt: skip
+        if torch.utils.data.get_worker_info() is not None:
+            _release_freed_memory()
+        return batch
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim).
+
+    A worker's 160^3 temporaries (16-50 MB each) come from glibc's heap once
+    its mmap threshold has risen, and the fragmented heap then held 3 GB per
+    worker process (measured: 2.9-3.3 GB private after 120 batches; 0.4 GB
+    with this call, for about 10% of the loader's time). Eight workers per GPU
+    made that 25 GB of host memory. A no-op where malloc is not glibc's."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _worker_init(_: int) -> None:
