@@ -30,6 +30,27 @@ def corpus(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
 
 
 @pytest.fixture(scope="session")
+def corpus_index(corpus, tmp_path_factory) -> Path:
+    """The corpus crawled once per run. Read it only: a test that writes gets
+    its own copy from `private_index`."""
+    root, _ = corpus
+    index = tmp_path_factory.mktemp("corpus-index") / "index" / "images.parquet"
+    result = CliRunner().invoke(app, ["crawl", str(root), "--out", str(index), "-j", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    return index
+
+
+@pytest.fixture
+def private_index(corpus_index, tmp_path) -> Path:
+    """A writable copy of the crawled corpus's index (stored paths rebased on
+    the copy's folder), so a ratings.sqlite or scores land beside it."""
+    work = tmp_path / "images.parquet"
+    with store.locked(work):
+        store.write(work, store.read(corpus_index))
+    return work
+
+
+@pytest.fixture(scope="session")
 def bids_examples() -> Path:
     if not BIDS_EXAMPLES.is_dir():
         pytest.skip(f"bids-examples not present at {BIDS_EXAMPLES} (only in the CI workplace)")

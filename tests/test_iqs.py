@@ -215,23 +215,8 @@ def _ok(args):
     return result.output
 
 
-@pytest.fixture(scope="module")
-def crawled(corpus, tmp_path_factory):
-    root, _truth = corpus
-    index = tmp_path_factory.mktemp("iqs") / "index" / "images.parquet"
-    _ok(["crawl", str(root), "--out", str(index), "-j", "2", "-q"])
-    return index
-
-
-def _private(index, tmp_path):
-    work = tmp_path / "images.parquet"
-    with store.locked(work):  # its ratings.sqlite lands beside it
-        store.write(work, store.read(index))
-    return work
-
-
-def test_cli_writes_scores_into_the_index(crawled, tmp_path):
-    work = _private(crawled, tmp_path)
+def test_cli_writes_scores_into_the_index(private_index, tmp_path):
+    work = private_index
     frame = store.read_frame(work)
     ok = frame[frame["header_status"] == "ok"]
     t1 = ok[ok["modality"] == "T1w"]
@@ -290,8 +275,8 @@ def test_cli_writes_scores_into_the_index(crawled, tmp_path):
     assert after.loc[b, "iqs_image"] == 2.0 and after.loc[a, "iqs"] == 2.0
 
 
-def test_cli_bad_input_is_named(crawled, tmp_path):
-    work = _private(crawled, tmp_path)
+def test_cli_bad_input_is_named(private_index, tmp_path):
+    work = private_index
     engine = ratings.connect(ratings.default_db(work))
     result = runner.invoke(app, ["iqs", "--index", str(work)], env=ENV)
     assert result.exit_code == 2 and "no ratings yet" in result.output
@@ -301,8 +286,8 @@ def test_cli_bad_input_is_named(crawled, tmp_path):
     assert result.exit_code == 2 and "no ratings database" in result.output
 
 
-def test_cli_model_predicts_per_image_and_names_bad_metrics(crawled, tmp_path):
-    work = _private(crawled, tmp_path)
+def test_cli_model_predicts_per_image_and_names_bad_metrics(private_index, tmp_path):
+    work = private_index
     frame = store.read_frame(work)
     ok = frame[(frame["header_status"] == "ok") & frame["derived_from"].isna()]
     engine = ratings.connect(ratings.default_db(work))
@@ -376,14 +361,14 @@ def test_changed_files_flags_ratings_of_a_changed_file(tmp_path):
     assert changed_files(idx, _ratings(*rows)) == ["b"]
 
 
-def test_cli_dwi_maps_in_a_real_index(crawled, tmp_path):
+def test_cli_dwi_maps_in_a_real_index(private_index, tmp_path):
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from openmind_curate.ids import image_id
     from openmind_curate.schema import IMAGE_INDEX
 
-    work = _private(crawled, tmp_path)
+    work = private_index
     table = store.read(work)
     dwi = table.filter(pc.equal(table["modality"], "DWI")).to_pylist()[0]
     maps = []

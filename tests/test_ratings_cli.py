@@ -21,19 +21,9 @@ def _ok(args):
     return result.output
 
 
-@pytest.fixture(scope="module")
-def crawled(corpus, tmp_path_factory):
-    root, truth = corpus
-    index = tmp_path_factory.mktemp("rate") / "index" / "images.parquet"
-    _ok(["crawl", str(root), "--out", str(index), "-j", "2", "-q"])
-    return index, truth
-
-
-def test_plan_rate_export_import_agreement(crawled, tmp_path):
-    index, truth = crawled
-    work = tmp_path / "images.parquet"
-    with store.locked(work):  # a private index: its ratings.sqlite lands beside it
-        store.write(work, store.read(index))
+def test_plan_rate_export_import_agreement(corpus, private_index, tmp_path):
+    _, truth = corpus
+    work = private_index  # its ratings.sqlite lands beside it
     idx = ["--index", str(work)]
     tokens = {}
     for name in ("ana", "ben", "cho"):
@@ -97,11 +87,8 @@ def test_plan_rate_export_import_agreement(crawled, tmp_path):
     assert "ben" in listed and "False" in listed
 
 
-def test_clear_errors(crawled, tmp_path):
-    index, _ = crawled
-    work = tmp_path / "images.parquet"
-    with store.locked(work):
-        store.write(work, store.read(index))
+def test_clear_errors(private_index, tmp_path):
+    work = private_index
     result = runner.invoke(app, ["rate", "--index", str(work)], env=ENV)
     assert result.exit_code == 2 and "no ratings database" in result.output
     _ok(["raters", "add", "solo", "--index", str(work)])
