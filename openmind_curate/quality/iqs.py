@@ -22,7 +22,6 @@ rated, `plan.units`): it forms a dataset x DWI group that stays unscored.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,20 +188,20 @@ def kept_at(iqs: pd.Series, thresholds: Sequence[float] = THRESHOLDS) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def unit_checksum(index: pd.DataFrame, unit_id: str) -> str | None:
-    """sha256 of a unit's files' bytes in the order the rater app shows them
-    (`viewer.load_unit`); None if a file cannot be read."""
-    from openmind_curate.quality.plan import unit_images
+def file_checksum(index: pd.DataFrame, unit_id: str) -> str | None:
+    """`plan.unit_checksum` of a unit's files as they are now; None if a file
+    cannot be read."""
+    from openmind_curate.quality.plan import unit_checksum, unit_images
 
-    digest = hashlib.sha256()
-    try:
+    def chunks():
         for row in unit_images(index, unit_id).itertuples():
             with open(Path(row.root) / row.path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+                yield from iter(lambda fh=fh: fh.read(1 << 20), b"")
+
+    try:
+        return unit_checksum(chunks())
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def changed_files(index: pd.DataFrame, ratings: pd.DataFrame) -> list[str]:
@@ -215,7 +214,7 @@ def changed_files(index: pd.DataFrame, ratings: pd.DataFrame) -> list[str]:
     rows = rows[rows["image_checksum"].notna() & rows["image_id"].isin(set(index["image_id"]))]
     changed = []
     for unit_id, sums in rows.groupby("image_id", sort=True)["image_checksum"]:
-        now = unit_checksum(index, str(unit_id))
+        now = file_checksum(index, str(unit_id))
         if now is None or any(s != now for s in sums):
             changed.append(str(unit_id))
     return changed

@@ -11,6 +11,8 @@ through `quality.ratings`.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +87,16 @@ def unit_images(index: pd.DataFrame, unit_id: str) -> pd.DataFrame:
         order = {m: i for i, m in enumerate(MAP_ORDER)}
         return maps.sort_values("modality", key=lambda s: s.map(order)).reset_index(drop=True)
     return index[index["image_id"] == unit_id].reset_index(drop=True)
+
+
+def unit_checksum(parts: Iterable[bytes]) -> str:
+    """The checksum stored with a rating (RATINGS.image_checksum): the sha256 of
+    the unit's files' bytes, in `unit_images` order. The app hashes the bytes it
+    read to show them; `curate iqs --check-files` re-reads the files."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def pick_units(candidates: pd.DataFrame, config: PlanConfig) -> pd.DataFrame:

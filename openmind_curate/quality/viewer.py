@@ -17,7 +17,6 @@ an anisotropic volume is resampled (bilinear, 2D only) to the finest spacing.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from openmind_curate.quality.plan import unit_images
+from openmind_curate.quality.plan import unit_checksum, unit_images
 
 #: Window presets: name -> (low percentile, high percentile) of the nonzero voxels.
 PRESETS: dict[str, tuple[float, float]] = {
@@ -117,15 +116,14 @@ def load_unit(index_df: pd.DataFrame, unit_id: str) -> Unit:
     rows = unit_images(index_df, unit_id)
     if rows.empty:
         raise ViewerError(f"unit {unit_id} is not in the index")
-    digest = hashlib.sha256()
-    volumes, files = [], []
+    volumes, raws, files = [], [], []
     for row in rows.itertuples():
         path = Path(row.root) / row.path
         volume, raw = load_volume(path, str(row.modality))
-        digest.update(raw)
         volumes.append(volume)
+        raws.append(raw)
         files.append(str(path))
-    return Unit(unit_id, volumes, digest.hexdigest(), tuple(files))
+    return Unit(unit_id, volumes, unit_checksum(raws), tuple(files))
 
 
 def window(volume_stats: Volume | Mapping[float, float], preset: str) -> tuple[float, float]:
