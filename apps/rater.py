@@ -91,9 +91,14 @@ def on_save(
     values = {name: ss.get(f"{sid}-{name}") for name in (*AXES, *FLAGS, "comment")}
     try:
         rating = flow.make_rating(
-            item, values, rater_id=rater_id, submission_id=sid, image_checksum=checksum,
-            seconds_spent=time.time() - shown_at, window_settings=ss.get(f"{sid}-window"),
-        )  # fmt: skip
+            item,
+            values,
+            rater_id=rater_id,
+            submission_id=sid,
+            image_checksum=checksum,
+            seconds_spent=time.time() - shown_at,
+            window_settings=ss.get(f"{sid}-window"),
+        )
         saved = flow.submit(get_engine(DB), rating)
     except RatingsError as exc:
         ss["flash"] = ("error", str(exc))
@@ -151,11 +156,11 @@ def viewer_panel(unit: viewer.Unit, sid: str) -> None:
     cached arrays; what was used is kept for the save."""
     first = unit.volumes[0]
     controls = st.columns([2, 1, 1, 1])
-    preset = controls[0].radio("Window", list(viewer.PRESETS), horizontal=True,
-                               key=f"{sid}-preset")  # fmt: skip
+    preset = controls[0].radio("Window", list(viewer.PRESETS), horizontal=True, key=f"{sid}-preset")
     ijk = []
-    for col, name, n, c in zip(controls[1:], ("Sagittal", "Coronal", "Axial"), first.shape,
-                               first.center, strict=True):  # fmt: skip
+    for col, name, n, c in zip(
+        controls[1:], ("Sagittal", "Coronal", "Axial"), first.shape, first.center, strict=True
+    ):
         ijk.append(col.slider(f"{name} slice", 0, n - 1, c, key=f"{sid}-slice-{name}"))
     used = {"preset": preset, "slices": ijk, "maps": {}}
     for vol in unit.volumes:
@@ -177,21 +182,36 @@ def rating_form(
     with st.form(f"rate-{sid}", enter_to_submit=False):
         for axis in item.axes:
             value = latest.get(axis)
-            st.radio(f"**{flow.AXIS_LABELS[axis]}**", [1, 2, 3, 4, 5], horizontal=True,
-                     index=None if value is None else int(value) - 1,
-                     key=f"{sid}-{axis}", help=flow.AXIS_HELP[axis])  # fmt: skip
+            st.radio(
+                f"**{flow.AXIS_LABELS[axis]}**",
+                [1, 2, 3, 4, 5],
+                horizontal=True,
+                index=None if value is None else int(value) - 1,
+                key=f"{sid}-{axis}",
+                help=flow.AXIS_HELP[axis],
+            )
             st.caption(flow.AXIS_HELP[axis])
         if item.is_dwi:
             st.caption("Artifact level is not rated for DWI-derived maps.")
         for flag in FLAGS:
-            st.checkbox(flow.FLAG_LABELS[flag], value=bool(latest.get(flag) or False),
-                        key=f"{sid}-{flag}")  # fmt: skip
-        st.text_area("Comment (optional)", value=latest.get("comment") or "",
-                     key=f"{sid}-comment", max_chars=4000)  # fmt: skip
+            st.checkbox(
+                flow.FLAG_LABELS[flag], value=bool(latest.get(flag) or False), key=f"{sid}-{flag}"
+            )
+        st.text_area(
+            "Comment (optional)",
+            value=latest.get("comment") or "",
+            key=f"{sid}-comment",
+            max_chars=4000,
+        )
         label = "Save correction" if item.latest else "Save and next"
-        st.form_submit_button(label, type="primary", shortcut="Ctrl+Enter", key=f"{sid}-save",
-                              on_click=on_save,
-                              args=(rater_id, item, sid, shown_at, checksum))  # fmt: skip
+        st.form_submit_button(
+            label,
+            type="primary",
+            shortcut="Ctrl+Enter",
+            key=f"{sid}-save",
+            on_click=on_save,
+            args=(rater_id, item, sid, shown_at, checksum),
+        )
 
 
 def rate_page(rater: store.Rater) -> None:
@@ -212,16 +232,26 @@ def rate_page(rater: store.Rater) -> None:
         item = flow.current_item(engine, rid)
     history = flow.history_length(engine, rid)
     nav = st.columns([1, 1, 1, 3])
-    nav[0].button("Back", shortcut="Alt+B", on_click=on_back, disabled=back >= history,
-                  help="Show the item before: saving it stores a correction")  # fmt: skip
+    nav[0].button(
+        "Back",
+        shortcut="Alt+B",
+        on_click=on_back,
+        disabled=back >= history,
+        help="Show the item before: saving it stores a correction",
+    )
     if back:
         nav[1].button("Return to current item", on_click=on_return)
     if item is None:
         st.success("Your queue is done. Thank you!" if total else "Your queue is empty.")
         return
     if not back:
-        nav[1].button("Skip", shortcut="Alt+S", on_click=on_skip, args=(rid, item),
-                      help="Move this item to the end of your queue")  # fmt: skip
+        nav[1].button(
+            "Skip",
+            shortcut="Alt+S",
+            on_click=on_skip,
+            args=(rid, item),
+            help="Move this item to the end of your queue",
+        )
 
     shown = ss.get("shown")
     if shown is None or shown["key"] != item.key:  # a new showing: one submission id for it
@@ -233,8 +263,10 @@ def rate_page(rater: store.Rater) -> None:
     st.subheader(item.label(SHOW_DATASETS))
     st.caption(group)
     if item.latest:
-        st.info(f"Correcting your rating (saved version {item.latest['version']}): "
-                f"saving stores version {item.latest['version'] + 1}.")  # fmt: skip
+        st.info(
+            f"Correcting your rating (saved version {item.latest['version']}): "
+            f"saving stores version {item.latest['version'] + 1}."
+        )
         if item.latest.get("comment"):
             st.caption("Your saved comment, as typed:")
             st.text(item.latest["comment"])
@@ -245,8 +277,10 @@ def rate_page(rater: store.Rater) -> None:
             unit = cache.get(item.image_id)
     except viewer.ViewerError as exc:  # the reason goes to the server log: it names files
         LOG.warning("rater %s, unit %s: %s", rid, item.image_id, exc)
-        st.error("This image cannot be shown (its file could not be read). "
-                 "Skip it, or rate it as corrupted.")  # fmt: skip
+        st.error(
+            "This image cannot be shown (its file could not be read). "
+            "Skip it, or rate it as corrupted."
+        )
         rating_form(rid, item, sid, shown["shown_at"], None)
         return
     if not back:
@@ -282,8 +316,13 @@ def admin_page() -> None:
         return
     for warning in report.warnings:
         st.text(f"Warning: {warning}")
-    titles = {"axes": "Per axis", "pairs": "Per rater pair", "bias": "Rater bias",
-              "intra": "Intra-rater (hidden repeats)", "gold": "Gold items"}  # fmt: skip
+    titles = {
+        "axes": "Per axis",
+        "pairs": "Per rater pair",
+        "bias": "Rater bias",
+        "intra": "Intra-rater (hidden repeats)",
+        "gold": "Gold items",
+    }
     for name, title in titles.items():
         st.subheader(title)
         st.dataframe(getattr(report, name), hide_index=True)

@@ -48,8 +48,10 @@ def _nifti_bytes(shape: tuple[int, ...], seed: int) -> bytes:
 def make_corpus(root: Path, n_datasets: int, n_images: int) -> None:
     per_ds = max(1, n_images // n_datasets)
     n_sub = max(1, per_ds // len(SUFFIXES))
-    blobs = {s: _nifti_bytes((8, 8, 6) if s != "dwi" else (8, 8, 6, 7), i)
-             for i, (_, s) in enumerate(SUFFIXES)}  # fmt: skip
+    blobs = {
+        s: _nifti_bytes((8, 8, 6) if s != "dwi" else (8, 8, 6, 7), i)
+        for i, (_, s) in enumerate(SUFFIXES)
+    }
     for d in range(n_datasets):
         ds = root / f"ds{d:06d}"
         ds.mkdir(parents=True)
@@ -93,8 +95,12 @@ print(json.dumps(dict(images=r.n_images, seconds=first, recrawl=second,
 
 
 def run_ours(root: Path, out: Path, workers: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _OURS, str(root), str(out), str(workers)],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _OURS, str(root), str(out), str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -130,15 +136,19 @@ def main() -> None:
         if not root.exists():
             t = time.perf_counter()
             make_corpus(root, args.datasets, args.images)
-            print(f"generated {args.images} images in {args.datasets} datasets "
-                  f"in {time.perf_counter() - t:.0f} s")  # fmt: skip
+            print(
+                f"generated {args.images} images in {args.datasets} datasets "
+                f"in {time.perf_counter() - t:.0f} s"
+            )
         ours = run_ours(root, Path(tmp) / "index" / "images.parquet", args.workers)
         n_pybids, t_pybids = run_pybids(root, args.pybids_datasets)
     our_rate = ours["images"] / ours["seconds"]
     their_rate = n_pybids / t_pybids
     print(f"cores: {os.cpu_count()}, workers: {args.workers}")
-    print(f"openmind-curate  {ours['images']:7d} images  {ours['seconds']:7.2f} s  "
-          f"{our_rate:8.0f} images/s   peak RSS {ours['rss_mb']:.0f} MB")  # fmt: skip
+    print(
+        f"openmind-curate  {ours['images']:7d} images  {ours['seconds']:7.2f} s  "
+        f"{our_rate:8.0f} images/s   peak RSS {ours['rss_mb']:.0f} MB"
+    )
     subset = f"first {args.pybids_datasets} datasets" if args.pybids_datasets else "all datasets"
     print(
         f"pybids           {n_pybids:7d} images  {t_pybids:7.2f} s  {their_rate:8.0f} images/s"

@@ -73,7 +73,7 @@ def run_mrtrix(d: Path, threads: int) -> dict[str, float]:
             str(d / "dt.mif"),
             "-mask",
             str(d / "mask.mif"),
-        ],  # fmt: skip
+        ],
         "tensor2metric": [
             "tensor2metric",
             str(d / "dt.mif"),
@@ -81,7 +81,7 @@ def run_mrtrix(d: Path, threads: int) -> dict[str, float]:
             str(d / "mr_fa.nii"),
             "-adc",
             str(d / "mr_md.nii"),
-        ],  # fmt: skip
+        ],
         "mask export": ["mrconvert", str(d / "mask.mif"), str(d / "mr_mask.nii")],
     }
     seconds = {}
@@ -117,11 +117,17 @@ def main() -> None:
         np.savetxt(d / "dwi.bval", np.atleast_2d(ph.bvals), fmt="%g")
         np.savetxt(d / "dwi.bvec", ph.bvecs_fsl, fmt="%.6f")
         rot, shift = np.abs(ph.rotations_deg).max(), np.abs(ph.translations_mm).max()
-        print(f"series {ph.data.shape}, 2 mm, SNR 20, max motion {rot:.1f} deg / {shift:.1f} mm"
-              f"; generated in {time.perf_counter() - start:.0f} s")  # fmt: skip
+        print(
+            f"series {ph.data.shape}, 2 mm, SNR 20, max motion {rot:.1f} deg / {shift:.1f} mm"
+            f"; generated in {time.perf_counter() - start:.0f} s"
+        )
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _OURS, str(d), str(args.threads)],
-                              capture_output=True, text=True, check=True)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", _OURS, str(d), str(args.threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         ours_wall = time.perf_counter() - start
         ours = json.loads(proc.stdout.strip().splitlines()[-1])
         ours_err = errors(d, "ours", ".nii.gz", ph.fa, ph.md, ph.brain)
@@ -141,8 +147,10 @@ def main() -> None:
     mr_total = sum(mr.values())
     print(f"{'total (wall)':<16}{ours_wall:14.1f} s   {'total':<16}{mr_total:8.1f} s")
     if mr:
-        print(f"ratio: MRtrix3 / openmind-curate = {mr_total / ours_wall:.2f}x "
-              "(ours includes loading, motion correction and N4)")  # fmt: skip
+        print(
+            f"ratio: MRtrix3 / openmind-curate = {mr_total / ours_wall:.2f}x "
+            "(ours includes loading, motion correction and N4)"
+        )
     print(f"WM FA median abs error: ours {ours_err[0]:.4f}   MRtrix3 {mr_err[0]:.4f}")
     print(f"WM MD median rel error: ours {ours_err[1]:.4f}   MRtrix3 {mr_err[1]:.4f}")
     print(f"peak memory (ours, one series): {ours['rss_mb']:.0f} MB (target < 4096 MB)")

@@ -65,24 +65,39 @@ def build(folder: Path, n: int, workers: int):
     for i in range(n):
         img, anat = folder / f"sub-{i:02d}_T1w.nii.gz", folder / f"sub-{i:02d}_anat.nii.gz"
         make_volume(img, anat, i)
-        rows.append({
-            "image_id": f"case{i:02d}", "dataset_id": "ds000001", "subject": f"{i:02d}",
-            "suffix": "T1w", "extension": ".nii.gz", "modality": "T1w",
-            "is_derivative": False, "root": str(folder), "path": img.name,
-            "size_bytes": img.stat().st_size, "header_status": "ok", "group_n_rated": 0,
-            "split": "train", "anat_mask_path": str(anat), "anon_mask_path": None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "image_id": f"case{i:02d}",
+                "dataset_id": "ds000001",
+                "subject": f"{i:02d}",
+                "suffix": "T1w",
+                "extension": ".nii.gz",
+                "modality": "T1w",
+                "is_derivative": False,
+                "root": str(folder),
+                "path": img.name,
+                "size_bytes": img.stat().st_size,
+                "header_status": "ok",
+                "group_n_rated": 0,
+                "split": "train",
+                "anat_mask_path": str(anat),
+                "anon_mask_path": None,
+            }
+        )
     manifest = rows_to_table(rows, MANIFEST).to_pandas()
     start = time.perf_counter()
-    res = P.preprocess(manifest, folder / "store", options=JobOptions(workers=workers,
-                                                                      progress=False))  # fmt: skip
+    res = P.preprocess(
+        manifest, folder / "store", options=JobOptions(workers=workers, progress=False)
+    )
     assert res.batch.ok and len(res.ok) == n, res.batch.summary()
     t = time.perf_counter() - start
     size = sum(f.stat().st_size for f in (folder / "store").rglob("*.b2nd") if "image" in f.name)
     raw = sum(f.stat().st_size for f in folder.glob("sub-*_T1w.nii.gz"))
-    print(f"preprocessed {n} volumes in {t:.1f} s ({workers} workers); "
-          f"image arrays {size / 2**20:.0f} MiB (float32) vs {raw / 2**20:.0f} MiB of int16 "
-          f".nii.gz; stored shape {tuple(int(v) for v in res.ok.iloc[0]['shape'])}")  # fmt: skip
+    print(
+        f"preprocessed {n} volumes in {t:.1f} s ({workers} workers); "
+        f"image arrays {size / 2**20:.0f} MiB (float32) vs {raw / 2**20:.0f} MiB of int16 "
+        f".nii.gz; stored shape {tuple(int(v) for v in res.ok.iloc[0]['shape'])}"
+    )
     return open_store(folder / "store")
 
 
@@ -120,8 +135,9 @@ def naive(store, cfg: LoaderConfig, sources: dict[str, str], steps: int) -> floa
             vol = (vol - nz.mean()) / nz.std()
             out = np.zeros((PATCH,) * 3, np.float32)
             out_anat = np.zeros((PATCH,) * 3, np.uint8)
-            src = tuple(slice(max(0, a), min(d, a + PATCH)) for a, d in zip(s, vol.shape,
-                                                                          strict=True))  # fmt: skip
+            src = tuple(
+                slice(max(0, a), min(d, a + PATCH)) for a, d in zip(s, vol.shape, strict=True)
+            )
             dst = tuple(slice(x.start - a, x.stop - a) for x, a in zip(src, s, strict=True))
             out[dst] = vol[src]
             out_anat[dst] = anat[src]
@@ -133,8 +149,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--volumes", type=int, default=4)
     ap.add_argument("--steps", type=int, default=12, help="timed steps (2 patches each)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="loader processes, one per core [default: all cores]")  # fmt: skip
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="loader processes, one per core [default: all cores]",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         store = build(Path(tmp), args.volumes, args.workers)
@@ -156,12 +176,16 @@ def main() -> None:
             rates[name] = ours(store, c, w, args.steps) / w
             print(f"  ours, blosc2 store, {name:42s} {rates[name]:6.2f} patches/s per core")
         peer = naive(store, cfg, sources, max(2, args.steps // 3))
-        print(f"  peer, nibabel image+mask .nii.gz per patch, no augmentation "
-              f"{peer:6.2f} patches/s per core")  # fmt: skip
+        print(
+            f"  peer, nibabel image+mask .nii.gz per patch, no augmentation "
+            f"{peer:6.2f} patches/s per core"
+        )
         default = rates["augmentation, spatial_prob 0.2 (default)"]
         reads = rates["no augmentation (reads only)"]
-        print(f"ratio ours/peer: {reads / peer:.1f}x reading only, {default / peer:.1f}x with "
-              f"the default augmentation (peer without)")  # fmt: skip
+        print(
+            f"ratio ours/peer: {reads / peer:.1f}x reading only, {default / peer:.1f}x with "
+            f"the default augmentation (peer without)"
+        )
         verdict = "MET" if default >= 1.5 else "NOT met"
         print(f"target >= 1.5 patches/s per core with CPU augmentation: {default:.2f} -> {verdict}")
 

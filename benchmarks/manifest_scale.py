@@ -36,12 +36,31 @@ import pyarrow as pa
 
 #: Paper appendix Table 10, images per modality (OpenMind: 113,921 in all).
 TABLE_10 = {
-    "T1w": 42732, "T2w": 22999, "FA": 13407, "MD": 13407, "FLAIR": 5583, "MP2RAGE": 2859,
-    "sbref": 1795, "ADC": 1757, "TRACE": 1715, "UNIT1": 927, "inplaneT2": 892, "SWI": 784,
-    "UNIT1_denoised": 724, "minIP": 687, "PET": 653, "T1map": 557, "inplaneT1": 529,
-    "angio": 488, "PDw": 473, "T2starw": 409, "FLASH": 307, "T2map": 106, "T2starmap": 76,
+    "T1w": 42732,
+    "T2w": 22999,
+    "FA": 13407,
+    "MD": 13407,
+    "FLAIR": 5583,
+    "MP2RAGE": 2859,
+    "sbref": 1795,
+    "ADC": 1757,
+    "TRACE": 1715,
+    "UNIT1": 927,
+    "inplaneT2": 892,
+    "SWI": 784,
+    "UNIT1_denoised": 724,
+    "minIP": 687,
+    "PET": 653,
+    "T1map": 557,
+    "inplaneT1": 529,
+    "angio": 488,
+    "PDw": 473,
+    "T2starw": 409,
+    "FLASH": 307,
+    "T2map": 106,
+    "T2starmap": 76,
     "DWI": 55,
-}  # fmt: skip
+}
 N_DATASETS, N_SUBJECTS = 800, 34191
 
 
@@ -107,16 +126,17 @@ def fake_index(n: int, seed: int) -> pa.Table:
         "dtype": ["int16"] * n,
         "age": np.where(rng.random(n) < 0.7, rng.uniform(5, 90, n), np.nan),
         "sex": np.where(rng.random(n) < 0.7, rng.choice(["M", "F"], n), None).tolist(),
-        "anat_mask_path": [m.format("anatomy") if h else None for m, h in zip(mask, has_mask,
-                                                                              strict=True)],
-        "anon_mask_path": [m.format("anonymization") if h else None for m, h in zip(mask,
-                                                                                    has_mask,
-                                                                                    strict=True)],
+        "anat_mask_path": [
+            m.format("anatomy") if h else None for m, h in zip(mask, has_mask, strict=True)
+        ],
+        "anon_mask_path": [
+            m.format("anonymization") if h else None for m, h in zip(mask, has_mask, strict=True)
+        ],
         "is_brain_extracted": (rng.random(n) < 0.05).tolist(),
         "iqs": iqs,
         "iqs_image": iqs_image,
         "iqs_predicted": np.clip(iqs + rng.normal(0, 0.2, n), 1, 5),
-    }  # fmt: skip
+    }
     arrays = []
     for field in IMAGE_INDEX:
         values = columns.get(field.name)
@@ -158,8 +178,10 @@ def main() -> None:
         t = time.perf_counter()
         index_path = write_index(work, args.rows, args.seed)
         size = index_path.stat().st_size / 2**20
-        print(f"index: {args.rows} rows, {size:.1f} MiB, generated and written in "
-              f"{time.perf_counter() - t:.1f} s")  # fmt: skip
+        print(
+            f"index: {args.rows} rows, {size:.1f} MiB, generated and written in "
+            f"{time.perf_counter() - t:.1f} s"
+        )
 
         from openmind_curate.manifest import build as B
         from openmind_curate.manifest import filters as F
@@ -173,36 +195,55 @@ def main() -> None:
 
         t_build = best(ours)
         kept = result.table.num_rows
-        print(f"build (in-process): {t_build:.3f} s  -> {kept} images kept, "
-              f"{result.split.val_subjects} val subjects  [target < 1 s]")  # fmt: skip
+        print(
+            f"build (in-process): {t_build:.3f} s  -> {kept} images kept, "
+            f"{result.split.val_subjects} val subjects  [target < 1 s]"
+        )
 
         everything = F.Filters(header_status=None, keep_4d=True)
-        for fmt, name, kept_by in (("nnssl", "n/pretrain_data.json", F.Filters(iqs_max=2.5)),
-                                   ("openmind-csv", "om.csv", everything)):  # fmt: skip
+        for fmt, name, kept_by in (
+            ("nnssl", "n/pretrain_data.json", F.Filters(iqs_max=2.5)),
+            ("openmind-csv", "om.csv", everything),
+        ):
             t = time.perf_counter()
             B.build(index_path, kept_by, work / "manifests" / name, fmt=fmt, command=[])
-            print(f"  --format {fmt} ({'--iqs-max 2.5' if kept_by.iqs_max else 'every row'}): "
-                  f"{time.perf_counter() - t:.2f} s")  # fmt: skip
+            print(
+                f"  --format {fmt} ({'--iqs-max 2.5' if kept_by.iqs_max else 'every row'}): "
+                f"{time.perf_counter() - t:.2f} s"
+            )
         t = time.perf_counter()
-        back = B.build(work / "manifests" / "om.csv", F.Filters(iqs_max=2.5),
-                       work / "manifests" / "from-csv.parquet", command=[])  # fmt: skip
-        print(f"  --index <OpenMind CSV of {back.total} rows> --iqs-max 2.5: "
-              f"{time.perf_counter() - t:.2f} s")  # fmt: skip
+        back = B.build(
+            work / "manifests" / "om.csv",
+            F.Filters(iqs_max=2.5),
+            work / "manifests" / "from-csv.parquet",
+            command=[],
+        )
+        print(
+            f"  --index <OpenMind CSV of {back.total} rows> --iqs-max 2.5: "
+            f"{time.perf_counter() - t:.2f} s"
+        )
 
         def shell() -> None:
-            subprocess.run([str(curate), "build-manifest", "--iqs-max", "2.5"], cwd=work,
-                           check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [str(curate), "build-manifest", "--iqs-max", "2.5"],
+                cwd=work,
+                check=True,
+                capture_output=True,
+            )
 
         t_shell = best(shell)
         print(
             f"curate build-manifest --iqs-max 2.5 (shell, start-up included): {t_shell:.3f} s"
             "  [target < 1.5 s]"
         )
-        t_import = best(lambda: subprocess.run(
-            [sys.executable, "-c", "import openmind_curate.cli"], check=True))  # fmt: skip
+        t_import = best(
+            lambda: subprocess.run([sys.executable, "-c", "import openmind_curate.cli"], check=True)
+        )
         t_python = best(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True))
-        print(f"  of which: python start-up {t_python:.3f} s, import openmind_curate.cli "
-              f"{t_import - t_python:.3f} s")  # fmt: skip
+        print(
+            f"  of which: python start-up {t_python:.3f} s, import openmind_curate.cli "
+            f"{t_import - t_python:.3f} s"
+        )
 
         import pandas as pd
 

@@ -95,8 +95,10 @@ def main() -> None:
             seconds = time.perf_counter() - start
             results[name] = seconds
             rate = len(images) / seconds
-            print(f"{name:30s} {seconds / len(images):5.2f} s/image  {rate:5.2f} images/s/core  "
-                  f"head Dice median {np.median(scores):.3f} (min {min(scores):.3f})")  # fmt: skip
+            print(
+                f"{name:30s} {seconds / len(images):5.2f} s/image  {rate:5.2f} images/s/core  "
+                f"head Dice median {np.median(scores):.3f} (min {min(scores):.3f})"
+            )
     ours_s, peer_s = results.values()
     rate = args.images / ours_s
     print(f"ratio (peer time / ours)       {peer_s / ours_s:.2f}x")

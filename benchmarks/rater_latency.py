@@ -71,10 +71,18 @@ def build(folder: Path, n_files: int, n_items: int) -> tuple[Path, Path]:
     for i in range(n_items):
         rel = paths[i % n_files]
         row = {f.name: None for f in IMAGE_INDEX}
-        row.update(image_id=f"unit-{i:03d}", dataset_id="bench", suffix="T1w",
-                   extension=".nii.gz", modality="T1w", is_derivative=False, root=str(root),
-                   path=rel, size_bytes=(root / rel).stat().st_size,
-                   header_status="ok")  # fmt: skip
+        row.update(
+            image_id=f"unit-{i:03d}",
+            dataset_id="bench",
+            suffix="T1w",
+            extension=".nii.gz",
+            modality="T1w",
+            is_derivative=False,
+            root=str(root),
+            path=rel,
+            size_bytes=(root / rel).stat().st_size,
+            header_status="ok",
+        )
         rows.append(row)
     index_path = folder / "images.parquet"
     index_store.update(index_path, lambda _c: pa.Table.from_pylist(rows, schema=IMAGE_INDEX))
@@ -83,18 +91,32 @@ def build(folder: Path, n_files: int, n_items: int) -> tuple[Path, Path]:
     plan = []
     for rater in ("ours", "peer"):
         store.add_rater(engine, rater)
-        plan += [dict(rater_id=rater, image_id=f"unit-{i:03d}", kind="regular", position=i,
-                      dataset_id="bench", group_name="T1w") for i in range(n_items)]  # fmt: skip
+        plan += [
+            dict(
+                rater_id=rater,
+                image_id=f"unit-{i:03d}",
+                kind="regular",
+                position=i,
+                dataset_id="bench",
+                group_name="T1w",
+            )
+            for i in range(n_items)
+        ]
     store.add_assignments(engine, pd.DataFrame(plan), plan="bench")
     engine.dispose()
     return index_path, db
 
 
 def rating(item: flow.Item, rater: str, checksum: str | None) -> dict:
-    return flow.make_rating(item, {"noisiness": 2, "blurriness": 2, "artifact_level": 1},
-                            rater_id=rater, submission_id=store.new_submission_id(),
-                            image_checksum=checksum, seconds_spent=3.0,
-                            window_settings={"preset": viewer.DEFAULT_PRESET})  # fmt: skip
+    return flow.make_rating(
+        item,
+        {"noisiness": 2, "blurriness": 2, "artifact_level": 1},
+        rater_id=rater,
+        submission_id=store.new_submission_id(),
+        image_checksum=checksum,
+        seconds_spent=3.0,
+        window_settings={"preset": viewer.DEFAULT_PRESET},
+    )
 
 
 def png(images) -> None:
@@ -167,14 +189,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=16, help="units rated per run (default 16)")
     ap.add_argument("--files", type=int, default=4, help="distinct volumes (default 4)")
-    ap.add_argument("--think", type=float, default=1.5,
-                    help="seconds a rater scores an item, untimed (default 1.5)")  # fmt: skip
+    ap.add_argument(
+        "--think",
+        type=float,
+        default=1.5,
+        help="seconds a rater scores an item, untimed (default 1.5)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         index_path, db = build(Path(tmp), args.files, args.items)
-        print(f"{args.files} volumes {SHAPE} int16 .nii.gz, {args.items} items per rater "
-              f"(setup {time.perf_counter() - t0:.1f} s)")  # fmt: skip
+        print(
+            f"{args.files} volumes {SHAPE} int16 .nii.gz, {args.items} items per rater "
+            f"(setup {time.perf_counter() - t0:.1f} s)"
+        )
         index_df = index_store.read_frame(index_path)
         engine = store.connect(db)
         ours = run_ours(engine, index_df, args.think)

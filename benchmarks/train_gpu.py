@@ -57,8 +57,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PATCH, BATCH, WORKERS = 160, 2, 8
-NEEDED = {"blosc2": "blosc2", "dynamic_network_architectures": "dynamic_network_architectures",
-          "einops": "einops"}  # fmt: skip
+NEEDED = {
+    "blosc2": "blosc2",
+    "dynamic_network_architectures": "dynamic_network_architectures",
+    "einops": "einops",
+}
 
 
 def say(text: str) -> None:
@@ -74,8 +77,20 @@ def install_wheels(folder: Path) -> None:
     if not wheels:
         raise SystemExit(f"missing {', '.join(missing)} and no wheels in {folder}")
     say(f"wheels: installing {len(wheels)} from {folder} (missing: {', '.join(missing)})")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-                    "--find-links", str(folder), *wheels], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--find-links",
+            str(folder),
+            *wheels,
+        ],
+        check=True,
+    )
     importlib.invalidate_caches()
 
 
@@ -92,8 +107,9 @@ def make_step(compile_backend: str | None):
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
     model = models.build("resenc-l").cuda()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True,
-                          weight_decay=3e-5)  # fmt: skip
+    opt = torch.optim.SGD(
+        model.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5
+    )
     net = torch.compile(model, backend=compile_backend) if compile_backend else model
 
     def step(image, index, step_no):
@@ -126,8 +142,12 @@ def time_steps(step, warmup: int, steps: int, max_s: float) -> dict:
         n += 1
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"warmup_s": round(warm, 2), "steps": n, "steps_per_s": round(n / dt, 3),
-            "step_ms": round(1000 * dt / n, 1)}  # fmt: skip
+    return {
+        "warmup_s": round(warm, 2),
+        "steps": n,
+        "steps_per_s": round(n / dt, 3),
+        "step_ms": round(1000 * dt / n, 1),
+    }
 
 
 def phase_eager() -> dict:
@@ -166,8 +186,7 @@ def make_store(root: Path, n: int = 12) -> Path:
     from openmind_curate.train import preprocess as P
 
     shape = (176, 208, 176)
-    grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape],
-                        indexing="ij")  # fmt: skip
+    grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
     rows = []
     for i in range(n):
         rng = np.random.default_rng(i)
@@ -176,13 +195,26 @@ def make_store(root: Path, n: int = 12) -> Path:
         vol = (vol + rng.normal(0, 10, shape) * (radius < 1)).astype(np.float32)
         name = f"sub-{i:02d}_T1w.nii"
         save_nifti(vol, np.eye(4), root / name)
-        rows.append({"image_id": f"img{i:02d}", "dataset_id": "ds-bench", "subject": f"{i:02d}",
-                     "split": "val" if i == n - 1 else "train", "modality": "T1w",
-                     "root": str(root), "path": name, "anat_mask_path": None,
-                     "anon_mask_path": None})  # fmt: skip
+        rows.append(
+            {
+                "image_id": f"img{i:02d}",
+                "dataset_id": "ds-bench",
+                "subject": f"{i:02d}",
+                "split": "val" if i == n - 1 else "train",
+                "modality": "T1w",
+                "root": str(root),
+                "path": name,
+                "anat_mask_path": None,
+                "anon_mask_path": None,
+            }
+        )
     workers = min(16, os.cpu_count() or 1)
-    res = P.preprocess(pd.DataFrame(rows), root / "store", P.PreprocessConfig(),
-                       JobOptions(workers=workers, progress=False))  # fmt: skip
+    res = P.preprocess(
+        pd.DataFrame(rows),
+        root / "store",
+        P.PreprocessConfig(),
+        JobOptions(workers=workers, progress=False),
+    )
     if not res.batch.ok:
         raise RuntimeError(res.batch.summary())
     return root / "store"
@@ -248,10 +280,12 @@ class WorkerMemory:
         private = sorted(v for v in self.private.values() if v)
         if not peak:
             return {}
-        return {"workers_seen": len(peak), "rss_peak_max_mib": round(peak[-1] / 1024, 1),
-                "private_max_mib": round(private[-1] / 1024, 1) if private else None,
-                "private_median_mib": round(private[len(private) // 2] / 1024, 1)
-                if private else None}  # fmt: skip
+        return {
+            "workers_seen": len(peak),
+            "rss_peak_max_mib": round(peak[-1] / 1024, 1),
+            "private_max_mib": round(private[-1] / 1024, 1) if private else None,
+            "private_median_mib": round(private[len(private) // 2] / 1024, 1) if private else None,
+        }
 
 
 def phase_loader(store_path: Path, seconds: float) -> dict:
@@ -271,9 +305,13 @@ def phase_loader(store_path: Path, seconds: float) -> dict:
             n += 1
         dt = time.perf_counter() - t0
         del it
-    return {"workers": WORKERS, "first_batch_s": round(first, 2),
-            "patches_per_s": round(n * BATCH / dt, 2), "batches": n,
-            "worker_memory": mem.summary()}  # fmt: skip
+    return {
+        "workers": WORKERS,
+        "first_batch_s": round(first, 2),
+        "patches_per_s": round(n * BATCH / dt, 2),
+        "batches": n,
+        "worker_memory": mem.summary(),
+    }
 
 
 def phase_fed(store_path: Path, steps: int, max_s: float) -> dict:
@@ -303,8 +341,11 @@ def phase_fed(store_path: Path, steps: int, max_s: float) -> dict:
             if time.perf_counter() - t_start > max_s:
                 break
     del it
-    return {"steps": n, "steps_per_s": round(n / total, 3),
-            "gpu_waits_on_data_fraction": round(wait / total, 3)}  # fmt: skip
+    return {
+        "steps": n,
+        "steps_per_s": round(n / total, 3),
+        "gpu_waits_on_data_fraction": round(wait / total, 3),
+    }
 
 
 # --- main -------------------------------------------------------------------------
@@ -329,12 +370,19 @@ def main() -> int:
         return 0
     if args.wheels:
         install_wheels(args.wheels)
-    results: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                     "patch": PATCH, "batch": BATCH, "amp": "bf16"}  # fmt: skip
+    results: dict = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "patch": PATCH,
+        "batch": BATCH,
+        "amp": "bf16",
+    }
     left = lambda: args.budget - (time.perf_counter() - t_start)  # noqa: E731
 
-    say(f"{results['device']}, torch {torch.__version__}: ResEnc-L MAE, {PATCH}^3, "
-        f"batch {BATCH}, bf16; budget {args.budget:.0f} s")  # fmt: skip
+    say(
+        f"{results['device']}, torch {torch.__version__}: ResEnc-L MAE, {PATCH}^3, "
+        f"batch {BATCH}, bf16; budget {args.budget:.0f} s"
+    )
     results["eager"] = phase_eager()
     say(f"eager: {results['eager']}")
     torch.cuda.empty_cache()
@@ -361,8 +409,11 @@ def main() -> int:
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
             lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-            results["compile"] = (json.loads(lines[-1][7:]) if lines else
-                                  {"error": (done.stderr or done.stdout)[-1500:]})  # fmt: skip
+            results["compile"] = (
+                json.loads(lines[-1][7:])
+                if lines
+                else {"error": (done.stderr or done.stdout)[-1500:]}
+            )
         except subprocess.TimeoutExpired:
             results["compile"] = {"skipped": f"warm-up and steps exceeded {budget:.0f} s"}
     say(f"compile: {results['compile']}")
@@ -370,19 +421,24 @@ def main() -> int:
 
     eager, comp = results["eager"], results["compile"]
     say("\nsummary")
-    say(f"  steps/s eager     {eager['steps_per_s']}  (peak GPU memory "
-        f"{eager['peak_gpu_mem_gib']} GiB)")  # fmt: skip
+    say(
+        f"  steps/s eager     {eager['steps_per_s']}  (peak GPU memory "
+        f"{eager['peak_gpu_mem_gib']} GiB)"
+    )
     if "steps_per_s" in comp:
         say(f"  steps/s compiled  {comp['steps_per_s']}  (warm-up {comp['warmup_s']} s)")
     if "loader" in results:
         ld = results["loader"]
-        say(f"  loader            {ld['patches_per_s']} patches/s with {WORKERS} workers; "
-            f"worker memory {ld['worker_memory']}")  # fmt: skip
+        say(
+            f"  loader            {ld['patches_per_s']} patches/s with {WORKERS} workers; "
+            f"worker memory {ld['worker_memory']}"
+        )
     if "fed" in results:
         say(f"  GPU waits on data {results['fed']['gpu_waits_on_data_fraction']:.1%} of the step")
     say(f"  total             {results['total_s']} s")
-    path = args.json or (Path(os.environ["OUT"]) / "train_gpu.json" if os.environ.get("OUT")
-                         else None)  # fmt: skip
+    path = args.json or (
+        Path(os.environ["OUT"]) / "train_gpu.json" if os.environ.get("OUT") else None
+    )
     if path:
         path.write_text(json.dumps(results, indent=1))
         say(f"wrote {path}")

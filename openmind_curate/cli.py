@@ -212,8 +212,10 @@ def fetch(
             console.print(f"{dataset} {plan.snapshot.tag}: complete in {result.dest}")
         else:
             failed += 1
-            console.print(f"[red]{dataset}: {len(result.missing_after)} files still missing; "
-                          "run the same command again to resume[/red]")  # fmt: skip
+            console.print(
+                f"[red]{dataset}: {len(result.missing_after)} files still missing; "
+                "run the same command again to resume[/red]"
+            )
     if failed:
         raise typer.Exit(1)
 
@@ -259,11 +261,17 @@ def dwi(
         console.print("[red]error:[/red] give DWI files or --index INDEX (one of the two)")
         raise typer.Exit(2)
     if denoise not in ("mppca", "patch2self", "none"):
-        console.print(f"[red]error:[/red] --denoise must be mppca, patch2self or none, "
-                      f"not {denoise!r}")  # fmt: skip
+        console.print(
+            f"[red]error:[/red] --denoise must be mppca, patch2self or none, not {denoise!r}"
+        )
         raise typer.Exit(2)
-    config = DwiConfig(denoise=None if denoise == "none" else denoise, mppca_stride=stride,
-                       gibbs=gibbs, motion=motion, bias=bias)  # fmt: skip
+    config = DwiConfig(
+        denoise=None if denoise == "none" else denoise,
+        mppca_stride=stride,
+        gibbs=gibbs,
+        motion=motion,
+        bias=bias,
+    )
     table = None
     if index is not None:
         table = _read_index(index)
@@ -284,11 +292,15 @@ def dwi(
     if index is not None:
         added = update_index(index, index_rows(jobs, table))
         if not as_json:
-            console.print(f"{added.added + added.replaced} map rows (FA, MD, T2w) in {index} "
-                          f"({added.added} new)")  # fmt: skip
+            console.print(
+                f"{added.added + added.replaced} map rows (FA, MD, T2w) in {index} "
+                f"({added.added} new)"
+            )
             if added.skipped:
-                console.print(f"[yellow]note[/yellow] {added.skipped} map rows not added: "
-                              "their source left the index during the run")  # fmt: skip
+                console.print(
+                    f"[yellow]note[/yellow] {added.skipped} map rows not added: "
+                    "their source left the index during the run"
+                )
     if not as_json:
         console.print(batch.summary())
         for line in lines:
@@ -313,8 +325,9 @@ def _read_index(index: Path, *, images: bool = True):
     without a single image stops here rather than writing an empty result."""
     frame = store.read_frame(index)
     if images and frame.empty:
-        raise InputError(f"index {index} holds no images: nothing to do (did `curate crawl` "
-                         "find any dataset?)")  # fmt: skip
+        raise InputError(
+            f"index {index} holds no images: nothing to do (did `curate crawl` find any dataset?)"
+        )
     return frame
 
 
@@ -343,8 +356,10 @@ def masks(
     batch, records = run_jobs(jobs, options)
     updated = update_index(index, records)
     if updated.skipped:
-        console.print(f"[yellow]note[/yellow] {updated.skipped} images changed or left the "
-                      "index during the run: their masks were not recorded")  # fmt: skip
+        console.print(
+            f"[yellow]note[/yellow] {updated.skipped} images changed or left the "
+            "index during the run: their masks were not recorded"
+        )
     if records:
         df = pd.DataFrame(records)
         kinds = (
@@ -354,8 +369,9 @@ def masks(
         )
         counts = kinds.value_counts().rename_axis("anonymization")
         print_frame(counts.reset_index(name="images"), "Anonymization found")
-    console.print(f"{updated.replaced} index rows now carry mask paths ({index}); "
-                  f"masks under {out}")  # fmt: skip
+    console.print(
+        f"{updated.replaced} index rows now carry mask paths ({index}); masks under {out}"
+    )
     console.print(batch.summary())
     if batch.failed:
         raise typer.Exit(1)
@@ -388,8 +404,10 @@ def metrics(
     cols = ["snr_dietrich", "cnr_otsu", "efc", "fber", "fwhm_mm", "artifact_fraction", "inu_range"]
     summary = df[cols].describe().loc[["count", "50%", "min", "max"]].round(3).T
     summary["count"] = summary["count"].astype(int)
-    print_frame(summary.rename(columns={"50%": "median"}).reset_index(names="metric"),
-                "Metrics over the index")  # fmt: skip
+    print_frame(
+        summary.rename(columns={"50%": "median"}).reset_index(names="metric"),
+        "Metrics over the index",
+    )
     console.print(f"{len(df)} rows, {len(bad)} flagged corrupted -> {out}")
     console.print(batch.summary())
     if batch.failed:
@@ -459,8 +477,12 @@ def demo(
     console.rule("[bold]6/12 ratings: assignment plan filled by SIMULATED raters")
     cli_ratings.demo_ratings(index, out / "corpus" / "truth" / "images.parquet")
     console.rule("[bold]7/12 iqs: Image Quality Score (from the simulated ratings)")
-    cli_ratings.iqs(index=index, out=out / "iqs" / "iqs.parquet", model=True,
-                    metrics=out / "metrics" / "metrics.parquet")  # fmt: skip
+    cli_ratings.iqs(
+        index=index,
+        out=out / "iqs" / "iqs.parquet",
+        model=True,
+        metrics=out / "metrics" / "metrics.parquet",
+    )
     console.rule("[bold]8/12 build-manifest --iqs-max 2.5")
     manifest = out / "manifests" / "iqs-le-2.5.parquet"
     cli_manifest.build_manifest(iqs_max="2.5", index=index, out=manifest)
@@ -476,22 +498,38 @@ def _demo_training(out: Path, manifest: Path, workers: int | None, quiet: bool) 
 
     console.rule("[bold]10/12 preprocess: the manifest into a blosc2 store (2 mm, demo size)")
     store = out / "train" / "store"
-    cli_preprocess.preprocess(manifest=manifest, out=store, spacing="2.0", workers=workers,
-                              quiet=quiet)  # fmt: skip
+    cli_preprocess.preprocess(
+        manifest=manifest, out=store, spacing="2.0", workers=workers, quiet=quiet
+    )
     console.rule("[bold]11/12 train: a short MAE pre-training of the tiny network")
     run = out / "train" / "mae-tiny"
     resume = (run / "checkpoint.pt").exists()
-    cli_train.train_cmd(manifest=manifest, store=store, arch="tiny", patch=32, batch=2, epochs=3,
-                        iters_per_epoch=10, out=run, mask_block=8, val_patches=4, resume=resume,
-                        workers=0, quiet=quiet)  # fmt: skip
+    cli_train.train_cmd(
+        manifest=manifest,
+        store=store,
+        arch="tiny",
+        patch=32,
+        batch=2,
+        epochs=3,
+        iters_per_epoch=10,
+        out=run,
+        mask_block=8,
+        val_patches=4,
+        resume=resume,
+        workers=0,
+        quiet=quiet,
+    )
     console.rule("[bold]12/12 finetune: tissue segmentation, from scratch and pre-trained")
-    result = finetune_demo(out / "corpus", run / "encoder.pt", out / "train" / "finetune",
-                           quiet=quiet)  # fmt: skip
+    result = finetune_demo(
+        out / "corpus", run / "encoder.pt", out / "train" / "finetune", quiet=quiet
+    )
     for name in ("scratch", "pretrained"):
         r = result[name]
         dice = ", ".join(f"{k} {v:.3f}" for k, v in r["dice"].items())
-        console.print(f"{name:>10}: mean Dice {r['mean_dice']:.3f} ({dice}); {r['epochs']} "
-                      f"epochs, {r['schedule']}, lr {r['lr']:g}")  # fmt: skip
+        console.print(
+            f"{name:>10}: mean Dice {r['mean_dice']:.3f} ({dice}); {r['epochs']} "
+            f"epochs, {r['schedule']}, lr {r['lr']:g}"
+        )
     console.print(
         "Toy sizes: a 30-step pre-training of a 79k-parameter network says nothing "
         "about the paper's recipe; the demo shows that every stage runs."
@@ -500,14 +538,17 @@ def _demo_training(out: Path, manifest: Path, workers: int | None, quiet: bool) 
 
 def crash_log(exc: BaseException) -> Path:
     """Write the traceback of an unexpected error where the user can send it."""
-    folder = Path(os.environ.get("OPENMIND_CURATE_LOGS")
-                  or Path(os.environ.get("OPENMIND_CURATE_CACHE", "~/.cache/openmind-curate"))
-                  .expanduser() / "logs")  # fmt: skip
+    folder = Path(
+        os.environ.get("OPENMIND_CURATE_LOGS")
+        or Path(os.environ.get("OPENMIND_CURATE_CACHE", "~/.cache/openmind-curate")).expanduser()
+        / "logs"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"curate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    path.write_text(f"curate {' '.join(sys.argv[1:])}\nopenmind-curate {__version__}\n\n"
-                    + "".join(lines))  # fmt: skip
+    path.write_text(
+        f"curate {' '.join(sys.argv[1:])}\nopenmind-curate {__version__}\n\n" + "".join(lines)
+    )
     return path
 
 
@@ -521,8 +562,11 @@ def run() -> None:
             where = f"the traceback is in {crash_log(exc)}"
         except OSError as log_exc:
             where = f"and the traceback could not be logged ({log_exc})"
-        console.print(f"[red]internal error:[/red] {escape(f'{type(exc).__name__}: {exc}')}; "
-                      f"{escape(where)}. Please report it.", soft_wrap=True)  # fmt: skip
+        console.print(
+            f"[red]internal error:[/red] {escape(f'{type(exc).__name__}: {exc}')}; "
+            f"{escape(where)}. Please report it.",
+            soft_wrap=True,
+        )
         sys.exit(1)
 
 

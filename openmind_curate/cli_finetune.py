@@ -26,7 +26,7 @@ def finetune(
             help="nnU-Net raw dataset folder (dataset.json, imagesTr, "
             "labelsTr) or a generated corpus (`curate synth`; its tissue labels).",
         ),
-    ],  # fmt: skip
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
     pretrained: Annotated[
         Path | None,
@@ -35,7 +35,7 @@ def finetune(
             help="Encoder exported by `curate train` (encoder.pt). "
             "Without it the network trains from scratch.",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     schedule: Annotated[str, typer.Option("--schedule", help=_SCHEDULE_HELP)] = "default",
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs.")] = 150,
     arch: Annotated[
@@ -44,7 +44,7 @@ def finetune(
             "--arch",
             help="tiny or resenc-l; the encoder's with --pretrained, else resenc-l (needs a GPU).",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     patch: Annotated[
         int | None, typer.Option("--patch", help="Patch edge (default: the encoder's).")
     ] = None,
@@ -57,7 +57,7 @@ def finetune(
         typer.Option(
             "--lr", help="Peak learning rate (default 1e-3 fine-tuning, 1e-2 from scratch)."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     stage_len: Annotated[
         int | None,
         typer.Option(
@@ -65,14 +65,14 @@ def finetune(
             help="Epochs per warm-up stage (default: 15 for 150 "
             "epochs, 50 for 1000; see the README).",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed (split, patches, init).")] = 0,
     spacing: Annotated[
         float | None,
         typer.Option(
             "--spacing", help="Target spacing in mm (default: the encoder's, 1 mm from scratch)."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Fraction of cases held out (at least 1).")
     ] = 0.2,
@@ -88,10 +88,22 @@ def finetune(
     from openmind_curate.train.finetune import preflight as check
 
     config = FinetuneConfig(
-        data=data, out=out, pretrained=pretrained, schedule=schedule, epochs=epochs, arch=arch,
-        patch=patch, batch=batch, iters_per_epoch=iters_per_epoch, lr=lr, stage_len=stage_len,
-        seed=seed, spacing=spacing, val_fraction=val_fraction, quiet=quiet,
-    )  # fmt: skip
+        data=data,
+        out=out,
+        pretrained=pretrained,
+        schedule=schedule,
+        epochs=epochs,
+        arch=arch,
+        patch=patch,
+        batch=batch,
+        iters_per_epoch=iters_per_epoch,
+        lr=lr,
+        stage_len=stage_len,
+        seed=seed,
+        spacing=spacing,
+        val_fraction=val_fraction,
+        quiet=quiet,
+    )
     source = check(config)
     out = config.out = preflight.output_dir(out)
     result = run_finetune(config, source=source, echo=lambda s: console.print(s, highlight=False))
@@ -108,8 +120,10 @@ def finetune(
         table.add_row(case, *[fmt(dice[n]) for n in names])
     table.add_row("mean", *[fmt(result.dice[n]) for n in names], style="bold")
     console.print(table)
-    console.print(f"mean Dice over classes: {fmt(result.mean_dice)}; wrote {out / 'metrics.json'}, "
-                  f"{out / 'log.jsonl'} and {out / 'model.pt'}")  # fmt: skip
+    console.print(
+        f"mean Dice over classes: {fmt(result.mean_dice)}; wrote {out / 'metrics.json'}, "
+        f"{out / 'log.jsonl'} and {out / 'model.pt'}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -42,7 +42,7 @@ def build_manifest(
             "--iqs",
             help="IQS table (image_id, iqs, iqs_image) overriding the "
             "index's scores \\[default: the scores in the index].",
-        ),  # fmt: skip
+        ),
     ] = None,
     out: Annotated[
         Path | None,
@@ -96,7 +96,7 @@ def build_manifest(
             "--openmind-root",
             help="With an OpenMind CSV: the folder its paths are "
             "relative to \\[default: the CSV's folder (or its OpenMind/)].",
-        ),  # fmt: skip
+        ),
     ] = None,
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="Write an empty manifest instead of failing.")
@@ -138,26 +138,41 @@ def build_manifest(
     except F.FilterError as exc:
         raise InputError(str(exc)) from None
     result = B.build(
-        index, filters, out, fmt=fmt, val_fraction=val_fraction, seed=seed, iqs_file=iqs,
-        openmind_root=openmind_root, allow_empty=allow_empty, collection_name=collection_name,
+        index,
+        filters,
+        out,
+        fmt=fmt,
+        val_fraction=val_fraction,
+        seed=seed,
+        iqs_file=iqs,
+        openmind_root=openmind_root,
+        allow_empty=allow_empty,
+        collection_name=collection_name,
         command=["curate", *sys.argv[1:]],
-    )  # fmt: skip
+    )
     _summary(result)
 
 
 def _summary(result) -> None:
     data = result.sidecar_data
     c = data["counts"]
-    _table("Filters", ["filter", "rule", "before", "dropped", "after"],
-           [[s.name, s.rule, s.before, s.dropped, s.after] for s in result.steps])  # fmt: skip
+    _table(
+        "Filters",
+        ["filter", "rule", "before", "dropped", "after"],
+        [[s.name, s.rule, s.before, s.dropped, s.after] for s in result.steps],
+    )
     iqs_step = next((s for s in result.steps if s.name == "iqs"), None)
     if iqs_step is not None:
         d = iqs_step.detail
         kept = "kept (--keep-unrated)" if not d["unrated_dropped"] else "dropped"
-        console.print(f"IQS: {plural(d['above_threshold'], 'image')} above the threshold; "
-                      f"{plural(d['unrated'], 'unrated image')} {kept}")  # fmt: skip
-    rows = [[m, v["images"], v["subjects"], v["datasets"], v["val_images"]]
-            for m, v in c["per_modality"].items()]  # fmt: skip
+        console.print(
+            f"IQS: {plural(d['above_threshold'], 'image')} above the threshold; "
+            f"{plural(d['unrated'], 'unrated image')} {kept}"
+        )
+    rows = [
+        [m, v["images"], v["subjects"], v["datasets"], v["val_images"]]
+        for m, v in c["per_modality"].items()
+    ]
     rows.append(["total", c["images"], c["subjects"], c["datasets"], result.split.val_images])
     _table("Kept per modality", ["modality", "images", "subjects", "datasets", "val images"], rows)
     sp = result.split

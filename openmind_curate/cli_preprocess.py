@@ -85,8 +85,9 @@ def _summary(result) -> None:
     )
     rejected = result.rejected
     for r in rejected.head(20).itertuples():
-        console.print(f"  rejected {escape(str(r.source))}: {escape(str(r.reason))}",
-                      soft_wrap=True)  # fmt: skip
+        console.print(
+            f"  rejected {escape(str(r.source))}: {escape(str(r.reason))}", soft_wrap=True
+        )
     if len(rejected) > 20:
         console.print(f"  ... and {len(rejected) - 20} more (see store.parquet)")
     print(result.store)  # plain stdout, last line: a script can capture the path

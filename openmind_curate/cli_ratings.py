@@ -25,10 +25,12 @@ DbOpt = Annotated[
     ),
 ]
 
-raters_app = typer.Typer(help="Add, revoke and list raters (who may sign in to the app).",
-                         no_args_is_help=True)  # fmt: skip
-ratings_app = typer.Typer(help="Plan assignments; import, export and check ratings.",
-                          no_args_is_help=True)  # fmt: skip
+raters_app = typer.Typer(
+    help="Add, revoke and list raters (who may sign in to the app).", no_args_is_help=True
+)
+ratings_app = typer.Typer(
+    help="Plan assignments; import, export and check ratings.", no_args_is_help=True
+)
 
 
 def _db(db: str | None, index: Path) -> str:
@@ -110,7 +112,7 @@ def ratings_plan(
             "--rater",
             help="Plan for these raters only \\[default: every active rater who is not an admin].",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
 ) -> None:
     """Pick units per dataset x modality and give each to K raters, in a seeded random order.
 
@@ -122,8 +124,9 @@ def ratings_plan(
 
     frame = store.read_frame(index)
     engine = _engine(db, index)
-    config = planning.PlanConfig(per_group=per_group, raters=raters, seed=seed,
-                                 repeat_fraction=repeat_fraction)  # fmt: skip
+    config = planning.PlanConfig(
+        per_group=per_group, raters=raters, seed=seed, repeat_fraction=repeat_fraction
+    )
     candidates, not_rated = planning.units(frame)
     picked = planning.pick_units(candidates, config)
     gold_units = _gold_units(gold, candidates, engine) if gold else None
@@ -137,14 +140,19 @@ def ratings_plan(
     added = ratings.add_assignments(engine, rows, plan=config.name())
     groups = candidates.groupby(["dataset_id", "group_name"]).size().rename("units")
     chosen = picked.groupby(["dataset_id", "group_name"]).size().rename("picked")
-    print_frame(groups.to_frame().join(chosen).fillna(0).astype(int).reset_index(),
-                "Units per dataset x modality", 40)  # fmt: skip
+    print_frame(
+        groups.to_frame().join(chosen).fillna(0).astype(int).reset_index(),
+        "Units per dataset x modality",
+        40,
+    )
     if len(not_rated):
         print_frame(not_rated[["dataset_id", "path", "reason"]], "Listed, not assigned", 20)
     per_rater = rows.groupby(["rater_id", "kind"]).size().unstack(fill_value=0).reset_index()
     print_frame(per_rater, "Queue per rater")
-    console.print(f"{plural(len(picked), 'unit')} x {raters} raters; {added} new assignments "
-                  f"in {ratings.describe(_db(db, index))}")  # fmt: skip
+    console.print(
+        f"{plural(len(picked), 'unit')} x {raters} raters; {added} new assignments "
+        f"in {ratings.describe(_db(db, index))}"
+    )
 
 
 def _gold_units(path: Path, candidates, engine):
@@ -159,8 +167,11 @@ def _gold_units(path: Path, candidates, engine):
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
     known = candidates.set_index("image_id")
-    bad = [f"row {i + 2}: image_id {v!r} is not a unit of the index"
-           for i, v in enumerate(df["image_id"]) if v not in known.index]  # fmt: skip
+    bad = [
+        f"row {i + 2}: image_id {v!r} is not a unit of the index"
+        for i, v in enumerate(df["image_id"])
+        if v not in known.index
+    ]
     for axis in ratings.AXES:
         values = pd.to_numeric(df[axis], errors="coerce")
         out = ~values.between(1, 5) & (df[axis].notna() | (axis != "artifact_level"))
@@ -204,8 +215,9 @@ def ratings_import(
     df = ratings.read_table_file(path)
     known = set(store.read_frame(index)["image_id"])
     added = ratings.import_ratings(_engine(db, index), df, known, source=str(path))
-    console.print(f"{plural(added, 'rating')} imported from {path} "
-                  f"({len(df) - added} already present)")  # fmt: skip
+    console.print(
+        f"{plural(added, 'rating')} imported from {path} ({len(df) - added} already present)"
+    )
 
 
 @ratings_app.command("agreement")
@@ -249,8 +261,10 @@ _TITLES = {
 def app_file() -> Path:
     """apps/rater.py: beside the package in a checkout, under share/ in a wheel install."""
     share = Path(sys.prefix) / "share" / "openmind-curate"
-    for candidate in (Path(__file__).resolve().parents[1] / "apps" / "rater.py",
-                      share / "apps" / "rater.py"):  # fmt: skip
+    for candidate in (
+        Path(__file__).resolve().parents[1] / "apps" / "rater.py",
+        share / "apps" / "rater.py",
+    ):
         if candidate.is_file():
             return candidate
     raise InputError("the rater app (apps/rater.py) is not installed with this package")
@@ -275,13 +289,28 @@ def rate(
     engine = _engine(db, index, create=False)
     if ratings.list_raters(engine).empty:
         raise InputError("no raters yet: add one with `curate raters add NAME`")
-    env = {**os.environ, "OPENMIND_RATER_INDEX": str(index.resolve()),
-           "OPENMIND_RATER_DB": _db(db, index),
-           "OPENMIND_RATER_SHOW_DATASETS": "1" if show_datasets else "0"}  # fmt: skip
+    env = {
+        **os.environ,
+        "OPENMIND_RATER_INDEX": str(index.resolve()),
+        "OPENMIND_RATER_DB": _db(db, index),
+        "OPENMIND_RATER_SHOW_DATASETS": "1" if show_datasets else "0",
+    }
     console.print(f"rater app on http://{address}:{port} (Ctrl-C stops it)")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app_file()), "--server.port", str(port),
-           "--server.address", address, "--server.headless", "true",
-           "--browser.gatherUsageStats", "false"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_file()),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     try:
         raise typer.Exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
@@ -303,7 +332,7 @@ def iqs(
             help="Also predict a per-image IQS from the automatic metrics "
             "(column iqs_predicted; the paper's IQS is kept as it is).",
         ),
-    ] = False,  # fmt: skip
+    ] = False,
     metrics: Annotated[
         Path, typer.Option("--metrics", help="Metrics table (from `curate metrics`), for --model.")
     ] = Path("metrics.parquet"),
@@ -314,7 +343,7 @@ def iqs(
             help="Warn about ratings made on a file that has changed "
             "since (reads every rated unit's files to hash them).",
         ),
-    ] = False,  # fmt: skip
+    ] = False,
 ) -> None:
     """The paper's Image Quality Score from the ratings, written into the index.
 
@@ -335,11 +364,15 @@ def iqs(
     engine = _engine(db, index, create=False)
     rated = ratings.read_ratings(engine)
     if rated.empty:
-        raise ratings.RatingsError(f"{ratings.describe(_db(db, index))}: no ratings yet "
-                                   "(raters score their queue with `curate rate`)")  # fmt: skip
+        raise ratings.RatingsError(
+            f"{ratings.describe(_db(db, index))}: no ratings yet "
+            "(raters score their queue with `curate rate`)"
+        )
     if not (rated["kind"] == "regular").any():
-        raise ratings.RatingsError(f"{ratings.describe(_db(db, index))}: only repeat or gold "
-                                   "ratings, which never feed the IQS")  # fmt: skip
+        raise ratings.RatingsError(
+            f"{ratings.describe(_db(db, index))}: only repeat or gold "
+            "ratings, which never feed the IQS"
+        )
     metrics_df = _metrics_table(metrics) if model else None
     if out is not None:
         out = preflight.output_file(out)
@@ -358,9 +391,14 @@ def iqs(
     if check_files:
         changed = scoring.changed_files(frame, rated)
         if changed:
-            warnings.append(scoring.listing(
-                f"{len(changed)} unit(s) were rated on a file that has changed since (or can no "
-                "longer be read); re-rate them", changed, 5))  # fmt: skip
+            warnings.append(
+                scoring.listing(
+                    f"{len(changed)} unit(s) were rated on a file that has changed since "
+                    "(or can no longer be read); re-rate them",
+                    changed,
+                    5,
+                )
+            )
     # the files as scored: an image re-crawled as changed meanwhile is not written
     for col in ("size_bytes", "mtime_ns"):  # exact ints (None if null), never NaN floats
         values[col] = pd.Series(indexed.column(col).to_pylist(), index=values.index, dtype=object)
@@ -378,14 +416,18 @@ def iqs(
     print_frame(groups.assign(iqs=groups["iqs"].round(3)), "IQS per dataset x modality", 40)
     print_frame(scoring.kept_at(table["iqs"]), "Images kept at IQS <= threshold")
     scored = int(groups["iqs"].notna().sum())
-    console.print(f"{plural(scored, 'group')} scored, {len(groups) - scored} unscored; "
-                  f"{int(table['iqs'].notna().sum())} of {plural(len(table), 'image')} have an "
-                  f"IQS ({int(table['iqs_image'].notna().sum())} rated themselves); "
-                  f"{written.replaced} index rows written to {index}"
-                  + (f"; table -> {out}" if out is not None else ""))  # fmt: skip
+    console.print(
+        f"{plural(scored, 'group')} scored, {len(groups) - scored} unscored; "
+        f"{int(table['iqs'].notna().sum())} of {plural(len(table), 'image')} have an "
+        f"IQS ({int(table['iqs_image'].notna().sum())} rated themselves); "
+        f"{written.replaced} index rows written to {index}"
+        + (f"; table -> {out}" if out is not None else "")
+    )
     if written.skipped:
-        warnings.append(f"{written.skipped} image(s) changed on disk while scoring; "
-                        "their values were not written (run `curate iqs` again)")  # fmt: skip
+        warnings.append(
+            f"{written.skipped} image(s) changed on disk while scoring; "
+            "their values were not written (run `curate iqs` again)"
+        )
     for warning in warnings:
         console.print(f"[yellow]warning[/yellow] {warning}", soft_wrap=True)
 
@@ -396,16 +438,19 @@ def _metrics_table(path: Path):
     import pyarrow as pa
 
     if not path.exists():
-        raise InputError(f"{path}: no metrics table here (make it with `curate metrics`, "
-                         "or give --metrics)")  # fmt: skip
+        raise InputError(
+            f"{path}: no metrics table here (make it with `curate metrics`, or give --metrics)"
+        )
     path = preflight.input_files([path])[0]
     try:
         df = pd.read_parquet(path)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise InputError(f"{path}: cannot read the metrics table: {exc}") from None
     if "image_id" not in df.columns:
-        raise InputError(f"{path}: the metrics table has no image_id column "
-                         "(is it the output of `curate metrics`?)")  # fmt: skip
+        raise InputError(
+            f"{path}: the metrics table has no image_id column "
+            "(is it the output of `curate metrics`?)"
+        )
     return df
 
 
@@ -442,11 +487,21 @@ def demo_ratings(index: Path, truth: Path, n_raters: int = 3) -> None:
     for i in range(1, n_raters + 1):
         if f"simulated-{i}" not in have:
             ratings.add_rater(engine, f"simulated-{i}")
-    ratings_plan(index=index, db=None, per_group=2, raters=2, seed=0, repeat_fraction=0.1,
-                 gold=None, rater=[f"simulated-{i}" for i in range(1, n_raters + 1)])  # fmt: skip
+    ratings_plan(
+        index=index,
+        db=None,
+        per_group=2,
+        raters=2,
+        seed=0,
+        repeat_fraction=0.1,
+        gold=None,
+        rater=[f"simulated-{i}" for i in range(1, n_raters + 1)],
+    )
     n = simulate(engine, pd.read_parquet(truth))
-    console.print(f"[bold yellow]SIMULATED ratings:[/bold yellow] {plural(n, 'rating')} made by "
-                  f"{n_raters} simulated raters from the generator's truth table, with noise "
-                  "and a bias per rater. They stand in for human raters in this demo "
-                  "only.")  # fmt: skip
+    console.print(
+        f"[bold yellow]SIMULATED ratings:[/bold yellow] {plural(n, 'rating')} made by "
+        f"{n_raters} simulated raters from the generator's truth table, with noise "
+        "and a bias per rater. They stand in for human raters in this demo "
+        "only."
+    )
     ratings_agreement(index=index, db=None, out=None)

@@ -100,5 +100,10 @@ def job_options(
     scheduler = preflight.scheduler(scheduler)
     if shared is not None:
         preflight.workers_see(scheduler, shared)
-    return JobOptions(workers=workers, scheduler=scheduler, progress=not quiet, description=what,
-                      keep_existing=keep_existing)  # fmt: skip
+    return JobOptions(
+        workers=workers,
+        scheduler=scheduler,
+        progress=not quiet,
+        description=what,
+        keep_existing=keep_existing,
+    )

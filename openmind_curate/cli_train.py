@@ -48,11 +48,17 @@ def _open_or_preprocess(manifest: Path, store: Path | None):
         from openmind_curate.jobs import JobOptions
         from openmind_curate.train import preprocess as P
 
-        _say(f"preprocessing {escape(str(manifest))} into {escape(str(path))} "
-             "(finished cases are kept)")  # fmt: skip
+        _say(
+            f"preprocessing {escape(str(manifest))} into {escape(str(path))} "
+            "(finished cases are kept)"
+        )
         try:
-            result = P.preprocess(manifest, path, P.PreprocessConfig(),
-                                  JobOptions(progress=True, description="preprocess"))  # fmt: skip
+            result = P.preprocess(
+                manifest,
+                path,
+                P.PreprocessConfig(),
+                JobOptions(progress=True, description="preprocess"),
+            )
         except ValueError as exc:
             raise InputError(str(exc)) from None
         counts = result.meta["counts"]
@@ -60,8 +66,13 @@ def _open_or_preprocess(manifest: Path, store: Path | None):
     try:
         return open_store(path)
     except StoreError as exc:
-        hint = "" if given else (f"; under torchrun run `curate preprocess --manifest {manifest} "
-                                 f"--out {path}` first")  # fmt: skip
+        hint = (
+            ""
+            if given
+            else (
+                f"; under torchrun run `curate preprocess --manifest {manifest} --out {path}` first"
+            )
+        )
         raise InputError(f"{exc}{hint}") from None
 
 
@@ -70,11 +81,15 @@ def _fingerprint(store) -> str:
     from openmind_curate.train.checkpoint import config_hash
 
     cases = store.cases
-    return config_hash({"cases": sorted(cases["case_id"].astype(str)),
-                        "splits": sorted(cases["split"].astype(str)),
-                        "spacing": store.meta.get("spacing"),
-                        "normalization": store.meta.get("normalization"),
-                        "clipping": store.meta.get("clipping")})  # fmt: skip
+    return config_hash(
+        {
+            "cases": sorted(cases["case_id"].astype(str)),
+            "splits": sorted(cases["split"].astype(str)),
+            "spacing": store.meta.get("spacing"),
+            "normalization": store.meta.get("normalization"),
+            "clipping": store.meta.get("clipping"),
+        }
+    )
 
 
 def train_cmd(
@@ -166,19 +181,33 @@ def train_cmd(
 
     run = out if out is not None else default_out(manifest, method, arch)
     config = TrainConfig(
-        out=str(preflight.output_dir(run)), arch=arch, method=method, patch=patch,
-        global_batch=batch, epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr,
-        mask_block=mask_block, mask_ratio=mask_ratio, anon_aware=anon_aware, amp=amp,
-        compile="inductor" if compile_ else "", seed=seed, val_every=val_every,
-        resume=resume, progress=not quiet,
-    )  # fmt: skip
+        out=str(preflight.output_dir(run)),
+        arch=arch,
+        method=method,
+        patch=patch,
+        global_batch=batch,
+        epochs=epochs,
+        iters_per_epoch=iters_per_epoch,
+        lr=lr,
+        mask_block=mask_block,
+        mask_ratio=mask_ratio,
+        anon_aware=anon_aware,
+        amp=amp,
+        compile="inductor" if compile_ else "",
+        seed=seed,
+        val_every=val_every,
+        resume=resume,
+        progress=not quiet,
+    )
     try:
         config.check()
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if (Path(config.out) / "checkpoint.pt").exists() and not resume:
-        raise InputError(f"{config.out} already holds a checkpoint: pass --resume to "
-                         "continue it, or choose another --out")  # fmt: skip
+        raise InputError(
+            f"{config.out} already holds a checkpoint: pass --resume to "
+            "continue it, or choose another --out"
+        )
 
     data = _open_or_preprocess(manifest, store)
     train_cases = data.cases[data.cases["split"] == "train"]
@@ -200,14 +229,18 @@ def train_cmd(
         raise typer.Exit(1) from None
     state = "done" if result.complete else "stopped"
     loss = "" if result.loss is None else f", loss {result.loss:.4g}"
-    _say(f"{state}: {result.steps} of {config.total_steps} steps{loss}"
-         + (f", validation loss {result.val_loss:.4g}" if result.val_loss is not None else "")
-         + f"; run folder {escape(str(result.out))}")  # fmt: skip
+    _say(
+        f"{state}: {result.steps} of {config.total_steps} steps{loss}"
+        + (f", validation loss {result.val_loss:.4g}" if result.val_loss is not None else "")
+        + f"; run folder {escape(str(result.out))}"
+    )
     for name, path in result.files.items():
         _say(f"  {name}: {escape(str(path))}")
     if result.signal is not None:
-        _say(f"stopped by signal {result.signal} after step {result.steps}; the same command "
-             "with --resume continues")  # fmt: skip
+        _say(
+            f"stopped by signal {result.signal} after step {result.steps}; the same command "
+            "with --resume continues"
+        )
         raise typer.Exit(128 + result.signal)
 
 

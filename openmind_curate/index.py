@@ -146,8 +146,9 @@ def _add_missing_stage_columns(table: pa.Table) -> pa.Table:
     are empty, as for an image the stage has not reached."""
     for name in stage_columns(IMAGE_INDEX):
         if name not in table.column_names:
-            table = table.append_column(IMAGE_INDEX.field(name), pa.nulls(len(table),
-                                        IMAGE_INDEX.field(name).type))  # fmt: skip
+            table = table.append_column(
+                IMAGE_INDEX.field(name), pa.nulls(len(table), IMAGE_INDEX.field(name).type)
+            )
     return table
 
 

@@ -145,8 +145,10 @@ def workers_see(address: str | None, folder: Path) -> None:
     finally:
         probe.unlink(missing_ok=True)
     if not seen:
-        raise InputError(f"the Dask scheduler at {address} has no workers: start some with "
-                         f"`dask worker {address}`")  # fmt: skip
+        raise InputError(
+            f"the Dask scheduler at {address} has no workers: start some with "
+            f"`dask worker {address}`"
+        )
     blind = sorted(w for w, ok in seen.items() if not ok)
     if blind:
         raise InputError(

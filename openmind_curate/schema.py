@@ -18,10 +18,32 @@ import pyarrow.compute as pc
 
 #: Modality groups (paper Table 10); anything else is `other`.
 MODALITIES: tuple[str, ...] = (
-    "T1w", "T2w", "FA", "MD", "FLAIR", "MP2RAGE", "sbref", "ADC", "TRACE", "UNIT1",
-    "inplaneT2", "SWI", "UNIT1_denoised", "minIP", "PET", "T1map", "inplaneT1", "angio",
-    "PDw", "T2starw", "FLASH", "T2map", "T2starmap", "DWI", "other",
-)  # fmt: skip
+    "T1w",
+    "T2w",
+    "FA",
+    "MD",
+    "FLAIR",
+    "MP2RAGE",
+    "sbref",
+    "ADC",
+    "TRACE",
+    "UNIT1",
+    "inplaneT2",
+    "SWI",
+    "UNIT1_denoised",
+    "minIP",
+    "PET",
+    "T1map",
+    "inplaneT1",
+    "angio",
+    "PDw",
+    "T2starw",
+    "FLASH",
+    "T2map",
+    "T2starmap",
+    "DWI",
+    "other",
+)
 HEADER_STATUSES: tuple[str, ...] = ("ok", "empty", "corrupt", "missing", "unreadable")
 SEXES: tuple[str, ...] = ("M", "F", "O")
 HANDEDNESS: tuple[str, ...] = ("R", "L", "A")
@@ -63,9 +85,20 @@ _S, _I, _F, _B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 
 #: BIDS entities kept as their own columns (others go to `entities` JSON).
 ENTITY_COLUMNS: tuple[str, ...] = (
-    "subject", "session", "task", "acq", "ce", "rec", "dir", "run", "echo",
-    "flip", "inv", "mt", "part",
-)  # fmt: skip
+    "subject",
+    "session",
+    "task",
+    "acq",
+    "ce",
+    "rec",
+    "dir",
+    "run",
+    "echo",
+    "flip",
+    "inv",
+    "mt",
+    "part",
+)
 
 IMAGE_INDEX = pa.schema(
     [
@@ -223,7 +256,7 @@ PROBLEMS = pa.schema(
             False,
             doc="malformed_json, bad_tsv, encoding, duplicate, value, "
             "unreadable, header, dwi, crawl_failed",
-        ),  # fmt: skip
+        ),
         _f("message", _S, False),
     ]
 )
@@ -232,8 +265,14 @@ _L = pa.list_(pa.float64())
 
 #: Problems `curate metrics` checks for (quality.metrics module docstring).
 CORRUPTION_CHECKS: tuple[str, ...] = (
-    "unreadable", "nonfinite", "all_zero", "constant", "constant_slices", "fov_cut", "spacing",
-)  # fmt: skip
+    "unreadable",
+    "nonfinite",
+    "all_zero",
+    "constant",
+    "constant_slices",
+    "fov_cut",
+    "spacing",
+)
 
 #: Automatic quality metrics, one row per image (`curate metrics`).
 METRICS = pa.schema(

@@ -94,8 +94,11 @@ def dask_processes(tmp_path_factory):
     dask = str(Path(sys.executable).with_name("dask"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
-    procs = [subprocess.Popen(scheduler, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            scheduler, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    ]
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -131,14 +134,19 @@ def masked(corpus, tmp_path_factory):
     out = work / "derivatives" / "masks"
     crawled = CliRunner().invoke(app, ["crawl", str(root), "--out", str(index), "-j", "2", "-q"])
     assert crawled.exit_code == 0, crawled.output
-    result = CliRunner().invoke(app, ["masks", "--index", str(index), "--out", str(out), "-j", "2",
-                                 "-q"], env={"COLUMNS": "200"})  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        ["masks", "--index", str(index), "--out", str(out), "-j", "2", "-q"],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     table = store.read_frame(index)  # mask paths made absolute
     images = truth[(truth["kind"] == "image") & truth["anat_mask_truth"].notna()]
-    rows = images.merge(table[["image_id", "anat_mask_path", "anon_mask_path",
-                               "is_brain_extracted"]], on="image_id",
-                        suffixes=("_truth", ""))  # fmt: skip
+    rows = images.merge(
+        table[["image_id", "anat_mask_path", "anon_mask_path", "is_brain_extracted"]],
+        on="image_id",
+        suffixes=("_truth", ""),
+    )
     return root, rows, index, out, result.output
 
 
@@ -157,8 +165,9 @@ def _postgres_bin() -> Path | None:
     if found:
         folders += [Path(found).resolve().parent, Path(found).parent]
     versions = Path("/usr/lib/postgresql").glob("*/bin")
-    folders += sorted(versions, key=lambda p: int(p.parent.name) if p.parent.name.isdigit()
-                      else -1, reverse=True)  # fmt: skip
+    folders += sorted(
+        versions, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1, reverse=True
+    )
     for folder in folders:
         if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
             return folder
@@ -187,15 +196,19 @@ def postgres_server():
 
     bindir = _postgres_bin()
     if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in "
-                    "/usr/lib/postgresql/*/bin: install Debian's `postgresql` package")  # fmt: skip
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in "
+            "/usr/lib/postgresql/*/bin: install Debian's `postgresql` package"
+        )
     prefix: list[str] = []
     if os.geteuid() == 0:
         try:
             user = pwd.getpwnam("postgres")
         except KeyError:
-            raise RuntimeError("running as root, and initdb refuses root, but there is no "
-                               "`postgres` user to run the test server as") from None  # fmt: skip
+            raise RuntimeError(
+                "running as root, and initdb refuses root, but there is no "
+                "`postgres` user to run the test server as"
+            ) from None
         prefix = ["runuser", "-u", "postgres", "--"]
     base = Path(tempfile.mkdtemp(prefix="omc-postgres-", dir="/tmp"))
     base.chmod(0o755)  # the server user must reach the data folder
@@ -207,24 +220,51 @@ def postgres_server():
         done = subprocess.run([*prefix, *args], cwd=base, capture_output=True, text=True)
         if check and done.returncode != 0:
             server_log = log.read_text(errors="replace") if log.exists() else "(no log)"
-            raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n"
-                               f"{done.stdout}{done.stderr}\n"
-                               f"--- server log {log} ---\n{server_log}")  # fmt: skip
+            raise RuntimeError(
+                f"{' '.join(args)} failed ({done.returncode}):\n"
+                f"{done.stdout}{done.stderr}\n"
+                f"--- server log {log} ---\n{server_log}"
+            )
         return done
 
     pg_ctl = str(bindir / "pg_ctl")
     # a test server: durability off (a crash loses nothing that matters), room for the
     # concurrency tests' clients
-    options = (f"-c listen_addresses=127.0.0.1 -c unix_socket_directories={data} "
-               "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-               "-c max_connections=100")  # fmt: skip
+    options = (
+        f"-c listen_addresses=127.0.0.1 -c unix_socket_directories={data} "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        "-c max_connections=100"
+    )
     try:
-        run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-            "-E", "UTF8", "--locale=C", "--no-sync")  # fmt: skip
+        run(
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
         for attempt in range(3):
             port = _free_port()
-            started = run(pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                          "-o", f"{options} -p {port}", "start", check=False)  # fmt: skip
+            started = run(
+                pg_ctl,
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"{options} -p {port}",
+                "start",
+                check=False,
+            )
             # a free port can be taken between asking and binding: only that is retried
             taken = log.exists() and "could not bind" in log.read_text(errors="replace")
             if started.returncode == 0 or not taken or attempt == 2:
@@ -232,9 +272,11 @@ def postgres_server():
             log.unlink()
         if started.returncode != 0:
             server_log = log.read_text(errors="replace") if log.exists() else "(no log)"
-            raise RuntimeError(f"the test PostgreSQL server did not start (pg_ctl "
-                               f"{started.returncode}):\n{started.stdout}{started.stderr}\n"
-                               f"--- server log {log} ---\n{server_log}")  # fmt: skip
+            raise RuntimeError(
+                f"the test PostgreSQL server did not start (pg_ctl "
+                f"{started.returncode}):\n{started.stdout}{started.stderr}\n"
+                f"--- server log {log} ---\n{server_log}"
+            )
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:  # also after a failed or timed-out start; harmless when no server runs
         run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop", check=False)
@@ -279,6 +321,12 @@ def chromium() -> dict:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (Debian package `chromium`; .ci/run installs it)")
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
     return {"executable_path": CHROMIUM, "args": args}

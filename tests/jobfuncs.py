@@ -74,8 +74,9 @@ def main() -> None:
     out, n, delay, scheduler = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     fast = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     items = [(out, i, 0.05 if i < fast else delay) for i in range(n)]
-    options = JobOptions(workers=2, scheduler=None if scheduler == "-" else scheduler,
-                         progress=False)  # fmt: skip
+    options = JobOptions(
+        workers=2, scheduler=None if scheduler == "-" else scheduler, progress=False
+    )
     try:
         result = run_batch(slow_write, items, options, outputs=output_of)
     except BatchInterrupted as exc:  # what the CLI entry point does

@@ -126,9 +126,12 @@ def warp_mean_head(w: Warp) -> dict[str, np.ndarray]:
     del tpl, world, disp, rel
     out = {
         name: ndimage.map_coordinates(arr, coords, order=1, cval=cval, prefilter=False)
-        for name, arr, cval in (("mean", mean, float(mean.min())), ("keep", keep, 1.0),
-                                ("brain", brain, 0.0))
-    }  # fmt: skip
+        for name, arr, cval in (
+            ("mean", mean, float(mean.min())),
+            ("keep", keep, 1.0),
+            ("brain", brain, 0.0),
+        )
+    }
     out["affine"] = affine
     return out
 
@@ -172,15 +175,25 @@ def real_heads(w: Warp) -> list[RealHead]:
     cases = [RealHead(f"{tag}-intact", noisy, affine, head, empty, None, head)]
 
     defaced = np.where(keep, noisy, 0.0).astype(np.float32)
-    cases.append(RealHead(f"{tag}-pydeface", defaced, affine, head & keep, head & ~keep,
-                          "filled", head))  # fmt: skip
+    cases.append(
+        RealHead(f"{tag}-pydeface", defaced, affine, head & keep, head & ~keep, "filled", head)
+    )
 
     anat_img = nib.Nifti1Image(noisy, affine)
     brain_img = nib.Nifti1Image(brain.astype(np.uint8), affine)
     sheared = np.asarray(quickshear.quickshear(anat_img, brain_img, buff=10).dataobj)
     cut = (sheared == 0) & (noisy != 0)
-    cases.append(RealHead(f"{tag}-quickshear", sheared.astype(np.float32), affine, head & ~cut,
-                          head & cut, "filled", head))  # fmt: skip
+    cases.append(
+        RealHead(
+            f"{tag}-quickshear",
+            sheared.astype(np.float32),
+            affine,
+            head & ~cut,
+            head & cut,
+            "filled",
+            head,
+        )
+    )
 
     zone = ~keep
     sigma_vox = [4.0 / s for s in w.spacing]
@@ -188,6 +201,9 @@ def real_heads(w: Warp) -> list[RealHead]:
     cases.append(RealHead(f"{tag}-blurred", blurred, affine, head, head & zone, "blurred", head))
 
     stripped = np.where(brain, noisy, 0.0).astype(np.float32)
-    cases.append(RealHead(f"{tag}-skull-stripped", stripped, affine, brain, head & ~brain,
-                          "skull-stripped", head))  # fmt: skip
+    cases.append(
+        RealHead(
+            f"{tag}-skull-stripped", stripped, affine, brain, head & ~brain, "skull-stripped", head
+        )
+    )
     return cases

@@ -32,9 +32,18 @@ def files(tmp_path_factory):
     metrics = d / "metrics.parquet"
     pq.write_table(pa.table({"image_id": ["a"], "snr": [1.0]}), metrics)
     good = d / "index" / "images.parquet"
-    row = dict(image_id="a", dataset_id="ds", suffix="T1w", extension=".nii.gz", modality="T1w",
-               is_derivative=False, root=str(d / "ds"), path="sub-01/anat/sub-01_T1w.nii.gz",
-               size_bytes=1, header_status="ok")  # fmt: skip
+    row = dict(
+        image_id="a",
+        dataset_id="ds",
+        suffix="T1w",
+        extension=".nii.gz",
+        modality="T1w",
+        is_derivative=False,
+        root=str(d / "ds"),
+        path="sub-01/anat/sub-01_T1w.nii.gz",
+        size_bytes=1,
+        header_status="ok",
+    )
     with store.locked(good):
         store.write(good, rows_to_table([row], IMAGE_INDEX))
     newer = d / "newer.parquet"
@@ -105,9 +114,11 @@ def CASES(d: Path) -> list[tuple[list[str], str]]:
         (["dwi", "/nonexistent/x_dwi.nii.gz", "--out", str(d / "w")], "file not found"),
         (["dwi", str(d), "--out", str(d / "w")], "is a folder, not a file"),
         (["synth", str(d / "s"), "--scheduler", "bogus"], "not a Dask scheduler address"),
-        (["masks", "--index", good, "--scheduler", "tcp://127.0.0.1:1"],
-         "cannot reach the Dask scheduler at tcp://127.0.0.1:1"),
-    ]  # fmt: skip
+        (
+            ["masks", "--index", good, "--scheduler", "tcp://127.0.0.1:1"],
+            "cannot reach the Dask scheduler at tcp://127.0.0.1:1",
+        ),
+    ]
     return cases
 
 
@@ -165,7 +176,8 @@ def test_an_internal_error_prints_one_line_and_logs_the_traceback(monkeypatch, t
 
 def test_the_console_script_runs_through_the_guard():
     exe = Path(sys.executable).with_name("curate")
-    done = subprocess.run([exe, "index", "summary", "/nonexistent/images.parquet"],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [exe, "index", "summary", "/nonexistent/images.parquet"], capture_output=True, text=True
+    )
     assert done.returncode == 2 and "no index at /nonexistent/images.parquet" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr

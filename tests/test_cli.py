@@ -45,8 +45,21 @@ def test_batch_commands_share_workers_and_scheduler_options():
 
 def test_synth_command_writes_a_corpus_and_prints_a_summary(tmp_path):
     def args(seed: int) -> list[str]:
-        return ["synth", str(tmp_path), "--datasets", "2", "--subjects", "1", "--seed",
-                str(seed), "--voxel-scale", "3", "--workers", "2", "--quiet"]  # fmt: skip
+        return [
+            "synth",
+            str(tmp_path),
+            "--datasets",
+            "2",
+            "--subjects",
+            "1",
+            "--seed",
+            str(seed),
+            "--voxel-scale",
+            "3",
+            "--workers",
+            "2",
+            "--quiet",
+        ]
 
     result = runner.invoke(app, args(3), env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -58,8 +71,9 @@ def test_synth_command_writes_a_corpus_and_prints_a_summary(tmp_path):
 
 
 def test_demo_runs_the_existing_stages(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--workers", "2", "--quiet"],
-                           env={"COLUMNS": "200"})  # fmt: skip
+    result = runner.invoke(
+        app, ["demo", "--out", str(tmp_path), "--workers", "2", "--quiet"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     assert "demo finished" in result.output
     assert (tmp_path / "corpus" / "truth" / "images.parquet").is_file()
@@ -90,8 +104,11 @@ def test_demo_runs_the_existing_stages(tmp_path):
     readable = scored[scored["header_status"] == "ok"]
     assert readable["iqs"].notna().all() and readable["iqs_predicted"].notna().any()
     manifest = pq.read_table(tmp_path / "manifests" / "iqs-le-2.5.parquet").to_pandas()
-    assert len(manifest) and (manifest["iqs"] <= 2.5).all() and set(manifest["split"]) == {
-        "train", "val"}  # fmt: skip
+    assert (
+        len(manifest)
+        and (manifest["iqs"] <= 2.5).all()
+        and set(manifest["split"]) == {"train", "val"}
+    )
     assert (tmp_path / "manifests" / "iqs-le-2.5.json").is_file()
     assert (tmp_path / "report" / "index.html").is_file()
     # steps 10-12: store, MAE run, fine-tuning from scratch and pre-trained
@@ -103,8 +120,9 @@ def test_demo_runs_the_existing_stages(tmp_path):
 def test_index_summary_and_clear_errors(tmp_path, corpus):
     root, truth = corpus
     out = tmp_path / "images.parquet"
-    crawled = runner.invoke(app, ["crawl", str(root), "--out", str(out), "-j", "2", "-q"],
-                            env={"COLUMNS": "200"})  # fmt: skip
+    crawled = runner.invoke(
+        app, ["crawl", str(root), "--out", str(out), "-j", "2", "-q"], env={"COLUMNS": "200"}
+    )
     assert crawled.exit_code == 0, crawled.output
     assert "Problems" in crawled.output and "truncated" in crawled.output
     summary = runner.invoke(app, ["index", "summary", str(out)], env={"COLUMNS": "200"})
@@ -124,11 +142,19 @@ def test_train_extra_builds_a_resenc_unet_on_cpu():
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
     net = ResidualEncoderUNet(
-        input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv3d,
-        kernel_sizes=3, strides=[1, 2, 2], n_blocks_per_stage=[1, 1, 1], num_classes=2,
-        n_conv_per_stage_decoder=[1, 1], conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
+        input_channels=1,
+        n_stages=3,
+        features_per_stage=[4, 8, 16],
+        conv_op=torch.nn.Conv3d,
+        kernel_sizes=3,
+        strides=[1, 2, 2],
+        n_blocks_per_stage=[1, 1, 1],
+        num_classes=2,
+        n_conv_per_stage_decoder=[1, 1],
+        conv_bias=True,
+        norm_op=torch.nn.InstanceNorm3d,
         nonlin=torch.nn.LeakyReLU,
-    )  # fmt: skip
+    )
     with torch.no_grad():
         out = net(torch.zeros(1, 1, 16, 16, 16))
     assert tuple(out.shape) == (1, 2, 16, 16, 16)

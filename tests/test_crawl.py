@@ -172,8 +172,9 @@ def test_generated_corpus_matches_the_truth(corpus, tmp_path):
     ok = both[both["header_status_t"] == "ok"]
     assert all(list(a) == list(b) for a, b in zip(ok["shape_t"], ok["shape_i"], strict=True))
     assert (ok["n_volumes_t"] == ok["n_volumes_i"]).all()
-    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(ok["spacing_t"], ok["spacing_i"],
-                                                            strict=True))  # fmt: skip
+    assert all(
+        np.allclose(a, b, atol=1e-4) for a, b in zip(ok["spacing_t"], ok["spacing_i"], strict=True)
+    )
     for row in both.itertuples():
         assert json.loads(row.sidecar_t) == json.loads(row.sidecar_i), row.path_t
     dwi = both[both["modality_t"] == "DWI"]
@@ -270,8 +271,9 @@ def test_hostile_inputs_are_reported_and_the_crawl_goes_on(hostile, tmp_path):
     assert index.loc[f"{a}acq-mprägé_T1w.nii.gz", "acq"] == "mprägé"
     # The malformed sidecar is skipped; the inherited top-level values remain.
     assert json.loads(index.loc[f"{a}run-1_T1w.nii.gz", "sidecar"]) == {
-        "RepetitionTime": 2.0, "EchoTime": 0.003
-    }  # fmt: skip
+        "RepetitionTime": 2.0,
+        "EchoTime": 0.003,
+    }
     # Participants: first row of the duplicate kept; Latin-1 read; ragged row padded.
     sub1 = index.loc[f"{a}run-1_T1w.nii.gz"]
     assert (sub1["age"], sub1["sex"]) == (30.0, "F")
@@ -311,8 +313,9 @@ def test_permission_errors_are_reported(hostile, tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "open", fake_open)
     monkeypatch.setattr(os, "scandir", fake_scandir)
-    result = crawl([hostile], tmp_path / "i.parquet", CrawlOptions(),
-                   JobOptions(workers=1, progress=False))  # fmt: skip
+    result = crawl(
+        [hostile], tmp_path / "i.parquet", CrawlOptions(), JobOptions(workers=1, progress=False)
+    )
     problems = {(p.path, p.kind) for p in result.problems.to_pandas().itertuples()}
     assert ("T1w.json", "unreadable") in problems
     assert ("sub-02", "unreadable") in problems

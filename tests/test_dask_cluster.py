@@ -36,8 +36,19 @@ def test_batch_commands_on_a_real_cluster_write_where_asked(dask_processes, tmp_
     sched = ["--scheduler", address]
     _run("synth", "corpus", "--datasets", "2", "--subjects", "1", "--voxel-scale", "3", *sched)
     _run("crawl", "corpus", "--out", "index/images.parquet", *sched)
-    _run("dwi", "--index", "index/images.parquet", "--out", "deriv/dwi", "--denoise", "none",
-         "--no-gibbs", "--no-motion", "--no-bias", *sched)  # fmt: skip
+    _run(
+        "dwi",
+        "--index",
+        "index/images.parquet",
+        "--out",
+        "deriv/dwi",
+        "--denoise",
+        "none",
+        "--no-gibbs",
+        "--no-motion",
+        "--no-bias",
+        *sched,
+    )
     _run("masks", "--index", "index/images.parquet", "--out", "deriv/masks", *sched)
     _run("metrics", "--index", "index/images.parquet", "--out", "m/metrics.parquet", *sched)
 
@@ -62,8 +73,9 @@ def test_workers_that_cannot_see_the_output_folder_are_refused(dask_processes, t
         try:
             with pytest.raises(InputError, match="2 of 2 Dask workers .* cannot see"):
                 workers_see(address, tmp_path)
-            result = runner.invoke(app, ["synth", str(tmp_path / "c"), "--scheduler", address],
-                                   env={"COLUMNS": "300"})  # fmt: skip
+            result = runner.invoke(
+                app, ["synth", str(tmp_path / "c"), "--scheduler", address], env={"COLUMNS": "300"}
+            )
             assert result.exit_code == 2 and "cannot see" in result.output, result.output
         finally:
             client.run(lambda: importlib.reload(preflight))

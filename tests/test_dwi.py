@@ -69,8 +69,16 @@ def test_mppca_stride_two_stays_close_to_dipy_and_denoises():
 def test_patch2self_option_runs_and_denoises():
     from openmind_curate.dwi.denoise import patch2self_denoise
 
-    still = dict(shape=(32, 38, 32), spacing=5.0, n_b0=2, n_dirs=16, max_rotation_deg=0,
-                 max_translation_mm=0, bias_strength=0, seed=2)  # fmt: skip
+    still = dict(
+        shape=(32, 38, 32),
+        spacing=5.0,
+        n_b0=2,
+        n_dirs=16,
+        max_rotation_deg=0,
+        max_translation_mm=0,
+        bias_strength=0,
+        seed=2,
+    )
     noisy, clean = dwi_phantom(snr=10, **still), dwi_phantom(snr=1e9, **still)
     out, report = patch2self_denoise(noisy.data, noisy.bvals)
     assert report.method == "patch2self" and out.shape == noisy.data.shape
@@ -207,8 +215,9 @@ def test_cli_index_mode_on_the_generated_corpus(corpus, tmp_path):
     index = tmp_path / "index" / "images.parquet"
     assert runner.invoke(app, ["crawl", str(root), "--out", str(index), "-q"]).exit_code == 0
     out = tmp_path / "deriv"
-    result = runner.invoke(app, ["dwi", "--index", str(index), "--out", str(out), "--json",
-                                 "-j", "2"])  # fmt: skip
+    result = runner.invoke(
+        app, ["dwi", "--index", str(index), "--out", str(out), "--json", "-j", "2"]
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
     dwis = truth[truth["modality"] == "DWI"]
@@ -361,8 +370,9 @@ def test_real_data_through_the_cli(tmp_path):
 # -------------------------------------------------------------------- bad input
 
 
-def _series(tmp_path, name="sub-01_dwi", n=12, n_b0=2, shape=(16, 16, 12), bvals=None,
-            bvecs=None, data=None):  # fmt: skip
+def _series(
+    tmp_path, name="sub-01_dwi", n=12, n_b0=2, shape=(16, 16, 12), bvals=None, bvecs=None, data=None
+):
     rng = np.random.default_rng(0)
     if data is None:
         data = rng.random((*shape, n)).astype(np.float32) * 100 + 100
@@ -380,9 +390,16 @@ def _series(tmp_path, name="sub-01_dwi", n=12, n_b0=2, shape=(16, 16, 12), bvals
 
 
 def _run_one(path: Path, tmp_path: Path, config=DwiConfig(gibbs=False, motion=False)):
-    job = DwiJob(str(path), str(path).replace(".nii.gz", ".bval"),
-                 str(path).replace(".nii.gz", ".bvec"), str(tmp_path / "out"), "",
-                 stem_of(path.name), "x", config=config)  # fmt: skip
+    job = DwiJob(
+        str(path),
+        str(path).replace(".nii.gz", ".bval"),
+        str(path).replace(".nii.gz", ".bvec"),
+        str(tmp_path / "out"),
+        "",
+        stem_of(path.name),
+        "x",
+        config=config,
+    )
     return process(job)
 
 
@@ -421,8 +438,21 @@ def test_too_short_for_mppca_and_non_finite_voxels(tmp_path):
 def test_batch_isolates_a_bad_series(tmp_path):
     good = _series(tmp_path, name="sub-01_dwi")
     bad = _series(tmp_path, name="sub-02_dwi", bvals=np.full(12, 1000.0))
-    result = runner.invoke(app, ["dwi", str(good), str(bad), "--out", str(tmp_path / "o"),
-                                 "--no-gibbs", "--no-motion", "--json", "-j", "2"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "dwi",
+            str(good),
+            str(bad),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-gibbs",
+            "--no-motion",
+            "--json",
+            "-j",
+            "2",
+        ],
+    )
     assert result.exit_code == 1
     lines = {Path(x["input"]).name: x for x in map(json.loads, result.output.splitlines())}
     assert lines["sub-01_dwi.nii.gz"]["status"] == "done"

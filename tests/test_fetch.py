@@ -41,21 +41,35 @@ FILES = {
     "stimuli/face.png": 500,
 }
 WANTED = {
-    "CHANGES", "README", "dataset_description.json", "participants.json", "participants.tsv",
-    "acq-mprage_T1w.json", "dwi.bval", "dwi.bvec", "task-facerecognition_bold.json",
-    "sub-01/sub-01_sessions.tsv", "sub-01/ses-mri/sub-01_ses-mri_scans.tsv",
+    "CHANGES",
+    "README",
+    "dataset_description.json",
+    "participants.json",
+    "participants.tsv",
+    "acq-mprage_T1w.json",
+    "dwi.bval",
+    "dwi.bvec",
+    "task-facerecognition_bold.json",
+    "sub-01/sub-01_sessions.tsv",
+    "sub-01/ses-mri/sub-01_ses-mri_scans.tsv",
     "sub-01/ses-mri/anat/sub-01_ses-mri_acq-mprage_T1w.nii.gz",
     "sub-01/ses-mri/anat/sub-01_ses-mri_acq-mprage_T1w.json",
-    "sub-01/ses-mri/dwi/sub-01_ses-mri_dwi.nii.gz", "sub-01/ses-mri/dwi/sub-01_ses-mri_dwi.bval",
-}  # fmt: skip
+    "sub-01/ses-mri/dwi/sub-01_ses-mri_dwi.nii.gz",
+    "sub-01/ses-mri/dwi/sub-01_ses-mri_dwi.bval",
+}
 
 
 def _payload(tag: str, latest: bool = False) -> dict:
     files = [
-        {"id": f"{i:040x}", "filename": name, "size": size, "directory": False,
-         "urls": [f"https://s3.amazonaws.com/openneuro.org/ds000117/{name}?versionId=abc"]}
+        {
+            "id": f"{i:040x}",
+            "filename": name,
+            "size": size,
+            "directory": False,
+            "urls": [f"https://s3.amazonaws.com/openneuro.org/ds000117/{name}?versionId=abc"],
+        }
         for i, (name, size) in enumerate(FILES.items())
-    ]  # fmt: skip
+    ]
     files.append({"id": "d" * 40, "filename": "sub-01", "size": 0, "directory": True, "urls": []})
     snap = {"id": f"ds000117:{tag}", "tag": tag, "files": files}
     if latest:
@@ -111,12 +125,17 @@ def test_fetch_pins_the_latest_tag_and_records_it(tmp_path):
     assert fake.calls[0]["tag"] == "2.0.0"
     assert sorted(fake.calls[0]["include"]) == sorted("/" + p for p in WANTED)
     record = json.loads((tmp_path / "ds000117/.openmind/fetch.json").read_text())
-    assert record == {"dataset": "ds000117", "tag": "2.0.0", "datatypes": ["anat", "dwi"],
-                      "complete": True}  # fmt: skip
+    assert record == {
+        "dataset": "ds000117",
+        "tag": "2.0.0",
+        "datatypes": ["anat", "dwi"],
+        "complete": True,
+    }
     # The crawler carries the pinned tag into the index.
     (tmp_path / "ds000117/dataset_description.json").write_text('{"Name": "x"}')
-    index = crawl([tmp_path], tmp_path / "i.parquet", CrawlOptions(),
-                  JobOptions(workers=1, progress=False)).index.to_pandas()  # fmt: skip
+    index = crawl(
+        [tmp_path], tmp_path / "i.parquet", CrawlOptions(), JobOptions(workers=1, progress=False)
+    ).index.to_pandas()
     assert set(index["snapshot_tag"]) == {"2.0.0"} and len(index) == 2
 
 
@@ -155,8 +174,7 @@ def test_refuses_to_mix_snapshots(tmp_path):
 
 @responses.activate
 def test_api_errors_name_the_dataset(tmp_path):
-    responses.post(GRAPHQL_URL, json={"errors": [{"message": "Snapshot not found"}],
-                                      "data": None})  # fmt: skip
+    responses.post(GRAPHQL_URL, json={"errors": [{"message": "Snapshot not found"}], "data": None})
     with pytest.raises(FetchError, match="ds999999: OpenNeuro API error: Snapshot not found"):
         fetch("ds999999", tmp_path, tag="9.9.9", downloader=FakeDownloader())
     responses.replace(responses.POST, GRAPHQL_URL, status=502)
@@ -168,9 +186,10 @@ def test_api_errors_name_the_dataset(tmp_path):
 def test_cli_dry_run(tmp_path):
     responses.post(GRAPHQL_URL, json=_payload("1.0.5"))
     result = CliRunner().invoke(
-        app, ["fetch", "ds000117:1.0.5", "--dest", str(tmp_path), "--dry-run"],
+        app,
+        ["fetch", "ds000117:1.0.5", "--dest", str(tmp_path), "--dry-run"],
         env={"COLUMNS": "160"},
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     assert "snapshot 1.0.5" in result.output
     assert f"would download {len(WANTED)} files" in result.output

@@ -49,8 +49,12 @@ def nnunet_dir(tmp_path_factory) -> Path:
         image, label = _toy_case(rng)
         _save(root / "imagesTr" / f"toy_{i:03d}_0000.nii.gz", image)
         _save(root / "labelsTr" / f"toy_{i:03d}.nii.gz", label, dtype=np.uint8)
-    doc = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "ball": 1, "box": 2},
-           "numTraining": 5, "file_ending": ".nii.gz"}  # fmt: skip
+    doc = {
+        "channel_names": {"0": "T1"},
+        "labels": {"background": 0, "ball": 1, "box": 2},
+        "numTraining": 5,
+        "file_ending": ".nii.gz",
+    }
     (root / "dataset.json").write_text(json.dumps(doc))
     return root
 
@@ -117,8 +121,14 @@ def test_decoder_only_leaves_encoder_bit_identical():
     # must not move it in the decoder-only steps that follow (nor weight decay)
     ft.set_epoch(model, opt, 1e-2, decoder_only=False)
     _step(model, opt, gen)
-    enc, dec = _state(model.encoder), {n: p.detach().clone() for n, p in model.named_parameters()
-                                       if not n.startswith("encoder.")}  # fmt: skip
+    enc, dec = (
+        _state(model.encoder),
+        {
+            n: p.detach().clone()
+            for n, p in model.named_parameters()
+            if not n.startswith("encoder.")
+        },
+    )
     ft.set_epoch(model, opt, 1e-2, decoder_only=True)
     for _ in range(2):
         _step(model, opt, gen)
@@ -132,8 +142,9 @@ def test_decoder_only_leaves_encoder_bit_identical():
     # the whole network again: the encoder moves
     ft.set_epoch(model, opt, 1e-2, decoder_only=False)
     _step(model, opt, gen)
-    assert not torch.equal(after["stem.convs.0.conv.weight"],
-                           model.encoder.state_dict()["stem.convs.0.conv.weight"])  # fmt: skip
+    assert not torch.equal(
+        after["stem.convs.0.conv.weight"], model.encoder.state_dict()["stem.convs.0.conv.weight"]
+    )
     # the decoder's parameters are those outside the encoder (it holds a reference)
     assert len(ft.encoder_parameters(model)) + len(ft.decoder_parameters(model)) == len(
         list(model.parameters())
@@ -152,8 +163,9 @@ def test_pretrained_encoder_loaded_and_frozen_run(nnunet_dir, encoder_file, tmp_
     saved = torch.load(tmp_path / "frozen" / "model.pt", weights_only=False)["model"]
     assert all(torch.equal(saved[f"encoder.{k}"], weights[k]) for k in weights)
     # sawtooth, 2 epochs of stage 1: decoder only, then the whole network
-    run = ft.finetune(_config(nnunet_dir, tmp_path / "saw", pretrained=path,
-                              schedule="sawtooth", stage_len=1))  # fmt: skip
+    run = ft.finetune(
+        _config(nnunet_dir, tmp_path / "saw", pretrained=path, schedule="sawtooth", stage_len=1)
+    )
     assert [line["decoder_only"] for line in run.log] == [True, False]
     assert [line["lr"] for line in run.log] == [1e-3, 1e-3]
     saved = torch.load(tmp_path / "saw" / "model.pt", weights_only=False)["model"]
@@ -193,8 +205,9 @@ def test_nnunet_raw_layout(nnunet_dir, tmp_path):
 def test_nnunet_layout_errors(tmp_path):
     from openmind_curate.preflight import InputError
 
-    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"bg": 0, "x": 2},
-                                                       "channel_names": {"0": "T1"}}))  # fmt: skip
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"labels": {"bg": 0, "x": 2}, "channel_names": {"0": "T1"}})
+    )
     with pytest.raises(InputError, match="without gaps"):
         segdata.read_source(tmp_path)
     with pytest.raises(InputError, match="no imagesTr folder"):
@@ -215,32 +228,49 @@ def test_synth_corpus_pairs_labels_with_images(tmp_path):
         image, label = _toy_case(rng)
         files = {
             ("image", "T1w", "T1w", None): (f"ds9/sub-{sub}/anat/sub-{sub}_T1w.nii.gz", image),
-            ("label", "dseg", "T1w", None):
-                (f"ds9/derivatives/labels/sub-{sub}/anat/sub-{sub}_desc-tissue_dseg.nii.gz", label),
+            ("label", "dseg", "T1w", None): (
+                f"ds9/derivatives/labels/sub-{sub}/anat/sub-{sub}_desc-tissue_dseg.nii.gz",
+                label,
+            ),
             ("image", "T2w", "T2w", None): (f"ds9/sub-{sub}/anat/sub-{sub}_T2w.nii.gz", image),
-            ("image", "T1w", "T1w", "zeros"): (f"ds9/sub-{sub}/anat/sub-{sub}_run-2_T1w.nii.gz",
-                                               0 * image),
-        }  # fmt: skip
+            ("image", "T1w", "T1w", "zeros"): (
+                f"ds9/sub-{sub}/anat/sub-{sub}_run-2_T1w.nii.gz",
+                0 * image,
+            ),
+        }
         for (kind, suffix, contrast, corruption), (rel, data) in files.items():
             _save(tmp_path / rel, data, dtype=np.uint8 if kind == "label" else np.float32)
-            rows.append(dict(dataset_id="ds9", subject=sub, session=None, datatype="anat",
-                             kind=kind, suffix=suffix, contrast=contrast, path=rel,
-                             shape=[24, 24, 24], spacing=[1.0, 1.0, 1.0],
-                             corruption=corruption))  # fmt: skip
+            rows.append(
+                dict(
+                    dataset_id="ds9",
+                    subject=sub,
+                    session=None,
+                    datatype="anat",
+                    kind=kind,
+                    suffix=suffix,
+                    contrast=contrast,
+                    path=rel,
+                    shape=[24, 24, 24],
+                    spacing=[1.0, 1.0, 1.0],
+                    corruption=corruption,
+                )
+            )
     (tmp_path / "truth").mkdir()
     pd.DataFrame(rows).to_parquet(tmp_path / "truth" / "images.parquet")
     source = segdata.read_source(tmp_path)
     assert source.kind == "synth" and source.labels == segdata.SYNTH_TISSUE_LABELS
     assert [(c.case_id, c.images[0].name) for c in source.cases] == [
-        ("ds9_sub-01", "sub-01_T1w.nii.gz"), ("ds9_sub-02", "sub-02_T1w.nii.gz"),
-    ]  # fmt: skip
+        ("ds9_sub-01", "sub-01_T1w.nii.gz"),
+        ("ds9_sub-02", "sub-02_T1w.nii.gz"),
+    ]
     # the demo: from scratch and from an encoder, both Dice scores back
     enc = tmp_path / "enc.pt"
     models.save_encoder(
         models.build("tiny"), enc, models.EncoderMeta("tiny", (32,) * 3, (1.0,) * 3)
     )
-    out = ft.finetune_demo(tmp_path, enc, tmp_path / "demo", epochs=2, iters_per_epoch=1,
-                           spacing=None, patch=16)  # fmt: skip
+    out = ft.finetune_demo(
+        tmp_path, enc, tmp_path / "demo", epochs=2, iters_per_epoch=1, spacing=None, patch=16
+    )
     assert len(out["val_cases"]) == 1 and out["val_cases"][0] in ("ds9_sub-01", "ds9_sub-02")
     for run in ("scratch", "pretrained"):
         assert set(out[run]["dice"]) == {"CSF", "GM", "WM"}
@@ -252,8 +282,16 @@ def test_synth_corpus_pairs_labels_with_images(tmp_path):
 
 
 def test_short_finetune_learns(nnunet_dir, tmp_path):
-    config = _config(nnunet_dir, tmp_path / "run", arch="tiny", epochs=6, iters_per_epoch=12,
-                     lr=1e-2, schedule="warmup", stage_len=1)  # fmt: skip
+    config = _config(
+        nnunet_dir,
+        tmp_path / "run",
+        arch="tiny",
+        epochs=6,
+        iters_per_epoch=12,
+        lr=1e-2,
+        schedule="warmup",
+        stage_len=1,
+    )
     # the network as it starts (same seed, same initialization) on the same validation cases
     source = segdata.read_source(nnunet_dir)
     data = ft.load_data(source, (1.0,) * 3, "zscore", config.val_fraction, config.seed)
@@ -303,29 +341,70 @@ def cli() -> typer.Typer:
 def test_cli_errors(cli, nnunet_dir, tmp_path, monkeypatch):
     runner = CliRunner()
     out = str(tmp_path / "run")
-    r = runner.invoke(cli, ["finetune", "--data", str(tmp_path / "nope"), "--out", out,
-                            "--arch", "tiny"])  # fmt: skip
+    r = runner.invoke(
+        cli, ["finetune", "--data", str(tmp_path / "nope"), "--out", out, "--arch", "tiny"]
+    )
     assert r.exit_code == 2 and "not a folder" in r.output
-    r = runner.invoke(cli, ["finetune", "--data", str(nnunet_dir), "--out", out, "--arch", "tiny",
-                            "--schedule", "zigzag"])  # fmt: skip
+    r = runner.invoke(
+        cli,
+        [
+            "finetune",
+            "--data",
+            str(nnunet_dir),
+            "--out",
+            out,
+            "--arch",
+            "tiny",
+            "--schedule",
+            "zigzag",
+        ],
+    )
     assert r.exit_code == 2 and "--schedule zigzag" in r.output and "sawtooth" in r.output
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     r = runner.invoke(cli, ["finetune", "--data", str(nnunet_dir), "--out", out])
     assert r.exit_code == 2 and "resenc-l" in r.output and "--arch tiny" in r.output
-    r = runner.invoke(cli, ["finetune", "--data", str(nnunet_dir), "--out", out, "--arch",
-                            "tiny", "--schedule", "valley", "--epochs", "3",
-                            "--stage-len", "2"])  # fmt: skip
+    r = runner.invoke(
+        cli,
+        [
+            "finetune",
+            "--data",
+            str(nnunet_dir),
+            "--out",
+            out,
+            "--arch",
+            "tiny",
+            "--schedule",
+            "valley",
+            "--epochs",
+            "3",
+            "--stage-len",
+            "2",
+        ],
+    )
     assert r.exit_code == 2 and "lower --stage-len" in r.output
-    r = runner.invoke(cli, ["finetune", "--data", str(nnunet_dir), "--out", out,
-                            "--pretrained", str(tmp_path / "missing.pt")])  # fmt: skip
+    r = runner.invoke(
+        cli,
+        [
+            "finetune",
+            "--data",
+            str(nnunet_dir),
+            "--out",
+            out,
+            "--pretrained",
+            str(tmp_path / "missing.pt"),
+        ],
+    )
     assert r.exit_code == 2 and "file not found" in r.output
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    r = runner.invoke(cli, ["finetune", "--data", str(nnunet_dir), "--out", out,
-                            "--pretrained", str(bad)])  # fmt: skip
+    r = runner.invoke(
+        cli, ["finetune", "--data", str(nnunet_dir), "--out", out, "--pretrained", str(bad)]
+    )
     assert r.exit_code == 2 and "bad.pt" in r.output
-    r = runner.invoke(cli, ["finetune", "--data", str(nnunet_dir), "--out", out, "--arch",
-                            "tiny", "--patch", "18"])  # fmt: skip
+    r = runner.invoke(
+        cli,
+        ["finetune", "--data", str(nnunet_dir), "--out", out, "--arch", "tiny", "--patch", "18"],
+    )
     assert r.exit_code == 2 and "multiple of 4" in r.output
     one = tmp_path / "one"
     for sub in ("imagesTr", "labelsTr"):
@@ -340,9 +419,25 @@ def test_cli_errors(cli, nnunet_dir, tmp_path, monkeypatch):
 
 def test_cli_run(cli, nnunet_dir, encoder_file, tmp_path):
     out = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["finetune", "--data", str(nnunet_dir), "--out", str(out),
-                                 "--pretrained", str(encoder_file[0]), "--schedule", "sawtooth",
-                                 "--epochs", "2", "--iters-per-epoch", "1", "--quiet"])  # fmt: skip
+    r = CliRunner().invoke(
+        cli,
+        [
+            "finetune",
+            "--data",
+            str(nnunet_dir),
+            "--out",
+            str(out),
+            "--pretrained",
+            str(encoder_file[0]),
+            "--schedule",
+            "sawtooth",
+            "--epochs",
+            "2",
+            "--iters-per-epoch",
+            "1",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "Validation Dice" in r.output and "ball" in r.output and "box" in r.output
     for name in ("metrics.json", "log.jsonl", "model.pt"):

@@ -119,8 +119,10 @@ def test_touching_one_image_drops_only_its_own_results(pipeline, tmp_path):
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     result = _recrawl(tree)
     after = _frame(tree)
-    touched = {image_id("ds900001", "sub-01/anat/sub-01_T1w.nii.gz"),
-               image_id("ds900002", "sub-01/ses-01/dwi/sub-01_ses-01_dwi.nii.gz")}  # fmt: skip
+    touched = {
+        image_id("ds900001", "sub-01/anat/sub-01_T1w.nii.gz"),
+        image_id("ds900002", "sub-01/ses-01/dwi/sub-01_ses-01_dwi.nii.gz"),
+    }
     # The touched images lose their masks; the DWI loses its 3 maps (and their masks).
     assert after.loc[sorted(touched), STAGE[:2]].isna().all().all()
     gone = set(before.index[before["derived_from"].isin(touched)])
@@ -178,27 +180,42 @@ def _rows(specs):
     """Index rows from (id, size, mtime, derived_from, mask)."""
     return rows_to_table(
         [
-            dict(image_id=i, dataset_id="ds", suffix="T1w", extension=".nii.gz",
-                 modality="T1w", is_derivative=d is not None, root="/data/ds", path=f"{i}.nii.gz",
-                 size_bytes=s, mtime_ns=t, header_status="ok", derived_from=d,
-                 anat_mask_path=m, anon_mask_path=m, is_brain_extracted=True if m else None)
+            dict(
+                image_id=i,
+                dataset_id="ds",
+                suffix="T1w",
+                extension=".nii.gz",
+                modality="T1w",
+                is_derivative=d is not None,
+                root="/data/ds",
+                path=f"{i}.nii.gz",
+                size_bytes=s,
+                mtime_ns=t,
+                header_status="ok",
+                derived_from=d,
+                anat_mask_path=m,
+                anon_mask_path=m,
+                is_brain_extracted=True if m else None,
+            )
             for i, s, t, d, m in specs
         ],
         IMAGE_INDEX,
-    )  # fmt: skip
+    )
 
 
 def test_merge_crawl_follows_one_rule_for_every_stage_column():
     assert set(stage_columns(IMAGE_INDEX)) == {"derived_from", *STAGE, *IQS_COLUMNS}
-    old = _rows([
-        ("a", 10, 1, None, "/m/a"),   # unchanged
-        ("b", 10, 1, None, "/m/b"),   # changed mtime
-        ("c", 10, 1, None, "/m/c"),   # removed
-        ("fa_a", 5, 1, "a", "/m/fa_a"),
-        ("fa_b", 5, 1, "b", None),
-        ("mask_of_fa_a", 5, 1, "fa_a", None),  # a chain: kept with its source
-        ("fa_c", 5, 1, "c", None),
-    ])  # fmt: skip
+    old = _rows(
+        [
+            ("a", 10, 1, None, "/m/a"),  # unchanged
+            ("b", 10, 1, None, "/m/b"),  # changed mtime
+            ("c", 10, 1, None, "/m/c"),  # removed
+            ("fa_a", 5, 1, "a", "/m/fa_a"),
+            ("fa_b", 5, 1, "b", None),
+            ("mask_of_fa_a", 5, 1, "fa_a", None),  # a chain: kept with its source
+            ("fa_c", 5, 1, "c", None),
+        ]
+    )
     new = _rows([("a", 10, 1, None, None), ("b", 10, 2, None, None), ("d", 3, 1, None, None)])
     merged, report = store.merge_crawl(old, new)
     got = merged.to_pandas().set_index("image_id")
@@ -222,8 +239,9 @@ def _add_maps(args):
 def _set_masks(args):
     path, n = args
     for k in range(n):
-        store.set_columns(path, pd.DataFrame({"image_id": [f"img{k}"],
-                                              "anat_mask_path": [f"/m/{k}"]}))  # fmt: skip
+        store.set_columns(
+            path, pd.DataFrame({"image_id": [f"img{k}"], "anat_mask_path": [f"/m/{k}"]})
+        )
 
 
 def test_two_stages_writing_at_once_lose_neither_update(tmp_path):
@@ -247,8 +265,14 @@ def test_masks_of_a_file_changed_meanwhile_are_not_recorded(tmp_path):
     path = tmp_path / "images.parquet"
     with store.locked(path):
         store.write(path, _rows([("a", 10, 1, None, None), ("b", 10, 1, None, None)]))
-    values = pd.DataFrame({"image_id": ["a", "b"], "anat_mask_path": ["/m/a", "/m/b"],
-                           "size_bytes": [10, 10], "mtime_ns": [1, 0]})  # fmt: skip
+    values = pd.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "anat_mask_path": ["/m/a", "/m/b"],
+            "size_bytes": [10, 10],
+            "mtime_ns": [1, 0],
+        }
+    )
     result = store.set_columns(path, values)
     assert (result.replaced, result.skipped) == (1, 1)
     with pytest.raises(store.IndexStoreError, match="not stage columns of the index: modality"):
@@ -271,8 +295,9 @@ def test_newer_index_is_refused_and_version_1_is_upgraded(tmp_path):
         store.read(path)
     # Version 1: no metadata, absolute paths, map ids hashed from a derivatives name.
     v1 = _rows([("x", 10, 1, None, "/abs/x_mask.nii.gz"), ("y", 5, 1, "x", None)])
-    v1 = v1.set_column(v1.column_names.index("root"), "root",
-                       pa.array(["/data/ds", "/data/deriv/ds"]))  # fmt: skip
+    v1 = v1.set_column(
+        v1.column_names.index("root"), "root", pa.array(["/data/ds", "/data/deriv/ds"])
+    )
     pq.write_table(v1.replace_schema_metadata(None), path)
     got = store.read_frame(path)
     assert list(got["image_id"]) == [image_id("ds", "x.nii.gz"), image_id("ds", "y.nii.gz")]
@@ -308,11 +333,18 @@ def test_duplicate_dataset_names_get_order_free_suffixes(tmp_path):
         (tmp_path / folder / "dataset_description.json").write_text("{}")
 
     def ids(*roots):
-        return {Path(r.root).relative_to(tmp_path).as_posix(): r.dataset_id
-                for r in find_datasets([tmp_path / x for x in roots], False)}  # fmt: skip
+        return {
+            Path(r.root).relative_to(tmp_path).as_posix(): r.dataset_id
+            for r in find_datasets([tmp_path / x for x in roots], False)
+        }
 
-    expected = {"a/ds1": "ds1~a", "b/ds1": "ds1~b", "c/siteA/ds2": "ds2~siteA",
-                "c/siteB/ds2": "ds2~siteB", "c/ds3": "ds3"}  # fmt: skip
+    expected = {
+        "a/ds1": "ds1~a",
+        "b/ds1": "ds1~b",
+        "c/siteA/ds2": "ds2~siteA",
+        "c/siteB/ds2": "ds2~siteB",
+        "c/ds3": "ds3",
+    }
     assert ids("a", "b", "c") == expected
     assert ids("c", "b", "a") == expected
     assert ids("b/ds1", "a/ds1") == {"a/ds1": "ds1~a", "b/ds1": "ds1~b"}
@@ -335,8 +367,9 @@ def test_a_dataset_renamed_by_a_new_duplicate_gets_its_new_id_on_every_row(corpu
     out = tmp_path / "index" / "images.parquet"
     first = crawl([tmp_path / "data" / "siteA"], out, CrawlOptions(), JOBS)
     assert set(first.index.column("dataset_id").to_pylist()) == {"ds1"}
-    both = crawl([tmp_path / "data" / "siteA", tmp_path / "data" / "siteB"], out, CrawlOptions(),
-                 JOBS)  # fmt: skip
+    both = crawl(
+        [tmp_path / "data" / "siteA", tmp_path / "data" / "siteB"], out, CrawlOptions(), JOBS
+    )
     frame = store.read_frame(out)
     assert set(frame["dataset_id"]) == {"ds1~siteA", "ds1~siteB"}
     for row in frame.itertuples():

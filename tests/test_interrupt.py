@@ -37,8 +37,14 @@ def _start(out: Path, scheduler: str) -> subprocess.Popen:
     ignore SIGINT), once FAST items are finished and a slow one is writing."""
     cmd = [sys.executable, jobfuncs.__file__, str(out), str(N), str(SLOW_S), scheduler, str(FAST)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        start_new_session=True,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         files = list(out.iterdir()) if out.exists() else []
@@ -84,8 +90,12 @@ def _check_resume(out: Path) -> None:
     for i in range(FAST):
         assert (out / f"out-{i:03d}.txt").read_text() == jobfuncs.payload(i)
     items = [(str(out), i, 0.0) for i in range(N)]
-    again = run_batch(jobfuncs.slow_write, items, JobOptions(workers=2, progress=False),
-                      outputs=jobfuncs.output_of)  # fmt: skip
+    again = run_batch(
+        jobfuncs.slow_write,
+        items,
+        JobOptions(workers=2, progress=False),
+        outputs=jobfuncs.output_of,
+    )
     assert (len(again.skipped), len(again.done)) == (FAST, N - FAST), again.summary()
     files = sorted(out.iterdir())
     assert [f.name for f in files] == [f"out-{i:03d}.txt" for i in range(N)], "temps left"
@@ -113,8 +123,9 @@ def test_a_signal_stops_the_batch_at_once_and_it_resumes(tmp_path, scheduler, si
     assert proc.returncode == CODES[sig], (proc.returncode, stderr)
     assert seconds < EXIT_BOUND_S, f"took {seconds:.1f} s to exit"
     name = signal.Signals(sig).name
-    assert (f"Interrupted ({name}): {FAST} of {N} items finished; "
-            "run the same command again to resume") in stderr  # fmt: skip
+    assert (
+        f"Interrupted ({name}): {FAST} of {N} items finished; run the same command again to resume"
+    ) in stderr
     assert "Traceback" not in stderr + stdout, stderr
     _no_stray_processes(proc.pid)
     _check_resume(out)
@@ -141,8 +152,9 @@ def test_handlers_are_installed_only_while_a_batch_runs(tmp_path):
         during.append(signal.getsignal(signal.SIGINT))
         return str(i)
 
-    seen = run_batch(jobfuncs.handler_names, range(1), JobOptions(workers=1, progress=False),
-                     label=label)  # fmt: skip
+    seen = run_batch(
+        jobfuncs.handler_names, range(1), JobOptions(workers=1, progress=False), label=label
+    )
     assert during and during[0] is not before[signal.SIGINT]
     assert {sig: signal.getsignal(sig) for sig in CODES} == before
     # The workers leave SIGINT to the main process and die on SIGTERM.

@@ -53,8 +53,13 @@ def _stop(proc: subprocess.Popen, sig: int, group: bool) -> tuple[float, str]:
 
 
 def _popen(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([CURATE, *args, "-q"], start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [CURATE, *args, "-q"],
+        start_new_session=True,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,8 +78,11 @@ def test_masks_stop_at_once_and_resume(index, tmp_path, scheduler, sig, group):
     assert "Interrupted (SIGINT)" in text and "run the same command again" in text
     assert "Traceback" not in text
     done = len(list(out.rglob("*Anatomy_mask.json")))
-    again = subprocess.run([CURATE, "masks", "--index", str(index), "--out", str(out), "-q",
-                            "-j", "2"], capture_output=True, text=True)  # fmt: skip
+    again = subprocess.run(
+        [CURATE, "masks", "--index", str(index), "--out", str(out), "-q", "-j", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{done} skipped" in again.stdout
     for record in out.rglob("*Anatomy_mask.json"):

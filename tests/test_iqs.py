@@ -22,8 +22,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _img(image_id, dataset="ds1", modality="T1w", derived_from=None):
-    return dict(image_id=image_id, dataset_id=dataset, modality=modality,
-                derived_from=derived_from)  # fmt: skip
+    return dict(image_id=image_id, dataset_id=dataset, modality=modality, derived_from=derived_from)
 
 
 def _index(*rows) -> pd.DataFrame:
@@ -35,11 +34,24 @@ _counter = iter(range(10**6))
 
 def _r(image_id, rater, n, b, a=None, fov=False, corrupted=False, kind="regular", version=1):
     i = next(_counter)
-    return dict(image_id=image_id, rater_id=rater, kind=kind, version=version,
-                submission_id=f"s{i}", image_checksum=None, noisiness=n, blurriness=b,
-                artifact_level=a, fov_suboptimal=fov, corrupted=corrupted, comment=None,
-                seconds_spent=1.0, window_settings=None, app_version="test",
-                created_at=T0 + timedelta(seconds=i))  # fmt: skip
+    return dict(
+        image_id=image_id,
+        rater_id=rater,
+        kind=kind,
+        version=version,
+        submission_id=f"s{i}",
+        image_checksum=None,
+        noisiness=n,
+        blurriness=b,
+        artifact_level=a,
+        fov_suboptimal=fov,
+        corrupted=corrupted,
+        comment=None,
+        seconds_spent=1.0,
+        window_settings=None,
+        app_version="test",
+        created_at=T0 + timedelta(seconds=i),
+    )
 
 
 def _ratings(*rows) -> pd.DataFrame:
@@ -68,10 +80,15 @@ def test_corrupted_by_one_rater_gives_5():
 
 def test_aggregated_axis_at_5_gives_5_but_one_raters_5_does_not():
     idx = _index(_img("a"), _img("b"))
-    res = compute_iqs(idx, _ratings(
-        _r("a", "r1", 5, 1, 1), _r("a", "r2", 5, 2, 1),  # noisiness mean 5 -> IQS 5
-        _r("b", "r1", 5, 1, 1), _r("b", "r2", 3, 1, 1),  # noisiness mean 4 -> (4+1+1)/3 = 2
-    ))  # fmt: skip
+    res = compute_iqs(
+        idx,
+        _ratings(
+            _r("a", "r1", 5, 1, 1),
+            _r("a", "r2", 5, 2, 1),  # noisiness mean 5 -> IQS 5
+            _r("b", "r1", 5, 1, 1),
+            _r("b", "r2", 3, 1, 1),  # noisiness mean 4 -> (4+1+1)/3 = 2
+        ),
+    )
     assert _row(res, "a")["iqs_image"] == 5.0
     assert _row(res, "b")["noisiness"] == 4.0
     assert _row(res, "b")["iqs_image"] == pytest.approx(2.0)
@@ -79,11 +96,15 @@ def test_aggregated_axis_at_5_gives_5_but_one_raters_5_does_not():
 
 def test_suboptimal_fov_adds_one_capped_at_5():
     idx = _index(_img("a"), _img("b"), _img("c"))
-    res = compute_iqs(idx, _ratings(
-        _r("a", "r1", 2, 2, 2, fov=True), _r("a", "r2", 2, 2, 2),  # 2 + 1 = 3 (worst FOV)
-        _r("b", "r1", 4, 5, 4, fov=True),  # 13/3 + 1 = 5.33 -> capped 5
-        _r("c", "r1", 1, 1, 1, fov=True, corrupted=True),  # 5 (corrupted) + 1 -> capped 5
-    ))  # fmt: skip
+    res = compute_iqs(
+        idx,
+        _ratings(
+            _r("a", "r1", 2, 2, 2, fov=True),
+            _r("a", "r2", 2, 2, 2),  # 2 + 1 = 3 (worst FOV)
+            _r("b", "r1", 4, 5, 4, fov=True),  # 13/3 + 1 = 5.33 -> capped 5
+            _r("c", "r1", 1, 1, 1, fov=True, corrupted=True),  # 5 (corrupted) + 1 -> capped 5
+        ),
+    )
     assert _row(res, "a")["iqs_image"] == pytest.approx(3.0)
     assert bool(_row(res, "a")["fov_suboptimal"])
     assert _row(res, "b")["iqs_image"] == 5.0
@@ -92,8 +113,9 @@ def test_suboptimal_fov_adds_one_capped_at_5():
 
 def test_group_mean_given_to_every_image_of_the_group():
     idx = _index(_img("a"), _img("b"), _img("c"), _img("d", modality="T2w"))
-    res = compute_iqs(idx, _ratings(_r("a", "r1", 1, 1, 1), _r("b", "r1", 2, 3, 4),
-                                    _r("d", "r1", 2, 2, 2)))  # fmt: skip
+    res = compute_iqs(
+        idx, _ratings(_r("a", "r1", 1, 1, 1), _r("b", "r1", 2, 3, 4), _r("d", "r1", 2, 2, 2))
+    )
     # ds1/T1w: a = 1, b = 3 -> 2; c unrated gets 2 too; ds1/T2w: d alone -> 2
     assert [_row(res, i)["iqs"] for i in "abc"] == [2.0, 2.0, 2.0]
     assert math.isnan(_row(res, "c")["iqs_image"]) and _row(res, "c")["n_raters"] == 0
@@ -111,27 +133,37 @@ def test_group_of_one_rated_image():
 
 def test_mixed_raters_on_one_group():
     idx = _index(_img("a"), _img("b"))
-    res = compute_iqs(idx, _ratings(
-        _r("a", "r1", 1, 1, 1), _r("a", "r2", 3, 3, 3),  # a: 2
-        _r("b", "r3", 4, 4, 4), _r("b", "r4", 2, 2, 2),  # b: 3
-    ))  # fmt: skip
+    res = compute_iqs(
+        idx,
+        _ratings(
+            _r("a", "r1", 1, 1, 1),
+            _r("a", "r2", 3, 3, 3),  # a: 2
+            _r("b", "r3", 4, 4, 4),
+            _r("b", "r4", 2, 2, 2),  # b: 3
+        ),
+    )
     assert _row(res, "a")["iqs_image"] == 2.0 and _row(res, "b")["iqs_image"] == 3.0
     assert _row(res, "a")["iqs"] == 2.5 and _row(res, "b")["iqs"] == 2.5
 
 
 def test_latest_version_counts():
     idx = _index(_img("a"))
-    res = compute_iqs(idx, _ratings(_r("a", "r1", 5, 5, 5, version=1),
-                                    _r("a", "r1", 1, 2, 3, version=2)))  # fmt: skip
+    res = compute_iqs(
+        idx, _ratings(_r("a", "r1", 5, 5, 5, version=1), _r("a", "r1", 1, 2, 3, version=2))
+    )
     assert _row(res, "a")["iqs_image"] == 2.0 and _row(res, "a")["n_raters"] == 1
 
 
 def test_repeat_and_gold_ratings_never_change_the_iqs():
     idx = _index(_img("a"), _img("g"))
-    res = compute_iqs(idx, _ratings(
-        _r("a", "r1", 2, 2, 2), _r("a", "r1", 5, 5, 5, corrupted=True, kind="repeat"),
-        _r("g", "r1", 5, 5, 5, kind="gold"),
-    ))  # fmt: skip
+    res = compute_iqs(
+        idx,
+        _ratings(
+            _r("a", "r1", 2, 2, 2),
+            _r("a", "r1", 5, 5, 5, corrupted=True, kind="repeat"),
+            _r("g", "r1", 5, 5, 5, kind="gold"),
+        ),
+    )
     assert _row(res, "a")["iqs_image"] == 2.0 and _row(res, "a")["n_raters"] == 1
     assert _row(res, "a")["iqs"] == 2.0  # g is in the same group; its gold rating is not counted
 
@@ -144,10 +176,14 @@ def test_dwi_maps_share_the_dwi_score_and_are_not_pooled_with_acquired_t2w():
         _img("b0_1", modality="T2w", derived_from="dwi1"),  # mean b0: modality T2w, same dataset
         _img("t2", modality="T2w"),  # the dataset's acquired T2w
     )
-    res = compute_iqs(idx, _ratings(
-        _r("dwi1", "r1", 2, 4, 5), _r("dwi1", "r2", 2, 2, 5),  # artifact 5 ignored: (2+3)/2
-        _r("t2", "r1", 1, 1, 1),
-    ))  # fmt: skip
+    res = compute_iqs(
+        idx,
+        _ratings(
+            _r("dwi1", "r1", 2, 4, 5),
+            _r("dwi1", "r2", 2, 2, 5),  # artifact 5 ignored: (2+3)/2
+            _r("t2", "r1", 1, 1, 1),
+        ),
+    )
     for image in ("dwi1", "fa1", "md1", "b0_1"):
         row = _row(res, image)
         assert row["group_key"] == "ds1/DWI-derived"
@@ -162,10 +198,12 @@ def test_dwi_maps_share_the_dwi_score_and_are_not_pooled_with_acquired_t2w():
 
 def test_dwi_group_mean_counts_each_unit_once():
     idx = _index(
-        _img("d1", modality="DWI"), _img("d1fa", modality="FA", derived_from="d1"),
+        _img("d1", modality="DWI"),
+        _img("d1fa", modality="FA", derived_from="d1"),
         _img("d1md", modality="MD", derived_from="d1"),
-        _img("d2", modality="DWI"), _img("d2fa", modality="FA", derived_from="d2"),
-    )  # fmt: skip
+        _img("d2", modality="DWI"),
+        _img("d2fa", modality="FA", derived_from="d2"),
+    )
     res = compute_iqs(idx, _ratings(_r("d1", "r1", 1, 1), _r("d2", "r1", 4, 4)))
     # units 1 and 4 -> 2.5 (weighting by maps would give (1*3 + 4*2)/5 = 2.2)
     assert _row(res, "d2fa")["iqs"] == 2.5
@@ -180,10 +218,10 @@ def test_unrated_group_is_null_and_warned():
 
 
 def test_ratings_outside_the_index_and_of_single_maps_are_ignored_with_a_warning():
-    idx = _index(_img("a"), _img("d", modality="DWI"),
-                 _img("fa", modality="FA", derived_from="d"))  # fmt: skip
-    res = compute_iqs(idx, _ratings(_r("a", "r1", 2, 2, 2), _r("ghost", "r1", 5, 5, 5),
-                                    _r("fa", "r1", 5, 5)))  # fmt: skip
+    idx = _index(_img("a"), _img("d", modality="DWI"), _img("fa", modality="FA", derived_from="d"))
+    res = compute_iqs(
+        idx, _ratings(_r("a", "r1", 2, 2, 2), _r("ghost", "r1", 5, 5, 5), _r("fa", "r1", 5, 5))
+    )
     assert res.unknown_ratings == ["ghost"] and res.not_units == ["fa"]
     assert _row(res, "a")["iqs"] == 2.0 and math.isnan(_row(res, "fa")["iqs"])
     text = " ".join(res.warnings())
@@ -191,8 +229,12 @@ def test_ratings_outside_the_index_and_of_single_maps_are_ignored_with_a_warning
 
 
 def test_table_validates_against_the_iqs_schema():
-    idx = _index(_img("a"), _img("b", dataset="ds2"), _img("d", modality="DWI"),
-                 _img("fa", modality="FA", derived_from="d"))  # fmt: skip
+    idx = _index(
+        _img("a"),
+        _img("b", dataset="ds2"),
+        _img("d", modality="DWI"),
+        _img("fa", modality="FA", derived_from="d"),
+    )
     res = compute_iqs(idx, _ratings(_r("a", "r1", 2, 2, 2), _r("d", "r1", 1, 3)))
     table = validate(res.table, IQS)
     assert table.num_rows == 4
@@ -281,8 +323,9 @@ def test_cli_bad_input_is_named(private_index, tmp_path):
     result = runner.invoke(app, ["iqs", "--index", str(work)], env=ENV)
     assert result.exit_code == 2 and "no ratings yet" in result.output
     del engine
-    result = runner.invoke(app, ["iqs", "--index", str(work), "--db",
-                                 str(tmp_path / "none.sqlite")], env=ENV)  # fmt: skip
+    result = runner.invoke(
+        app, ["iqs", "--index", str(work), "--db", str(tmp_path / "none.sqlite")], env=ENV
+    )
     assert result.exit_code == 2 and "no ratings database" in result.output
 
 
@@ -349,9 +392,13 @@ def test_changed_files_flags_ratings_of_a_changed_file(tmp_path):
 
     for name, data in (("a.nii", b"aaa"), ("b.nii", b"bbb"), ("fa.nii", b"F"), ("md.nii", b"M")):
         (tmp_path / name).write_bytes(data)
-    idx = _index(_img("a"), _img("b"), _img("d", modality="DWI"),
-                 _img("fa", modality="FA", derived_from="d"),
-                 _img("md", modality="MD", derived_from="d"))  # fmt: skip
+    idx = _index(
+        _img("a"),
+        _img("b"),
+        _img("d", modality="DWI"),
+        _img("fa", modality="FA", derived_from="d"),
+        _img("md", modality="MD", derived_from="d"),
+    )
     idx["root"], idx["path"] = str(tmp_path), ["a.nii", "b.nii", "d.nii", "fa.nii", "md.nii"]
     sha = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
     rows = [_r("a", "r1", 1, 1, 1), _r("b", "r1", 1, 1, 1), _r("d", "r1", 1, 1)]

@@ -21,13 +21,22 @@ def _synthetic(n_datasets=8, per_dataset=15, seed=0):
             image = f"d{d}_i{i}"
             noise = rng.uniform(0, 1)
             target = 1 + 4 * noise
-            rows.append(dict(image_id=image, dataset_id=f"ds{d}", group_key=f"ds{d}/T1w",
-                             iqs_image=target))  # fmt: skip
-            metrics.append(dict(image_id=image, noise_sigma=noise, efc=rng.normal(),
-                                snr_dietrich=rng.normal(10, 2), corrupted=False))  # fmt: skip
+            rows.append(
+                dict(image_id=image, dataset_id=f"ds{d}", group_key=f"ds{d}/T1w", iqs_image=target)
+            )
+            metrics.append(
+                dict(
+                    image_id=image,
+                    noise_sigma=noise,
+                    efc=rng.normal(),
+                    snr_dietrich=rng.normal(10, 2),
+                    corrupted=False,
+                )
+            )
     unrated = dict(image_id="new", dataset_id="ds_new", group_key="ds_new/T1w", iqs_image=None)
-    metrics.append(dict(image_id="new", noise_sigma=0.5, efc=0.0, snr_dietrich=10.0,
-                        corrupted=False))  # fmt: skip
+    metrics.append(
+        dict(image_id="new", noise_sigma=0.5, efc=0.0, snr_dietrich=10.0, corrupted=False)
+    )
     return pd.DataFrame(metrics), pd.DataFrame([*rows, unrated])
 
 

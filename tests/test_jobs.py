@@ -29,11 +29,16 @@ def _check_outputs(out: Path, n: int) -> None:
 
 
 def test_failing_items_are_recorded_and_the_batch_goes_on():
-    result = run_batch(jobfuncs.fail_on_multiples_of_three, range(10), LOCAL,
-                       label=lambda i: f"file-{i}.nii.gz")  # fmt: skip
+    result = run_batch(
+        jobfuncs.fail_on_multiples_of_three, range(10), LOCAL, label=lambda i: f"file-{i}.nii.gz"
+    )
     assert [r.value for r in result.done] == [i * i for i in range(10) if i % 3]
-    assert [r.label for r in result.failed] == ["file-0.nii.gz", "file-3.nii.gz",
-                                                "file-6.nii.gz", "file-9.nii.gz"]  # fmt: skip
+    assert [r.label for r in result.failed] == [
+        "file-0.nii.gz",
+        "file-3.nii.gz",
+        "file-6.nii.gz",
+        "file-9.nii.gz",
+    ]
     assert all("ValueError: bad input" in r.error for r in result.failed)
     assert "FAILED file-3.nii.gz: ValueError: bad input 3" in result.summary()
 
@@ -135,8 +140,9 @@ def _wait_idle(address: str) -> None:
 
 def test_dask_cluster_records_a_raising_worker(dask_cluster):
     options = JobOptions(scheduler=dask_cluster.scheduler_address, progress=False)
-    result = run_batch(jobfuncs.fail_on_multiples_of_three, range(7), options,
-                       label=lambda i: f"img-{i}")  # fmt: skip
+    result = run_batch(
+        jobfuncs.fail_on_multiples_of_three, range(7), options, label=lambda i: f"img-{i}"
+    )
     assert sorted(r.value for r in result.done) == [1, 4, 16, 25]
     assert sorted(r.label for r in result.failed) == ["img-0", "img-3", "img-6"]
     assert all("ValueError" in r.error for r in result.failed)
@@ -150,14 +156,23 @@ def test_outputs_made_with_other_options_are_recomputed_unless_kept(tmp_path):
     for i in (1, 2):  # as if made with other options (the hook reads the marker)
         jobfuncs.output_of(items[i])[0].write_text("stale")
 
-    kept = run_batch(jobfuncs.slow_write, items, JobOptions(workers=2, progress=False,
-                     keep_existing=True), outputs=jobfuncs.output_of,
-                     current=jobfuncs.options_current)  # fmt: skip
+    kept = run_batch(
+        jobfuncs.slow_write,
+        items,
+        JobOptions(workers=2, progress=False, keep_existing=True),
+        outputs=jobfuncs.output_of,
+        current=jobfuncs.options_current,
+    )
     assert (len(kept.skipped), kept.recomputed) == (4, [])
     assert jobfuncs.output_of(items[1])[0].read_text() == "stale"
 
-    redone = run_batch(jobfuncs.slow_write, items, LOCAL, outputs=jobfuncs.output_of,
-                       current=jobfuncs.options_current)  # fmt: skip
+    redone = run_batch(
+        jobfuncs.slow_write,
+        items,
+        LOCAL,
+        outputs=jobfuncs.output_of,
+        current=jobfuncs.options_current,
+    )
     assert redone.recomputed == [str(items[1]), str(items[2])]
     assert [r.label for r in redone.done] == redone.recomputed
     assert len(redone.skipped) == 2
@@ -171,8 +186,13 @@ def test_a_failed_recompute_does_not_leave_the_old_output_looking_current(tmp_pa
     item = (str(tmp_path), 3, 0.0)
     marker = jobfuncs.output_of(item)[0]
     marker.write_text("stale")
-    result = run_batch(jobfuncs.fail_on_tuples, [item], LOCAL, outputs=jobfuncs.output_of,
-                       current=jobfuncs.options_current)  # fmt: skip
+    result = run_batch(
+        jobfuncs.fail_on_tuples,
+        [item],
+        LOCAL,
+        outputs=jobfuncs.output_of,
+        current=jobfuncs.options_current,
+    )
     assert [r.label for r in result.failed] == result.recomputed == [str(item)]
     assert not marker.exists()
 

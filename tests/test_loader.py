@@ -44,13 +44,25 @@ def store(tmp_path_factory):
         for name, data in (("img", vol), ("anat", ball), ("anon", ~ball)):
             paths[name] = str(tmp / f"c{i}_{name}.nii.gz")
             save_nifti(data.astype(np.float32), np.eye(4), paths[name])
-        rows.append({
-            "image_id": f"c{i}", "dataset_id": "ds1", "subject": str(i), "suffix": "T1w",
-            "extension": ".nii.gz", "modality": "T1w", "is_derivative": False,
-            "root": str(tmp), "path": f"c{i}_img.nii.gz", "size_bytes": 1,
-            "header_status": "ok", "group_n_rated": 0, "split": "val" if i == 5 else "train",
-            "anat_mask_path": paths["anat"], "anon_mask_path": paths["anon"] if i < 2 else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "image_id": f"c{i}",
+                "dataset_id": "ds1",
+                "subject": str(i),
+                "suffix": "T1w",
+                "extension": ".nii.gz",
+                "modality": "T1w",
+                "is_derivative": False,
+                "root": str(tmp),
+                "path": f"c{i}_img.nii.gz",
+                "size_bytes": 1,
+                "header_status": "ok",
+                "group_n_rated": 0,
+                "split": "val" if i == 5 else "train",
+                "anat_mask_path": paths["anat"],
+                "anon_mask_path": paths["anon"] if i < 2 else None,
+            }
+        )
     df = rows_to_table(rows, MANIFEST).to_pandas()
     res = P.preprocess(df, tmp / "store", options=JobOptions(workers=1, progress=False))
     assert res.batch.ok and len(res.ok) == 6
@@ -206,13 +218,29 @@ def test_loader_worker_memory_stays_bounded_at_160(tmp_path):
     for i in range(2):
         vol = rng.normal(100, 10, (176, 176, 176)).astype(np.float32)
         save_nifti(vol, np.eye(4), tmp_path / f"big{i}.nii")
-        rows.append({"image_id": f"big{i}", "dataset_id": "ds1", "subject": str(i),
-                     "suffix": "T1w", "extension": ".nii", "modality": "T1w",
-                     "is_derivative": False, "root": str(tmp_path), "path": f"big{i}.nii",
-                     "size_bytes": 1, "header_status": "ok", "split": "train"})  # fmt: skip
+        rows.append(
+            {
+                "image_id": f"big{i}",
+                "dataset_id": "ds1",
+                "subject": str(i),
+                "suffix": "T1w",
+                "extension": ".nii",
+                "modality": "T1w",
+                "is_derivative": False,
+                "root": str(tmp_path),
+                "path": f"big{i}.nii",
+                "size_bytes": 1,
+                "header_status": "ok",
+                "split": "train",
+            }
+        )
     df = rows_to_table(rows, MANIFEST).to_pandas()
-    P.preprocess(df, tmp_path / "store", P.PreprocessConfig(spacing=None),
-                 JobOptions(workers=1, progress=False))  # fmt: skip
+    P.preprocess(
+        df,
+        tmp_path / "store",
+        P.PreprocessConfig(spacing=None),
+        JobOptions(workers=1, progress=False),
+    )
     big = open_store(tmp_path / "store")
     before = {p.pid for p in psutil.Process().children()}  # the suite's servers, if any
     batches = make_loader(big, LoaderConfig(patch=160, global_batch=2, seed=0), workers=1)

@@ -51,12 +51,27 @@ def _row(label: str, work: Path) -> dict:
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     (root / rel).write_bytes(b"img")
     row = {
-        "image_id": label, "dataset_id": ds, "subject": sub, "session": ses, "acq": label,
-        "suffix": mod, "extension": ".nii.gz", "modality": mod, "is_derivative": False,
-        "root": str(root), "path": rel, "size_bytes": 3, "header_status": "ok",
-        "spacing": [1.0, 1.0, 1.2], "n_volumes": 1, "iqs": iqs, "age": 30.0, "sex": "F",
-        "manufacturer": "X", "is_brain_extracted": False,
-    }  # fmt: skip
+        "image_id": label,
+        "dataset_id": ds,
+        "subject": sub,
+        "session": ses,
+        "acq": label,
+        "suffix": mod,
+        "extension": ".nii.gz",
+        "modality": mod,
+        "is_derivative": False,
+        "root": str(root),
+        "path": rel,
+        "size_bytes": 3,
+        "header_status": "ok",
+        "spacing": [1.0, 1.0, 1.2],
+        "n_volumes": 1,
+        "iqs": iqs,
+        "age": 30.0,
+        "sex": "F",
+        "manufacturer": "X",
+        "is_brain_extracted": False,
+    }
     if extra.get("masks", True):
         for kind, col in (("anat", "anat_mask_path"), ("anon", "anon_mask_path")):
             mask = work / "masks" / ds / f"{label}_{kind}.nii.gz"
@@ -86,8 +101,11 @@ def _ids(table) -> set[str]:
 
 
 def _build(work: Path, out: str = "m.parquet", **kw) -> B.BuildResult:
-    opts = {k: kw.pop(k) for k in list(kw) if k in ("fmt", "val_fraction", "seed", "iqs_file",
-                                                       "allow_empty", "openmind_root")}  # fmt: skip
+    opts = {
+        k: kw.pop(k)
+        for k in list(kw)
+        if k in ("fmt", "val_fraction", "seed", "iqs_file", "allow_empty", "openmind_root")
+    }
     index = kw.pop("index", work / "index" / "images.parquet")
     return B.build(index, F.Filters(**kw), work / "manifests" / out, command=[], **opts)
 
@@ -134,7 +152,10 @@ def test_unrated_images_are_dropped_and_counted_unless_kept(work):
     dropped = _build(work, iqs_max=2.5)
     step = dropped.steps[-1]
     assert step.name == "iqs" and step.detail == {
-        "unrated": 1, "unrated_dropped": 1, "above_threshold": 2}  # fmt: skip
+        "unrated": 1,
+        "unrated_dropped": 1,
+        "above_threshold": 2,
+    }
     side = json.loads(dropped.sidecar.read_text())
     assert side["unrated_dropped"] == 1
     kept = _build(work, "k.parquet", iqs_max=2.5, keep_unrated=True)
@@ -143,8 +164,20 @@ def test_unrated_images_are_dropped_and_counted_unless_kept(work):
 
 def test_iqs_file_overrides_the_index_scores(work):
     scores = rows_to_table(
-        [{"image_id": "a2", "dataset_id": "dsA", "modality": "T2w", "group_key": "dsA/T2w",
-          "n_raters": 2, "iqs": 1.2, "iqs_image": 1.0, "group_n_rated": 1}], IQS)  # fmt: skip
+        [
+            {
+                "image_id": "a2",
+                "dataset_id": "dsA",
+                "modality": "T2w",
+                "group_key": "dsA/T2w",
+                "n_raters": 2,
+                "iqs": 1.2,
+                "iqs_image": 1.0,
+                "group_n_rated": 1,
+            }
+        ],
+        IQS,
+    )
     pq.write_table(scores, work / "iqs.parquet")
     result = _build(work, iqs_max=2.5, iqs_file=work / "iqs.parquet")
     assert _ids(result.table) == {"a2"}  # every image the file does not list is unrated
@@ -182,20 +215,30 @@ def test_split_is_subject_level_with_five_val_subjects_and_deterministic(tmp_pat
     assert not sides["train"] & sides["val"]  # no subject on both sides
     assert len(sides["val"]) == 5 and a.split.val_subjects == 5  # 0.01 x 60 < 5
     assert a.split.val_images == 10 and a.split.train_images == 110
-    again = B.build(index, F.Filters(), tmp_path / "b.parquet", val_fraction=0.01, seed=1,
-                    command=[])  # fmt: skip
+    again = B.build(
+        index, F.Filters(), tmp_path / "b.parquet", val_fraction=0.01, seed=1, command=[]
+    )
     assert _split_of(again.table) == sides
-    other = B.build(index, F.Filters(), tmp_path / "c.parquet", val_fraction=0.01, seed=2,
-                    command=[])  # fmt: skip
+    other = B.build(
+        index, F.Filters(), tmp_path / "c.parquet", val_fraction=0.01, seed=2, command=[]
+    )
     assert _split_of(other.table)["val"] != sides["val"]
-    big = B.build(index, F.Filters(), tmp_path / "d.parquet", val_fraction=0.2, seed=1,
-                  command=[])  # fmt: skip
+    big = B.build(index, F.Filters(), tmp_path / "d.parquet", val_fraction=0.2, seed=1, command=[])
     assert big.split.val_subjects == 12
 
 
-@pytest.mark.parametrize(("n", "fraction", "val"),
-                         [(1, 0.01, 0), (2, 0.01, 1), (6, 0.01, 3), (10, 0.01, 5),
-                          (1000, 0.01, 10), (1000, 0.0, 0), (100, 0.5, 50)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("n", "fraction", "val"),
+    [
+        (1, 0.01, 0),
+        (2, 0.01, 1),
+        (6, 0.01, 3),
+        (10, 0.01, 5),
+        (1000, 0.01, 10),
+        (1000, 0.0, 0),
+        (100, 0.5, 50),
+    ],
+)
 def test_val_subject_count(n, fraction, val):
     assert split.n_val_subjects(n, fraction) == val
 
@@ -212,10 +255,12 @@ def test_sidecar_records_filters_counts_checksums_and_version(work):
     assert side["inputs"]["iqs"] is None
     assert side["toolkit"]["version"] and side["format"] == "parquet"
     assert side["filters"]["iqs_max"] == 2.5 and side["filters"]["modalities"] == [
-        "T1w", "T2w", "FA"]  # fmt: skip
+        "T1w",
+        "T2w",
+        "FA",
+    ]
     steps = [(s["filter"], s["before"], s["after"]) for s in side["steps"]]
-    assert steps == [("header_status", 9, 8), ("3d_only", 8, 7), ("modality", 7, 5),
-                     ("iqs", 5, 4)]  # fmt: skip
+    assert steps == [("header_status", 9, 8), ("3d_only", 8, 7), ("modality", 7, 5), ("iqs", 5, 4)]
     assert side["counts"]["images"] == 4 and side["counts"]["input_images"] == 9
     assert side["counts"]["subjects"] == 4 and side["counts"]["datasets"] == 3
     t2w = side["counts"]["per_modality"]["T2w"]
@@ -242,8 +287,20 @@ def test_paths_resolve_after_moving_the_tree(work, tmp_path_factory):
 
 
 def test_rebase_matches_os_path_for_any_value():
-    values = ["../d/a.nii.gz", "m/x", "../../y", "..", ".", "/abs/p", None, "a/../b",
-              "../../../../../q", "./a", "a//b", "/x/./y"] * 10  # fmt: skip
+    values = [
+        "../d/a.nii.gz",
+        "m/x",
+        "../../y",
+        "..",
+        ".",
+        "/abs/p",
+        None,
+        "a/../b",
+        "../../../../../q",
+        "./a",
+        "a//b",
+        "/x/./y",
+    ] * 10
     values = [v if v is None else f"{v}{i}" for i, v in enumerate(values)]
     for base, to in (("/w/index", None), ("/w/index", "/w/manifests"), ("/w/i", "/o/p/q")):
         expected = [None if v is None else _exact(v, base, to) for v in values]
@@ -264,7 +321,8 @@ def test_nnssl_pretrain_data_structure(work):
     assert set(ds_b) == {"dataset_index", "name", "dataset_info", "subjects"}
     assert ds_b["dataset_index"] == "dsB" and ds_b["name"] is None
     assert {"modality": "FA", "derived_from": "a4", "image_quality_score": 2.2} in ds_b[
-        "dataset_info"]["image_quality_score"]  # fmt: skip
+        "dataset_info"
+    ]["image_quality_score"]
     subject = ds_b["subjects"]["sub-02"]
     assert set(subject) == {"subject_id", "sessions", "subject_info"}
     assert subject["subject_info"] == {"age": 30.0, "sex": "F"}
@@ -273,12 +331,16 @@ def test_nnssl_pretrain_data_structure(work):
     (image,) = session["images"]
     assert set(image) == {"name", "image_path", "modality", "image_info", "associated_masks"}
     assert image["modality"] == "FA" and os.path.isfile(image["image_path"])
-    assert image["image_info"] == {"derived_from": "a4", "is_brain_extract": False,
-                                   "manufacturer": "X"}  # fmt: skip
+    assert image["image_info"] == {
+        "derived_from": "a4",
+        "is_brain_extract": False,
+        "manufacturer": "X",
+    }
     masks = image["associated_masks"]
     assert set(masks) == {"anonymization_mask", "anatomy_mask"}
     assert masks["anatomy_mask"].endswith("b3_anat.nii.gz") and os.path.isfile(
-        masks["anonymization_mask"])  # fmt: skip
+        masks["anonymization_mask"]
+    )
     no_session = data["datasets"]["dsA"]["subjects"]["sub-01"]["sessions"]
     assert list(no_session) == ["ses-DEFAULT"]
     assert no_session["ses-DEFAULT"]["images"][0]["name"] == "sub-01_acq-a1_T1w.nii.gz"
@@ -297,8 +359,19 @@ def test_openmind_csv_round_trip(work):
     assert a.keys() == b.keys()
     for path, row in a.items():
         other = b[path]
-        for col in ("dataset_id", "subject", "session", "modality", "iqs", "root",
-                    "anat_mask_path", "anon_mask_path", "derived_from", "age", "sex"):  # fmt: skip
+        for col in (
+            "dataset_id",
+            "subject",
+            "session",
+            "modality",
+            "iqs",
+            "root",
+            "anat_mask_path",
+            "anon_mask_path",
+            "derived_from",
+            "age",
+            "sex",
+        ):
             assert other[col] == row[col], (path, col)
         assert os.path.isfile(os.path.join(other["root"], other["path"]))
 
@@ -309,27 +382,43 @@ def test_openmind_csv_input_layout(tmp_path):
     rows = [
         ("ds000001/sub-01/ses-01/anat/sub-01_ses-01_T1w.nii.gz", "ds000001_a", "T1w", 1.8, ""),
         ("ds000001/sub-02/anat/sub-02_T2w.nii.gz", "ds000001_b", "T2w", 3.2, ""),
-        ("ds000002/sub-07/ses-pre/dwi/sub-07_ses-pre_dwi_00000/FA.nii.gz", "ds000002_c", "FA",
-         2.0, "ds000002_x"),
+        (
+            "ds000002/sub-07/ses-pre/dwi/sub-07_ses-pre_dwi_00000/FA.nii.gz",
+            "ds000002_c",
+            "FA",
+            2.0,
+            "ds000002_x",
+        ),
         ("ds000002/sub-08/anat/sub-08_FLAIR.nii.gz", "ds000002_d", "FLAIR", "", ""),
-    ]  # fmt: skip
+    ]
     lines = [",".join(openmind_csv.COLUMNS)]
     for path, uid, mod, iqs, derived in rows:
         (om / path).parent.mkdir(parents=True, exist_ok=True)
         (om / path).write_bytes(b"x")
         mask = path.replace(".nii.gz", "_anat.nii.gz")
         (om / mask).write_bytes(b"m")
-        values = {"image_path": path, "unique_id": uid, "modality": mod,
-                  "image_quality_score": iqs, "anat_mask_path": mask, "anon_mask_path": "",
-                  "derived_from": derived, "is_brain_extract": "False", "age": "25",
-                  "sex": "male"}  # fmt: skip
+        values = {
+            "image_path": path,
+            "unique_id": uid,
+            "modality": mod,
+            "image_quality_score": iqs,
+            "anat_mask_path": mask,
+            "anon_mask_path": "",
+            "derived_from": derived,
+            "is_brain_extract": "False",
+            "age": "25",
+            "sex": "male",
+        }
         lines.append(",".join(str(values.get(c, "")) for c in openmind_csv.COLUMNS))
     csv = top / "openneuro_metadata.csv"
     csv.write_text("\n".join(lines) + "\n")
     table = openmind_csv.read(csv)  # finds OpenMind/ beside the CSV
     got = {r["image_id"]: r for r in table.to_pylist()}
-    assert (got["ds000001_a"]["dataset_id"], got["ds000001_a"]["subject"],
-            got["ds000001_a"]["session"]) == ("ds000001", "01", "01")  # fmt: skip
+    assert (
+        got["ds000001_a"]["dataset_id"],
+        got["ds000001_a"]["subject"],
+        got["ds000001_a"]["session"],
+    ) == ("ds000001", "01", "01")
     assert got["ds000001_b"]["session"] is None
     assert got["ds000002_c"]["session"] == "pre" and got["ds000002_c"]["iqs"] == 2.0
     assert got["ds000002_d"]["iqs"] is None
@@ -337,8 +426,7 @@ def test_openmind_csv_input_layout(tmp_path):
     for r in got.values():
         assert os.path.isfile(os.path.join(r["root"], r["path"]))
         assert os.path.isfile(r["anat_mask_path"])
-    assert openmind_csv.read(csv, om).column("root").to_pylist() == table.column(
-        "root").to_pylist()  # fmt: skip
+    assert openmind_csv.read(csv, om).column("root").to_pylist() == table.column("root").to_pylist()
     out = tmp_path / "m" / "pretrain_data.json"
     result = B.build(csv, F.Filters(iqs_max=2.5), out, fmt="nnssl", command=[])
     assert _ids(result.table) == {"ds000001_a", "ds000002_c"}
@@ -348,8 +436,9 @@ def test_openmind_csv_input_layout(tmp_path):
     fa = data["datasets"]["ds000002"]["subjects"]["sub-07"]["sessions"]["ses-pre"]["images"][0]
     assert fa["name"] == "sub-07_ses-pre_dwi_00000"[:-5] + "FA.nii.gz"  # the converter's rule
     assert fa["image_info"]["derived_from"] == "ds000002_x"
-    assert data["datasets"]["ds000001"]["subjects"]["sub-01"]["sessions"]["ses-01"]["images"][
-        0]["image_path"] == str(om / rows[0][0])  # fmt: skip
+    assert data["datasets"]["ds000001"]["subjects"]["sub-01"]["sessions"]["ses-01"]["images"][0][
+        "image_path"
+    ] == str(om / rows[0][0])
 
 
 # ------------------------------------------------------------------- CLI
@@ -371,11 +460,14 @@ def test_default_names():
     name = B.default_name
     assert name(F.Filters(iqs_max=2.5)) == "iqs-le-2.5.parquet"
     assert name(F.Filters(iqs_max=3, modalities=("T1w", "T2w", "FLAIR"))) == (
-        "iqs-le-3_T1w-T2w-FLAIR.parquet")  # fmt: skip
+        "iqs-le-3_T1w-T2w-FLAIR.parquet"
+    )
     assert name(F.Filters(), "nnssl") == "all/pretrain_data.json"
-    assert name(F.Filters(iqs_max=2, keep_unrated=True, exclude_modalities=("DWI",),
-                          require_masks=True), "openmind-csv", seed=3) == (
-        "iqs-le-2-or-unrated_no-DWI_masks_seed-3.csv")  # fmt: skip
+    assert name(
+        F.Filters(iqs_max=2, keep_unrated=True, exclude_modalities=("DWI",), require_masks=True),
+        "openmind-csv",
+        seed=3,
+    ) == ("iqs-le-2-or-unrated_no-DWI_masks_seed-3.csv")
 
 
 @pytest.mark.parametrize(
@@ -419,17 +511,39 @@ def test_output_under_a_file_is_a_clear_error(work, monkeypatch):
 
 def test_every_option_reaches_the_filters(work, monkeypatch):
     monkeypatch.chdir(work)
-    args = ["--iqs-max", "2", "--use-predicted-iqs", "--header-status", "any", "--keep-4d",
-            "--datasets", "dsB,dsC", "--exclude-datasets", "dsB", "--require-masks",
-            "--max-spacing", "2", "--val-fraction", "0.5", "--seed", "3",
-            "--format", "openmind-csv"]  # fmt: skip
+    args = [
+        "--iqs-max",
+        "2",
+        "--use-predicted-iqs",
+        "--header-status",
+        "any",
+        "--keep-4d",
+        "--datasets",
+        "dsB,dsC",
+        "--exclude-datasets",
+        "dsB",
+        "--require-masks",
+        "--max-spacing",
+        "2",
+        "--val-fraction",
+        "0.5",
+        "--seed",
+        "3",
+        "--format",
+        "openmind-csv",
+    ]
     path = Path(_cli(args).strip().splitlines()[-1])
     assert path == work / "manifests" / (
         "iqspred-le-2_ds-dsB-dsC_no-ds-dsB_sp-le-2_masks_hdr-any_with-4d_val-0.5_seed-3.csv"
     )
     side = json.loads(sidecar_path(path).read_text())
     assert [s["filter"] for s in side["steps"]] == [
-        "datasets", "exclude_datasets", "max_spacing", "require_masks", "iqs"]  # fmt: skip
+        "datasets",
+        "exclude_datasets",
+        "max_spacing",
+        "require_masks",
+        "iqs",
+    ]
     assert side["split"]["seed"] == 3 and side["split"]["val_subjects"] == 1
     back = openmind_csv.read(path, work / "data")
     assert set(back.column("image_id").to_pylist()) == {"dsC_c1", "dsC_c2"}

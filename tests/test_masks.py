@@ -161,8 +161,11 @@ def test_masks_resume_and_skip_finished(masked):
     victim = records[0]
     data = json.loads(victim.read_text())
     victim.unlink()
-    result = runner.invoke(app, ["masks", "--index", str(index), "--out", str(out), "-j", "2",
-                                 "-q"], env={"COLUMNS": "200"})  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["masks", "--index", str(index), "--out", str(out), "-j", "2", "-q"],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     assert f"1 done, {len(records) - 1} skipped" in result.output
     assert json.loads(victim.read_text())["anat_mask_path"] == data["anat_mask_path"]

@@ -67,10 +67,16 @@ def test_test_heads_are_warped_not_the_template(results):
     bits, tpl_affine = template_labels()
     for case, _ in results[:: len(results) // len(WARPS)]:
         m = np.linalg.inv(tpl_affine) @ case.affine
-        unwarped = ndimage.affine_transform(
-            ((bits & HEAD) > 0).astype(np.float32), m[:3, :3], m[:3, 3],
-            output_shape=case.head.shape, order=1,
-        ) > 0.5  # fmt: skip
+        unwarped = (
+            ndimage.affine_transform(
+                ((bits & HEAD) > 0).astype(np.float32),
+                m[:3, :3],
+                m[:3, 3],
+                output_shape=case.head.shape,
+                order=1,
+            )
+            > 0.5
+        )
         assert dice(unwarped, case.head) < 0.95, case.name
     assert pydeface_data("mean_reg2mean.nii.gz").shape == bits.shape
 

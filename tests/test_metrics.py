@@ -24,16 +24,20 @@ def measured(masked, tmp_path_factory):
     """`curate metrics` on the masked corpus index, joined to the truth."""
     root, rows, index, _, _ = masked
     out = tmp_path_factory.mktemp("metrics") / "metrics.parquet"
-    result = runner.invoke(app, ["metrics", "--index", str(index), "--out", str(out), "-j", "2",
-                                 "-q"], env={"COLUMNS": "200"})  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["metrics", "--index", str(index), "--out", str(out), "-j", "2", "-q"],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     validate(table, METRICS)
     from openmind_curate.synth.corpus import load_truth
 
     truth = load_truth(root).to_pandas()
-    joined = truth[truth["kind"] == "image"].merge(table.to_pandas(), on="image_id",
-                                                   suffixes=("_truth", ""))  # fmt: skip
+    joined = truth[truth["kind"] == "image"].merge(
+        table.to_pandas(), on="image_id", suffixes=("_truth", "")
+    )
     return joined, out, index, result.output
 
 
@@ -117,8 +121,12 @@ def test_metric_ranks_its_degradation(measured, ladder, metric):
 
 def test_every_corrupted_file_is_caught_and_clean_ones_are_not(measured):
     df, *_ = measured
-    expected = {"truncated": "unreadable", "empty": "unreadable", "nan": "nonfinite",
-                "zeros": "all_zero"}  # fmt: skip
+    expected = {
+        "truncated": "unreadable",
+        "empty": "unreadable",
+        "nan": "nonfinite",
+        "zeros": "all_zero",
+    }
     for row in df.itertuples():
         problems = list(row.problems)
         if isinstance(row.corruption, str):
@@ -138,8 +146,11 @@ def test_metrics_use_the_index_masks_and_resume(measured):
     victim = parts[0]
     before = json.loads(victim.read_text())
     victim.unlink()
-    result = runner.invoke(app, ["metrics", "--index", str(index), "--out", str(out), "-j", "2",
-                                 "-q"], env={"COLUMNS": "200"})  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["metrics", "--index", str(index), "--out", str(out), "-j", "2", "-q"],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(victim.read_text())["image_id"] == before["image_id"]
     assert "1 done" in result.output

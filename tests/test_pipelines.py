@@ -28,16 +28,27 @@ def test_shipped_config_renders_a_complete_job_script(tmp_path):
     cfg = dataclasses.replace(cfg, partition="cpu", account="mylab", env={"A_VAR": "a b"})
     script = _render(cfg, "/shared/venv", tmp_path)
     lines = script.splitlines()
-    for directive in ("-J curate-worker", "-n 1", f"--cpus-per-task={cfg.cores}",
-                      "--mem=32G", "-t 04:00:00", "-p cpu", "-A mylab",
-                      f"-o {tmp_path}/slurm-logs/curate-worker-%J.out"):  # fmt: skip
+    for directive in (
+        "-J curate-worker",
+        "-n 1",
+        f"--cpus-per-task={cfg.cores}",
+        "--mem=32G",
+        "-t 04:00:00",
+        "-p cpu",
+        "-A mylab",
+        f"-o {tmp_path}/slurm-logs/curate-worker-%J.out",
+    ):
         assert f"#SBATCH {directive}" in lines, directive
     assert (tmp_path / "slurm-logs").is_dir()
     worker = next(i for i, line in enumerate(lines) if "distributed.cli.dask_worker" in line)
     prologue = lines[:worker]
     assert "source /shared/venv/bin/activate" in prologue
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):  # fmt: skip
+    for var in (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+    ):
         assert f"export {var}=1" in prologue, var
     assert "export A_VAR='a b'" in prologue
     assert f"cd {tmp_path}" in prologue
@@ -114,8 +125,14 @@ def test_launcher_closes_the_cluster_on_interrupt_and_never_starts_one_for_a_bad
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        launch(["curate", "crawl", "x"], SlurmConfig(), 3, cluster_factory=lambda c, n: fake,
-               run=interrupted, log=lambda s: None)  # fmt: skip
+        launch(
+            ["curate", "crawl", "x"],
+            SlurmConfig(),
+            3,
+            cluster_factory=lambda c, n: fake,
+            run=interrupted,
+            log=lambda s: None,
+        )
     assert fake.calls == ["scale 0", "close"]
 
     def no_cluster(cfg, n):
@@ -131,8 +148,9 @@ def test_launcher_runs_synth_end_to_end_on_a_dask_cluster(tmp_path):
     started: list[LocalCluster] = []
 
     def local_cluster(cfg: SlurmConfig, n_jobs: int) -> LocalCluster:
-        cluster = LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True,
-                               dashboard_address=":0")  # fmt: skip
+        cluster = LocalCluster(
+            n_workers=n_jobs, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
         started.append(cluster)
         return cluster
 
@@ -143,10 +161,26 @@ def test_launcher_runs_synth_end_to_end_on_a_dask_cluster(tmp_path):
         return code
 
     out = tmp_path / "corpus"
-    command = ["curate", "synth", str(out), "--datasets", "1", "--subjects", "1",
-               "--voxel-scale", "3", "--quiet"]  # fmt: skip
-    code = launch(command, SlurmConfig(), 2, cluster_factory=local_cluster, run=run_and_check,
-                  log=lambda s: None)  # fmt: skip
+    command = [
+        "curate",
+        "synth",
+        str(out),
+        "--datasets",
+        "1",
+        "--subjects",
+        "1",
+        "--voxel-scale",
+        "3",
+        "--quiet",
+    ]
+    code = launch(
+        command,
+        SlurmConfig(),
+        2,
+        cluster_factory=local_cluster,
+        run=run_and_check,
+        log=lambda s: None,
+    )
     assert code == 0
     assert (out / "truth" / "images.parquet").is_file()
     assert len(list(out.glob("ds900001/sub-*/**/*.nii.gz"))) > 0

@@ -38,14 +38,25 @@ def manifest_table(tmp: Path, cases: dict[str, dict]):
     """A manifest (schema-valid Arrow table) of images already written under `tmp`."""
     rows = []
     for i, (name, c) in enumerate(cases.items()):
-        rows.append({
-            "image_id": name, "dataset_id": "ds000001", "subject": f"{i:02d}",
-            "suffix": "T1w", "extension": ".nii.gz", "modality": "T1w",
-            "is_derivative": False, "root": str(tmp), "path": Path(c["image"]).name,
-            "size_bytes": 1, "header_status": "ok", "group_n_rated": 0,
-            "split": c.get("split", "train"), "anat_mask_path": c.get("anat"),
-            "anon_mask_path": c.get("anon"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "image_id": name,
+                "dataset_id": "ds000001",
+                "subject": f"{i:02d}",
+                "suffix": "T1w",
+                "extension": ".nii.gz",
+                "modality": "T1w",
+                "is_derivative": False,
+                "root": str(tmp),
+                "path": Path(c["image"]).name,
+                "size_bytes": 1,
+                "header_status": "ok",
+                "group_n_rated": 0,
+                "split": c.get("split", "train"),
+                "anat_mask_path": c.get("anat"),
+                "anon_mask_path": c.get("anon"),
+            }
+        )
     return rows_to_table(rows, MANIFEST)
 
 
@@ -79,8 +90,12 @@ def test_resample_known_spacing_and_nearest_masks(tmp_path):
 
 def test_native_spacing_keeps_grid(tmp_path):
     img = write(tmp_path / "a.nii.gz", smooth((10, 12, 14)), (2.0, 1.5, 1.0))
-    res = P.preprocess(manifest_rows(tmp_path, {"a": {"image": img}}), tmp_path / "s",
-                       P.PreprocessConfig(spacing=None), OPTS)  # fmt: skip
+    res = P.preprocess(
+        manifest_rows(tmp_path, {"a": {"image": img}}),
+        tmp_path / "s",
+        P.PreprocessConfig(spacing=None),
+        OPTS,
+    )
     row = res.table.iloc[0]
     assert list(row["shape"]) == [14, 12, 10] and list(row["spacing"]) == [1.0, 1.5, 2.0]
 
@@ -92,8 +107,9 @@ def test_crop_known_box_and_zscore(tmp_path):
     mask[10:20, 10:25, 12:18] = 1
     img = write(tmp_path / "c.nii.gz", vol)
     anat = write(tmp_path / "c_anat.nii.gz", mask)
-    res = P.preprocess(manifest_rows(tmp_path, {"c": {"image": img, "anat": anat}}),
-                       tmp_path / "s", options=OPTS)  # fmt: skip
+    res = P.preprocess(
+        manifest_rows(tmp_path, {"c": {"image": img, "anat": anat}}), tmp_path / "s", options=OPTS
+    )
     row = res.table.iloc[0]
     # (z, y, x) = (k, flipped j, flipped i): LPS flips the RAS i and j axes
     assert list(row["shape"]) == [10, 22, 20]
@@ -111,8 +127,7 @@ def test_no_anatomy_mask_uses_nonzero_region_and_zeros_stay(tmp_path):
     vol[2:18, 2:18, 2:18] = smooth((16, 16, 16))
     vol[5:8, 5:8, 5:8] = 0  # a hole: stays 0, not anatomy
     img = write(tmp_path / "n.nii.gz", vol)
-    res = P.preprocess(manifest_rows(tmp_path, {"n": {"image": img}}), tmp_path / "s",
-                       options=OPTS)  # fmt: skip
+    res = P.preprocess(manifest_rows(tmp_path, {"n": {"image": img}}), tmp_path / "s", options=OPTS)
     assert res.table.iloc[0]["anatomy"] == "nonzero"
     assert res.meta["counts"]["anatomy_from_nonzero"] == 1
     case = open_store(tmp_path / "s").load("n")
@@ -150,10 +165,16 @@ def test_rejections_recorded_batch_goes_on_and_anon_counted(tmp_path):
     broken.write_bytes(b"not a nifti at all")
     anon = write(tmp_path / "good_anon.nii.gz", np.ones((12, 12, 12)))
     good2 = write(tmp_path / "good2.nii.gz", smooth((12, 12, 12), 1))
-    df = manifest_rows(tmp_path, {
-        "good": {"image": good, "anon": anon}, "nan": {"image": bad},
-        "empty": {"image": empty}, "broken": {"image": str(broken)}, "good2": {"image": good2},
-    })  # fmt: skip
+    df = manifest_rows(
+        tmp_path,
+        {
+            "good": {"image": good, "anon": anon},
+            "nan": {"image": bad},
+            "empty": {"image": empty},
+            "broken": {"image": str(broken)},
+            "good2": {"image": good2},
+        },
+    )
     res = P.preprocess(df, tmp_path / "s", options=OPTS)
     t = res.table.set_index("case_id")
     assert list(t["status"]) == ["ok", "rejected", "rejected", "rejected", "ok"]
@@ -161,8 +182,13 @@ def test_rejections_recorded_batch_goes_on_and_anon_counted(tmp_path):
     assert t.loc["empty", "reason"].startswith("empty volume")
     assert t.loc["broken", "reason"].startswith("unreadable image")
     assert t.loc["good", "has_anon"] and not t.loc["good2", "has_anon"]
-    assert res.meta["counts"] == {"cases": 5, "ok": 2, "rejected": 3, "without_anon": 1,
-                                  "anatomy_from_nonzero": 2}  # fmt: skip
+    assert res.meta["counts"] == {
+        "cases": 5,
+        "ok": 2,
+        "rejected": 3,
+        "without_anon": 1,
+        "anatomy_from_nonzero": 2,
+    }
     store = open_store(tmp_path / "s")
     assert list(store.cases["case_id"]) == ["good", "good2"]
     assert store.load("good2").anon is None
@@ -170,8 +196,10 @@ def test_rejections_recorded_batch_goes_on_and_anon_counted(tmp_path):
 
 
 def test_resume_skips_finished_cases(tmp_path):
-    cases = {f"r{i}": {"image": write(tmp_path / f"r{i}.nii.gz", smooth((10, 10, 10), i))}
-             for i in range(3)}  # fmt: skip
+    cases = {
+        f"r{i}": {"image": write(tmp_path / f"r{i}.nii.gz", smooth((10, 10, 10), i))}
+        for i in range(3)
+    }
     bad = smooth((10, 10, 10))
     bad[0, 0, 0] = np.inf
     cases["inf"] = {"image": write(tmp_path / "inf.nii.gz", bad)}
@@ -207,8 +235,9 @@ def test_resume_skips_finished_cases(tmp_path):
 def test_read_patch_pads_with_zero(tmp_path):
     img = write(tmp_path / "p.nii.gz", smooth((8, 9, 10)))
     anat = write(tmp_path / "p_anat.nii.gz", np.ones((8, 9, 10)))
-    P.preprocess(manifest_rows(tmp_path, {"p": {"image": img, "anat": anat}}), tmp_path / "s",
-                 options=OPTS)  # fmt: skip
+    P.preprocess(
+        manifest_rows(tmp_path, {"p": {"image": img, "anat": anat}}), tmp_path / "s", options=OPTS
+    )
     store = open_store(tmp_path / "s")
     whole = store.load("p")
     assert whole.image.shape == (10, 9, 8)
@@ -228,15 +257,26 @@ def test_cli(tmp_path):
     nan[0, 0, 0] = np.nan
     bad = write(tmp_path / "sub-02_T1w.nii.gz", nan)
     manifest = tmp_path / "m.parquet"
-    write_parquet(manifest_table(tmp_path, {"one": {"image": img}, "two": {"image": bad}}),
-                  manifest)  # fmt: skip
+    write_parquet(
+        manifest_table(tmp_path, {"one": {"image": img}, "two": {"image": bad}}), manifest
+    )
     app = typer.Typer()
     cli_preprocess.register(app)
     app.command("other")(lambda: None)  # more than one command: subcommand names are used
     runner = CliRunner()
     out = tmp_path / "store"
-    args = ["preprocess", "--manifest", str(manifest), "--out", str(out), "-j", "1", "-q",
-            "--clip", "p0.5,p99.5"]  # fmt: skip
+    args = [
+        "preprocess",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "-j",
+        "1",
+        "-q",
+        "--clip",
+        "p0.5,p99.5",
+    ]
     result = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "1 ok" in result.output and "1 rejected" in result.output
@@ -245,9 +285,11 @@ def test_cli(tmp_path):
     assert json.loads((out / "store.json").read_text())["clipping"]["percentiles"] is True
     again = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert again.exit_code == 0 and "2 skipped" in again.output
-    bad_args = runner.invoke(app, ["preprocess", "--manifest", str(manifest), "--out", str(out),
-                                   "--spacing", "zero"])  # fmt: skip
+    bad_args = runner.invoke(
+        app, ["preprocess", "--manifest", str(manifest), "--out", str(out), "--spacing", "zero"]
+    )
     assert bad_args.exit_code == 2 and "--spacing" in bad_args.output
-    missing = runner.invoke(app, ["preprocess", "--manifest", str(tmp_path / "no.parquet"),
-                                  "--out", str(out)])  # fmt: skip
+    missing = runner.invoke(
+        app, ["preprocess", "--manifest", str(tmp_path / "no.parquet"), "--out", str(out)]
+    )
     assert missing.exit_code == 2 and "no manifest" in missing.output

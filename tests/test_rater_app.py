@@ -28,14 +28,29 @@ APP = str(REPO / "apps" / "rater.py")
 HOSTILE = "<script>alert(1)</script>'; DROP TABLE ratings;-- ../../etc/passwd"
 
 
-def _row(root: Path, rel: str, image_id: str, modality: str, derived_from: str | None = None,
-         dataset: str = "ds-secret-name") -> dict:  # fmt: skip
+def _row(
+    root: Path,
+    rel: str,
+    image_id: str,
+    modality: str,
+    derived_from: str | None = None,
+    dataset: str = "ds-secret-name",
+) -> dict:
     row = {f.name: None for f in IMAGE_INDEX}
     size = (root / rel).stat().st_size
-    row.update(image_id=image_id, dataset_id=dataset, suffix=modality, extension=".nii.gz",
-               modality=modality, is_derivative=derived_from is not None, root=str(root),
-               path=rel, size_bytes=size, header_status="ok",
-               derived_from=derived_from)  # fmt: skip
+    row.update(
+        image_id=image_id,
+        dataset_id=dataset,
+        suffix=modality,
+        extension=".nii.gz",
+        modality=modality,
+        is_derivative=derived_from is not None,
+        root=str(root),
+        path=rel,
+        size_bytes=size,
+        header_status="ok",
+        derived_from=derived_from,
+    )
     return row
 
 
@@ -70,11 +85,29 @@ def build_site(folder: Path) -> dict:
     engine = store.connect(db)
     tokens = {name: store.add_rater(engine, name) for name in ("alice", "bob")}
     tokens["boss"] = store.add_rater(engine, "boss", admin=True)
-    plan = [("alice", "img-a", "T1w"), ("alice", "dwi-1", DWI_GROUP), ("alice", "img-b", "T1w"),
-            ("bob", "img-a", "T1w")]  # fmt: skip
-    store.add_assignments(engine, pd.DataFrame(
-        [dict(rater_id=r, image_id=i, kind="regular", position=p, dataset_id="ds-secret-name",
-              group_name=g) for p, (r, i, g) in enumerate(plan)]), plan="test")  # fmt: skip
+    plan = [
+        ("alice", "img-a", "T1w"),
+        ("alice", "dwi-1", DWI_GROUP),
+        ("alice", "img-b", "T1w"),
+        ("bob", "img-a", "T1w"),
+    ]
+    store.add_assignments(
+        engine,
+        pd.DataFrame(
+            [
+                dict(
+                    rater_id=r,
+                    image_id=i,
+                    kind="regular",
+                    position=p,
+                    dataset_id="ds-secret-name",
+                    group_name=g,
+                )
+                for p, (r, i, g) in enumerate(plan)
+            ]
+        ),
+        plan="test",
+    )
     engine.dispose()
     return {"index": index_path, "db": db, "tokens": tokens}
 
@@ -122,8 +155,18 @@ def _sign_in(at, token: str):
 def _texts(at) -> str:
     """Every piece of text the page shows (markdown, text, captions, subheaders, alerts)."""
     parts = []
-    for kind in ("markdown", "text", "caption", "subheader", "title", "header", "error",
-                 "info", "success", "warning"):  # fmt: skip
+    for kind in (
+        "markdown",
+        "text",
+        "caption",
+        "subheader",
+        "title",
+        "header",
+        "error",
+        "info",
+        "success",
+        "warning",
+    ):
         parts += [str(e.value) for e in getattr(at, kind)]
     return "\n".join(parts)
 
@@ -184,7 +227,11 @@ def test_rate_save_next_back_and_resume(site):
     assert len(mine) == 1 and mine.iloc[0]["submission_id"] == first_sid
     row = mine.iloc[0]
     assert (row["image_id"], row["noisiness"], row["blurriness"], row["artifact_level"]) == (
-        "img-a", 2, 3, 4)  # fmt: skip
+        "img-a",
+        2,
+        3,
+        4,
+    )
     assert row["seconds_spent"] > 0 and len(row["image_checksum"]) == 64
     settings = json.loads(row["window_settings"])
     assert settings["preset"] == "Auto (1-99%)" and settings["slices"][2] == 3
@@ -219,11 +266,18 @@ def test_rate_save_next_back_and_resume(site):
 
 def test_isolation_and_dataset_names(site, monkeypatch):
     engine = site["engine"]
-    flow.submit(engine, flow.make_rating(
-        flow.current_item(engine, "alice"), dict(noisiness=5, blurriness=5, artifact_level=5,
-                                                comment="alice was here"),
-        rater_id="alice", submission_id="s-alice", image_checksum=None, seconds_spent=1.0,
-        window_settings=None))  # fmt: skip
+    flow.submit(
+        engine,
+        flow.make_rating(
+            flow.current_item(engine, "alice"),
+            dict(noisiness=5, blurriness=5, artifact_level=5, comment="alice was here"),
+            rater_id="alice",
+            submission_id="s-alice",
+            image_checksum=None,
+            seconds_spent=1.0,
+            window_settings=None,
+        ),
+    )
     at = _sign_in(_app(), site["tokens"]["bob"])
     page = _texts(at)
     assert "Item 1 of 1" in page and "0 of 1 rated" in at.get("progress")[0].proto.text
@@ -257,9 +311,15 @@ def test_double_submit_stores_one_rating(site):
     at.run()
     assert _sid(at) != sid  # the page moved on: the old form is gone
     item = flow.previous_item(engine, "alice")
-    again = flow.make_rating(item, dict(noisiness=2, blurriness=3, artifact_level=4),
-                             rater_id="alice", submission_id=sid, image_checksum=None,
-                             seconds_spent=1.0, window_settings=None)  # fmt: skip
+    again = flow.make_rating(
+        item,
+        dict(noisiness=2, blurriness=3, artifact_level=4),
+        rater_id="alice",
+        submission_id=sid,
+        image_checksum=None,
+        seconds_spent=1.0,
+        window_settings=None,
+    )
     assert flow.submit(engine, again).duplicate
     assert len(store.read_ratings(engine, rater_id="alice")) == 1
 
@@ -314,9 +374,18 @@ def test_admin_page(site):
     for rater in ("alice", "bob"):
         item = flow.current_item(engine, rater)
         values = dict(noisiness=2, blurriness=2, artifact_level=2)
-        flow.submit(engine, flow.make_rating(item, values, rater_id=rater,
-                                             submission_id=f"s-{rater}", image_checksum=None,
-                                             seconds_spent=4.0, window_settings=None))  # fmt: skip
+        flow.submit(
+            engine,
+            flow.make_rating(
+                item,
+                values,
+                rater_id=rater,
+                submission_id=f"s-{rater}",
+                image_checksum=None,
+                seconds_spent=4.0,
+                window_settings=None,
+            ),
+        )
     at = _sign_in(_app(), site["tokens"]["boss"])
     at.sidebar.radio(key="page").set_value("Admin").run()
     assert not at.exception, at.exception
@@ -340,9 +409,15 @@ def _values(**over):
 
 
 def _save(engine, rater, item, sid, seconds=5.0, **over):
-    rating = flow.make_rating(item, _values(**over), rater_id=rater, submission_id=sid,
-                              image_checksum="x", seconds_spent=seconds,
-                              window_settings={"preset": "Full range"})  # fmt: skip
+    rating = flow.make_rating(
+        item,
+        _values(**over),
+        rater_id=rater,
+        submission_id=sid,
+        image_checksum="x",
+        seconds_spent=seconds,
+        window_settings={"preset": "Full range"},
+    )
     return flow.submit(engine, rating)
 
 
@@ -383,15 +458,37 @@ def test_flow_resume_previous_progress(site):
 def test_make_rating_rules(site):
     item = flow.current_item(site["engine"], "alice")
     with pytest.raises(store.RatingsError, match="blurriness"):
-        flow.make_rating(item, {"noisiness": 1}, rater_id="alice", submission_id="s",
-                         image_checksum=None, seconds_spent=None, window_settings=None)  # fmt: skip
+        flow.make_rating(
+            item,
+            {"noisiness": 1},
+            rater_id="alice",
+            submission_id="s",
+            image_checksum=None,
+            seconds_spent=None,
+            window_settings=None,
+        )
     dwi = flow.Item("dwi-1", "regular", "d", DWI_GROUP, 2, 3)
-    out = flow.make_rating(dwi, _values(artifact_level=5, comment="  "), rater_id="alice",
-                           submission_id="s", image_checksum=None, seconds_spent=-1,
-                           window_settings={"b": 1, "a": 2})  # fmt: skip
+    out = flow.make_rating(
+        dwi,
+        _values(artifact_level=5, comment="  "),
+        rater_id="alice",
+        submission_id="s",
+        image_checksum=None,
+        seconds_spent=-1,
+        window_settings={"b": 1, "a": 2},
+    )
     assert out["artifact_level"] is None and out["comment"] is None
     assert out["seconds_spent"] == 0.0 and out["window_settings"] == '{"a": 2, "b": 1}'
     assert out["fov_suboptimal"] is False and out["corrupted"] is False
-    assert flow.make_rating(item, _values(comment=HOSTILE), rater_id="alice", submission_id="s",
-                            image_checksum=None, seconds_spent=1, window_settings=None
-                            )["comment"] == HOSTILE  # fmt: skip
+    assert (
+        flow.make_rating(
+            item,
+            _values(comment=HOSTILE),
+            rater_id="alice",
+            submission_id="s",
+            image_checksum=None,
+            seconds_spent=1,
+            window_settings=None,
+        )["comment"]
+        == HOSTILE
+    )

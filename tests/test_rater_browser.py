@@ -33,13 +33,30 @@ def server(tmp_path_factory, chromium):
     folder = tmp_path_factory.mktemp("rater-browser")
     site = build_site(folder)
     port = _free_port()
-    env = {**os.environ, "OPENMIND_RATER_INDEX": str(site["index"]),
-           "OPENMIND_RATER_DB": str(site["db"]), "OPENMIND_RATER_SHOW_DATASETS": "0",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "apps" / "rater.py"),
-           "--server.headless", "true", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]  # fmt: skip
+    env = {
+        **os.environ,
+        "OPENMIND_RATER_INDEX": str(site["index"]),
+        "OPENMIND_RATER_DB": str(site["db"]),
+        "OPENMIND_RATER_SHOW_DATASETS": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO / "apps" / "rater.py"),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+    ]
     log = open(folder / "streamlit.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -106,7 +123,11 @@ def test_sign_in_rate_and_save_in_chromium(server, tmp_path, chromium):
     assert len(saved) == 1
     row = saved.iloc[0]
     assert (row["image_id"], row["noisiness"], row["blurriness"], row["artifact_level"]) == (
-        "img-a", 2, 3, 4)  # fmt: skip
+        "img-a",
+        2,
+        3,
+        4,
+    )
     assert row["fov_suboptimal"] and not row["corrupted"]
     assert row["comment"] == "slight wrap-around" and row["seconds_spent"] > 0
     settings = json.loads(row["window_settings"])

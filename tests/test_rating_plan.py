@@ -10,15 +10,26 @@ from openmind_curate.quality import plan as P
 
 
 def _row(image_id, dataset, modality, *, status="ok", derived_from=None, flags=None):
-    return dict(image_id=image_id, dataset_id=dataset, modality=modality, header_status=status,
-                derived_from=derived_from, flags=flags, path=f"{image_id}.nii.gz")  # fmt: skip
+    return dict(
+        image_id=image_id,
+        dataset_id=dataset,
+        modality=modality,
+        header_status=status,
+        derived_from=derived_from,
+        flags=flags,
+        path=f"{image_id}.nii.gz",
+    )
 
 
 @pytest.fixture
 def index() -> pd.DataFrame:
     rows = [_row(f"t1-{i}", "dsA", "T1w") for i in range(5)]
-    rows += [_row("t1-phase", "dsA", "T1w", flags="phase"), _row("t1-bad", "dsA", "T1w",
-             status="corrupt"), _row("t2-0", "dsA", "T2w"), _row("t2-1", "dsB", "T2w")]  # fmt: skip
+    rows += [
+        _row("t1-phase", "dsA", "T1w", flags="phase"),
+        _row("t1-bad", "dsA", "T1w", status="corrupt"),
+        _row("t2-0", "dsA", "T2w"),
+        _row("t2-1", "dsB", "T2w"),
+    ]
     rows += [_row("dwi-1", "dsB", "DWI"), _row("dwi-2", "dsB", "DWI"), _row("dwi-3", "dsB", "DWI")]
     for src in ("dwi-1", "dwi-2"):  # dwi-3 has no maps yet
         rows += [_row(f"{src}-{m}", "dsB", m, derived_from=src) for m in ("T2w", "FA", "MD")]
@@ -40,8 +51,11 @@ def test_units_groups_and_listed_images(index):
 
 
 def test_unit_images_shows_the_three_maps_in_order(index):
-    assert P.unit_images(index, "dwi-1")["image_id"].tolist() == ["dwi-1-FA", "dwi-1-MD",
-                                                                    "dwi-1-T2w"]  # fmt: skip
+    assert P.unit_images(index, "dwi-1")["image_id"].tolist() == [
+        "dwi-1-FA",
+        "dwi-1-MD",
+        "dwi-1-T2w",
+    ]
     assert P.unit_images(index, "t1-0")["image_id"].tolist() == ["t1-0"]
 
 
@@ -50,12 +64,17 @@ def test_picks_per_group_prefer_primary_images_and_are_seeded(index):
     cfg = P.PlanConfig(per_group=2, seed=3)
     picked = P.pick_units(units, cfg)
     counts = picked.groupby(["dataset_id", "group_name"]).size().to_dict()
-    assert counts == {("dsA", "T1w"): 2, ("dsA", "T2w"): 1, ("dsB", "T2w"): 1,
-                      ("dsB", P.DWI_GROUP): 2}  # fmt: skip
+    assert counts == {
+        ("dsA", "T1w"): 2,
+        ("dsA", "T2w"): 1,
+        ("dsB", "T2w"): 1,
+        ("dsB", P.DWI_GROUP): 2,
+    }
     assert "t1-phase" not in set(picked["image_id"])  # five primary T1w images to choose from
     assert picked.equals(P.pick_units(units, cfg))
-    others = {tuple(sorted(P.pick_units(units, P.PlanConfig(seed=s))["image_id"]))
-              for s in range(10)}  # fmt: skip
+    others = {
+        tuple(sorted(P.pick_units(units, P.PlanConfig(seed=s))["image_id"])) for s in range(10)
+    }
     assert len(others) > 1  # the seed matters
     # adding a dataset does not change another dataset's picks
     more = pd.concat([units, units.assign(dataset_id="dsC")])
@@ -81,8 +100,14 @@ def test_assignment_k_raters_balanced_and_shuffled(index):
     assert loads.max() - loads.min() <= 1 and loads.sum() == 2 * len(picked)
     for _, queue in plan.groupby("rater_id"):
         assert queue["position"].tolist() == list(range(len(queue)))
-    orders = {tuple(P.assign(picked, raters, P.PlanConfig(raters=2, seed=s))
-                    .query("rater_id == 'r1'")["image_id"]) for s in range(6)}  # fmt: skip
+    orders = {
+        tuple(
+            P.assign(picked, raters, P.PlanConfig(raters=2, seed=s)).query("rater_id == 'r1'")[
+                "image_id"
+            ]
+        )
+        for s in range(6)
+    }
     assert len(orders) > 1
 
 

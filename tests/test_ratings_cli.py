@@ -38,11 +38,27 @@ def test_plan_rate_export_import_agreement(corpus, private_index, tmp_path):
     frame = store.read_frame(work)
     gold_id = frame.loc[frame["modality"] == "T2w", "image_id"].iloc[0]
     gold = tmp_path / "gold.csv"
-    answers = dict(noisiness=1, blurriness=1, artifact_level=1, fov_suboptimal=False,
-                   corrupted=False)  # fmt: skip
+    answers = dict(
+        noisiness=1, blurriness=1, artifact_level=1, fov_suboptimal=False, corrupted=False
+    )
     pd.DataFrame([dict(image_id=gold_id, **answers)]).to_csv(gold, index=False)
-    out = _ok(["ratings", "plan", *idx, "--per-group", "2", "--raters", "2", "--seed", "7",
-               "--repeat-fraction", "0.2", "--gold", str(gold)])  # fmt: skip
+    out = _ok(
+        [
+            "ratings",
+            "plan",
+            *idx,
+            "--per-group",
+            "2",
+            "--raters",
+            "2",
+            "--seed",
+            "7",
+            "--repeat-fraction",
+            "0.2",
+            "--gold",
+            str(gold),
+        ]
+    )
     assert "Listed, not assigned" in out and "header_status is" in out
     plan = ratings.read_assignments(engine)
     assert set(plan["rater_id"]) == {"ana", "ben", "cho"}  # the admin is not a rater by default
@@ -51,8 +67,23 @@ def test_plan_rate_export_import_agreement(corpus, private_index, tmp_path):
     ok_ids = set(frame.loc[frame["header_status"] == "ok", "image_id"])
     assert set(regular["image_id"]) <= ok_ids
     assert (plan.loc[plan["kind"] == "gold", "image_id"] == gold_id).sum() == 3
-    again = _ok(["ratings", "plan", *idx, "--per-group", "2", "--raters", "2", "--seed", "7",
-                 "--repeat-fraction", "0.2", "--gold", str(gold)])  # fmt: skip
+    again = _ok(
+        [
+            "ratings",
+            "plan",
+            *idx,
+            "--per-group",
+            "2",
+            "--raters",
+            "2",
+            "--seed",
+            "7",
+            "--repeat-fraction",
+            "0.2",
+            "--gold",
+            str(gold),
+        ]
+    )
     assert "0 new assignments" in again
 
     assert simulate(engine, truth) == len(plan)
@@ -97,11 +128,14 @@ def test_clear_errors(private_index, tmp_path):
     result = runner.invoke(app, ["raters", "add", "solo", "--index", str(work)], env=ENV)
     assert result.exit_code == 2 and "already exists" in result.output
     gold = tmp_path / "gold.csv"
-    gold.write_text("image_id,noisiness,blurriness,artifact_level,fov_suboptimal,corrupted\n"
-                    "not-an-image,1,1,1,False,False\n")  # fmt: skip
+    gold.write_text(
+        "image_id,noisiness,blurriness,artifact_level,fov_suboptimal,corrupted\n"
+        "not-an-image,1,1,1,False,False\n"
+    )
     _ok(["raters", "add", "duo", "--index", str(work)])
-    result = runner.invoke(app, ["ratings", "plan", "--index", str(work), "--gold", str(gold)],
-                           env=ENV)  # fmt: skip
+    result = runner.invoke(
+        app, ["ratings", "plan", "--index", str(work), "--gold", str(gold)], env=ENV
+    )
     assert result.exit_code == 2 and "'not-an-image' is not a unit of the index" in result.output
     engine = ratings.connect(ratings.default_db(work))
     assert ratings.read_assignments(engine).empty  # a bad gold file writes no plan
@@ -111,8 +145,13 @@ def test_simulated_scores_follow_the_truth(corpus):
     """The simulated raters' noiseless scores rise with each ladder's level."""
     _, truth = corpus
     images = truth[truth["kind"] == "image"]
-    ladders = (("noise", "noisiness"), ("blur", "blurriness"), ("ghost", "artifact_level"),
-               ("gibbs", "artifact_level"), ("bias", "artifact_level"))  # fmt: skip
+    ladders = (
+        ("noise", "noisiness"),
+        ("blur", "blurriness"),
+        ("ghost", "artifact_level"),
+        ("gibbs", "artifact_level"),
+        ("bias", "artifact_level"),
+    )
     for ladder, axis in ladders:
         steps = images[images["ladder"] == ladder].sort_values("ladder_level")
         scores = [latent_scores(row)[axis] for _, row in steps.iterrows()]

@@ -32,18 +32,36 @@ N_PROCS = N_RATERS * PER_RATER
 
 
 def _plan(raters: list[str]) -> pd.DataFrame:
-    return pd.DataFrame([
-        dict(rater_id=r, image_id=f"img-{i:03d}", kind="regular", position=i + 1,
-             dataset_id="ds000001", group_name="T1w")
-        for r in raters for i in range(N_IMAGES)])  # fmt: skip
+    return pd.DataFrame(
+        [
+            dict(
+                rater_id=r,
+                image_id=f"img-{i:03d}",
+                kind="regular",
+                position=i + 1,
+                dataset_id="ds000001",
+                group_name="T1w",
+            )
+            for r in raters
+            for i in range(N_IMAGES)
+        ]
+    )
 
 
 def _rating(rater_id: str, image_id: str, proc: int, rng: random.Random) -> dict:
-    return dict(image_id=image_id, rater_id=rater_id, kind="regular",
-                submission_id=store.new_submission_id(), noisiness=rng.randint(1, 5),
-                blurriness=rng.randint(1, 5), artifact_level=rng.randint(1, 5),
-                fov_suboptimal=False, corrupted=False, comment=f"p{proc}",
-                seconds_spent=1.5)  # fmt: skip
+    return dict(
+        image_id=image_id,
+        rater_id=rater_id,
+        kind="regular",
+        submission_id=store.new_submission_id(),
+        noisiness=rng.randint(1, 5),
+        blurriness=rng.randint(1, 5),
+        artifact_level=rng.randint(1, 5),
+        fov_suboptimal=False,
+        corrupted=False,
+        comment=f"p{proc}",
+        seconds_spent=1.5,
+    )
 
 
 def _rater_process(db: str, token: str, proc: int, barrier, results) -> None:
@@ -60,8 +78,16 @@ def _rater_process(db: str, token: str, proc: int, barrier, results) -> None:
             rating = _rating(rater, image_id, proc, rng)
             first = store.save_rating(engine, rating)
             again = store.save_rating(engine, rating)  # the double click
-            saved.append((rating["submission_id"], image_id, first.version, first.duplicate,
-                          again.version, again.duplicate))  # fmt: skip
+            saved.append(
+                (
+                    rating["submission_id"],
+                    image_id,
+                    first.version,
+                    first.duplicate,
+                    again.version,
+                    again.duplicate,
+                )
+            )
         engine.dispose()
         results.put((proc, rater, saved, None))
     except BaseException:
@@ -81,8 +107,10 @@ def _collect(procs, results, timeout: float = 300.0) -> list:
             if len(dead) == len(procs) and results.empty():
                 time.sleep(1)  # a result put just before exiting may still be in the pipe
                 if results.empty():
-                    pytest.fail(f"{len(procs) - len(out)} process(es) ended without a result; "
-                                f"exit codes {dead}")  # fmt: skip
+                    pytest.fail(
+                        f"{len(procs) - len(out)} process(es) ended without a result; "
+                        f"exit codes {dead}"
+                    )
             if time.monotonic() > deadline:
                 pytest.fail(f"no result from {len(procs) - len(out)} process(es) in {timeout} s")
     return out
@@ -109,9 +137,12 @@ def test_eight_processes_race_and_double_click(ratings_db):
     tokens = _store_with_raters(ratings_db)
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(N_PROCS), ctx.Queue()
-    procs = [ctx.Process(target=_rater_process, args=(ratings_db, tokens[f"rater-{p // 2}"], p,
-                                                      barrier, results))
-             for p in range(N_PROCS)]  # fmt: skip
+    procs = [
+        ctx.Process(
+            target=_rater_process, args=(ratings_db, tokens[f"rater-{p // 2}"], p, barrier, results)
+        )
+        for p in range(N_PROCS)
+    ]
     start = time.monotonic()
     for p in procs:
         p.start()
@@ -147,8 +178,10 @@ def test_eight_processes_race_and_double_click(ratings_db):
     assert df["submission_id"].is_unique
     assert set(df["submission_id"]) == set(told)
     assert not df.duplicated(["rater_id", "image_id", "kind", "version"]).any()
-    stored = {r.submission_id: (int(r.comment[1:]), r.rater_id, r.image_id, int(r.version))
-              for r in df.itertuples()}  # fmt: skip
+    stored = {
+        r.submission_id: (int(r.comment[1:]), r.rater_id, r.image_id, int(r.version))
+        for r in df.itertuples()
+    }
     assert stored == told  # each row is the one its process saved, with the version it was told
     assert Counter(proc for proc, *_ in stored.values()) == {p: SAVES for p in range(N_PROCS)}
     versions = df.groupby(["rater_id", "image_id", "kind"])["version"].apply(sorted)
@@ -162,8 +195,10 @@ def test_eight_processes_race_and_double_click(ratings_db):
     assert raced > 0, "the processes of a rater never interleaved on an item: no race was tested"
     last = store.latest(df)
     assert len(last) == N_RATERS * N_IMAGES and (last["version"] == n).all()
-    print(f"{store.describe(ratings_db)}: 8 processes, 3,200 saves in {seconds:.1f} s, "
-          f"{raced} of {len(turns)} items saved in turns")  # fmt: skip
+    print(
+        f"{store.describe(ratings_db)}: 8 processes, 3,200 saves in {seconds:.1f} s, "
+        f"{raced} of {len(turns)} items saved in turns"
+    )
 
 
 def test_postgres_refuses_unplanned_and_revoked(postgres_db_url):
@@ -174,8 +209,11 @@ def test_postgres_refuses_unplanned_and_revoked(postgres_db_url):
     rng = random.Random(0)
 
     unplanned = _rating(rater, "img-050", 0, rng)
-    with pytest.raises(store.RatingsError, match=r"img-050 \(regular\) is not in the plan of "
-                                                 r"rater 'ana'; nothing saved"):  # fmt: skip
+    with pytest.raises(
+        store.RatingsError,
+        match=r"img-050 \(regular\) is not in the plan of "
+        r"rater 'ana'; nothing saved",
+    ):
         store.save_rating(engine, unplanned)
     assert store.read_ratings(engine).empty
 
@@ -205,8 +243,10 @@ def test_eight_processes_open_a_new_database_at_once(ratings_db):
     are made under a lock, not eight times over)."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(N_PROCS), ctx.Queue()
-    procs = [ctx.Process(target=_first_connect, args=(ratings_db, barrier, results))
-             for _ in range(N_PROCS)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_first_connect, args=(ratings_db, barrier, results))
+        for _ in range(N_PROCS)
+    ]
     for p in procs:
         p.start()
     errors = [e for e in _collect(procs, results) if e]

@@ -27,8 +27,16 @@ def db(tmp_path):
 
 
 def _rating(**kw):
-    base = dict(image_id="img-a", rater_id="ann", kind="regular", noisiness=2, blurriness=3,
-                artifact_level=1, fov_suboptimal=False, corrupted=False)  # fmt: skip
+    base = dict(
+        image_id="img-a",
+        rater_id="ann",
+        kind="regular",
+        noisiness=2,
+        blurriness=3,
+        artifact_level=1,
+        fov_suboptimal=False,
+        corrupted=False,
+    )
     base.update(kw)
     base.setdefault("submission_id", R.new_submission_id())
     return base
@@ -131,22 +139,49 @@ def test_export_import_roundtrip_csv_and_parquet(db, tmp_path):
         back = R.read_ratings(other).sort_values(["rater_id", "version"])
         want = R.read_ratings(engine).sort_values(["rater_id", "version"])
         cols = ["image_id", "rater_id", "version", "noisiness", "artifact_level", "comment"]
-        pd.testing.assert_frame_equal(back[cols].reset_index(drop=True),
-                                      want[cols].reset_index(drop=True))  # fmt: skip
+        pd.testing.assert_frame_equal(
+            back[cols].reset_index(drop=True), want[cols].reset_index(drop=True)
+        )
     assert R.export_ratings(engine, tmp_path / "latest.csv", all_versions=False) == 2
 
 
 def test_bad_import_lists_every_bad_row_and_writes_nothing(db, tmp_path):
     engine, _, _ = db
     path = tmp_path / "bad.csv"
-    pd.DataFrame([
-        dict(image_id="img-a", rater_id="ann", noisiness=2, blurriness=2, artifact_level=1,
-             fov_suboptimal=False, corrupted=False, created_at="2026-01-01T00:00:00Z"),
-        dict(image_id="img-a", rater_id="eve", noisiness=7, blurriness=2, artifact_level=0,
-             fov_suboptimal=False, corrupted=False, created_at="2026-01-01T00:00:00Z"),
-        dict(image_id="nowhere", rater_id="bob", noisiness=3, blurriness=2, artifact_level=1,
-             fov_suboptimal=False, corrupted=False, created_at="2026-01-01T00:00:00Z"),
-    ]).to_csv(path, index=False)  # fmt: skip
+    pd.DataFrame(
+        [
+            dict(
+                image_id="img-a",
+                rater_id="ann",
+                noisiness=2,
+                blurriness=2,
+                artifact_level=1,
+                fov_suboptimal=False,
+                corrupted=False,
+                created_at="2026-01-01T00:00:00Z",
+            ),
+            dict(
+                image_id="img-a",
+                rater_id="eve",
+                noisiness=7,
+                blurriness=2,
+                artifact_level=0,
+                fov_suboptimal=False,
+                corrupted=False,
+                created_at="2026-01-01T00:00:00Z",
+            ),
+            dict(
+                image_id="nowhere",
+                rater_id="bob",
+                noisiness=3,
+                blurriness=2,
+                artifact_level=1,
+                fov_suboptimal=False,
+                corrupted=False,
+                created_at="2026-01-01T00:00:00Z",
+            ),
+        ]
+    ).to_csv(path, index=False)
     with pytest.raises(R.RatingsError) as err:
         R.import_ratings(engine, R.read_table_file(path), {"img-a", "img-b"}, str(path))
     message = str(err.value)

@@ -38,11 +38,25 @@ def _template(tmp_path):
 
 
 def _manifest(path):
-    return rows_to_table([dict(
-        image_id="mni", dataset_id="nilearn", subject="mni152", suffix="T1w",
-        extension=".nii.gz", modality="T1w", is_derivative=False, root=str(path.parent),
-        path=path.name, size_bytes=path.stat().st_size, header_status="ok", split="train",
-    )], MANIFEST).to_pandas()  # fmt: skip
+    return rows_to_table(
+        [
+            dict(
+                image_id="mni",
+                dataset_id="nilearn",
+                subject="mni152",
+                suffix="T1w",
+                extension=".nii.gz",
+                modality="T1w",
+                is_derivative=False,
+                root=str(path.parent),
+                path=path.name,
+                size_bytes=path.stat().st_size,
+                header_status="ok",
+                split="train",
+            )
+        ],
+        MANIFEST,
+    ).to_pandas()
 
 
 def _expected_lps(path) -> np.ndarray:
@@ -50,8 +64,9 @@ def _expected_lps(path) -> np.ndarray:
     nonzero box and z-scored over the nonzero voxels (zeros stay zero)."""
     img = nib.load(path)
     data = np.asarray(img.dataobj, np.float64)
-    lps = apply_orientation(data, ornt_transform(io_orientation(img.affine),
-                                                 axcodes2ornt(("L", "P", "S"))))  # fmt: skip
+    lps = apply_orientation(
+        data, ornt_transform(io_orientation(img.affine), axcodes2ornt(("L", "P", "S")))
+    )
     zyx = lps.transpose(2, 1, 0)
     nz = np.nonzero(zyx)
     box = tuple(slice(a.min(), a.max() + 1) for a in nz)
@@ -63,8 +78,9 @@ def _expected_lps(path) -> np.ndarray:
 def test_preprocess_on_the_mni152_template_matches_nibabel(tmp_path):
     path = _template(tmp_path)
     opts = JobOptions(workers=1, progress=False)
-    native = P.preprocess(_manifest(path), tmp_path / "native", P.PreprocessConfig(spacing=None),
-                          opts)  # fmt: skip
+    native = P.preprocess(
+        _manifest(path), tmp_path / "native", P.PreprocessConfig(spacing=None), opts
+    )
     assert native.batch.ok, native.batch.summary()
     got = open_store(tmp_path / "native").load("mni").image
     want = _expected_lps(path)
@@ -110,8 +126,9 @@ def test_plan_and_iqs_groups_on_bids_examples(examples_index):
 
 def test_report_on_bids_examples(examples_index, tmp_path):
     frame = store.read_frame(examples_index)
-    result = CliRunner().invoke(app, ["report", "--index", str(examples_index), "--out",
-                                      str(tmp_path / "report")])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["report", "--index", str(examples_index), "--out", str(tmp_path / "report")]
+    )
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "index.html").read_text()
     for png in ("modalities.png", "cumulative.png", "metadata.png"):

@@ -20,9 +20,13 @@ from openmind_curate.manifest import report
 from openmind_curate.schema import IMAGE_INDEX, rows_to_table
 
 HEADINGS = (
-    "Dataset report", "Images per modality", "Cumulative images over datasets", "Metadata",
-    "Image quality (IQS)", "Top 3 datasets by image count",
-)  # fmt: skip
+    "Dataset report",
+    "Images per modality",
+    "Cumulative images over datasets",
+    "Metadata",
+    "Image quality (IQS)",
+    "Top 3 datasets by image count",
+)
 runner = CliRunner()
 ENV = {"COLUMNS": "200"}
 
@@ -61,7 +65,7 @@ def index_table(rows=ROWS):
             path=f"sub-{s}/anat/sub-{s}_{i}_{m}.nii.gz",
             size_bytes=1000,
             header_status="ok",
-        )  # fmt: skip
+        )
         for i, (d, s, m, q, a, x, r) in enumerate(rows)
     ]
     return rows_to_table(records, IMAGE_INDEX)
@@ -100,9 +104,18 @@ def test_iqs_threshold_table_known_answer():
     index = make_index()
     table = report.iqs_threshold_table(report.iqs_values(index)).set_index("kept")
     # IQS per image: 1.5 x3, 2.2 x2, 3.0 x2, 4.8 x1, unrated x2
-    expected = {"IQS ≤ 1.5": 3, "IQS ≤ 2": 3, "IQS ≤ 2.5": 5, "IQS ≤ 3": 7, "IQS ≤ 3.5": 7,
-                "IQS ≤ 4": 7, "IQS ≤ 4.5": 7, "IQS ≤ 5": 8, "unrated (no IQS)": 2,
-                "all images": 10}  # fmt: skip
+    expected = {
+        "IQS ≤ 1.5": 3,
+        "IQS ≤ 2": 3,
+        "IQS ≤ 2.5": 5,
+        "IQS ≤ 3": 7,
+        "IQS ≤ 3.5": 7,
+        "IQS ≤ 4": 7,
+        "IQS ≤ 4.5": 7,
+        "IQS ≤ 5": 8,
+        "unrated (no IQS)": 2,
+        "all images": 10,
+    }
     assert table["images"].to_dict() == expected
     assert table.loc["IQS ≤ 3", "fraction"] == pytest.approx(0.7)
     # an IQS table replaces the index's scores, by image_id; an image it lacks is unrated
@@ -195,8 +208,17 @@ def test_cli_writes_the_page(tmp_path):
     iqs = tmp_path / "iqs.csv"
     pd.DataFrame({"image_id": ["img0", "img1"], "iqs": [1.0, 4.5]}).to_csv(iqs, index=False)
     out = tmp_path / "my report"
-    args = ["report", "--index", str(index), "--iqs", str(iqs), "--manifest", str(manifest),
-            "--out", str(out)]  # fmt: skip
+    args = [
+        "report",
+        "--index",
+        str(index),
+        "--iqs",
+        str(iqs),
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, args, env=ENV)
     assert result.exit_code == 0, result.output
     page = out / "index.html"
@@ -275,15 +297,20 @@ def test_builders_on_many_rows():
     """A vectorized builder run on many rows gives consistent totals."""
     rng = np.random.default_rng(1)
     n = 20_000
-    index = pd.DataFrame({
-        "dataset_id": rng.choice([f"ds{i}" for i in range(50)], n),
-        "modality": rng.choice(["T1w", "T2w", "FLAIR"], n),
-        "subject": rng.integers(0, 30, n).astype(str),
-    })  # fmt: skip
+    index = pd.DataFrame(
+        {
+            "dataset_id": rng.choice([f"ds{i}" for i in range(50)], n),
+            "modality": rng.choice(["T1w", "T2w", "FLAIR"], n),
+            "subject": rng.integers(0, 30, n).astype(str),
+        }
+    )
     curve = report.cumulative_curve(index)
     assert curve["cumulative"].iloc[-1] == n and not math.isnan(curve["fraction"].iloc[-1])
     marks = report.cumulative_marks(curve)
     for f, k in marks.items():
-        assert curve["cumulative"].iloc[k - 1] >= f * n > (curve["cumulative"].iloc[k - 2]
-                                                           if k > 1 else -1)  # fmt: skip
+        assert (
+            curve["cumulative"].iloc[k - 1]
+            >= f * n
+            > (curve["cumulative"].iloc[k - 2] if k > 1 else -1)
+        )
     assert report.modality_table(index)["images"].sum() == n

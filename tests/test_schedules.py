@@ -18,10 +18,28 @@ import pytest
 from openmind_curate.train import schedules
 
 E, W, LR = 10, 2, 1e-3
-POLY10 = [1e-3, 9.095326e-4, 8.180521e-4, 7.254178e-4, 6.314459e-4,
-          5.358867e-4, 4.383833e-4, 3.383835e-4, 2.349238e-4, 1.258925e-4]  # fmt: skip
-POLY8 = [1e-3, 8.867624e-4, 7.718895e-4, 6.550765e-4, 5.358867e-4,
-         4.136453e-4, 2.871746e-4, 1.538931e-4]  # fmt: skip
+POLY10 = [
+    1e-3,
+    9.095326e-4,
+    8.180521e-4,
+    7.254178e-4,
+    6.314459e-4,
+    5.358867e-4,
+    4.383833e-4,
+    3.383835e-4,
+    2.349238e-4,
+    1.258925e-4,
+]
+POLY8 = [
+    1e-3,
+    8.867624e-4,
+    7.718895e-4,
+    6.550765e-4,
+    5.358867e-4,
+    4.136453e-4,
+    2.871746e-4,
+    1.538931e-4,
+]
 POLY6 = [1e-3, 8.486661e-4, 6.942532e-4, 5.358867e-4, 3.720411e-4, 1.993719e-4]
 
 EXPECTED = {
@@ -60,15 +78,28 @@ def test_paper_shape_150_epochs():
     assert valley[0] == 1e-3 and valley[14] == pytest.approx(1e-3 / 15)
     assert valley[15] == pytest.approx(1e-3 / 15)
     assert [schedules.decoder_only("sawtooth", e, w) for e in (0, 14, 15, 149)] == [
-        True, True, False, False,
-    ]  # fmt: skip
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 @pytest.mark.parametrize(
     ("epochs", "stage"),
-    [(1, 1), (5, 1), (10, 1), (14, 1), (15, 2), (100, 10), (150, 15), (575, 33), (1000, 50),
-     (3000, 50)],
-)  # fmt: skip
+    [
+        (1, 1),
+        (5, 1),
+        (10, 1),
+        (14, 1),
+        (15, 2),
+        (100, 10),
+        (150, 15),
+        (575, 33),
+        (1000, 50),
+        (3000, 50),
+    ],
+)
 def test_stage_length_rule(epochs, stage):
     # max(1, round(E/10)) up to 150; linear 15 -> 50 between 150 and 1000; 50 beyond
     assert schedules.stage_length(epochs) == stage

@@ -9,12 +9,24 @@ from openmind_curate.schema import SchemaError, rows_to_table, validate
 
 def _index_rows(n=3):
     return [
-        dict(image_id=f"id{i}", dataset_id="ds1", subject="01", suffix="T1w",
-             extension=".nii.gz", modality="T1w", is_derivative=False, root="/data/ds1",
-             path=f"sub-01/anat/sub-01_run-{i}_T1w.nii.gz", size_bytes=100 + i,
-             header_status="ok", shape=[10, 10, 10], spacing=[1.0, 1.0, 1.0], age=30.0)
+        dict(
+            image_id=f"id{i}",
+            dataset_id="ds1",
+            subject="01",
+            suffix="T1w",
+            extension=".nii.gz",
+            modality="T1w",
+            is_derivative=False,
+            root="/data/ds1",
+            path=f"sub-01/anat/sub-01_run-{i}_T1w.nii.gz",
+            size_bytes=100 + i,
+            header_status="ok",
+            shape=[10, 10, 10],
+            spacing=[1.0, 1.0, 1.0],
+            age=30.0,
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def test_every_table_in_design_has_one_schema():
@@ -67,10 +79,19 @@ def test_wrong_type_names_column_and_row():
 
 
 def test_range_rule_on_ratings():
-    row = dict(image_id="a", rater_id="r1", kind="regular", version=1, submission_id="s1",
-               noisiness=2, blurriness=6, artifact_level=None,
-               fov_suboptimal=False, corrupted=False,
-               created_at=pa.scalar(0, pa.timestamp("us", tz="UTC")).as_py())  # fmt: skip
+    row = dict(
+        image_id="a",
+        rater_id="r1",
+        kind="regular",
+        version=1,
+        submission_id="s1",
+        noisiness=2,
+        blurriness=6,
+        artifact_level=None,
+        fov_suboptimal=False,
+        corrupted=False,
+        created_at=pa.scalar(0, pa.timestamp("us", tz="UTC")).as_py(),
+    )
     with pytest.raises(SchemaError, match=r"'blurriness', row 0: value 6 is above 5"):
         rows_to_table([row], schema.RATINGS)
     row["blurriness"] = 5

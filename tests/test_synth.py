@@ -41,8 +41,18 @@ def test_size_and_variety(corpus):
     assert total < 300e6, f"default corpus is {total / 1e6:.0f} MB"
     images = truth.query(IMAGES)
     assert images["dataset_id"].nunique() == 4
-    assert {"T1w", "T2w", "FLAIR", "PDw", "DWI", "T2starw", "inplaneT2", "angio", "MP2RAGE",
-            "UNIT1"} <= set(images["modality"])  # fmt: skip
+    assert {
+        "T1w",
+        "T2w",
+        "FLAIR",
+        "PDw",
+        "DWI",
+        "T2starw",
+        "inplaneT2",
+        "angio",
+        "MP2RAGE",
+        "UNIT1",
+    } <= set(images["modality"])
     assert {"T2star", "defacemask", "dseg"} <= set(truth["suffix"])
     assert images["axcodes"].nunique() >= 4
     assert truth["dtype"].nunique() >= 4
@@ -59,12 +69,16 @@ def test_pybids_indexes_every_dataset_and_agrees_on_metadata(corpus):
     for ds, rows in truth.groupby("dataset_id"):
         has_derivatives = bool(rows["is_derivative"].any())
         layout = BIDSLayout(root / ds, validate=True, derivatives=has_derivatives)
-        raw = {str(Path(f).relative_to(root / ds)) for f in
-               layout.get(return_type="filename", extension=".nii.gz", scope="raw")}  # fmt: skip
+        raw = {
+            str(Path(f).relative_to(root / ds))
+            for f in layout.get(return_type="filename", extension=".nii.gz", scope="raw")
+        }
         assert raw == set(rows.loc[~rows["is_derivative"], "rel_path"]), ds
         labels = rows.loc[rows["is_derivative"], "rel_path"]
-        derived = {str(Path(f).relative_to(root / ds)) for f in
-                   layout.get(return_type="filename", scope="derivatives")}  # fmt: skip
+        derived = {
+            str(Path(f).relative_to(root / ds))
+            for f in layout.get(return_type="filename", scope="derivatives")
+        }
         assert set(labels) <= derived
         for row in rows.query(IMAGES).itertuples():
             got = layout.get_metadata(str(root / row.path))
@@ -219,9 +233,11 @@ def test_cropped_field_of_view_cuts_the_head(corpus):
     cropped = truth.query("fov_crop > 0")
     assert len(cropped) == 1
     assert border_mean_over_sigma(cropped.iloc[0]) > 5
-    clean = truth.query("fov_crop == 0 and corruption.isna() and datatype == 'anat' and "
-                        "kind == 'image' and flags.isna() and not skull_stripped and "
-                        "ghost_amplitude == 0")  # fmt: skip
+    clean = truth.query(
+        "fov_crop == 0 and corruption.isna() and datatype == 'anat' and "
+        "kind == 'image' and flags.isna() and not skull_stripped and "
+        "ghost_amplitude == 0"
+    )
     for row in clean.itertuples():
         assert border_mean_over_sigma(row) < 2.5, row.path
 
@@ -230,12 +246,14 @@ def test_labels_derivative_matches_the_t1w(corpus):
     root, truth = corpus
     labels = truth.query("suffix == 'dseg'")
     assert len(labels) == 2
-    tsv = pd.read_csv(root / labels.iloc[0]["dataset_id"] / "derivatives/labels/"
-                      "desc-tissue_dseg.tsv", sep="\t")  # fmt: skip
+    tsv = pd.read_csv(
+        root / labels.iloc[0]["dataset_id"] / "derivatives/labels/desc-tissue_dseg.tsv", sep="\t"
+    )
     assert list(tsv["index"]) == [0, 1, 2, 3]
     for row in labels.itertuples():
-        t1_row = truth.query("dataset_id == @row.dataset_id and subject == @row.subject and "
-                             "suffix == 'T1w'").iloc[0]  # fmt: skip
+        t1_row = truth.query(
+            "dataset_id == @row.dataset_id and subject == @row.subject and suffix == 'T1w'"
+        ).iloc[0]
         lab_img, t1_img = nib.load(root / row.path), nib.load(root / t1_row.path)
         assert lab_img.shape == t1_img.shape and np.allclose(lab_img.affine, t1_img.affine)
         lab = np.asanyarray(lab_img.dataobj)
@@ -248,8 +266,11 @@ def test_labels_derivative_matches_the_t1w(corpus):
 def test_degradation_ladders_are_recorded(corpus):
     _, truth = corpus
     ladders = truth.dropna(subset=["ladder"])
-    for name, attr in [("noise", "noise_level"), ("blur", "blur_fwhm_mm"),
-                       ("ghost", "ghost_amplitude")]:  # fmt: skip
+    for name, attr in [
+        ("noise", "noise_level"),
+        ("blur", "blur_fwhm_mm"),
+        ("ghost", "ghost_amplitude"),
+    ]:
         steps = ladders[ladders["ladder"] == name].sort_values("ladder_level")
         assert len(steps) == 5 and steps[attr].is_monotonic_increasing, name
         assert steps["subject"].nunique() == 1  # one head, one variable
@@ -274,8 +295,13 @@ def test_participants_files_vary_like_openneuro(corpus):
     for ds in sorted(truth["dataset_id"].unique()):
         raw = (root / ds / "participants.tsv").read_bytes()
         bom += raw.startswith(b"\xef\xbb\xbf")
-        table = pd.read_csv(root / ds / "participants.tsv", sep="\t", dtype=str,
-                            encoding="utf-8-sig", keep_default_na=False)  # fmt: skip
+        table = pd.read_csv(
+            root / ds / "participants.tsv",
+            sep="\t",
+            dtype=str,
+            encoding="utf-8-sig",
+            keep_default_na=False,
+        )
         subjects = sorted(truth.loc[truth["dataset_id"] == ds, "subject"].unique())
         assert list(table["participant_id"]) == [f"sub-{s}" for s in subjects]
         columns.add(tuple(table.columns))

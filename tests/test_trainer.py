@@ -33,8 +33,9 @@ REPO = TESTS.parent
 class FakeBatches:
     """`batches(step, rank, world)`: the rank's share of a global batch."""
 
-    def __init__(self, global_batch: int = 2, patch: int = 32, seed: int = 0,
-                 anon: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, global_batch: int = 2, patch: int = 32, seed: int = 0, anon: bool = False
+    ) -> None:
         self.global_batch, self.patch, self.seed, self.anon = global_batch, patch, seed, anon
 
     def volume(self, step: int, g: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,14 +54,25 @@ class FakeBatches:
         share = self.global_batch // world
         index = list(range(rank * share, (rank + 1) * share))
         vols, anons = zip(*(self.volume(step, g) for g in index), strict=True)
-        return {"image": torch.from_numpy(np.stack(vols))[:, None],
-                "anon": torch.from_numpy(np.stack(anons))[:, None],
-                "case_id": [f"case{g}" for g in index], "index": index}  # fmt: skip
+        return {
+            "image": torch.from_numpy(np.stack(vols))[:, None],
+            "anon": torch.from_numpy(np.stack(anons))[:, None],
+            "case_id": [f"case{g}" for g in index],
+            "index": index,
+        }
 
 
 def tiny(out: Path, **kw) -> TrainConfig:
-    base = dict(out=str(out), arch="tiny", patch=32, global_batch=2, epochs=2,
-                iters_per_epoch=4, mask_block=8, progress=False)  # fmt: skip
+    base = dict(
+        out=str(out),
+        arch="tiny",
+        patch=32,
+        global_batch=2,
+        epochs=2,
+        iters_per_epoch=4,
+        mask_block=8,
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -95,8 +107,9 @@ def run_script(
 
 def test_loss_falls_and_run_files(tmp_path):
     val = [FakeBatches(2, seed=99)(0)]
-    result = train(tiny(tmp_path / "run", epochs=3, iters_per_epoch=10, val_every=2),
-                   FakeBatches(2), val)  # fmt: skip
+    result = train(
+        tiny(tmp_path / "run", epochs=3, iters_per_epoch=10, val_every=2), FakeBatches(2), val
+    )
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     first, last = np.mean([r["loss"] for r in log[:5]]), np.mean([r["loss"] for r in log[-5:]])
     assert last < first, (first, last)
@@ -105,7 +118,8 @@ def test_loss_falls_and_run_files(tmp_path):
     # validation every 2 epochs and at the end; PolyLR per epoch: 1e-2 * (1 - e / 3) ** 0.9
     assert [r["step"] for r in log if "val_loss" in r] == [19, 29]
     assert [log[i]["lr"] for i in (0, 9, 10, 20)] == pytest.approx(
-        [1e-2, 1e-2, 1e-2 * (2 / 3) ** 0.9, 1e-2 * (1 / 3) ** 0.9])  # fmt: skip
+        [1e-2, 1e-2, 1e-2 * (2 / 3) ** 0.9, 1e-2 * (1 / 3) ** 0.9]
+    )
     assert result.complete and result.steps == 30 and result.val_loss == log[-1]["val_loss"]
     png = (tmp_path / "run" / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -144,8 +158,7 @@ def test_resume_in_a_fresh_process_is_bit_exact(tmp_path):
     assert a["step"] == b["step"] == 8
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     mom_a, mom_b = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert all(torch.equal(mom_a[k]["momentum_buffer"], mom_b[k]["momentum_buffer"])
-               for k in mom_a)  # fmt: skip
+    assert all(torch.equal(mom_a[k]["momentum_buffer"], mom_b[k]["momentum_buffer"]) for k in mom_a)
     assert losses(straight) == losses(halves) and len(losses(halves)) == 8
 
     def vals(run: Path) -> list[float | None]:
@@ -190,10 +203,14 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
         params = models.unwrap(net).named_parameters()
         one.update({k: p.grad.detach().clone() for k, p in params if p.requires_grad})
 
-    train(tiny(tmp_path / "one", global_batch=4, epochs=1, iters_per_epoch=1), FakeBatches(4),
-          after_backward=keep)  # fmt: skip
+    train(
+        tiny(tmp_path / "one", global_batch=4, epochs=1, iters_per_epoch=1),
+        FakeBatches(4),
+        after_backward=keep,
+    )
     grads = tmp_path / "ddp-grads.pt"
-    run_script(f"""
+    run_script(
+        f"""
         import os
         import torch
         torch.set_num_threads(1)
@@ -211,7 +228,10 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
                        iters_per_epoch=1), FakeBatches(4), after_backward=keep)
         if os.environ["RANK"] == "0":
             torch.save(got, {str(grads)!r})
-    """, torchrun=2, script_dir=tmp_path)  # fmt: skip
+    """,
+        torchrun=2,
+        script_dir=tmp_path,
+    )
     two = torch.load(grads)
     assert int(two.pop("__world__")) == 2
     assert two.keys() == one.keys()
@@ -260,14 +280,15 @@ def test_anon_aware_all_anonymized_trains_with_zero_loss(tmp_path):
             batch["anon"] = torch.ones_like(batch["image"])
             return batch
 
-    result = train(tiny(tmp_path / "run", epochs=1, iters_per_epoch=2, anon_aware=True),
-                   AllAnon(2))  # fmt: skip
+    result = train(tiny(tmp_path / "run", epochs=1, iters_per_epoch=2, anon_aware=True), AllAnon(2))
     assert losses(tmp_path / "run") == [0.0, 0.0] and result.loss == 0.0
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["model"]
     assert all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
     # a slab anonymized: the loss ignores it (differs from the plain loss)
-    train(tiny(tmp_path / "slab", epochs=1, iters_per_epoch=1, anon_aware=True),
-          FakeBatches(2, anon=True))  # fmt: skip
+    train(
+        tiny(tmp_path / "slab", epochs=1, iters_per_epoch=1, anon_aware=True),
+        FakeBatches(2, anon=True),
+    )
     train(tiny(tmp_path / "plain", epochs=1, iters_per_epoch=1), FakeBatches(2, anon=True))
     assert losses(tmp_path / "slab") != losses(tmp_path / "plain")
 
@@ -276,8 +297,10 @@ def test_bf16_autocast_and_compile_on_cpu(tmp_path):
     """--amp bf16 (CPU autocast) runs with finite losses. torch.compile is tested
     with the "eager" backend: inductor's CPU warm-up takes ~40 s on this machine's
     2 cores (the CLI's --compile uses inductor); the checkpoint holds unwrapped keys."""
-    result = train(tiny(tmp_path / "bf16", epochs=1, iters_per_epoch=2, amp="bf16",
-                        compile="eager"), FakeBatches(2))  # fmt: skip
+    result = train(
+        tiny(tmp_path / "bf16", epochs=1, iters_per_epoch=2, amp="bf16", compile="eager"),
+        FakeBatches(2),
+    )
     assert result.complete and np.isfinite(losses(tmp_path / "bf16")).all()
     keys = load_checkpoint(tmp_path / "bf16" / "checkpoint.pt")["model"].keys()
     assert keys == models.build("tiny").state_dict().keys()
@@ -347,13 +370,25 @@ def write_manifest(tmp: Path) -> Path:
             face[:, :8] = 1
             save_nifti(face, np.eye(4), tmp / "sub-0_anon.nii.gz")
             anon = str(tmp / "sub-0_anon.nii.gz")
-        rows.append({
-            "image_id": f"img{i}", "dataset_id": "ds000001", "subject": f"{i:02d}",
-            "suffix": "T1w", "extension": ".nii.gz", "modality": "T1w",
-            "is_derivative": False, "root": str(tmp), "path": f"sub-{i}_T1w.nii.gz",
-            "size_bytes": 1, "header_status": "ok", "group_n_rated": 0, "split": split,
-            "anat_mask_path": None, "anon_mask_path": anon,
-        })  # fmt: skip
+        rows.append(
+            {
+                "image_id": f"img{i}",
+                "dataset_id": "ds000001",
+                "subject": f"{i:02d}",
+                "suffix": "T1w",
+                "extension": ".nii.gz",
+                "modality": "T1w",
+                "is_derivative": False,
+                "root": str(tmp),
+                "path": f"sub-{i}_T1w.nii.gz",
+                "size_bytes": 1,
+                "header_status": "ok",
+                "group_n_rated": 0,
+                "split": split,
+                "anat_mask_path": None,
+                "anon_mask_path": anon,
+            }
+        )
     (tmp / "manifests").mkdir()
     path = tmp / "manifests" / "iqs-le-2.5.parquet"
     write_parquet(rows_to_table(rows, MANIFEST), path)
@@ -373,10 +408,33 @@ def test_cli_trains_on_the_default_store(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda m, backend=None: real_compile(m, backend="eager"))
     manifest = write_manifest(tmp_path)
     run = tmp_path / "run"
-    args = ["--manifest", str(manifest), "--arch", "tiny", "--patch", "32", "--batch", "2",
-            "--mask-block", "8", "--epochs", "1", "--iters-per-epoch", "3", "--out", str(run),
-            "--workers", "0", "--val-patches", "2", "--anon-aware", "--amp", "bf16",
-            "--compile", "-q"]  # fmt: skip
+    args = [
+        "--manifest",
+        str(manifest),
+        "--arch",
+        "tiny",
+        "--patch",
+        "32",
+        "--batch",
+        "2",
+        "--mask-block",
+        "8",
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "3",
+        "--out",
+        str(run),
+        "--workers",
+        "0",
+        "--val-patches",
+        "2",
+        "--anon-aware",
+        "--amp",
+        "bf16",
+        "--compile",
+        "-q",
+    ]
     result = cli(args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "manifests" / "iqs-le-2.5.store" / "store.parquet").is_file()
@@ -420,18 +478,53 @@ def test_cli_under_torchrun_two_ranks_logs_the_one_process_losses(tmp_path, monk
 
     monkeypatch.setattr(cli_train, "_cuda", lambda: False)
     manifest = write_manifest(tmp_path)
-    args = ["--arch", "tiny", "--patch", "32", "--batch", "4", "--mask-block", "8",
-            "--epochs", "1", "--iters-per-epoch", "3", "--val-patches", "4", "-q"]  # fmt: skip
-    one = cli(["--manifest", str(manifest), "--out", str(tmp_path / "one"), "--workers", "0",
-               *args])  # fmt: skip
+    args = [
+        "--arch",
+        "tiny",
+        "--patch",
+        "32",
+        "--batch",
+        "4",
+        "--mask-block",
+        "8",
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "3",
+        "--val-patches",
+        "4",
+        "-q",
+    ]
+    one = cli(
+        ["--manifest", str(manifest), "--out", str(tmp_path / "one"), "--workers", "0", *args]
+    )
     assert one.exit_code == 0, one.output
     store = tmp_path / "manifests" / "iqs-le-2.5.store"
     exe = [sys.executable, "-m", "torch.distributed.run"]  # = torchrun
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([*exe, "--standalone", "--nproc-per-node=2", "-m", "openmind_curate.cli",
-                           "train", "--manifest", str(manifest), "--store", str(store),
-                           "--out", str(tmp_path / "two"), "--workers", "1", *args],
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            *exe,
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "openmind_curate.cli",
+            "train",
+            "--manifest",
+            str(manifest),
+            "--store",
+            str(store),
+            "--out",
+            str(tmp_path / "two"),
+            "--workers",
+            "1",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("done: 3 of 3 steps") == 1  # rank 0 speaks
     a = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
@@ -449,8 +542,9 @@ def test_resume_with_the_store_loader_is_bit_exact(tmp_path):
     from openmind_curate.train import preprocess as P
     from openmind_curate.train.store import open_store
 
-    P.preprocess(write_manifest(tmp_path), tmp_path / "store", options=JobOptions(
-        workers=1, progress=False))  # fmt: skip
+    P.preprocess(
+        write_manifest(tmp_path), tmp_path / "store", options=JobOptions(workers=1, progress=False)
+    )
     store = open_store(tmp_path / "store")
     lcfg = L.LoaderConfig(patch=32, global_batch=2, seed=0, spatial_prob=1.0)
 

@@ -23,8 +23,12 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
 
 
 def _frame(rows: list[tuple[str, Path, str, str | None]]) -> pd.DataFrame:
-    return pd.DataFrame([dict(image_id=i, root=str(p.parent), path=p.name, modality=m,
-                              derived_from=d) for i, p, m, d in rows])  # fmt: skip
+    return pd.DataFrame(
+        [
+            dict(image_id=i, root=str(p.parent), path=p.name, modality=m, derived_from=d)
+            for i, p, m, d in rows
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +72,11 @@ def test_flipped_affine_gives_the_same_display(bright):
     ras, _ = viewer.load_volume(bright["ras"])
     las, _ = viewer.load_volume(bright["las"])
     np.testing.assert_array_equal(ras.data, las.data)
-    for a, b in zip(viewer.slices(ras, (7, 3, 5), 505, 990),
-                    viewer.slices(las, (7, 3, 5), 505, 990), strict=True):  # fmt: skip
+    for a, b in zip(
+        viewer.slices(ras, (7, 3, 5), 505, 990),
+        viewer.slices(las, (7, 3, 5), 505, 990),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -85,8 +92,9 @@ def test_oblique_permuted_axes_are_reoriented(tmp_path, bright):
 
 def test_anisotropic_spacing_gives_square_pixels(tmp_path):
     data = np.zeros((10, 10, 5), np.float32)
-    vol, _ = viewer.load_volume(_save(tmp_path / "thick.nii.gz", data,
-                                      np.diag([1.0, 1.0, 3.0, 1.0])))  # fmt: skip
+    vol, _ = viewer.load_volume(
+        _save(tmp_path / "thick.nii.gz", data, np.diag([1.0, 1.0, 3.0, 1.0]))
+    )
     assert vol.spacing == (1.0, 1.0, 3.0)
     sag, cor, ax = viewer.slices(vol, vol.center, 0, 1)
     assert sag.shape == (15, 10) and cor.shape == (15, 10) and ax.shape == (10, 10)
@@ -106,8 +114,16 @@ def test_unreadable_file_is_a_viewer_error(tmp_path):
 
 
 def test_window_presets():
-    stats = {0.0: -10.0, 0.5: 1.0, 1.0: 2.0, 5.0: 10.0, 95.0: 90.0, 99.0: 98.0,
-             99.5: 99.0, 100.0: 110.0}  # fmt: skip
+    stats = {
+        0.0: -10.0,
+        0.5: 1.0,
+        1.0: 2.0,
+        5.0: 10.0,
+        95.0: 90.0,
+        99.0: 98.0,
+        99.5: 99.0,
+        100.0: 110.0,
+    }
     assert viewer.window(stats, "Auto (1-99%)") == (50.0, 96.0)
     assert viewer.window(stats, "Narrow (5-95%)") == (50.0, 80.0)
     assert viewer.window(stats, "Wide (0.5-99.5%)") == (50.0, 98.0)
@@ -131,10 +147,14 @@ def test_percentiles_ignore_background(bright):
 
 
 def test_load_unit_checksum_and_dwi_order(tmp_path, bright):
-    maps = {m: _save(tmp_path / f"{m}.nii.gz", bright["data"] * (i + 1), np.eye(4))
-            for i, m in enumerate(("T2w", "FA", "MD"))}  # fmt: skip
-    index = _frame([("dwi", bright["ras"], "DWI", None), ("img", bright["ras"], "T1w", None)]
-                   + [(f"map-{m}", p, m, "dwi") for m, p in maps.items()])  # fmt: skip
+    maps = {
+        m: _save(tmp_path / f"{m}.nii.gz", bright["data"] * (i + 1), np.eye(4))
+        for i, m in enumerate(("T2w", "FA", "MD"))
+    }
+    index = _frame(
+        [("dwi", bright["ras"], "DWI", None), ("img", bright["ras"], "T1w", None)]
+        + [(f"map-{m}", p, m, "dwi") for m, p in maps.items()]
+    )
     unit = viewer.load_unit(index, "dwi")
     assert unit.labels == ["FA", "MD", "T2w"]  # plan.MAP_ORDER, not the index order
     expected = hashlib.sha256(b"".join(maps[m].read_bytes() for m in ("FA", "MD", "T2w")))
@@ -147,8 +167,13 @@ def test_load_unit_checksum_and_dwi_order(tmp_path, bright):
 
 
 def test_cache_reads_once_and_prefetches(bright, monkeypatch):
-    index = _frame([("a", bright["ras"], "T1w", None), ("b", bright["las"], "T1w", None),
-                    ("c", bright["ras"], "T2w", None)])  # fmt: skip
+    index = _frame(
+        [
+            ("a", bright["ras"], "T1w", None),
+            ("b", bright["las"], "T1w", None),
+            ("c", bright["ras"], "T2w", None),
+        ]
+    )
     loads: list[str] = []
     real_load = nib.load
     gate = threading.Event()

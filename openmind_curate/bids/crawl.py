@@ -245,15 +245,23 @@ class _Metadata:
         tsv = os.path.join(root, "participants.tsv")
         if os.path.isfile(tsv):
             dictionary = os.path.join(root, "participants.json")
-            people, probs = read_people(tsv, dictionary if os.path.isfile(dictionary) else None,
-                                        "participant_id", "sub-")  # fmt: skip
+            people, probs = read_people(
+                tsv, dictionary if os.path.isfile(dictionary) else None, "participant_id", "sub-"
+            )
             self.people = people
             for path, kind, msg in probs:
                 self.problem(os.path.relpath(path, root), kind, msg)
 
     def problem(self, rel: str, kind: str, message: str) -> None:
-        self.problems.append(dict(dataset_id=self.ref.dataset_id, root=self.ref.root, path=rel,
-                                  kind=kind, message=message))  # fmt: skip
+        self.problems.append(
+            dict(
+                dataset_id=self.ref.dataset_id,
+                root=self.ref.root,
+                path=rel,
+                kind=kind,
+                message=message,
+            )
+        )
 
     def document(self, rel: str) -> dict[str, Any]:
         if rel not in self._json:
@@ -389,15 +397,23 @@ def _row(ref, entry, name, datatype, modality, flags, header, inherit, meta, tag
                 meta.problem(entry.rel, "dwi", f"no {ext} file applies to this series")
             elif header.n_volumes and (n := meta.n_values(found)) is not None:
                 if n != header.n_volumes:
-                    meta.problem(entry.rel, "dwi", f"{found} has {n} entries, the image has "
-                                                   f"{header.n_volumes} volumes")  # fmt: skip
+                    meta.problem(
+                        entry.rel,
+                        "dwi",
+                        f"{found} has {n} entries, the image has {header.n_volumes} volumes",
+                    )
     if person is not None:
         row.update(
-            age=person.age, age_raw=person.age_raw, sex=person.sex,
-            handedness=person.handedness, race=person.race, weight=person.weight,
-            bmi=person.bmi, health_status=person.health_status,
+            age=person.age,
+            age_raw=person.age_raw,
+            sex=person.sex,
+            handedness=person.handedness,
+            race=person.race,
+            weight=person.weight,
+            bmi=person.bmi,
+            health_status=person.health_status,
             participant_extra=extra_json(person),
-        )  # fmt: skip
+        )
     return row
 
 
@@ -493,16 +509,22 @@ def crawl(
         # elsewhere renames it, and its rows must carry the new id.
         same_id = prev.get("dataset_id") == ref.dataset_id
         headers = _previous_headers(by_root.get(ref.root))  # headers do not depend on ids
-        work.append(DatasetJob(ref, options, prev.get("fingerprint") if same_id else None,
-                               headers))  # fmt: skip
+        work.append(DatasetJob(ref, options, prev.get("fingerprint") if same_id else None, headers))
     batch = run_batch(crawl_dataset, work, jobs)
 
     tables, problems, new_state, unchanged, n_read = [], [], {}, 0, 0
     prev_probs_by_root = _split_by_root(prev_problems)
     for job, res in zip(work, batch.results, strict=True):
         if res.status != "done":
-            problems.append(dict(dataset_id=job.ref.dataset_id, root=job.ref.root, path=".",
-                                 kind="crawl_failed", message=res.error))  # fmt: skip
+            problems.append(
+                dict(
+                    dataset_id=job.ref.dataset_id,
+                    root=job.ref.root,
+                    path=".",
+                    kind="crawl_failed",
+                    message=res.error,
+                )
+            )
             continue
         r: DatasetResult = res.value
         new_state[job.ref.root] = {"fingerprint": r.fingerprint, "dataset_id": job.ref.dataset_id}
@@ -520,8 +542,15 @@ def crawl(
     if crawled is None:
         crawled = IMAGE_INDEX.empty_table()
     problem_table = rows_to_table(problems, PROBLEMS)
-    result = CrawlResult(prev_index, problem_table, len(refs), unchanged, n_read,
-                         [f.label for f in batch.failed], n_images=crawled.num_rows)  # fmt: skip
+    result = CrawlResult(
+        prev_index,
+        problem_table,
+        len(refs),
+        unchanged,
+        n_read,
+        [f.label for f in batch.failed],
+        n_images=crawled.num_rows,
+    )
     same = unchanged == len(refs) and len(refs) == len(state) and not batch.failed
     if not same or prev_index is None:
         doc = {"version": STATE_VERSION, "options": _options_doc(options), "datasets": new_state}
@@ -551,7 +580,7 @@ def _previous_headers(table: pa.Table | None) -> dict[str, tuple]:
             cols["size_bytes"][i],
             cols["mtime_ns"][i],
             *[cols[f][i] for f in _HEADER_FIELDS],
-        )  # fmt: skip
+        )
         for i, path in enumerate(cols["path"])
     }
 
@@ -561,7 +590,9 @@ def _write_side_files(out: Path, problems: pa.Table, state: dict[str, Any]) -> N
     with atomic_path(problems_path(out)) as tmp:
         pq.write_table(store.stored_paths(problems, out, ["root"]), tmp)
     base = store.base_dir(out)
-    state = {**state, "datasets": {store.to_stored(k, base): v
-                                   for k, v in state["datasets"].items()}}  # fmt: skip
+    state = {
+        **state,
+        "datasets": {store.to_stored(k, base): v for k, v in state["datasets"].items()},
+    }
     # The state goes last: if the job dies before it, the next run re-crawls.
     atomic_write_text(state_path(out), json.dumps(state, indent=1))

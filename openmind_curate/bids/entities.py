@@ -11,10 +11,20 @@ from dataclasses import dataclass
 
 #: Long names of the entities the image index keeps as their own columns.
 ENTITY_NAMES: dict[str, str] = {
-    "sub": "subject", "ses": "session", "task": "task", "acq": "acq", "ce": "ce",
-    "rec": "rec", "dir": "dir", "run": "run", "echo": "echo", "flip": "flip",
-    "inv": "inv", "mt": "mt", "part": "part",
-}  # fmt: skip
+    "sub": "subject",
+    "ses": "session",
+    "task": "task",
+    "acq": "acq",
+    "ce": "ce",
+    "rec": "rec",
+    "dir": "dir",
+    "run": "run",
+    "echo": "echo",
+    "flip": "flip",
+    "inv": "inv",
+    "mt": "mt",
+    "part": "part",
+}
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 

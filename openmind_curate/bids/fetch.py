@@ -183,8 +183,12 @@ def fetch(
     result = FetchResult(plan, root)
     if dry_run:
         return result
-    record = {"dataset": dataset, "tag": snapshot.tag, "datatypes": list(datatypes),
-              "complete": False}  # fmt: skip
+    record = {
+        "dataset": dataset,
+        "tag": snapshot.tag,
+        "datatypes": list(datatypes),
+        "complete": False,
+    }
     atomic_write_text(root / RECORD, json.dumps(record, indent=1))
     if plan.todo:
         if downloader is None:

@@ -19,9 +19,24 @@ from __future__ import annotations
 from openmind_curate.schema import MODALITIES
 
 NOT_IMAGES = frozenset(
-    {"mask", "defacemask", "brainmask", "dseg", "probseg", "label", "roi", "events",
-     "physio", "stim", "channels", "scans", "sessions", "participants", "coordsystem"}
-)  # fmt: skip
+    {
+        "mask",
+        "defacemask",
+        "brainmask",
+        "dseg",
+        "probseg",
+        "label",
+        "roi",
+        "events",
+        "physio",
+        "stim",
+        "channels",
+        "scans",
+        "sessions",
+        "participants",
+        "coordsystem",
+    }
+)
 
 _ALIASES = {
     "PD": "PDw",

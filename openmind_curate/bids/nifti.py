@@ -17,10 +17,23 @@ from dataclasses import dataclass, field
 from math import prod
 
 _DTYPES = {
-    2: "uint8", 4: "int16", 8: "int32", 16: "float32", 32: "complex64", 64: "float64",
-    128: "rgb24", 256: "int8", 512: "uint16", 768: "uint32", 1024: "int64", 1280: "uint64",
-    1536: "float128", 1792: "complex128", 2048: "complex256", 2304: "rgba32",
-}  # fmt: skip
+    2: "uint8",
+    4: "int16",
+    8: "int32",
+    16: "float32",
+    32: "complex64",
+    64: "float64",
+    128: "rgb24",
+    256: "int8",
+    512: "uint16",
+    768: "uint32",
+    1024: "int64",
+    1280: "uint64",
+    1536: "float128",
+    1792: "complex128",
+    2048: "complex256",
+    2304: "rgba32",
+}
 _BITS = {"rgb24": 24, "rgba32": 32}
 
 

@@ -31,20 +31,59 @@ from openmind_curate.bids.sidecars import load_json
 MISSING = frozenset({"", "n/a", "na", "nan", "none", "null", "-", "unknown", "?", "missing"})
 
 ROLES: dict[str, tuple[str, ...]] = {
-    "age": ("age", "age_years", "age_at_scan", "ageatscan", "age_at_first_scan_years",
-            "age_at_first_scan", "age_yrs", "age_in_years", "age_months", "age_in_months",
-            "age_at_mri", "scan_age", "subject_age", "age_at_baseline"),
+    "age": (
+        "age",
+        "age_years",
+        "age_at_scan",
+        "ageatscan",
+        "age_at_first_scan_years",
+        "age_at_first_scan",
+        "age_yrs",
+        "age_in_years",
+        "age_months",
+        "age_in_months",
+        "age_at_mri",
+        "scan_age",
+        "subject_age",
+        "age_at_baseline",
+    ),
     "sex": ("sex", "gender", "biological_sex", "sex_at_birth", "sexe"),
-    "handedness": ("handedness", "hand", "dominant_hand", "handedness_score", "edinburgh",
-                   "ehi", "handedness_ehi", "laterality", "handedness_edinburgh"),
-    "weight": ("weight", "weight_kg", "weight_lb", "weight_lbs", "body_weight", "mass",
-               "weight_pounds"),
+    "handedness": (
+        "handedness",
+        "hand",
+        "dominant_hand",
+        "handedness_score",
+        "edinburgh",
+        "ehi",
+        "handedness_ehi",
+        "laterality",
+        "handedness_edinburgh",
+    ),
+    "weight": (
+        "weight",
+        "weight_kg",
+        "weight_lb",
+        "weight_lbs",
+        "body_weight",
+        "mass",
+        "weight_pounds",
+    ),
     "height": ("height", "height_cm", "height_m", "height_in", "height_inches", "body_height"),
     "bmi": ("bmi", "body_mass_index"),
     "race": ("race", "ethnicity", "race_ethnicity", "ethnic_group"),
-    "health_status": ("health_status", "diagnosis", "dx", "group", "condition",
-                      "clinical_group", "subject_group", "population", "patient", "status"),
-}  # fmt: skip
+    "health_status": (
+        "health_status",
+        "diagnosis",
+        "dx",
+        "group",
+        "condition",
+        "clinical_group",
+        "subject_group",
+        "population",
+        "patient",
+        "status",
+    ),
+}
 
 _HEALTHY = re.compile(
     r"control|healthy|\bhc\b|^hc|normal|ctrl|typical|^td$|^nc$|^hv$|volunteer|^none$"
@@ -93,8 +132,9 @@ def read_tsv(path: str, problems: list[tuple[str, str]]) -> Table | None:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         text = raw.decode("latin-1")
-        problems.append(("encoding", f"not UTF-8 ({exc.reason} at byte {exc.start}); "
-                                     "read as Latin-1"))  # fmt: skip
+        problems.append(
+            ("encoding", f"not UTF-8 ({exc.reason} at byte {exc.start}); read as Latin-1")
+        )
     lines = [ln for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if ln.strip()]
     if not lines:
         problems.append(("bad_tsv", "empty table"))
@@ -104,8 +144,9 @@ def read_tsv(path: str, problems: list[tuple[str, str]]) -> Table | None:
     for n, line in enumerate(lines[1:], start=2):
         cells = [c.strip() for c in line.split("\t")]
         if len(cells) != len(columns):
-            problems.append(("bad_tsv", f"line {n} has {len(cells)} fields, the header "
-                                        f"has {len(columns)}"))  # fmt: skip
+            problems.append(
+                ("bad_tsv", f"line {n} has {len(cells)} fields, the header has {len(columns)}")
+            )
             cells = (cells + [""] * len(columns))[: len(columns)]
         rows.append(dict(zip(columns, cells, strict=True)))
     return Table(columns, rows)
@@ -324,8 +365,13 @@ def read_people(
     for row in table.rows:
         label = label_of(row[id_column], prefix)
         if label in people:
-            problems.append((tsv, "duplicate", f"{row[id_column]} appears more than once; "
-                                               "the first row is kept"))  # fmt: skip
+            problems.append(
+                (
+                    tsv,
+                    "duplicate",
+                    f"{row[id_column]} appears more than once; the first row is kept",
+                )
+            )
             continue
         person, msgs = harmonize(row, dictionary, roles)
         problems += [(tsv, "value", f"{row[id_column]}: {m}") for m in msgs]

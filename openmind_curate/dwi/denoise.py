@@ -146,13 +146,20 @@ def mppca(
     out = np.clip(out[crop], 0, None)
     sigma = np.sqrt(np.where(covered, var_acc / np.maximum(theta, 1e-30), 0.0))[crop]
     inside = sigma[mask[crop]]
-    report = DenoiseReport("mppca", patch_radius, stride,
-                           float(np.median(inside)) if inside.size else 0.0, n_patches)  # fmt: skip
+    report = DenoiseReport(
+        "mppca", patch_radius, stride, float(np.median(inside)) if inside.size else 0.0, n_patches
+    )
     return out.astype(np.float32), sigma.astype(np.float32), report
 
 
 def patch2self_denoise(data: np.ndarray, bvals: np.ndarray) -> tuple[np.ndarray, DenoiseReport]:
     """dipy's Patch2Self (self-supervised regression across volumes)."""
-    out = patch2self(data.astype(np.float32), bvals, model="ols", shift_intensity=True,
-                     clip_negative_vals=False, verbose=False)  # fmt: skip
+    out = patch2self(
+        data.astype(np.float32),
+        bvals,
+        model="ols",
+        shift_intensity=True,
+        clip_negative_vals=False,
+        verbose=False,
+    )
     return np.asarray(out, np.float32), DenoiseReport("patch2self", 0, 0, float("nan"), 0)

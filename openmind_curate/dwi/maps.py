@@ -40,7 +40,9 @@ def tensor_maps(
     fa[~mask], md[~mask] = 0, 0
     found = shells(bvals, b0)
     report = MapsReport(
-        [s for s in found if s <= MAX_B], [s for s in found if s > MAX_B], int(use.sum()),
+        [s for s in found if s <= MAX_B],
+        [s for s in found if s > MAX_B],
+        int(use.sum()),
         float(np.median(fa[mask])) if mask.any() else 0.0,
-    )  # fmt: skip
+    )
     return fa.astype(np.float32), md.astype(np.float32), report

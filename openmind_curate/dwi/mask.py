@@ -15,8 +15,9 @@ from scipy import ndimage
 
 
 def brain_mask(mean_b0: np.ndarray, median_radius: int = 2, numpass: int = 2) -> np.ndarray:
-    _, mask = median_otsu(mean_b0.astype(np.float32), median_radius=median_radius,
-                          numpass=numpass, dilate=1)  # fmt: skip
+    _, mask = median_otsu(
+        mean_b0.astype(np.float32), median_radius=median_radius, numpass=numpass, dilate=1
+    )
     labels, n = ndimage.label(mask)
     if n > 1:
         sizes = ndimage.sum(mask, labels, range(1, n + 1))

@@ -64,9 +64,12 @@ def _register(fixed, moving, fixed_mask, cfg: MotionConfig) -> sitk.Euler3DTrans
         reg.SetMetricFixedMask(fixed_mask)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-4, numberOfIterations=cfg.iterations,
-        relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6,
-    )  # fmt: skip
+        learningRate=1.0,
+        minStep=1e-4,
+        numberOfIterations=cfg.iterations,
+        relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-6,
+    )
     reg.SetOptimizerScalesFromPhysicalShift()
     shrink, smoothing = _levels(cfg, min(fixed.GetSize()))
     reg.SetShrinkFactorsPerLevel(shrink)
@@ -147,9 +150,12 @@ def correct_motion(
         else:
             out[..., i] = data[..., i]
     report = MotionReport(
-        rotations, translations,
-        float(np.abs(rotations).max()), float(np.abs(translations).max()), moved,
-    )  # fmt: skip
+        rotations,
+        translations,
+        float(np.abs(rotations).max()),
+        float(np.abs(translations).max()),
+        moved,
+    )
     return out, rot_vox, report
 
 

@@ -47,8 +47,14 @@ class DwiConfig:
     threads: int = 1
 
     def steps(self) -> list[str]:
-        on = {"denoise": self.denoise is not None, "gibbs": self.gibbs, "motion": self.motion,
-              "bias": self.bias, "mask": True, "maps": True}  # fmt: skip
+        on = {
+            "denoise": self.denoise is not None,
+            "gibbs": self.gibbs,
+            "motion": self.motion,
+            "bias": self.bias,
+            "mask": True,
+            "maps": True,
+        }
         return [s for s in STEPS if on[s]]
 
 
@@ -82,8 +88,9 @@ def _shifted(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
 
 def validate_series(data: np.ndarray, bvals, bvecs_fsl, affine) -> grad.Gradients:
     if data.ndim != 4:
-        raise grad.DwiInputError(f"a DWI series must be 4D; this image is {data.ndim}D "
-                                 f"with shape {data.shape}")  # fmt: skip
+        raise grad.DwiInputError(
+            f"a DWI series must be 4D; this image is {data.ndim}D with shape {data.shape}"
+        )
     gtab = grad.check(bvals, bvecs_fsl, data.shape[3], affine)
     low = (~gtab.b0) & (gtab.bvals <= MAX_B)
     if low.sum() < 6:
@@ -141,8 +148,9 @@ def run_pipeline(
         return out
 
     if config.denoise == "mppca":
-        data, sigma, rep = timed("denoise", mppca, data, head, config.patch_radius,
-                                 config.mppca_stride, config.threads)  # fmt: skip
+        data, sigma, rep = timed(
+            "denoise", mppca, data, head, config.patch_radius, config.mppca_stride, config.threads
+        )
         reports["denoise"] = asdict(rep)
     elif config.denoise == "patch2self":
         data, rep = timed("denoise", patch2self_denoise, data, gtab.bvals)
@@ -152,17 +160,26 @@ def run_pipeline(
         axis = config.slice_axis
         if axis is None:
             axis = int(np.argmax(zooms)) if zooms.max() - zooms.min() > 1e-3 else 2
-        data, rep = timed("gibbs", gibbs_removal, data, axis, threads=config.threads,
-                          exact=config.gibbs_exact, shifts=config.gibbs_shifts)  # fmt: skip
+        data, rep = timed(
+            "gibbs",
+            gibbs_removal,
+            data,
+            axis,
+            threads=config.threads,
+            exact=config.gibbs_exact,
+            shifts=config.gibbs_shifts,
+        )
         reports["gibbs"] = asdict(rep)
     motion = config.motion
     if motion and min(data.shape[:3]) < MIN_SIZE:
-        warnings.append(f"series too small to register ({data.shape[:3]}); motion correction "
-                        "skipped")  # fmt: skip
+        warnings.append(
+            f"series too small to register ({data.shape[:3]}); motion correction skipped"
+        )
         motion = False
     if motion:
-        data, rot, rep = timed("motion", correct_motion, data, aff, gtab.b0, head,
-                               config.motion_cfg, config.threads)  # fmt: skip
+        data, rot, rep = timed(
+            "motion", correct_motion, data, aff, gtab.b0, head, config.motion_cfg, config.threads
+        )
         bvecs = reorient(gtab.bvals, bvecs, rot)
         reports["motion"] = asdict(rep)
     mean_b0 = data[..., gtab.b0].mean(axis=3)
@@ -186,8 +203,13 @@ def run_pipeline(
         return out
 
     return DwiResult(
-        t2w=full(t2w, np.float32), fa=full(fa, np.float32), md=full(md, np.float32),
-        mask=full(mask, np.uint8), bvecs=bvecs,
+        t2w=full(t2w, np.float32),
+        fa=full(fa, np.float32),
+        md=full(md, np.float32),
+        mask=full(mask, np.uint8),
+        bvecs=bvecs,
         sigma=None if sigma is None else full(sigma, np.float32),
-        seconds=seconds, reports=reports, warnings=warnings,
-    )  # fmt: skip
+        seconds=seconds,
+        reports=reports,
+        warnings=warnings,
+    )

@@ -136,8 +136,14 @@ def find_gradients(path: Path) -> tuple[str | None, str | None]:
         folder = folder / part if part else folder
         for entry in os.listdir(folder):
             if entry.endswith((".bval", ".bvec")) and (parsed := parse_name(entry)):
-                files.append((posixpath.join(folder.relative_to(root).as_posix(), entry)
-                              .removeprefix("./"), parsed))  # fmt: skip
+                files.append(
+                    (
+                        posixpath.join(folder.relative_to(root).as_posix(), entry).removeprefix(
+                            "./"
+                        ),
+                        parsed,
+                    )
+                )
     inherit = Inheritance(files)
     found = [inherit.nearest(rel, name, ext) for ext in (".bval", ".bvec")]
     return tuple(str(root / f) if f else None for f in found)  # type: ignore[return-value]
@@ -152,8 +158,19 @@ def jobs_for_files(files: list[Path], out: Path, config: DwiConfig) -> list[DwiJ
         dataset_id = root.name if root else "dwi"
         rel_dir = f.parent.relative_to(root).as_posix() if root else ""
         bval, bvec = find_gradients(f)
-        jobs.append(DwiJob(str(f), bval, bvec, str(out / dataset_id), rel_dir, stem_of(f.name),
-                           dataset_id, None, config))  # fmt: skip
+        jobs.append(
+            DwiJob(
+                str(f),
+                bval,
+                bvec,
+                str(out / dataset_id),
+                rel_dir,
+                stem_of(f.name),
+                dataset_id,
+                None,
+                config,
+            )
+        )
     return jobs
 
 
@@ -161,8 +178,9 @@ def jobs_for_index(index, out: Path, config: DwiConfig) -> list[DwiJob]:
     """One job per readable source DWI of an index read through `index.read`
     (absolute roots); outputs under ``OUT/<dataset_id>/``."""
     out = Path(os.path.abspath(out))
-    rows = index[(index["modality"] == "DWI") & (index["header_status"] == "ok")
-                 & ~index["is_derivative"]]  # fmt: skip
+    rows = index[
+        (index["modality"] == "DWI") & (index["header_status"] == "ok") & ~index["is_derivative"]
+    ]
     jobs = []
     for r in rows.itertuples():
         root = Path(r.root)
@@ -170,8 +188,19 @@ def jobs_for_index(index, out: Path, config: DwiConfig) -> list[DwiJob]:
         bval = str(root / r.bval_path) if isinstance(r.bval_path, str) else None
         bvec = str(root / r.bvec_path) if isinstance(r.bvec_path, str) else None
         rel_dir = posixpath.dirname(r.path)
-        jobs.append(DwiJob(str(src), bval, bvec, str(out / r.dataset_id), rel_dir,
-                           stem_of(r.path), r.dataset_id, r.image_id, config))  # fmt: skip
+        jobs.append(
+            DwiJob(
+                str(src),
+                bval,
+                bvec,
+                str(out / r.dataset_id),
+                rel_dir,
+                stem_of(r.path),
+                r.dataset_id,
+                r.image_id,
+                config,
+            )
+        )
     return jobs
 
 
@@ -180,21 +209,31 @@ def jobs_for_index(index, out: Path, config: DwiConfig) -> list[DwiJob]:
 
 def _versions() -> dict[str, str]:
     return {
-        "openmind-curate": __version__, "dipy": dipy.__version__, "numpy": np.__version__,
-        "scipy": scipy.__version__, "SimpleITK": SimpleITK.Version.VersionString(),
-        "nibabel": nib.__version__, "python": platform.python_version(),
-    }  # fmt: skip
+        "openmind-curate": __version__,
+        "dipy": dipy.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "SimpleITK": SimpleITK.Version.VersionString(),
+        "nibabel": nib.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def write_description(folder: Path) -> None:
     path = folder / "dataset_description.json"
     if not path.exists():
         doc = {
-            "Name": "openmind-curate DWI maps", "BIDSVersion": "1.9.0",
+            "Name": "openmind-curate DWI maps",
+            "BIDSVersion": "1.9.0",
             "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": PIPELINE_NAME, "Version": __version__,
-                             "Description": "denoise, Gibbs, motion, N4, mask, DTI (WLS)"}],
-        }  # fmt: skip
+            "GeneratedBy": [
+                {
+                    "Name": PIPELINE_NAME,
+                    "Version": __version__,
+                    "Description": "denoise, Gibbs, motion, N4, mask, DTI (WLS)",
+                }
+            ],
+        }
         atomic_write_text(path, json.dumps(doc, indent=2))
 
 
@@ -213,8 +252,13 @@ def qc_figure(result: DwiResult, path: Path) -> None:
     ]
     for i, (title, arr, cmap, lim) in enumerate(panels):
         ax = fig.add_subplot(grid[0, i])
-        shown = ax.imshow(arr[:, :, z].T, origin="lower", cmap=cmap,
-                          vmin=lim[0] if lim else None, vmax=lim[1] if lim else None)  # fmt: skip
+        shown = ax.imshow(
+            arr[:, :, z].T,
+            origin="lower",
+            cmap=cmap,
+            vmin=lim[0] if lim else None,
+            vmax=lim[1] if lim else None,
+        )
         if i == 3:
             ax.contour(result.mask[:, :, z].T, levels=[0.5], colors="r", linewidths=0.8)
         else:
@@ -227,8 +271,10 @@ def qc_figure(result: DwiResult, path: Path) -> None:
         ax.text(0.5, 0.5, "motion correction off", ha="center")
         ax.axis("off")
     else:
-        series = [("rotation (deg)", np.array(motion["rotations_deg"])),
-                  ("translation (mm)", np.array(motion["translations_mm"]))]  # fmt: skip
+        series = [
+            ("rotation (deg)", np.array(motion["rotations_deg"])),
+            ("translation (mm)", np.array(motion["translations_mm"])),
+        ]
         for row, (label, values) in enumerate(series, start=1):
             ax = fig.add_subplot(grid[row, :])
             volumes = np.arange(len(values))
@@ -248,8 +294,9 @@ def qc_figure(result: DwiResult, path: Path) -> None:
 def process(job: DwiJob) -> dict[str, Any]:
     """One series, end to end (the batch item). Raises with a clear message."""
     if not job.bval or not job.bvec:
-        raise DwiInputError(f"no .bval/.bvec found for {job.source} (same name or BIDS "
-                            "inheritance)")  # fmt: skip
+        raise DwiInputError(
+            f"no .bval/.bvec found for {job.source} (same name or BIDS inheritance)"
+        )
     stamp = source_stamp(job.source)  # before reading: a later change means redo
     try:
         img = nib.load(job.source)
@@ -266,13 +313,22 @@ def process(job: DwiJob) -> dict[str, Any]:
     arrays = {"FA": result.fa, "MD": result.md, "T2w": result.t2w, "mask": result.mask}
     digest = options_hash(job.config)
     common = {
-        "Sources": [job.source], "SourceImageID": job.source_id,
-        "Steps": job.config.steps(), "Parameters": _params(job.config), "OptionsHash": digest,
-        "SoftwareVersions": _versions(), "StepSeconds": result.seconds,
-        "Motion": result.reports.get("motion"), "Warnings": result.warnings,
-    }  # fmt: skip
-    described = {"FA": "fractional anisotropy", "MD": "mean diffusivity, mm^2/s",
-                 "T2w": "mean b0, bias-corrected, brain-masked", "mask": "brain mask"}  # fmt: skip
+        "Sources": [job.source],
+        "SourceImageID": job.source_id,
+        "Steps": job.config.steps(),
+        "Parameters": _params(job.config),
+        "OptionsHash": digest,
+        "SoftwareVersions": _versions(),
+        "StepSeconds": result.seconds,
+        "Motion": result.reports.get("motion"),
+        "Warnings": result.warnings,
+    }
+    described = {
+        "FA": "fractional anisotropy",
+        "MD": "mean diffusivity, mm^2/s",
+        "T2w": "mean b0, bias-corrected, brain-masked",
+        "mask": "brain mask",
+    }
     paths = {}
     for key, arr in arrays.items():
         path = job.path(key)
@@ -280,15 +336,24 @@ def process(job: DwiJob) -> dict[str, Any]:
         sidecar = {"Description": described[key], **common}
         if key == "MD":
             sidecar["Units"] = "mm^2/s"
-        atomic_write_text(path.with_name(path.name.replace(".nii.gz", ".json")),
-                          json.dumps(sidecar, indent=1, default=float))  # fmt: skip
+        atomic_write_text(
+            path.with_name(path.name.replace(".nii.gz", ".json")),
+            json.dumps(sidecar, indent=1, default=float),
+        )
         paths[key] = str(path)
     qc_figure(result, job.qc)
     paths["qc"] = str(job.qc)
-    record = {"input": job.source, "status": "done", "outputs": paths,
-              "seconds": result.seconds, "warnings": result.warnings,
-              "reports": result.reports, "source_id": job.source_id,
-              "dataset_id": job.dataset_id, **marker_fields(job.config, stamp)}  # fmt: skip
+    record = {
+        "input": job.source,
+        "status": "done",
+        "outputs": paths,
+        "seconds": result.seconds,
+        "warnings": result.warnings,
+        "reports": result.reports,
+        "source_id": job.source_id,
+        "dataset_id": job.dataset_id,
+        **marker_fields(job.config, stamp),
+    }
     atomic_write_text(job.record, json.dumps(record, indent=1, default=float))
     return record
 
@@ -318,8 +383,9 @@ def run_jobs(jobs: list[DwiJob], options: JobOptions) -> tuple[BatchResult, list
         # A finished item returned its record; a skipped one left it on disk.
         record = res.value if res.status == "done" else json.loads(job.record.read_text())
         record = {**record, "status": res.status}
-        lines.append({k: record.get(k) for k in ("input", "status", "outputs", "seconds",
-                                                  "warnings")})  # fmt: skip
+        lines.append(
+            {k: record.get(k) for k in ("input", "status", "outputs", "seconds", "warnings")}
+        )
     return batch, lines
 
 
@@ -351,13 +417,28 @@ def index_rows(jobs: list[DwiJob], index) -> list[dict[str, Any]]:
                 row.pop(stage_owned, None)
             row.update(
                 image_id=image_id(job.dataset_id, rel),
-                dataset_id=job.dataset_id, suffix=key, extension=".nii.gz", modality=key,
-                is_derivative=True, flags=None, root=str(deriv_root), path=rel,
-                size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, header_status=head.status,
-                shape=head.shape, spacing=head.spacing, n_volumes=head.n_volumes,
-                dtype=head.dtype, sidecar=sidecar, derived_from=job.source_id,
-                is_brain_extracted=True, bval_path=None, bvec_path=None, datatype="dwi",
-            )  # fmt: skip
+                dataset_id=job.dataset_id,
+                suffix=key,
+                extension=".nii.gz",
+                modality=key,
+                is_derivative=True,
+                flags=None,
+                root=str(deriv_root),
+                path=rel,
+                size_bytes=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                header_status=head.status,
+                shape=head.shape,
+                spacing=head.spacing,
+                n_volumes=head.n_volumes,
+                dtype=head.dtype,
+                sidecar=sidecar,
+                derived_from=job.source_id,
+                is_brain_extracted=True,
+                bval_path=None,
+                bvec_path=None,
+                datatype="dwi",
+            )
             if "subject" not in row:
                 parsed = parse_name(Path(job.source).name)
                 row["subject"] = parsed.entities.get("sub") if parsed else None

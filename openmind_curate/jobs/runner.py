@@ -592,8 +592,10 @@ def _stop_cluster_workers(cluster: Any, timeout: float = 1.0) -> None:
 
     async def close_all() -> None:
         nannies = list(cluster.workers.values())
-        closing = [asyncio.ensure_future(n.close(timeout=timeout, reason="batch-interrupted"))
-                   for n in nannies]  # fmt: skip
+        closing = [
+            asyncio.ensure_future(n.close(timeout=timeout, reason="batch-interrupted"))
+            for n in nannies
+        ]
         await asyncio.sleep(0)  # every close has started: status "closing", no restart
         _kill_cluster_workers(cluster)
         await asyncio.gather(*closing, return_exceptions=True)

@@ -76,8 +76,10 @@ def default_name(
     """A file name that says the filter: ``iqs-le-2.5_T1w-T2w-FLAIR.parquet``."""
     parts: list[str] = []
     if f.iqs_max is not None:
-        parts.append(f"{'iqspred' if f.use_predicted_iqs else 'iqs'}-le-{_fmt(f.iqs_max)}"
-                     + ("-or-unrated" if f.keep_unrated else ""))  # fmt: skip
+        parts.append(
+            f"{'iqspred' if f.use_predicted_iqs else 'iqs'}-le-{_fmt(f.iqs_max)}"
+            + ("-or-unrated" if f.keep_unrated else "")
+        )
     if f.modalities:
         parts.append(_names(f.modalities, "mod"))
     if f.exclude_modalities:
@@ -115,8 +117,10 @@ def read_scores(path: Path) -> pa.Table:
     need = ("image_id", "iqs", "iqs_image")
     missing = [c for c in need if c not in table.column_names]
     if missing:
-        raise InputError(f"--iqs {path}: no column {', '.join(missing)} (an IQS table from "
-                         "`curate iqs` has image_id, iqs, iqs_image)")  # fmt: skip
+        raise InputError(
+            f"--iqs {path}: no column {', '.join(missing)} (an IQS table from "
+            "`curate iqs` has image_id, iqs, iqs_image)"
+        )
     schema = pa.schema([IMAGE_INDEX.field(c) for c in need])
     try:
         return validate(table.select(list(need)), schema)
@@ -185,7 +189,7 @@ def load(
             "kind": kind,
             "sha256": sha256(index_path),
             "rows": table.num_rows,
-        },  # fmt: skip
+        },
         "iqs": None,
     }
     if kind == "openmind-csv":
@@ -195,8 +199,11 @@ def load(
     if iqs_file is not None:
         scores = read_scores(Path(iqs_file))
         table = with_scores(table, scores)
-        inputs["iqs"] = {"path": os.path.abspath(iqs_file), "sha256": sha256(Path(iqs_file)),
-                         "rows": scores.num_rows}  # fmt: skip
+        inputs["iqs"] = {
+            "path": os.path.abspath(iqs_file),
+            "sha256": sha256(Path(iqs_file)),
+            "rows": scores.num_rows,
+        }
     return table, base, inputs
 
 
@@ -211,20 +218,33 @@ def counts(table: pa.Table) -> dict[str, Any]:
     }
     if table.num_rows == 0:
         return out
-    grouped = pa.table({
-        "modality": table.column("modality"), "subject": keys,
-        "dataset_id": table.column("dataset_id"),
-        "val": pc.equal(table.column("split"), "val").cast(pa.int64()),
-    }).group_by("modality").aggregate([
-        ("subject", "count"), ("subject", "count_distinct"),
-        ("dataset_id", "count_distinct"), ("val", "sum"),
-    ])  # fmt: skip
+    grouped = (
+        pa.table(
+            {
+                "modality": table.column("modality"),
+                "subject": keys,
+                "dataset_id": table.column("dataset_id"),
+                "val": pc.equal(table.column("split"), "val").cast(pa.int64()),
+            }
+        )
+        .group_by("modality")
+        .aggregate(
+            [
+                ("subject", "count"),
+                ("subject", "count_distinct"),
+                ("dataset_id", "count_distinct"),
+                ("val", "sum"),
+            ]
+        )
+    )
     rows = sorted(grouped.to_pylist(), key=lambda r: (-r["subject_count"], r["modality"]))
     for r in rows:
         out["per_modality"][r["modality"]] = {
-            "images": r["subject_count"], "subjects": r["subject_count_distinct"],
-            "datasets": r["dataset_id_count_distinct"], "val_images": r["val_sum"],
-        }  # fmt: skip
+            "images": r["subject_count"],
+            "subjects": r["subject_count_distinct"],
+            "datasets": r["dataset_id_count_distinct"],
+            "val_images": r["val_sum"],
+        }
     return out
 
 
@@ -293,5 +313,7 @@ def _empty_message(steps: list[F.Step], total: int) -> str:
         return "the input has no images; nothing to write (--allow-empty writes an empty manifest)"
     emptied = next((s for s in steps if s.after == 0), None)
     where = f" after {emptied.name} ({emptied.rule}: {emptied.before} -> 0)" if emptied else ""
-    return (f"no image passes the filters{where}; loosen them, or give --allow-empty to "
-            "write an empty manifest")  # fmt: skip
+    return (
+        f"no image passes the filters{where}; loosen them, or give --allow-empty to "
+        "write an empty manifest"
+    )

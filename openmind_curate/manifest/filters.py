@@ -55,8 +55,10 @@ class Filters:
             math.isfinite(self.max_spacing) and self.max_spacing > 0
         ):
             raise FilterError(f"--max-spacing {self.max_spacing} must be a positive number (mm)")
-        for option, names in (("--modality", self.modalities),
-                              ("--exclude-modality", self.exclude_modalities)):  # fmt: skip
+        for option, names in (
+            ("--modality", self.modalities),
+            ("--exclude-modality", self.exclude_modalities),
+        ):
             for name in names or ():
                 if name not in MODALITIES:
                     raise FilterError(unknown_modality(name, option))
@@ -148,8 +150,14 @@ class Step:
         return self.before - self.after
 
     def to_json(self) -> dict[str, Any]:
-        return {"filter": self.name, "rule": self.rule, "before": self.before,
-                "after": self.after, "dropped": self.dropped, **self.detail}  # fmt: skip
+        return {
+            "filter": self.name,
+            "rule": self.rule,
+            "before": self.before,
+            "after": self.after,
+            "dropped": self.dropped,
+            **self.detail,
+        }
 
 
 def max_spacing(table: pa.Table) -> np.ndarray:
@@ -191,15 +199,25 @@ def _masks(f: Filters) -> list[tuple[str, str, Any]]:
         steps.append(("modality", rule, lambda t: _in(t, "modality", f.modalities)))
     if f.exclude_modalities:
         rule = f"modality not in {list(f.exclude_modalities)}"
-        steps.append(("exclude_modality", rule,
-                      lambda t: pc.invert(_in(t, "modality", f.exclude_modalities))))  # fmt: skip
+        steps.append(
+            (
+                "exclude_modality",
+                rule,
+                lambda t: pc.invert(_in(t, "modality", f.exclude_modalities)),
+            )
+        )
     if f.datasets is not None:
         rule = f"dataset_id in {list(f.datasets)}"
         steps.append(("datasets", rule, lambda t: _in(t, "dataset_id", f.datasets)))
     if f.exclude_datasets:
         rule = f"dataset_id not in {list(f.exclude_datasets)}"
-        steps.append(("exclude_datasets", rule,
-                      lambda t: pc.invert(_in(t, "dataset_id", f.exclude_datasets))))  # fmt: skip
+        steps.append(
+            (
+                "exclude_datasets",
+                rule,
+                lambda t: pc.invert(_in(t, "dataset_id", f.exclude_datasets)),
+            )
+        )
     if f.max_spacing is not None:
         limit = f.max_spacing
         rule = f"max voxel spacing <= {limit:g} mm (unknown spacing dropped)"
@@ -235,8 +253,11 @@ def apply(table: pa.Table, f: Filters) -> tuple[pa.Table, list[Step]]:
         rule = f"{f.iqs_column} <= {f.iqs_max:g}" + (
             " or unrated (--keep-unrated)" if f.keep_unrated else "; unrated images dropped"
         )
-        detail = {"unrated": n_unrated, "unrated_dropped": 0 if f.keep_unrated else n_unrated,
-                  "above_threshold": before - n_unrated - _count(passes)}  # fmt: skip
+        detail = {
+            "unrated": n_unrated,
+            "unrated_dropped": 0 if f.keep_unrated else n_unrated,
+            "above_threshold": before - n_unrated - _count(passes),
+        }
         steps.append(Step("iqs", rule, before, _count(keep), detail))
     return table.filter(pa.array(keep)), steps
 

@@ -29,16 +29,51 @@ from openmind_curate.preflight import InputError
 from openmind_curate.schema import IMAGE_INDEX, MODALITIES, SchemaError, validate
 
 COLUMNS: tuple[str, ...] = (
-    "image_path", "unique_id", "modality", "image_quality_score", "anon_mask_path",
-    "anat_mask_path", "derived_from", "is_brain_extract", "age", "sex", "handedness", "race",
-    "weight", "bmi", "health_status", "manufacturer", "model_name", "phase_encoding_direction",
-    "magnetic_field_strength", "repetition_time", "echo_time",
-)  # fmt: skip
-_NUMBERS = ("image_quality_score", "age", "weight", "bmi", "magnetic_field_strength",
-            "repetition_time", "echo_time")  # fmt: skip
-_SAME = ("race", "health_status", "manufacturer", "model_name", "phase_encoding_direction",
-         "magnetic_field_strength", "repetition_time", "echo_time", "age", "weight", "bmi",
-         "derived_from")  # fmt: skip
+    "image_path",
+    "unique_id",
+    "modality",
+    "image_quality_score",
+    "anon_mask_path",
+    "anat_mask_path",
+    "derived_from",
+    "is_brain_extract",
+    "age",
+    "sex",
+    "handedness",
+    "race",
+    "weight",
+    "bmi",
+    "health_status",
+    "manufacturer",
+    "model_name",
+    "phase_encoding_direction",
+    "magnetic_field_strength",
+    "repetition_time",
+    "echo_time",
+)
+_NUMBERS = (
+    "image_quality_score",
+    "age",
+    "weight",
+    "bmi",
+    "magnetic_field_strength",
+    "repetition_time",
+    "echo_time",
+)
+_SAME = (
+    "race",
+    "health_status",
+    "manufacturer",
+    "model_name",
+    "phase_encoding_direction",
+    "magnetic_field_strength",
+    "repetition_time",
+    "echo_time",
+    "age",
+    "weight",
+    "bmi",
+    "derived_from",
+)
 _IMAGE_EXT = r"(?:\.nii\.gz|\.nii|\.nrrd|\.mha|\.b2nd)$"
 
 
@@ -75,8 +110,10 @@ def read(csv_path: str | os.PathLike[str], root: str | os.PathLike[str] | None =
         raise InputError(f"cannot read {csv_path} as the OpenMind metadata CSV: {exc}") from None
     missing = [c for c in ("image_path", "modality") if c not in raw.column_names]
     if missing:
-        raise InputError(f"{csv_path} is not the OpenMind metadata CSV: no column "
-                         f"{', '.join(missing)} (expected {', '.join(COLUMNS)})")  # fmt: skip
+        raise InputError(
+            f"{csv_path} is not the OpenMind metadata CSV: no column "
+            f"{', '.join(missing)} (expected {', '.join(COLUMNS)})"
+        )
     n = raw.num_rows
 
     def col(name: str, type_: pa.DataType = pa.string()) -> pa.Array:
@@ -91,8 +128,10 @@ def read(csv_path: str | os.PathLike[str], root: str | os.PathLike[str] | None =
     short = pc.less(pc.list_value_length(parts), 3)
     if pc.any(short).as_py():
         row = _first(short)
-        raise InputError(f"{csv_path}: row {row}: image_path {image_path[row].as_py()!r} is not "
-                         "DATASET/sub-XX/[ses-YY/]...")  # fmt: skip
+        raise InputError(
+            f"{csv_path}: row {row}: image_path {image_path[row].as_py()!r} is not "
+            "DATASET/sub-XX/[ses-YY/]..."
+        )
     dataset = pc.list_element(parts, 0)
     subject = pc.list_element(parts, 1)
     third = pc.list_element(parts, 2)
@@ -235,8 +274,9 @@ def to_layout(table: pa.Table, base: str) -> pa.Table:
             columns[c] = table.column(c)
     names = [*COLUMNS, "split"]
     values = [columns[c] for c in COLUMNS] + [table.column("split")]
-    return pa.Table.from_arrays([v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v
-                                 for v in values], names=names)  # fmt: skip
+    return pa.Table.from_arrays(
+        [v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v for v in values], names=names
+    )
 
 
 def write_csv(layout: pa.Table, path: str | os.PathLike[str]) -> None:

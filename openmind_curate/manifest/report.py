@@ -45,16 +45,26 @@ CUMULATIVE_MARKS: tuple[float, ...] = (0.5, 0.75, 0.9)
 TOP_DATASETS = 12
 #: Metadata fields of the availability table, in the order shown.
 METADATA_FIELDS: tuple[str, ...] = (
-    "age", "sex", "handedness", "health_status", "race", "weight", "bmi",
-)  # fmt: skip
+    "age",
+    "sex",
+    "handedness",
+    "health_status",
+    "race",
+    "weight",
+    "bmi",
+)
 #: The histograms and pies of the metadata figure: column, title, unit.
 HISTOGRAMS: tuple[tuple[str, str, str], ...] = (
-    ("age", "age", "years"), ("weight", "weight", "kg"), ("bmi", "BMI", "kg/m²"),
-)  # fmt: skip
+    ("age", "age", "years"),
+    ("weight", "weight", "kg"),
+    ("bmi", "BMI", "kg/m²"),
+)
 PIES: tuple[tuple[str, str], ...] = (
-    ("sex", "sex"), ("handedness", "handedness"), ("health_status", "health status"),
+    ("sex", "sex"),
+    ("handedness", "handedness"),
+    ("health_status", "health status"),
     ("race", "race"),
-)  # fmt: skip
+)
 #: Readable names of coded values.
 VALUE_LABELS: dict[str, dict[str, str]] = {
     "sex": {"M": "male", "F": "female", "O": "other"},

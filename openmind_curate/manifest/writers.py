@@ -61,13 +61,20 @@ def write_parquet(table: pa.Table, out: Path) -> dict[str, Any]:
     stored = table
     for name in PATH_COLUMNS:
         i = stored.column_names.index(name)
-        stored = stored.set_column(i, stored.schema.field(i),
-                                   relative_to(stored.column(name), folder))  # fmt: skip
-    paths = {"base": "manifest_folder", "columns": list(PATH_COLUMNS),
-             "note": "relative to the manifest's folder; `path` is relative to `root`",
-             "built_in": folder}  # fmt: skip
-    meta = {META_KEY: json.dumps({"version": MANIFEST_VERSION, "paths": paths["base"],
-                                  "columns": list(PATH_COLUMNS)})}  # fmt: skip
+        stored = stored.set_column(
+            i, stored.schema.field(i), relative_to(stored.column(name), folder)
+        )
+    paths = {
+        "base": "manifest_folder",
+        "columns": list(PATH_COLUMNS),
+        "note": "relative to the manifest's folder; `path` is relative to `root`",
+        "built_in": folder,
+    }
+    meta = {
+        META_KEY: json.dumps(
+            {"version": MANIFEST_VERSION, "paths": paths["base"], "columns": list(PATH_COLUMNS)}
+        )
+    }
     with atomic_path(out) as tmp:
         pq.write_table(stored.replace_schema_metadata(meta), tmp)
     return paths
@@ -99,17 +106,25 @@ def read_manifest(path: str | os.PathLike[str], *, as_frame: bool = False):
         base = os.path.dirname(os.path.abspath(path))
         for name in meta.get("columns", PATH_COLUMNS):
             i = table.column_names.index(name)
-            table = table.set_column(i, table.schema.field(i),
-                                     to_absolute(table.column(name), base))  # fmt: skip
+            table = table.set_column(
+                i, table.schema.field(i), to_absolute(table.column(name), base)
+            )
     return table.to_pandas() if as_frame else table
 
 
 # -------------------------------------------------------------------- nnssl
 
 SUBJECT_INFO = ("age", "sex", "handedness", "race", "weight", "bmi", "health_status")
-IMAGE_INFO = ("derived_from", "is_brain_extract", "manufacturer", "model_name",
-              "phase_encoding_direction", "magnetic_field_strength", "repetition_time",
-              "echo_time")  # fmt: skip
+IMAGE_INFO = (
+    "derived_from",
+    "is_brain_extract",
+    "manufacturer",
+    "model_name",
+    "phase_encoding_direction",
+    "magnetic_field_strength",
+    "repetition_time",
+    "echo_time",
+)
 DEFAULT_SESSION = "ses-DEFAULT"
 
 
@@ -153,10 +168,23 @@ def nnssl_pretrain_data(
       parent folder's name less its last 5 characters plus the file name,
       the converter's rule.
     """
-    cols = {c: table.column(c).to_pylist() for c in (
-        "dataset_id", "subject", "session", "image_id", "modality", "path", "iqs",
-        "anat_mask_path", "anon_mask_path", *SUBJECT_INFO,
-        *[c for c in IMAGE_INFO if c != "is_brain_extract"], "is_brain_extracted")}  # fmt: skip
+    cols = {
+        c: table.column(c).to_pylist()
+        for c in (
+            "dataset_id",
+            "subject",
+            "session",
+            "image_id",
+            "modality",
+            "path",
+            "iqs",
+            "anat_mask_path",
+            "anon_mask_path",
+            *SUBJECT_INFO,
+            *[c for c in IMAGE_INFO if c != "is_brain_extract"],
+            "is_brain_extracted",
+        )
+    }
     image_paths = pc.binary_join_element_wise(table.column("root"), table.column("path"), "/")
     image_paths = image_paths.to_pylist()
     datasets: dict[str, dict[str, Any]] = {}
@@ -168,8 +196,12 @@ def nnssl_pretrain_data(
         session_id = f"ses-{session}" if session else DEFAULT_SESSION
         dataset = datasets.get(ds)
         if dataset is None:
-            dataset = datasets[ds] = {"dataset_index": ds, "name": None,
-                                      "dataset_info": {}, "subjects": {}}  # fmt: skip
+            dataset = datasets[ds] = {
+                "dataset_index": ds,
+                "name": None,
+                "dataset_info": {},
+                "subjects": {},
+            }
         subject = dataset["subjects"].get(subject_id)
         if subject is None:
             info = {k: cols[k][i] for k in SUBJECT_INFO if cols[k][i] is not None}
@@ -185,24 +217,27 @@ def nnssl_pretrain_data(
                 "session_info": None,
                 "images": [],
             }
-        image_info = {k: cols[k][i] for k in IMAGE_INFO
-                      if k != "is_brain_extract" and cols[k][i] is not None}  # fmt: skip
+        image_info = {
+            k: cols[k][i] for k in IMAGE_INFO if k != "is_brain_extract" and cols[k][i] is not None
+        }
         if cols["is_brain_extracted"][i] is not None:
             image_info["is_brain_extract"] = cols["is_brain_extracted"][i]
         parts = cols["path"][i].split("/")
         name = parts[-1]
         if "derived_from" in image_info and len(parts) > 1:
             name = parts[-2][:-5] + parts[-1]
-        sess["images"].append({
-            "name": name,
-            "image_path": _env_prefixed(image_paths[i]),
-            "modality": cols["modality"][i],
-            "image_info": image_info,
-            "associated_masks": {
-                "anonymization_mask": _env_prefixed(cols["anon_mask_path"][i]),
-                "anatomy_mask": _env_prefixed(cols["anat_mask_path"][i]),
-            },
-        })  # fmt: skip
+        sess["images"].append(
+            {
+                "name": name,
+                "image_path": _env_prefixed(image_paths[i]),
+                "modality": cols["modality"][i],
+                "image_info": image_info,
+                "associated_masks": {
+                    "anonymization_mask": _env_prefixed(cols["anon_mask_path"][i]),
+                    "anatomy_mask": _env_prefixed(cols["anat_mask_path"][i]),
+                },
+            }
+        )
         key = (cols["modality"][i], cols["derived_from"][i])
         if groups[ds].get(key) is None:  # pandas' groupby().first(): the first known value
             groups[ds][key] = cols["iqs"][i]
@@ -211,8 +246,11 @@ def nnssl_pretrain_data(
             {"modality": m, "derived_from": d, "image_quality_score": v}
             for (m, d), v in groups[ds].items()
         ]
-    return {"collection_index": collection_index, "collection_name": collection_name,
-            "datasets": datasets}  # fmt: skip
+    return {
+        "collection_index": collection_index,
+        "collection_name": collection_name,
+        "datasets": datasets,
+    }
 
 
 def write_nnssl(table: pa.Table, out: Path, collection_name: str) -> dict[str, Any]:
@@ -234,10 +272,13 @@ def write_openmind_csv(table: pa.Table, out: Path) -> dict[str, Any]:
     with atomic_path(out) as tmp:
         openmind_csv.write_csv(layout, tmp)
     rel = relative_to(pa.array([base]), str(out.parent))[0].as_py()
-    return {"base": "openmind_root", "openmind_root": rel,
-            "columns": ["image_path", "anat_mask_path", "anon_mask_path"],
-            "note": "relative to openmind_root, itself relative to the CSV's folder",
-            "built_in": str(out.parent)}  # fmt: skip
+    return {
+        "base": "openmind_root",
+        "openmind_root": rel,
+        "columns": ["image_path", "anat_mask_path", "anon_mask_path"],
+        "note": "relative to openmind_root, itself relative to the CSV's folder",
+        "built_in": str(out.parent),
+    }
 
 
 def openmind_root_from_sidecar(csv_path: Path) -> Path | None:

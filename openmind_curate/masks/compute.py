@@ -136,8 +136,9 @@ def _stripped(vol, affine, low, first, bg, f, details) -> Masks:
     head = tpl_mod.labels_on(low.shape, la, world_to_mni, ("upper_head",))["upper_head"]
     env = upsample_linear(head, f, shape)
     details["world_to_mni"] = world_to_mni.round(5).tolist()
-    return Masks(anat, (env > 0.5) & ~anat, True, "skull-stripped", details,
-                 WorkingGrid(f, low, bg))  # fmt: skip
+    return Masks(
+        anat, (env > 0.5) & ~anat, True, "skull-stripped", details, WorkingGrid(f, low, bg)
+    )
 
 
 def _head(vol, affine, low, first, bg, tn, f, cfg: MaskConfig, details) -> Masks:

@@ -129,8 +129,18 @@ def jobs_for_index(index, out: Path, config: MaskConfig | None = None) -> list[M
             mag = magnitude_sibling(r.path)
             if mag and (r.dataset_id, mag) in known:
                 magnitude = str(Path(r.root) / mag)
-        jobs.append(MaskJob(r.image_id, str(Path(r.root) / r.path), str(out_dir), _stem(r.path),
-                            phase, derived, cfg, magnitude))  # fmt: skip
+        jobs.append(
+            MaskJob(
+                r.image_id,
+                str(Path(r.root) / r.path),
+                str(out_dir),
+                _stem(r.path),
+                phase,
+                derived,
+                cfg,
+                magnitude,
+            )
+        )
     return jobs
 
 
@@ -198,10 +208,16 @@ def run_jobs(jobs: list[MaskJob], options: JobOptions):
         else:
             continue
         # The guard of `update_index`: the file as it was when masked.
-        records.append({**record, "anat_mask_path": str(job.path("anat")),
-                        "anon_mask_path": str(job.path("anon")), "derived": job.derived,
-                        "size_bytes": record.get("source_size_bytes"),
-                        "mtime_ns": record.get("source_mtime_ns")})  # fmt: skip
+        records.append(
+            {
+                **record,
+                "anat_mask_path": str(job.path("anat")),
+                "anon_mask_path": str(job.path("anon")),
+                "derived": job.derived,
+                "size_bytes": record.get("source_size_bytes"),
+                "mtime_ns": record.get("source_mtime_ns"),
+            }
+        )
     return batch, records
 
 

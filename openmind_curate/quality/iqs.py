@@ -36,8 +36,18 @@ FLAGS = ("fov_suboptimal", "corrupted")
 #: Thresholds of the paper's table (images kept at IQS <= threshold).
 THRESHOLDS = (1.5, 2.5, 3.0)
 #: Columns of the detailed table (`schema.IQS`), in order.
-COLUMNS = ("image_id", "dataset_id", "modality", "group_key", "n_raters", *AXES, *FLAGS,
-           "iqs_image", "iqs", "group_n_rated")  # fmt: skip
+COLUMNS = (
+    "image_id",
+    "dataset_id",
+    "modality",
+    "group_key",
+    "n_raters",
+    *AXES,
+    *FLAGS,
+    "iqs_image",
+    "iqs",
+    "group_n_rated",
+)
 _WORST = 5.0
 _EPS = 1e-9
 
@@ -59,15 +69,32 @@ class IqsResult:
         """Human-readable warnings: unscored groups and ignored ratings."""
         out = []
         if self.unrated_groups:
-            out.append(listing(f"{len(self.unrated_groups)} group(s) have no rated image, "
-                                "their IQS is null", self.unrated_groups, show))  # fmt: skip
+            out.append(
+                listing(
+                    f"{len(self.unrated_groups)} group(s) have no rated image, their IQS is null",
+                    self.unrated_groups,
+                    show,
+                )
+            )
         if self.unknown_ratings:
-            out.append(listing(f"ratings of {len(self.unknown_ratings)} image_id(s) not in the "
-                                "index were ignored", self.unknown_ratings, show))  # fmt: skip
+            out.append(
+                listing(
+                    f"ratings of {len(self.unknown_ratings)} image_id(s) not in the "
+                    "index were ignored",
+                    self.unknown_ratings,
+                    show,
+                )
+            )
         if self.not_units:
-            out.append(listing(f"ratings of {len(self.not_units)} DWI-derived map(s) rated on "
-                                "their own were ignored (a DWI unit is rated under the DWI's "
-                                "image_id)", self.not_units, show))  # fmt: skip
+            out.append(
+                listing(
+                    f"ratings of {len(self.not_units)} DWI-derived map(s) rated on "
+                    "their own were ignored (a DWI unit is rated under the DWI's "
+                    "image_id)",
+                    self.not_units,
+                    show,
+                )
+            )
         return out
 
 
@@ -89,12 +116,16 @@ def units_of(index: pd.DataFrame) -> pd.DataFrame:
     dwi = derived | is_source
     unit = index["derived_from"].where(derived, index["image_id"])
     group = np.where(dwi, DWI_DERIVED_GROUP, index["modality"].astype(str))
-    return pd.DataFrame({
-        "image_id": index["image_id"].to_numpy(), "dataset_id": index["dataset_id"].to_numpy(),
-        "modality": index["modality"].to_numpy(), "unit_id": unit.to_numpy(),
-        "is_dwi_unit": dwi.to_numpy(),
-        "group_key": index["dataset_id"].astype(str).to_numpy() + "/" + group,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_id": index["image_id"].to_numpy(),
+            "dataset_id": index["dataset_id"].to_numpy(),
+            "modality": index["modality"].to_numpy(),
+            "unit_id": unit.to_numpy(),
+            "is_dwi_unit": dwi.to_numpy(),
+            "group_key": index["dataset_id"].astype(str).to_numpy() + "/" + group,
+        }
+    )
 
 
 def counted(ratings: pd.DataFrame) -> pd.DataFrame:
@@ -171,10 +202,16 @@ def compute_iqs(index: pd.DataFrame, ratings: pd.DataFrame) -> IqsResult:
     group_n = rated_units.groupby("group_key").size()
     table["iqs"] = table["group_key"].map(group_iqs).astype(float)
     table["group_n_rated"] = table["group_key"].map(group_n).fillna(0).astype(int)
-    groups = (table.groupby("group_key", sort=True)
-              .agg(dataset_id=("dataset_id", "first"), n_images=("image_id", "size"),
-                   n_rated=("group_n_rated", "first"), iqs=("iqs", "first"))
-              .reset_index())  # fmt: skip
+    groups = (
+        table.groupby("group_key", sort=True)
+        .agg(
+            dataset_id=("dataset_id", "first"),
+            n_images=("image_id", "size"),
+            n_rated=("group_n_rated", "first"),
+            iqs=("iqs", "first"),
+        )
+        .reset_index()
+    )
     return IqsResult(table[list(COLUMNS)].reset_index(drop=True), groups, unknown, not_units)
 
 

@@ -28,10 +28,23 @@ from openmind_curate.schema import DWI_DERIVED_GROUP, MODALITIES
 
 #: Metrics columns the model may use (those of `schema.METRICS` that are numbers).
 METRIC_FEATURES = (
-    "snr_dietrich", "cnr_otsu", "contrast", "efc", "fber", "fwhm_mm", "ghost_ratio",
-    "artifact_fraction", "inu_range", "noise_sigma", "air_zero_fraction", "head_litres",
-    "fov_border_fraction", "nonfinite_voxels", "constant_slices", "corrupted",
-)  # fmt: skip
+    "snr_dietrich",
+    "cnr_otsu",
+    "contrast",
+    "efc",
+    "fber",
+    "fwhm_mm",
+    "ghost_ratio",
+    "artifact_fraction",
+    "inu_range",
+    "noise_sigma",
+    "air_zero_fraction",
+    "head_litres",
+    "fov_border_fraction",
+    "nonfinite_voxels",
+    "constant_slices",
+    "corrupted",
+)
 #: The image's kind (modality, or DWI-derived), a categorical feature.
 KIND = "kind"
 KINDS = (*MODALITIES, DWI_DERIVED_GROUP)
@@ -55,8 +68,9 @@ def kind_of(table: pd.DataFrame) -> pd.Series:
     """The group kind of each row of an IQS table: what follows ``<dataset_id>/``
     in group_key (the modality, or DWI-derived)."""
     n = table["dataset_id"].astype(str).str.len() + 1
-    return pd.Series([k[i:] for k, i in zip(table["group_key"], n, strict=True)],
-                     index=table.index, dtype=object)  # fmt: skip
+    return pd.Series(
+        [k[i:] for k, i in zip(table["group_key"], n, strict=True)], index=table.index, dtype=object
+    )
 
 
 def design(metrics: pd.DataFrame, kinds: pd.Series) -> tuple[pd.DataFrame, list[str]]:
@@ -73,9 +87,13 @@ def _model(n_rows: int, seed: int):
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     leaf = int(min(20, max(3, n_rows // 10)))  # a few dozen rated images still split
-    return HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, min_samples_leaf=leaf,
-                                         categorical_features="from_dtype",
-                                         random_state=seed)  # fmt: skip
+    return HistGradientBoostingRegressor(
+        max_iter=200,
+        learning_rate=0.05,
+        min_samples_leaf=leaf,
+        categorical_features="from_dtype",
+        random_state=seed,
+    )
 
 
 def baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
@@ -123,18 +141,25 @@ def fit_predict(metrics: pd.DataFrame, table: pd.DataFrame, seed: int = 0) -> Mo
     n, n_ds = len(rated), rated["dataset_id"].nunique()
     empty = pd.Series(dtype=float, name="iqs_predicted")
     if n < MIN_IMAGES or n_ds < MIN_DATASETS:
-        why = (f"{n} rated image(s) with metrics from {n_ds} dataset(s); the model needs "
-               f"at least {MIN_IMAGES} from {MIN_DATASETS} datasets")  # fmt: skip
+        why = (
+            f"{n} rated image(s) with metrics from {n_ds} dataset(s); the model needs "
+            f"at least {MIN_IMAGES} from {MIN_DATASETS} datasets"
+        )
         return ModelResult(empty, {}, features, skipped=why)
     xr = x.loc[rated["image_id"]]
     y = rated["iqs_image"].astype(float).reset_index(drop=True)
     datasets = rated["dataset_id"].reset_index(drop=True)
     pred, base, n_folds = cross_validate(xr, y, datasets, seed)
     truth = y.to_numpy()
-    cv = dict(n_images=float(n), n_datasets=float(n_ds), n_folds=float(n_folds),
-              spearman=_spearman(pred, truth), mae=float(np.mean(np.abs(pred - truth))),
-              baseline_spearman=_spearman(base, truth),
-              baseline_mae=float(np.mean(np.abs(base - truth))))  # fmt: skip
+    cv = dict(
+        n_images=float(n),
+        n_datasets=float(n_ds),
+        n_folds=float(n_folds),
+        spearman=_spearman(pred, truth),
+        mae=float(np.mean(np.abs(pred - truth))),
+        baseline_spearman=_spearman(base, truth),
+        baseline_mae=float(np.mean(np.abs(base - truth))),
+    )
     model = _model(n, seed).fit(xr, y)
     out = pd.Series(np.clip(model.predict(x), 1, 5), index=x.index, name="iqs_predicted")
     return ModelResult(out, cv, features)

@@ -262,9 +262,10 @@ def image_metrics(
         fwhm_mm=fwhm_mm(vol, anat, spacing),
         ghost_ratio=ghost.amplitude,
         ghost_axis=ghost.axis,
-        artifact_fraction=float(np.mean(low[air_low] > limit)) if sigma > 0 and air_low.any()
+        artifact_fraction=float(np.mean(low[air_low] > limit))
+        if sigma > 0 and air_low.any()
         else None,
         inu_range=inu_range(low, head_low),
         head_litres=float(anat.sum() * np.prod(spacing) / 1e6),
-    )  # fmt: skip
+    )
     return out

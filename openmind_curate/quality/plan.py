@@ -38,8 +38,10 @@ class PlanConfig:
     repeat_fraction: float = 0.0  # hidden repeats, as a fraction of each rater's regular items
 
     def name(self) -> str:
-        return (f"per_group={self.per_group},raters={self.raters},seed={self.seed},"
-                f"repeat={self.repeat_fraction:g}")  # fmt: skip
+        return (
+            f"per_group={self.per_group},raters={self.raters},seed={self.seed},"
+            f"repeat={self.repeat_fraction:g}"
+        )
 
 
 def units(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -56,19 +58,30 @@ def units(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     is_dwi_source = index["image_id"].isin(has_maps) | (index["modality"] == "DWI")
     skipped = [
         _reasons(index[~ok], "header_status is " + index.loc[~ok, "header_status"].astype(str)),
-        _reasons(index[ok & ~derived & (index["modality"] == "DWI") & ~index["image_id"]
-                       .isin(has_maps)], "DWI series without derived maps (run `curate dwi`)"),
-    ]  # fmt: skip
+        _reasons(
+            index[ok & ~derived & (index["modality"] == "DWI") & ~index["image_id"].isin(has_maps)],
+            "DWI series without derived maps (run `curate dwi`)",
+        ),
+    ]
     plain = index[ok & ~derived & ~is_dwi_source]
     flags = plain["flags"].fillna("")
-    regular = pd.DataFrame({
-        "image_id": plain["image_id"], "dataset_id": plain["dataset_id"],
-        "group_name": plain["modality"],
-        "secondary": flags.apply(lambda f: any(x in f.split(",") for x in _SECONDARY_FLAGS)),
-    })  # fmt: skip
+    regular = pd.DataFrame(
+        {
+            "image_id": plain["image_id"],
+            "dataset_id": plain["dataset_id"],
+            "group_name": plain["modality"],
+            "secondary": flags.apply(lambda f: any(x in f.split(",") for x in _SECONDARY_FLAGS)),
+        }
+    )
     maps = index[ok & derived].drop_duplicates("derived_from")
-    dwi = pd.DataFrame({"image_id": maps["derived_from"], "dataset_id": maps["dataset_id"],
-                        "group_name": DWI_GROUP, "secondary": False})  # fmt: skip
+    dwi = pd.DataFrame(
+        {
+            "image_id": maps["derived_from"],
+            "dataset_id": maps["dataset_id"],
+            "group_name": DWI_GROUP,
+            "secondary": False,
+        }
+    )
     out = pd.concat([regular, dwi], ignore_index=True)
     return out.sort_values("image_id", kind="stable").reset_index(drop=True), pd.concat(
         skipped, ignore_index=True
@@ -76,8 +89,14 @@ def units(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _reasons(rows: pd.DataFrame, reason: str | pd.Series) -> pd.DataFrame:
-    return pd.DataFrame({"image_id": rows["image_id"], "dataset_id": rows["dataset_id"],
-                         "path": rows["path"], "reason": reason})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_id": rows["image_id"],
+            "dataset_id": rows["dataset_id"],
+            "path": rows["path"],
+            "reason": reason,
+        }
+    )
 
 
 def unit_images(index: pd.DataFrame, unit_id: str) -> pd.DataFrame:
@@ -113,16 +132,19 @@ def pick_units(candidates: pd.DataFrame, config: PlanConfig) -> pd.DataFrame:
     return pd.concat(picked, ignore_index=True)
 
 
-def assign(picked: pd.DataFrame, raters: list[str], config: PlanConfig,
-           gold: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
+def assign(
+    picked: pd.DataFrame, raters: list[str], config: PlanConfig, gold: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Give each unit to `config.raters` raters, balancing their loads, then
     order each rater's queue randomly, add hidden repeats (placed after the
     original) and gold items (for every rater). Columns: rater_id, image_id,
     kind, position, dataset_id, group_name."""
     if config.raters > len(raters):
-        raise InputError(f"the plan needs {config.raters} raters per image but only "
-                         f"{len(raters)} active rater(s) exist: add more with "
-                         "`curate raters add NAME`")  # fmt: skip
+        raise InputError(
+            f"the plan needs {config.raters} raters per image but only "
+            f"{len(raters)} active rater(s) exist: add more with "
+            "`curate raters add NAME`"
+        )
     rng = np.random.default_rng(stable_int(config.seed, "assign"))
     load = dict.fromkeys(sorted(raters), 0)
     rows = []
@@ -131,8 +153,15 @@ def assign(picked: pd.DataFrame, raters: list[str], config: PlanConfig,
         chosen = sorted(load, key=lambda r: (load[r], ties[list(load).index(r)]))[: config.raters]
         for rater in chosen:
             load[rater] += 1
-            rows.append(dict(rater_id=rater, image_id=unit.image_id, kind="regular",
-                             dataset_id=unit.dataset_id, group_name=unit.group_name))  # fmt: skip
+            rows.append(
+                dict(
+                    rater_id=rater,
+                    image_id=unit.image_id,
+                    kind="regular",
+                    dataset_id=unit.dataset_id,
+                    group_name=unit.group_name,
+                )
+            )
     plan = pd.DataFrame(rows, columns=["rater_id", "image_id", "kind", "dataset_id", "group_name"])
     queues = []
     for rater in sorted(load):
@@ -142,8 +171,13 @@ def assign(picked: pd.DataFrame, raters: list[str], config: PlanConfig,
     return out.reset_index(drop=True)
 
 
-def _with_extras(mine: pd.DataFrame, rater: str, config: PlanConfig,
-                 gold: pd.DataFrame | None, rng: np.random.Generator) -> pd.DataFrame:  # fmt: skip
+def _with_extras(
+    mine: pd.DataFrame,
+    rater: str,
+    config: PlanConfig,
+    gold: pd.DataFrame | None,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
     items = mine.to_dict("records")
     n_repeat = int(round(config.repeat_fraction * len(items)))
     for original in rng.permutation(len(items))[:n_repeat]:
@@ -154,8 +188,16 @@ def _with_extras(mine: pd.DataFrame, rater: str, config: PlanConfig,
     if gold is not None:
         for g in gold.itertuples():
             at = int(rng.integers(0, len(items) + 1))
-            items.insert(at, dict(rater_id=rater, image_id=g.image_id, kind="gold",
-                                  dataset_id=g.dataset_id, group_name=g.group_name))  # fmt: skip
+            items.insert(
+                at,
+                dict(
+                    rater_id=rater,
+                    image_id=g.image_id,
+                    kind="gold",
+                    dataset_id=g.dataset_id,
+                    group_name=g.group_name,
+                ),
+            )
     out = pd.DataFrame(items)
     out["position"] = np.arange(len(out))
     return out

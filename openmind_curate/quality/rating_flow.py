@@ -30,10 +30,15 @@ AXIS_HELP = {
     "artifact_level": "1 = no artifact ... 5 = artifacts (motion, ghosting, ringing, "
     "wrap-around, ...) badly compromise the image",
 }
-AXIS_LABELS = {"noisiness": "Noisiness", "blurriness": "Blurriness",
-               "artifact_level": "Artifact level"}  # fmt: skip
-FLAG_LABELS = {"fov_suboptimal": "Field of view suboptimal (anatomy cut off)",
-               "corrupted": "Corrupted (unreadable, scrambled or empty)"}  # fmt: skip
+AXIS_LABELS = {
+    "noisiness": "Noisiness",
+    "blurriness": "Blurriness",
+    "artifact_level": "Artifact level",
+}
+FLAG_LABELS = {
+    "fov_suboptimal": "Field of view suboptimal (anatomy cut off)",
+    "corrupted": "Corrupted (unreadable, scrambled or empty)",
+}
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,10 @@ class Item:
 
 def _items(queue: pd.DataFrame) -> list[Item]:
     total = len(queue)
-    return [Item(str(r.image_id), str(r.kind), str(r.dataset_id), str(r.group_name), n, total)
-            for n, r in enumerate(queue.itertuples(), start=1)]  # fmt: skip
+    return [
+        Item(str(r.image_id), str(r.kind), str(r.dataset_id), str(r.group_name), n, total)
+        for n, r in enumerate(queue.itertuples(), start=1)
+    ]
 
 
 def current_item(engine: Engine, rater_id: str) -> Item | None:
@@ -122,8 +129,9 @@ def previous_item(engine: Engine, rater_id: str, steps: int = 1) -> Item | None:
     q = store.queue(engine, rater_id)
     for item in _items(q):
         if (item.image_id, item.kind) == (row["image_id"], row["kind"]):
-            values = {c: _plain(row[c]) for c in (*AXES, *FLAGS, "comment", "version",
-                                                 "window_settings")}  # fmt: skip
+            values = {
+                c: _plain(row[c]) for c in (*AXES, *FLAGS, "comment", "version", "window_settings")
+            }
             return replace(item, latest=values)
     return None  # rated, but no longer in the plan
 
@@ -166,16 +174,32 @@ def all_progress(engine: Engine) -> pd.DataFrame:
         mine = rated[rated["rater_id"] == r.rater_id]
         items = assigned[assigned["rater_id"] == r.rater_id]
         done_keys = set(zip(mine["image_id"], mine["kind"], strict=True))
-        done = sum((i, k) in done_keys for i, k in zip(items["image_id"], items["kind"],
-                                                          strict=True))  # fmt: skip
+        done = sum(
+            (i, k) in done_keys for i, k in zip(items["image_id"], items["kind"], strict=True)
+        )
         total = len(items)
-        rows.append(dict(rater_id=r.rater_id, is_admin=bool(r.is_admin),
-                         active=pd.isna(r.revoked_at), done=done, total=total,
-                         fraction=done / total if total else float("nan"),
-                         median_seconds=_median_seconds(mine),
-                         corrections=int((mine["version"] > 1).sum())))  # fmt: skip
-    cols = ["rater_id", "is_admin", "active", "done", "total", "fraction", "median_seconds",
-            "corrections"]  # fmt: skip
+        rows.append(
+            dict(
+                rater_id=r.rater_id,
+                is_admin=bool(r.is_admin),
+                active=pd.isna(r.revoked_at),
+                done=done,
+                total=total,
+                fraction=done / total if total else float("nan"),
+                median_seconds=_median_seconds(mine),
+                corrections=int((mine["version"] > 1).sum()),
+            )
+        )
+    cols = [
+        "rater_id",
+        "is_admin",
+        "active",
+        "done",
+        "total",
+        "fraction",
+        "median_seconds",
+        "corrections",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -195,9 +219,13 @@ def make_rating(
     missing one); artifact level is None for a DWI-derived unit whatever the
     form held; the comment is kept verbatim (None if blank).
     """
-    out: dict[str, Any] = dict(image_id=item.image_id, rater_id=rater_id, kind=item.kind,
-                               submission_id=submission_id,
-                               image_checksum=image_checksum)  # fmt: skip
+    out: dict[str, Any] = dict(
+        image_id=item.image_id,
+        rater_id=rater_id,
+        kind=item.kind,
+        submission_id=submission_id,
+        image_checksum=image_checksum,
+    )
     for axis in AXES:
         if axis not in item.axes:
             out[axis] = None

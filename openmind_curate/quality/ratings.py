@@ -147,8 +147,9 @@ def connect(db: str | os.PathLike[str], *, create: bool = True) -> Engine:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not create and not path.exists():
-            raise RatingsError(f"{path}: no ratings database here "
-                               "(make one with `curate raters add`)")  # fmt: skip
+            raise RatingsError(
+                f"{path}: no ratings database here (make one with `curate raters add`)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
         sa.event.listen(engine, "connect", _sqlite_connect)
@@ -180,8 +181,10 @@ def _check_version(conn: sa.Connection, where: str) -> None:
     if row is None:  # the caller holds the write lock: nobody else is making it now
         conn.execute(sa.insert(store_meta).values(key="version", value=str(STORE_VERSION)))
     elif int(row.value) > STORE_VERSION:
-        raise RatingsError(f"{where}: written by a newer openmind-curate (store version "
-                           f"{row.value}, this one reads {STORE_VERSION}); upgrade it")  # fmt: skip
+        raise RatingsError(
+            f"{where}: written by a newer openmind-curate (store version "
+            f"{row.value}, this one reads {STORE_VERSION}); upgrade it"
+        )
 
 
 def now() -> datetime:
@@ -207,15 +210,22 @@ def add_rater(engine: Engine, name: str, *, admin: bool = False) -> str:
     if not name or len(name) > 200 or any(c in name for c in "\n\r\t"):
         raise RatingsError(f"rater name {name!r}: use 1-200 printable characters")
     lookup, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(24), secrets.token_hex(16)
-    row = dict(rater_id=name, token_lookup=lookup, token_salt=salt,
-               token_hash=_hash(secret, salt), is_admin=admin, created_at=now())  # fmt: skip
+    row = dict(
+        rater_id=name,
+        token_lookup=lookup,
+        token_salt=salt,
+        token_hash=_hash(secret, salt),
+        is_admin=admin,
+        created_at=now(),
+    )
     with engine.begin() as conn:
         old = conn.execute(sa.select(raters).where(raters.c.rater_id == name)).first()
         if old is not None and old.revoked_at is None:
             raise RatingsError(f"rater {name!r} already exists; revoke them first for a new token")
         if old is not None:  # a revoked rater gets a new token, their ratings stay theirs
-            conn.execute(sa.update(raters).where(raters.c.rater_id == name)
-                         .values(**row, revoked_at=None))  # fmt: skip
+            conn.execute(
+                sa.update(raters).where(raters.c.rater_id == name).values(**row, revoked_at=None)
+            )
         else:
             conn.execute(sa.insert(raters).values(**row))
     return f"{lookup}.{secret}"
@@ -224,9 +234,11 @@ def add_rater(engine: Engine, name: str, *, admin: bool = False) -> str:
 def revoke_rater(engine: Engine, name: str) -> None:
     """End a rater's token. Their ratings stay; a new `add_rater` gives a new token."""
     with engine.begin() as conn:
-        done = conn.execute(sa.update(raters)
-                            .where(raters.c.rater_id == name, raters.c.revoked_at.is_(None))
-                            .values(revoked_at=now()))  # fmt: skip
+        done = conn.execute(
+            sa.update(raters)
+            .where(raters.c.rater_id == name, raters.c.revoked_at.is_(None))
+            .values(revoked_at=now())
+        )
     if done.rowcount != 1:
         raise RatingsError(f"no active rater named {name!r}")
 
@@ -270,18 +282,37 @@ def add_assignments(engine: Engine, rows: pd.DataFrame, plan: str) -> int:
     with engine.begin() as conn:
         for rater_id, items in rows.groupby("rater_id", sort=True):
             _active(conn, str(rater_id))
-            have = {(r.image_id, r.kind) for r in conn.execute(
-                sa.select(assignments.c.image_id, assignments.c.kind)
-                .where(assignments.c.rater_id == rater_id))}  # fmt: skip
+            have = {
+                (r.image_id, r.kind)
+                for r in conn.execute(
+                    sa.select(assignments.c.image_id, assignments.c.kind).where(
+                        assignments.c.rater_id == rater_id
+                    )
+                )
+            }
             start = _max_position(conn, str(rater_id)) + 1
-            new = [r for r in items.sort_values("position").itertuples()
-                   if (r.image_id, r.kind) not in have]  # fmt: skip
+            new = [
+                r
+                for r in items.sort_values("position").itertuples()
+                if (r.image_id, r.kind) not in have
+            ]
             if new:
-                conn.execute(sa.insert(assignments), [
-                    dict(rater_id=str(rater_id), image_id=r.image_id, kind=r.kind,
-                         position=start + i, dataset_id=r.dataset_id, group_name=r.group_name,
-                         plan=plan, created_at=now())
-                    for i, r in enumerate(new)])  # fmt: skip
+                conn.execute(
+                    sa.insert(assignments),
+                    [
+                        dict(
+                            rater_id=str(rater_id),
+                            image_id=r.image_id,
+                            kind=r.kind,
+                            position=start + i,
+                            dataset_id=r.dataset_id,
+                            group_name=r.group_name,
+                            plan=plan,
+                            created_at=now(),
+                        )
+                        for i, r in enumerate(new)
+                    ],
+                )
             added += len(new)
     return added
 
@@ -333,9 +364,15 @@ def skip(engine: Engine, rater_id: str, image_id: str, kind: str) -> None:
     """Move an item to the end of the rater's queue (it comes back after the rest)."""
     with engine.begin() as conn:
         end = _max_position(conn, rater_id) + 1
-        conn.execute(sa.update(assignments)
-                     .where(assignments.c.rater_id == rater_id, assignments.c.image_id == image_id,
-                            assignments.c.kind == kind).values(position=end))  # fmt: skip
+        conn.execute(
+            sa.update(assignments)
+            .where(
+                assignments.c.rater_id == rater_id,
+                assignments.c.image_id == image_id,
+                assignments.c.kind == kind,
+            )
+            .values(position=end)
+        )
 
 
 # --- ratings -------------------------------------------------------------------------------
@@ -369,32 +406,41 @@ def save_rating(engine: Engine, rating: dict[str, Any], *, planned: bool = True)
     for _ in range(_SAVE_ATTEMPTS):
         try:
             with engine.begin() as conn:
-                seen = conn.execute(sa.select(ratings.c.version)
-                                    .where(ratings.c.submission_id == sid)).first()  # fmt: skip
+                seen = conn.execute(
+                    sa.select(ratings.c.version).where(ratings.c.submission_id == sid)
+                ).first()
                 if seen is not None:
                     return Saved(int(seen.version), duplicate=True)
                 _active(conn, row["rater_id"])
                 if planned:
                     _planned(conn, row)
                 q = sa.select(sa.func.max(ratings.c.version)).where(
-                    ratings.c.rater_id == row["rater_id"], ratings.c.image_id == row["image_id"],
-                    ratings.c.kind == row["kind"])  # fmt: skip
+                    ratings.c.rater_id == row["rater_id"],
+                    ratings.c.image_id == row["image_id"],
+                    ratings.c.kind == row["kind"],
+                )
                 row["version"] = int(conn.execute(q).scalar() or 0) + 1
                 conn.execute(sa.insert(ratings).values(**row))
             return Saved(row["version"], duplicate=False)
         except IntegrityError:
             continue  # a concurrent save took this version or this submission: look again
-    raise RatingsError(f"could not save the rating of {row['image_id']} after "
-                       f"{_SAVE_ATTEMPTS} attempts (the database is too busy)")  # fmt: skip
+    raise RatingsError(
+        f"could not save the rating of {row['image_id']} after "
+        f"{_SAVE_ATTEMPTS} attempts (the database is too busy)"
+    )
 
 
 def _planned(conn: sa.Connection, row: dict[str, Any]) -> None:
     q = sa.select(assignments.c.id).where(
-        assignments.c.rater_id == row["rater_id"], assignments.c.image_id == row["image_id"],
-        assignments.c.kind == row["kind"])  # fmt: skip
+        assignments.c.rater_id == row["rater_id"],
+        assignments.c.image_id == row["image_id"],
+        assignments.c.kind == row["kind"],
+    )
     if conn.execute(q).first() is None:
-        raise RatingsError(f"image {row['image_id']} ({row['kind']}) is not in the plan of "
-                           f"rater {row['rater_id']!r}; nothing saved")  # fmt: skip
+        raise RatingsError(
+            f"image {row['image_id']} ({row['kind']}) is not in the plan of "
+            f"rater {row['rater_id']!r}; nothing saved"
+        )
 
 
 def read_ratings(engine: Engine, *, rater_id: str | None = None) -> pd.DataFrame:
@@ -425,8 +471,9 @@ def read_table_file(path: str | os.PathLike[str]) -> pd.DataFrame:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
         if path.suffix.lower() in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",",
-                               keep_default_na=True)  # fmt: skip
+            return pd.read_csv(
+                path, sep="\t" if path.suffix.lower() == ".tsv" else ",", keep_default_na=True
+            )
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise RatingsError(f"{path}: cannot read it: {exc}") from None
     raise RatingsError(f"{path}: use a .csv, .tsv or .parquet file")
@@ -448,8 +495,9 @@ def export_ratings(engine: Engine, path: str | os.PathLike[str], *, all_versions
     return len(df)
 
 
-def import_ratings(engine: Engine, df: pd.DataFrame, known_images: set[str],
-                   source: str = "the file") -> int:  # fmt: skip
+def import_ratings(
+    engine: Engine, df: pd.DataFrame, known_images: set[str], source: str = "the file"
+) -> int:
     """Validate every row, then store them all in one transaction, or none.
 
     Rows keep their versions and submission ids, so importing an export
@@ -465,8 +513,10 @@ def import_ratings(engine: Engine, df: pd.DataFrame, known_images: set[str],
         # across re-imports of the same file
         df["submission_id"] = [
             hashlib.sha1(f"import/{r}/{i}/{k}/{v}".encode()).hexdigest()
-            for r, i, k, v in zip(df["rater_id"], df["image_id"], df["kind"], df["version"],
-                                  strict=True)]  # fmt: skip
+            for r, i, k, v in zip(
+                df["rater_id"], df["image_id"], df["kind"], df["version"], strict=True
+            )
+        ]
     for field in RATINGS:
         if field.name not in df.columns and field.nullable:
             df[field.name] = None

@@ -86,14 +86,30 @@ def jobs_for_index(index, out: Path, config: MetricsConfig | None = None) -> lis
         phase, derived = phase_and_derived(r)
         mask = r.anat_mask_path if isinstance(r.anat_mask_path, str) else None
         source = str(Path(r.root) / r.path)
-        jobs.append(MetricsJob(r.image_id, r.dataset_id, r.path, source, r.modality, parts,
-                               mask, phase, derived, cfg))  # fmt: skip
+        jobs.append(
+            MetricsJob(
+                r.image_id,
+                r.dataset_id,
+                r.path,
+                source,
+                r.modality,
+                parts,
+                mask,
+                phase,
+                derived,
+                cfg,
+            )
+        )
     return jobs
 
 
 def _base(job: MetricsJob) -> dict[str, Any]:
-    return {"image_id": job.image_id, "dataset_id": job.dataset_id, "path": job.path,
-            "modality": job.modality}  # fmt: skip
+    return {
+        "image_id": job.image_id,
+        "dataset_id": job.dataset_id,
+        "path": job.path,
+        "modality": job.modality,
+    }
 
 
 def unreadable_row(job: MetricsJob, error: str) -> dict[str, Any]:

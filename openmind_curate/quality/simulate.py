@@ -42,11 +42,14 @@ def latent_scores(truth: pd.Series) -> dict[str, float | None]:
         artifact = None
     else:
         noise = scale(max(0.0, _num(truth["noise_level"]) - 0.005), 0.095)
-        artifact = max(scale(_num(truth["ghost_amplitude"]), 0.3),
-                       scale(1.0 - _num(truth["gibbs_keep"], 1.0), 0.65),
-                       scale(_num(truth["bias_strength"]), 0.8))  # fmt: skip
-    return dict(noisiness=noise, blurriness=scale(_num(truth["blur_fwhm_mm"]), 8.0),
-                artifact_level=artifact)  # fmt: skip
+        artifact = max(
+            scale(_num(truth["ghost_amplitude"]), 0.3),
+            scale(1.0 - _num(truth["gibbs_keep"], 1.0), 0.65),
+            scale(_num(truth["bias_strength"]), 0.8),
+        )
+    return dict(
+        noisiness=noise, blurriness=scale(_num(truth["blur_fwhm_mm"]), 8.0), artifact_level=artifact
+    )
 
 
 def _num(value, default: float = 0.0) -> float:
@@ -74,17 +77,29 @@ def simulate(
             0, config.bias_sd
         )
         t = by_id.loc[item.image_id]
-        scores = {axis: None if value is None else
-                  int(np.clip(round(value + bias + rng.normal(0, config.noise_sd)), 1, 5))
-                  for axis, value in latent_scores(t).items()}  # fmt: skip
+        scores = {
+            axis: None
+            if value is None
+            else int(np.clip(round(value + bias + rng.normal(0, config.noise_sd)), 1, 5))
+            for axis, value in latent_scores(t).items()
+        }
         if item.group_name == DWI_GROUP:
             scores["artifact_level"] = None
         fov = bool(_num(t["fov_crop"]) > 0.05) != bool(rng.random() < config.fov_miss)
-        ratings.save_rating(engine, dict(
-            image_id=item.image_id, rater_id=item.rater_id, kind=item.kind,
-            submission_id=f"{SIMULATED}-{item.rater_id}-{item.image_id}-{item.kind}",
-            **scores, fov_suboptimal=fov, corrupted=pd.notna(t["corruption"]),
-            comment="simulated rating (demo)", seconds_spent=float(rng.uniform(4, 30)),
-            app_version=SIMULATED))  # fmt: skip
+        ratings.save_rating(
+            engine,
+            dict(
+                image_id=item.image_id,
+                rater_id=item.rater_id,
+                kind=item.kind,
+                submission_id=f"{SIMULATED}-{item.rater_id}-{item.image_id}-{item.kind}",
+                **scores,
+                fov_suboptimal=fov,
+                corrupted=pd.notna(t["corruption"]),
+                comment="simulated rating (demo)",
+                seconds_spent=float(rng.uniform(4, 30)),
+                app_version=SIMULATED,
+            ),
+        )
         saved += 1
     return saved

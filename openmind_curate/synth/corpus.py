@@ -39,9 +39,15 @@ def _participant_truth(plan: DatasetPlan) -> dict[tuple[str, str | None], dict[s
     out = {}
     for s in plan.subjects:
         base = dict(
-            participants_style=plan.style, age=s.age, age_raw=s.age_raw, sex=s.sex,
-            handedness=s.handedness, weight=s.weight, bmi=s.bmi, health_status=s.health_status,
-        )  # fmt: skip
+            participants_style=plan.style,
+            age=s.age,
+            age_raw=s.age_raw,
+            sex=s.sex,
+            handedness=s.handedness,
+            weight=s.weight,
+            bmi=s.bmi,
+            health_status=s.health_status,
+        )
         out[(s.label, None)] = base
         for ses, age in s.session_ages.items():
             out[(s.label, ses)] = {**base, "age": age, "age_raw": f"{age:g}"}

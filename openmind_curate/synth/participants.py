@@ -70,8 +70,11 @@ def make_subjects(style: str, labels: list[str], rng: np.random.Generator) -> li
             s.age, s.age_raw = lo + 2.5, f"{lo}-{lo + 5}"
             if i == 0:
                 s.age, s.age_raw = 89.0, "89+"
-            score = {"R": int(rng.integers(50, 101)), "L": -int(rng.integers(50, 101)),
-                     "A": int(rng.integers(-30, 31))}[hand]  # fmt: skip
+            score = {
+                "R": int(rng.integers(50, 101)),
+                "L": -int(rng.integers(50, 101)),
+                "A": int(rng.integers(-30, 31)),
+            }[hand]
             s.weight, s.health_status = kg, health
             s.raw = {
                 "age_at_first_scan_years": s.age_raw,

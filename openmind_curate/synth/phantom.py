@@ -99,5 +99,6 @@ def dwi_phantom(
     # tests check that conversion against an independent statement of the convention.
     bvecs_fsl = gtab.bvecs.T.copy()
     bvecs_fsl[0] *= -1  # RAS grid: positive determinant, FSL flips x
-    return DwiPhantom(data, affine, gtab.bvals, bvecs_fsl, heads, angles, shifts, fa, md,
-                      brain, bias, sigma)  # fmt: skip
+    return DwiPhantom(
+        data, affine, gtab.bvals, bvecs_fsl, heads, angles, shifts, fa, md, brain, bias, sigma
+    )

@@ -31,8 +31,20 @@ from openmind_curate.synth.participants import STYLES, Subject, make_subjects, s
 
 PROFILES = ("anat", "sessions", "rare", "qc")
 _ENTITY_ORDER = (
-    "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "inv", "mod", "part", "space", "desc",
-)  # fmt: skip
+    "ses",
+    "task",
+    "acq",
+    "ce",
+    "rec",
+    "dir",
+    "run",
+    "echo",
+    "inv",
+    "mod",
+    "part",
+    "space",
+    "desc",
+)
 
 
 @dataclass(frozen=True)
@@ -144,12 +156,21 @@ def _description(name: str, derivative: bool = False) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
-_SIEMENS = {"Manufacturer": "Siemens", "ManufacturersModelName": "Prisma_fit",
-            "MagneticFieldStrength": 3}  # fmt: skip
-_GE = {"Manufacturer": "GE", "ManufacturersModelName": "DISCOVERY MR750",
-       "MagneticFieldStrength": 3}  # fmt: skip
-_PHILIPS = {"Manufacturer": "Philips", "ManufacturersModelName": "Achieva",
-            "MagneticFieldStrength": 1.5}  # fmt: skip
+_SIEMENS = {
+    "Manufacturer": "Siemens",
+    "ManufacturersModelName": "Prisma_fit",
+    "MagneticFieldStrength": 3,
+}
+_GE = {
+    "Manufacturer": "GE",
+    "ManufacturersModelName": "DISCOVERY MR750",
+    "MagneticFieldStrength": 3,
+}
+_PHILIPS = {
+    "Manufacturer": "Philips",
+    "ManufacturersModelName": "Achieva",
+    "MagneticFieldStrength": 1.5,
+}
 
 
 def plan_corpus(cfg: SynthConfig) -> list[DatasetPlan]:
@@ -194,8 +215,13 @@ def _noise(rng: np.random.Generator) -> float:
 
 
 def _plan_anat(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> None:
-    t1 = {**_SIEMENS, "RepetitionTime": 2.3, "EchoTime": 0.00226, "FlipAngle": 8,
-          "InversionTime": 0.9}  # fmt: skip
+    t1 = {
+        **_SIEMENS,
+        "RepetitionTime": 2.3,
+        "EchoTime": 0.00226,
+        "FlipAngle": 8,
+        "InversionTime": 0.9,
+    }
     t2 = {**_SIEMENS, "RepetitionTime": 3.2, "EchoTime": 0.565}
     flair = {**_SIEMENS, "RepetitionTime": 5.0, "EchoTime": 0.386, "InversionTime": 1.8}
     for name, doc in (("T1w", t1), ("T2w", t2), ("FLAIR", flair)):
@@ -206,21 +232,63 @@ def _plan_anat(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) ->
             t1_sub = {"EchoTime": 0.0025}
             plan.files[f"sub-{s.label}/anat/sub-{s.label}_T1w.json"] = json.dumps(t1_sub)
         common = dict(deface="zero", session=None)
-        t1w = _spec(plan, cfg, s, suffix="T1w", contrast="T1w", modality="T1w",
-                    spacing=(1.0, 1.0, 1.0), axcodes="LAS", dtype="int16",
-                    noise_level=_noise(rng), bias_strength=round(float(rng.uniform(0, 0.25)), 3),
-                    sidecar=_merge(t1, t1_sub), **common)  # fmt: skip
+        t1w = _spec(
+            plan,
+            cfg,
+            s,
+            suffix="T1w",
+            contrast="T1w",
+            modality="T1w",
+            spacing=(1.0, 1.0, 1.0),
+            axcodes="LAS",
+            dtype="int16",
+            noise_level=_noise(rng),
+            bias_strength=round(float(rng.uniform(0, 0.25)), 3),
+            sidecar=_merge(t1, t1_sub),
+            **common,
+        )
         plan.images += [
             t1w,
-            replace(t1w, kind="label", suffix="dseg", entities=(("desc", "tissue"),),
-                    modality=None, sidecar="{}", deface=None, noise_level=0.0, dtype="uint8"),
-            _spec(plan, cfg, s, suffix="T2w", contrast="T2w", modality="T2w",
-                  spacing=(0.9, 0.9, 2.0), axcodes="RAS", dtype="int16",
-                  noise_level=_noise(rng), sidecar=_merge(t2), **common),
-            _spec(plan, cfg, s, suffix="FLAIR", contrast="FLAIR", modality="FLAIR",
-                  spacing=(1.0, 1.0, 1.0), axcodes="PIR", dtype="uint16",
-                  noise_level=_noise(rng), sidecar=_merge(flair), **common),
-        ]  # fmt: skip
+            replace(
+                t1w,
+                kind="label",
+                suffix="dseg",
+                entities=(("desc", "tissue"),),
+                modality=None,
+                sidecar="{}",
+                deface=None,
+                noise_level=0.0,
+                dtype="uint8",
+            ),
+            _spec(
+                plan,
+                cfg,
+                s,
+                suffix="T2w",
+                contrast="T2w",
+                modality="T2w",
+                spacing=(0.9, 0.9, 2.0),
+                axcodes="RAS",
+                dtype="int16",
+                noise_level=_noise(rng),
+                sidecar=_merge(t2),
+                **common,
+            ),
+            _spec(
+                plan,
+                cfg,
+                s,
+                suffix="FLAIR",
+                contrast="FLAIR",
+                modality="FLAIR",
+                spacing=(1.0, 1.0, 1.0),
+                axcodes="PIR",
+                dtype="uint16",
+                noise_level=_noise(rng),
+                sidecar=_merge(flair),
+                **common,
+            ),
+        ]
     plan.files["derivatives/labels/dataset_description.json"] = _description(
         "Synthetic tissue labels", derivative=True
     )
@@ -241,8 +309,13 @@ def _dwi_files(shells: dict[int, int], n_b0: int, rng) -> tuple[str, str]:
 
 def _plan_sessions(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> None:
     t1 = {**_GE, "RepetitionTime": 8.2, "EchoTime": 0.0032, "FlipAngle": 12}
-    dwi = {**_GE, "RepetitionTime": 7.8, "EchoTime": 0.081, "PhaseEncodingDirection": "j-",
-           "TotalReadoutTime": 0.052}  # fmt: skip
+    dwi = {
+        **_GE,
+        "RepetitionTime": 7.8,
+        "EchoTime": 0.081,
+        "PhaseEncodingDirection": "j-",
+        "TotalReadoutTime": 0.052,
+    }
     plan.files["T1w.json"] = json.dumps(t1, indent=2)
     plan.files["dwi.json"] = json.dumps(dwi, indent=2)
     shells = {1000: cfg.dwi_directions}
@@ -258,64 +331,179 @@ def _plan_sessions(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator
         deface = "blur" if (i == len(plan.subjects) - 1 and len(plan.subjects) > 1) else None
         for ses in plan.sessions:
             plan.images.append(
-                _spec(plan, cfg, s, session=ses, suffix="T1w", contrast="T1w", modality="T1w",
-                      spacing=(1.0, 1.0, 1.2), axcodes="RAS", dtype="uint16",
-                      noise_level=_noise(rng), deface=deface, sidecar=_merge(t1, t1_sub))
-            )  # fmt: skip
+                _spec(
+                    plan,
+                    cfg,
+                    s,
+                    session=ses,
+                    suffix="T1w",
+                    contrast="T1w",
+                    modality="T1w",
+                    spacing=(1.0, 1.0, 1.2),
+                    axcodes="RAS",
+                    dtype="uint16",
+                    noise_level=_noise(rng),
+                    deface=deface,
+                    sidecar=_merge(t1, t1_sub),
+                )
+            )
         plan.images.append(
-            _spec(plan, cfg, s, session=plan.sessions[0], datatype="dwi", suffix="dwi",
-                  contrast="b0", modality="DWI", spacing=(cfg.dwi_spacing,) * 3,
-                  axcodes="RAS", dtype="int16", dwi_shells=tuple(shells.items()), dwi_n_b0=3,
-                  noise_level=0.0, bval_path="dwi.bval", bvec_path="dwi.bvec",
-                  sidecar=_merge(dwi))
-        )  # fmt: skip
+            _spec(
+                plan,
+                cfg,
+                s,
+                session=plan.sessions[0],
+                datatype="dwi",
+                suffix="dwi",
+                contrast="b0",
+                modality="DWI",
+                spacing=(cfg.dwi_spacing,) * 3,
+                axcodes="RAS",
+                dtype="int16",
+                dwi_shells=tuple(shells.items()),
+                dwi_n_b0=3,
+                noise_level=0.0,
+                bval_path="dwi.bval",
+                bvec_path="dwi.bvec",
+                sidecar=_merge(dwi),
+            )
+        )
 
 
 def _plan_rare(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> None:
     base = dict(_PHILIPS)
     for i, s in enumerate(plan.subjects):
         n = _noise(rng)
-        pdw = _spec(plan, cfg, s, suffix="PDw", contrast="PDw", modality="PDw",
-                    spacing=(1.0, 1.0, 1.0), axcodes="LPS", oblique_deg=(12.0, 0.0, 4.0),
-                    dtype="int16", scl_slope=0.0005, gain=1.0, noise_level=n, deface="zero",
-                    sidecar=_merge(base, {"RepetitionTime": 2.5, "EchoTime": 0.03}))  # fmt: skip
+        pdw = _spec(
+            plan,
+            cfg,
+            s,
+            suffix="PDw",
+            contrast="PDw",
+            modality="PDw",
+            spacing=(1.0, 1.0, 1.0),
+            axcodes="LPS",
+            oblique_deg=(12.0, 0.0, 4.0),
+            dtype="int16",
+            scl_slope=0.0005,
+            gain=1.0,
+            noise_level=n,
+            deface="zero",
+            sidecar=_merge(base, {"RepetitionTime": 2.5, "EchoTime": 0.03}),
+        )
         gre = dict(spacing=(1.0, 1.0, 2.0), axcodes="RAS", dtype="int16", noise_level=n)
         gre_sc = _merge(base, {"RepetitionTime": 0.03, "EchoTime": 0.02})
         if i == 0:  # deprecated spelling
-            t2s = [_spec(plan, cfg, s, suffix="T2star", contrast="T2starw", modality="T2starw",
-                         sidecar=gre_sc, **gre)]  # fmt: skip
+            t2s = [
+                _spec(
+                    plan,
+                    cfg,
+                    s,
+                    suffix="T2star",
+                    contrast="T2starw",
+                    modality="T2starw",
+                    sidecar=gre_sc,
+                    **gre,
+                )
+            ]
         else:
             t2s = [
-                _spec(plan, cfg, s, suffix="T2starw", contrast="T2starw", modality="T2starw",
-                      entities=(("acq", "gre"), ("part", part)), sidecar=gre_sc,
-                      flags="phase" if part == "phase" else None,
-                      **({**gre, "dtype": "float32", "gain": 1.0} if part == "phase" else gre))
+                _spec(
+                    plan,
+                    cfg,
+                    s,
+                    suffix="T2starw",
+                    contrast="T2starw",
+                    modality="T2starw",
+                    entities=(("acq", "gre"), ("part", part)),
+                    sidecar=gre_sc,
+                    flags="phase" if part == "phase" else None,
+                    **({**gre, "dtype": "float32", "gain": 1.0} if part == "phase" else gre),
+                )
                 for part in ("mag", "phase")
-            ]  # fmt: skip
+            ]
         mp2 = _merge(base, {"RepetitionTime": 5.0, "InversionTime": [0.7, 2.5]})
-        mp2rage = dict(spacing=(1.2, 1.2, 1.2), axcodes="RAS", dtype="uint16", noise_level=n,
-                       sidecar=mp2)  # fmt: skip
+        mp2rage = dict(
+            spacing=(1.2, 1.2, 1.2), axcodes="RAS", dtype="uint16", noise_level=n, sidecar=mp2
+        )
         plan.images += [
             pdw,
-            replace(pdw, kind="mask", suffix="defacemask", entities=(("mod", "PDw"),),
-                    modality=None, dtype="uint8", sidecar="{}"),
+            replace(
+                pdw,
+                kind="mask",
+                suffix="defacemask",
+                entities=(("mod", "PDw"),),
+                modality=None,
+                dtype="uint8",
+                sidecar="{}",
+            ),
             *t2s,
-            _spec(plan, cfg, s, suffix="inplaneT2", contrast="inplaneT2", modality="inplaneT2",
-                  spacing=(0.9, 0.9, 4.0), axcodes="RAS", dtype="int16", noise_level=n,
-                  sidecar=_merge(base, {"RepetitionTime": 4.0})),
-            _spec(plan, cfg, s, suffix="MP2RAGE", contrast="MP2RAGE_inv1", modality="MP2RAGE",
-                  entities=(("inv", "1"),), flags="inversion", **mp2rage),
-            _spec(plan, cfg, s, suffix="MP2RAGE", contrast="MP2RAGE_inv2", modality="MP2RAGE",
-                  entities=(("inv", "2"),), flags="inversion", **mp2rage),
+            _spec(
+                plan,
+                cfg,
+                s,
+                suffix="inplaneT2",
+                contrast="inplaneT2",
+                modality="inplaneT2",
+                spacing=(0.9, 0.9, 4.0),
+                axcodes="RAS",
+                dtype="int16",
+                noise_level=n,
+                sidecar=_merge(base, {"RepetitionTime": 4.0}),
+            ),
+            _spec(
+                plan,
+                cfg,
+                s,
+                suffix="MP2RAGE",
+                contrast="MP2RAGE_inv1",
+                modality="MP2RAGE",
+                entities=(("inv", "1"),),
+                flags="inversion",
+                **mp2rage,
+            ),
+            _spec(
+                plan,
+                cfg,
+                s,
+                suffix="MP2RAGE",
+                contrast="MP2RAGE_inv2",
+                modality="MP2RAGE",
+                entities=(("inv", "2"),),
+                flags="inversion",
+                **mp2rage,
+            ),
             _spec(plan, cfg, s, suffix="UNIT1", contrast="UNIT1", modality="UNIT1", **mp2rage),
-            _spec(plan, cfg, s, suffix="angio", contrast="angio", modality="angio",
-                  spacing=(0.8, 0.8, 1.6), axcodes="RAS", dtype="uint8", gain=240.0,
-                  noise_level=n, sidecar=_merge(base, {"RepetitionTime": 0.022})),
-            _spec(plan, cfg, s, suffix="T1w", contrast="T1w", modality="T1w",
-                  spacing=(1.0, 1.0, 1.0), axcodes="RAS", dtype="int16", noise_level=n,
-                  skull_stripped=i == 0, deface=None if i == 0 else "zero",
-                  sidecar=_merge(base, {"RepetitionTime": 8.1, "EchoTime": 0.0037})),
-        ]  # fmt: skip
+            _spec(
+                plan,
+                cfg,
+                s,
+                suffix="angio",
+                contrast="angio",
+                modality="angio",
+                spacing=(0.8, 0.8, 1.6),
+                axcodes="RAS",
+                dtype="uint8",
+                gain=240.0,
+                noise_level=n,
+                sidecar=_merge(base, {"RepetitionTime": 0.022}),
+            ),
+            _spec(
+                plan,
+                cfg,
+                s,
+                suffix="T1w",
+                contrast="T1w",
+                modality="T1w",
+                spacing=(1.0, 1.0, 1.0),
+                axcodes="RAS",
+                dtype="int16",
+                noise_level=n,
+                skull_stripped=i == 0,
+                deface=None if i == 0 else "zero",
+                sidecar=_merge(base, {"RepetitionTime": 8.1, "EchoTime": 0.0037}),
+            ),
+        ]
     _own_sidecars(plan, plan.images)
 
 
@@ -342,25 +530,51 @@ def _plan_qc(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> N
     plan.files["T1w.json"] = json.dumps(t1, indent=2)
     subs = plan.subjects
     first, last = subs[0], subs[-1]
-    t1w = dict(suffix="T1w", contrast="T1w", modality="T1w", spacing=(1.25, 1.25, 1.25),
-               axcodes="RAS", dtype="int16", noise_level=0.01, sidecar=_merge(t1))  # fmt: skip
+    t1w = dict(
+        suffix="T1w",
+        contrast="T1w",
+        modality="T1w",
+        spacing=(1.25, 1.25, 1.25),
+        axcodes="RAS",
+        dtype="int16",
+        noise_level=0.01,
+        sidecar=_merge(t1),
+    )
     for name, attr, levels in LADDERS:
         for k, level in enumerate(levels):
             plan.images.append(
-                _spec(plan, cfg, first, **{**t1w, attr: level},
-                      entities=(("acq", name), ("run", str(k + 1))), ladder=name,
-                      ladder_level=k)
-            )  # fmt: skip
+                _spec(
+                    plan,
+                    cfg,
+                    first,
+                    **{**t1w, attr: level},
+                    entities=(("acq", name), ("run", str(k + 1))),
+                    ladder=name,
+                    ladder_level=k,
+                )
+            )
     for k, corruption in enumerate(CORRUPTIONS):
         dtype = "float32" if corruption == "nan" else "int16"  # NaN needs a float file
         plan.images.append(
-            _spec(plan, cfg, last, **{**t1w, "dtype": dtype},
-                  entities=(("acq", "rpt"), ("run", str(k + 1))), corruption=corruption)
-        )  # fmt: skip
+            _spec(
+                plan,
+                cfg,
+                last,
+                **{**t1w, "dtype": dtype},
+                entities=(("acq", "rpt"), ("run", str(k + 1))),
+                corruption=corruption,
+            )
+        )
     plan.images.append(
-        _spec(plan, cfg, last, **t1w, entities=(("acq", "rpt"), ("run", str(len(CORRUPTIONS) + 1))),
-              fov_crop=0.18)
-    )  # fmt: skip
+        _spec(
+            plan,
+            cfg,
+            last,
+            **t1w,
+            entities=(("acq", "rpt"), ("run", str(len(CORRUPTIONS) + 1))),
+            fov_crop=0.18,
+        )
+    )
     for s in subs[1:-1] or []:
         plan.images.append(_spec(plan, cfg, s, **{**t1w, "noise_level": _noise(rng)}))
     # Multi-shell DWI with its gradient table next to the image (no inheritance).
@@ -370,12 +584,24 @@ def _plan_qc(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> N
         shells, 2, _rng(cfg.seed, "g2")
     )
     multishell = _spec(
-        plan, cfg, first, datatype="dwi", suffix="dwi", contrast="b0", modality="DWI",
-        entities=(("acq", "multishell"),), spacing=(cfg.dwi_spacing,) * 3, axcodes="LAS",
-        dtype="int16", dwi_shells=tuple(shells.items()), dwi_n_b0=2, noise_level=0.0,
-        bval_path=f"{dwi_name}.bval", bvec_path=f"{dwi_name}.bvec",
+        plan,
+        cfg,
+        first,
+        datatype="dwi",
+        suffix="dwi",
+        contrast="b0",
+        modality="DWI",
+        entities=(("acq", "multishell"),),
+        spacing=(cfg.dwi_spacing,) * 3,
+        axcodes="LAS",
+        dtype="int16",
+        dwi_shells=tuple(shells.items()),
+        dwi_n_b0=2,
+        noise_level=0.0,
+        bval_path=f"{dwi_name}.bval",
+        bvec_path=f"{dwi_name}.bvec",
         sidecar=_merge(_SIEMENS, {"RepetitionTime": 9.0, "EchoTime": 0.09}),
-    )  # fmt: skip
+    )
     plan.images.append(multishell)
     _own_sidecars(plan, [multishell])
 

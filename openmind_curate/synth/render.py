@@ -18,23 +18,103 @@ from openmind_curate.synth.head import BIT_BRAIN, BIT_FACE, BIT_HEAD, LAYERS, He
 # Tissue order: gm, wm, csf, then the non-brain layers in LAYERS order.
 _TISSUES = ("gm", "wm", "csf", *[k for k in LAYERS if k != "intracranial"])
 CONTRASTS: dict[str, dict[str, float]] = {
-    "T1w": dict(gm=0.55, wm=0.85, csf=0.15, air=0, skull=0.05, marrow=0.6, scalp=0.95,
-                muscle=0.4, eye=0.12, sinus=0),
-    "T2w": dict(gm=0.6, wm=0.42, csf=1.0, air=0, skull=0.04, marrow=0.45, scalp=0.65,
-                muscle=0.3, eye=0.95, sinus=0),
-    "FLAIR": dict(gm=0.7, wm=0.5, csf=0.06, air=0, skull=0.04, marrow=0.5, scalp=0.75,
-                  muscle=0.35, eye=0.05, sinus=0),
-    "PDw": dict(gm=0.85, wm=0.7, csf=0.92, air=0, skull=0.05, marrow=0.7, scalp=0.85,
-                muscle=0.55, eye=0.9, sinus=0),
-    "T2starw": dict(gm=0.6, wm=0.5, csf=0.85, air=0, skull=0.03, marrow=0.3, scalp=0.6,
-                    muscle=0.35, eye=0.8, sinus=0),
-    "angio": dict(gm=0.25, wm=0.2, csf=0.1, air=0, skull=0.03, marrow=0.3, scalp=0.4,
-                  muscle=0.2, eye=0.1, sinus=0),
-    "UNIT1": dict(gm=0.45, wm=0.7, csf=0.15, air=0, skull=0.1, marrow=0.5, scalp=0.6,
-                  muscle=0.4, eye=0.15, sinus=0),
-    "b0": dict(gm=0.65, wm=0.5, csf=1.0, air=0, skull=0.02, marrow=0.05, scalp=0.08,
-               muscle=0.25, eye=0.9, sinus=0),
-}  # fmt: skip
+    "T1w": dict(
+        gm=0.55,
+        wm=0.85,
+        csf=0.15,
+        air=0,
+        skull=0.05,
+        marrow=0.6,
+        scalp=0.95,
+        muscle=0.4,
+        eye=0.12,
+        sinus=0,
+    ),
+    "T2w": dict(
+        gm=0.6,
+        wm=0.42,
+        csf=1.0,
+        air=0,
+        skull=0.04,
+        marrow=0.45,
+        scalp=0.65,
+        muscle=0.3,
+        eye=0.95,
+        sinus=0,
+    ),
+    "FLAIR": dict(
+        gm=0.7,
+        wm=0.5,
+        csf=0.06,
+        air=0,
+        skull=0.04,
+        marrow=0.5,
+        scalp=0.75,
+        muscle=0.35,
+        eye=0.05,
+        sinus=0,
+    ),
+    "PDw": dict(
+        gm=0.85,
+        wm=0.7,
+        csf=0.92,
+        air=0,
+        skull=0.05,
+        marrow=0.7,
+        scalp=0.85,
+        muscle=0.55,
+        eye=0.9,
+        sinus=0,
+    ),
+    "T2starw": dict(
+        gm=0.6,
+        wm=0.5,
+        csf=0.85,
+        air=0,
+        skull=0.03,
+        marrow=0.3,
+        scalp=0.6,
+        muscle=0.35,
+        eye=0.8,
+        sinus=0,
+    ),
+    "angio": dict(
+        gm=0.25,
+        wm=0.2,
+        csf=0.1,
+        air=0,
+        skull=0.03,
+        marrow=0.3,
+        scalp=0.4,
+        muscle=0.2,
+        eye=0.1,
+        sinus=0,
+    ),
+    "UNIT1": dict(
+        gm=0.45,
+        wm=0.7,
+        csf=0.15,
+        air=0,
+        skull=0.1,
+        marrow=0.5,
+        scalp=0.6,
+        muscle=0.4,
+        eye=0.15,
+        sinus=0,
+    ),
+    "b0": dict(
+        gm=0.65,
+        wm=0.5,
+        csf=1.0,
+        air=0,
+        skull=0.02,
+        marrow=0.05,
+        scalp=0.08,
+        muscle=0.25,
+        eye=0.9,
+        sinus=0,
+    ),
+}
 # MP2RAGE inversions and inplane T2 reuse a close relative.
 CONTRASTS["MP2RAGE_inv1"] = {k: 0.9 - 0.8 * v for k, v in CONTRASTS["T1w"].items()}
 CONTRASTS["MP2RAGE_inv1"].update(air=0, sinus=0)
@@ -93,8 +173,9 @@ def make_grid(
         perm[row, col] = sign
     rot = rotation(oblique_deg) @ perm
     lo, hi = (np.asarray(b, float) for b in bbox_world)
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
-                        for z in (lo[2], hi[2])])  # fmt: skip
+    corners = np.array(
+        [[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+    )
     centre = (lo + hi) / 2
     along = (corners - centre) @ rot  # coordinates along each array axis
     extent = along.max(0) - along.min(0) + 2 * margin_mm
@@ -127,8 +208,9 @@ def head_bbox_world(model: HeadModel, subject_to_mni: np.ndarray) -> tuple[np.nd
     """World bounding box of the subject's head (the model's box, posed)."""
     lo, hi = model.bbox_mm()
     to_world = np.linalg.inv(subject_to_mni)
-    corners = np.array([[x, y, z, 1] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
-                        for z in (lo[2], hi[2])])  # fmt: skip
+    corners = np.array(
+        [[x, y, z, 1] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+    )
     pts = (to_world @ corners.T).T[:, :3]
     return pts.min(0), pts.max(0)
 

@@ -159,8 +159,13 @@ def write_spec(job: WriteJob) -> dict[str, Any]:
         elif spec.corruption == "zeros":
             img = np.zeros_like(img)
             anat[:] = False
-        save_nifti(_quantize(img, spec.dtype, spec.scl_slope), grid.affine, path, spec.dtype,
-              spec.scl_slope)  # fmt: skip
+        save_nifti(
+            _quantize(img, spec.dtype, spec.scl_slope),
+            grid.affine,
+            path,
+            spec.dtype,
+            spec.scl_slope,
+        )
         if spec.corruption not in ("truncated", "empty"):
             row["anat_mask_truth"] = _save_mask(anat, grid, truth_dir / f"{stem}_anat.nii.gz", root)
             row["anon_mask_truth"] = _save_mask(anon, grid, truth_dir / f"{stem}_anon.nii.gz", root)

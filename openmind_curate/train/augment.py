@@ -98,12 +98,14 @@ def _transform(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(n, C, ...) inputs through `thetas` (n, 3, 4) to (n, C, *out)."""
     grid = F.affine_grid(thetas.to(image.device), [image.shape[0], 1, *out], align_corners=False)
-    img = F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="zeros",
-                        align_corners=False)  # fmt: skip
+    img = F.grid_sample(
+        image, grid.to(image.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     if masks is None:
         return img, None
-    msk = F.grid_sample(masks, grid.to(masks.dtype), mode="nearest", padding_mode="zeros",
-                        align_corners=False)  # fmt: skip
+    msk = F.grid_sample(
+        masks, grid.to(masks.dtype), mode="nearest", padding_mode="zeros", align_corners=False
+    )
     return img, msk
 
 

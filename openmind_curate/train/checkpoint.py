@@ -67,8 +67,11 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike[str], expect_hash: str | None = None,
-                    expect_config: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    expect_hash: str | None = None,
+    expect_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The checkpoint at `path`; with `expect_hash`, one from that configuration
     only (a mismatch names the options that differ)."""
     path = Path(path)
@@ -83,8 +86,11 @@ def load_checkpoint(path: str | os.PathLike[str], expect_hash: str | None = None
     if expect_hash is not None and blob.get("config_hash") != expect_hash:
         old = blob.get("config", {})
         new = expect_config or {}
-        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
-                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]  # fmt: skip
+        diff = [
+            f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)
+        ]
         detail = f" ({'; '.join(diff)})" if diff else ""
         raise CheckpointError(
             f"cannot resume: {path} was written with a different configuration{detail}; "

@@ -121,8 +121,9 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.SGD:
         {"params": encoder_parameters(model), "name": "encoder"},
         {"params": decoder_parameters(model), "name": "decoder"},
     ]
-    return torch.optim.SGD(groups, lr=lr, momentum=MOMENTUM, nesterov=True,
-                           weight_decay=WEIGHT_DECAY)  # fmt: skip
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
+    )
 
 
 def set_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, decoder_only: bool):
@@ -206,9 +207,11 @@ def _patch3(patch: int | Sequence[int]) -> tuple[int, int, int]:
 
 
 def cpu_resenc_message(what: str = "--arch resenc-l (the default from scratch)") -> str:
-    return (f"{what} needs a GPU (a 160^3 ResEnc-L patch does not train on a CPU) and this "
-            "machine has none; use --arch tiny for a CPU run (from scratch) or a tiny "
-            "pre-trained encoder")  # fmt: skip
+    return (
+        f"{what} needs a GPU (a 160^3 ResEnc-L patch does not train on a CPU) and this "
+        "machine has none; use --arch tiny for a CPU run (from scratch) or a tiny "
+        "pre-trained encoder"
+    )
 
 
 @dataclass
@@ -251,8 +254,9 @@ def preflight(config: FinetuneConfig) -> segdata.SegSource:
     the data folder and its cases (at least 2); InputError when wrong. Returns
     the data source (cases found, not read yet)."""
     if config.schedule not in schedules.SCHEDULES:
-        raise InputError(f"--schedule {config.schedule}: choose one of "
-                         f"{', '.join(schedules.SCHEDULES)}")  # fmt: skip
+        raise InputError(
+            f"--schedule {config.schedule}: choose one of {', '.join(schedules.SCHEDULES)}"
+        )
     if config.epochs < 1 or config.iters_per_epoch < 1 or config.batch < 1:
         raise InputError("--epochs, --iters-per-epoch and --batch must be at least 1")
     if config.stage_len is not None and config.stage_len < 1:
@@ -298,8 +302,9 @@ def build_model(config: FinetuneConfig, n_classes: int, in_channels: int) -> Set
         path = Path(config.pretrained)
         meta = _encoder_meta(config, device)
         if meta.in_channels != in_channels:
-            raise InputError(f"the encoder takes {meta.in_channels} channel(s); the data has "
-                             f"{in_channels}")  # fmt: skip
+            raise InputError(
+                f"the encoder takes {meta.in_channels} channel(s); the data has {in_channels}"
+            )
         model, meta = models.build_from_encoder(path, n_classes)
         arch, patch, normalization = meta.arch, config.patch or meta.patch_size, meta.normalization
         spacing = None if meta.spacing == "native" else tuple(float(s) for s in meta.spacing)
@@ -321,16 +326,27 @@ def build_model(config: FinetuneConfig, n_classes: int, in_channels: int) -> Set
     div = models.arch_config(arch).divisor
     if any(p % div for p in patch3):
         raise InputError(f"--patch {patch3}: each edge must be a multiple of {div} for {arch}")
-    return Setup(model.to(device), arch, in_channels, patch3, spacing,  # type: ignore[arg-type]
-                 normalization, lr, stage_len, device)  # fmt: skip
+    return Setup(
+        model.to(device),
+        arch,
+        in_channels,
+        patch3,
+        spacing,  # type: ignore[arg-type]
+        normalization,
+        lr,
+        stage_len,
+        device,
+    )
 
 
 def load_data(
     source: segdata.SegSource, spacing, normalization: str, val_fraction: float, seed: int
 ) -> tuple[dict[str, segdata.SegCase], list[str], list[str]]:
     train_ids, val_ids = segdata.split_cases([c.case_id for c in source.cases], val_fraction, seed)
-    cases = {f.case_id: segdata.load_case(f, spacing, normalization, source.n_classes)
-             for f in source.cases}  # fmt: skip
+    cases = {
+        f.case_id: segdata.load_case(f, spacing, normalization, source.n_classes)
+        for f in source.cases
+    }
     return cases, train_ids, val_ids
 
 
@@ -372,8 +388,9 @@ def finetune(
         source = preflight(config)
     setup = build_model(config, source.n_classes, source.channels)
     if data is None:
-        data = load_data(source, setup.spacing, setup.normalization, config.val_fraction,
-                         config.seed)  # fmt: skip
+        data = load_data(
+            source, setup.spacing, setup.normalization, config.val_fraction, config.seed
+        )
     cases, train_ids, val_ids = data
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -383,10 +400,12 @@ def finetune(
     use_amp = device.type == "cuda"
     log: list[dict[str, Any]] = []
     start = f"from {config.pretrained}" if config.pretrained else "from scratch"
-    echo(f"fine-tuning {setup.arch} ({start}), schedule {config.schedule}, "
-         f"{config.epochs} epochs x {config.iters_per_epoch} iterations, "
-         f"stage length {setup.stage_len}, lr {setup.lr:g}, patch {setup.patch}, "
-         f"{len(train_ids)} training / {len(val_ids)} validation case(s)")  # fmt: skip
+    echo(
+        f"fine-tuning {setup.arch} ({start}), schedule {config.schedule}, "
+        f"{config.epochs} epochs x {config.iters_per_epoch} iterations, "
+        f"stage length {setup.stage_len}, lr {setup.lr:g}, patch {setup.patch}, "
+        f"{len(train_ids)} training / {len(val_ids)} validation case(s)"
+    )
     with open(out / "log.jsonl", "w") as log_file:
         for epoch, (lr, dec_only) in enumerate(plan):
             set_epoch(model, optimizer, lr, dec_only)
@@ -405,15 +424,21 @@ def finetune(
                 torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
                 optimizer.step()
                 losses.append(float(loss.detach()))
-            line = {"epoch": epoch, "lr": lr, "decoder_only": dec_only,
-                    "train_loss": float(np.mean(losses)) if losses else None,
-                    "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+            line = {
+                "epoch": epoch,
+                "lr": lr,
+                "decoder_only": dec_only,
+                "train_loss": float(np.mean(losses)) if losses else None,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
             log.append(line)
             log_file.write(json.dumps(line) + "\n")
             log_file.flush()
             stage = "  decoder only" if dec_only else ""
-            echo(f"epoch {epoch + 1}/{config.epochs}  lr {lr:.3g}{stage}  "
-                 f"loss {line['train_loss']:.4f}")  # fmt: skip
+            echo(
+                f"epoch {epoch + 1}/{config.epochs}  lr {lr:.3g}{stage}  "
+                f"loss {line['train_loss']:.4f}"
+            )
     for p in model.parameters():
         p.requires_grad_(True)
 
@@ -437,35 +462,56 @@ def finetune(
     mean_dice = float(np.mean(known)) if known else None
 
     metrics = {
-        "schedule": config.schedule, "epochs": config.epochs, "stage_len": setup.stage_len,
-        "lr": setup.lr, "iters_per_epoch": config.iters_per_epoch, "batch": config.batch,
-        "arch": setup.arch, "patch": list(setup.patch),
+        "schedule": config.schedule,
+        "epochs": config.epochs,
+        "stage_len": setup.stage_len,
+        "lr": setup.lr,
+        "iters_per_epoch": config.iters_per_epoch,
+        "batch": config.batch,
+        "arch": setup.arch,
+        "patch": list(setup.patch),
         "spacing": list(setup.spacing) if setup.spacing else "native",
         "pretrained": str(config.pretrained) if config.pretrained else None,
-        "data": str(source.root), "data_kind": source.kind, "seed": config.seed,
+        "data": str(source.root),
+        "data_kind": source.kind,
+        "seed": config.seed,
         "labels": {str(k): v for k, v in source.labels.items()},
-        "train_cases": train_ids, "val_cases": val_ids, "inference": mode,
-        "dice": dice, "mean_dice": mean_dice, "per_case": per_case,
-    }  # fmt: skip
+        "train_cases": train_ids,
+        "val_cases": val_ids,
+        "inference": mode,
+        "dice": dice,
+        "mean_dice": mean_dice,
+        "per_case": per_case,
+    }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     buf = io.BytesIO()
-    torch.save({"format": "openmind-curate-segmentation/1", "arch": setup.arch,
-                "in_channels": setup.in_channels, "out_channels": source.n_classes,
-                "labels": source.labels, "patch_size": list(setup.patch),
-                "spacing": list(setup.spacing) if setup.spacing else "native",
-                "normalization": setup.normalization,
-                "config": {k: str(v) if isinstance(v, Path) else v
-                           for k, v in asdict(config).items()},
-                "model": {k: v.detach().cpu() for k, v in
-                          models.unwrap(model).state_dict().items()}}, buf)  # fmt: skip
+    torch.save(
+        {
+            "format": "openmind-curate-segmentation/1",
+            "arch": setup.arch,
+            "in_channels": setup.in_channels,
+            "out_channels": source.n_classes,
+            "labels": source.labels,
+            "patch_size": list(setup.patch),
+            "spacing": list(setup.spacing) if setup.spacing else "native",
+            "normalization": setup.normalization,
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+            "model": {k: v.detach().cpu() for k, v in models.unwrap(model).state_dict().items()},
+        },
+        buf,
+    )
     atomic_write_bytes(out / "model.pt", buf.getvalue())
     return FinetuneResult(out, dice, mean_dice, per_case, log, metrics)
 
 
 def _summary(run: FinetuneResult) -> dict[str, Any]:
     keys = ("schedule", "lr", "epochs", "stage_len")
-    return {"mean_dice": run.mean_dice, "dice": run.dice, "out": str(run.out),
-            **{k: run.metrics[k] for k in keys}}  # fmt: skip
+    return {
+        "mean_dice": run.mean_dice,
+        "dice": run.dice,
+        "out": str(run.out),
+        **{k: run.metrics[k] for k in keys},
+    }
 
 
 def finetune_demo(
@@ -495,17 +541,31 @@ def finetune_demo(
     source = segdata.read_source(Path(corpus_dir))
     sp = None if spacing is None else (float(spacing),) * 3
     data = load_data(source, sp, "zscore", 0.2, seed)
-    common = dict(epochs=epochs, patch=patch, iters_per_epoch=iters_per_epoch, seed=seed, lr=lr,
-                  spacing=spacing, quiet=quiet, device="cpu")  # fmt: skip
+    common = dict(
+        epochs=epochs,
+        patch=patch,
+        iters_per_epoch=iters_per_epoch,
+        seed=seed,
+        lr=lr,
+        spacing=spacing,
+        quiet=quiet,
+        device="cpu",
+    )
     out = Path(out)
     result: dict[str, Any] = {"val_cases": data[2], "labels": source.labels}
-    scratch = finetune(FinetuneConfig(corpus_dir, out / "scratch", arch="tiny",
-                                      schedule="default", **common),  # type: ignore[arg-type]
-                       source=source, data=data)  # fmt: skip
+    scratch = finetune(
+        FinetuneConfig(corpus_dir, out / "scratch", arch="tiny", schedule="default", **common),  # type: ignore[arg-type]
+        source=source,
+        data=data,
+    )
     result["scratch"] = _summary(scratch)
     if pretrained is not None:
-        tuned = finetune(FinetuneConfig(corpus_dir, out / "pretrained", pretrained=pretrained,
-                                        schedule=schedule, **common),  # type: ignore[arg-type]
-                         source=source, data=data)  # fmt: skip
+        tuned = finetune(
+            FinetuneConfig(
+                corpus_dir, out / "pretrained", pretrained=pretrained, schedule=schedule, **common
+            ),  # type: ignore[arg-type]
+            source=source,
+            data=data,
+        )
         result["pretrained"] = _summary(tuned)
     return result

@@ -130,8 +130,12 @@ def sample_batch(
     cases = split_cases(store, config.split)
     if not cases:
         raise ValueError(f"no ok cases in split {config.split!r} of {store.path}")
-    return _stack([sample(store, config, step, g, cases)
-                   for g in rank_slice(config.global_batch, rank, world)])  # fmt: skip
+    return _stack(
+        [
+            sample(store, config, step, g, cases)
+            for g in rank_slice(config.global_batch, rank, world)
+        ]
+    )
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -146,8 +150,9 @@ class StepBatches(torch.utils.data.Dataset):
         return 2**40
 
     def __getitem__(self, i: int) -> Batch:
-        batch = sample_batch(self.store, self.config, self.start_step + int(i), self.rank,
-                             self.world)  # fmt: skip
+        batch = sample_batch(
+            self.store, self.config, self.start_step + int(i), self.rank, self.world
+        )
         if torch.utils.data.get_worker_info() is not None:
             _release_freed_memory()
         return batch
@@ -217,5 +222,7 @@ def val_batches(store: Store, config: LoaderConfig, n: int) -> list[Batch]:
     cases = split_cases(store, "val")
     if not cases:
         return []
-    return [_stack([sample(store, cfg, step, g, cases, augment=False)
-                    for g in range(cfg.global_batch)]) for step in range(n)]  # fmt: skip
+    return [
+        _stack([sample(store, cfg, step, g, cases, augment=False) for g in range(cfg.global_batch)])
+        for step in range(n)
+    ]

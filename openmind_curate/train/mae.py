@@ -81,10 +81,14 @@ def batch_masks(
     (drawn on the CPU, expanded to voxels on `device`)."""
     shape = tuple(int(s) for s in spatial)
     coarse = [
-        _coarse(shape, block, ratio, torch.Generator().manual_seed(
-            mask_seed(seed, step, int(g), stream)))
+        _coarse(
+            shape,
+            block,
+            ratio,
+            torch.Generator().manual_seed(mask_seed(seed, step, int(g), stream)),
+        )
         for g in indices
-    ]  # fmt: skip
+    ]
     return _expand(torch.stack(coarse).unsqueeze(1).to(device), block, shape)
 
 

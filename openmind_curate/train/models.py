@@ -63,13 +63,22 @@ def build(arch: str, *, in_channels: int = 1, out_channels: int = 1) -> nn.Modul
     cfg = arch_config(arch)
     n = cfg.n_stages
     return ResidualEncoderUNet(
-        input_channels=in_channels, n_stages=n, features_per_stage=list(cfg.features),
-        conv_op=nn.Conv3d, kernel_sizes=[[cfg.kernel] * 3] * n,
-        strides=[[1, 1, 1]] + [[2, 2, 2]] * (n - 1), n_blocks_per_stage=list(cfg.blocks),
-        num_classes=out_channels, n_conv_per_stage_decoder=[cfg.decoder_convs] * (n - 1),
-        conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-        nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False,
-    )  # fmt: skip
+        input_channels=in_channels,
+        n_stages=n,
+        features_per_stage=list(cfg.features),
+        conv_op=nn.Conv3d,
+        kernel_sizes=[[cfg.kernel] * 3] * n,
+        strides=[[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+        n_blocks_per_stage=list(cfg.blocks),
+        num_classes=out_channels,
+        n_conv_per_stage_decoder=[cfg.decoder_convs] * (n - 1),
+        conv_bias=True,
+        norm_op=nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
+        deep_supervision=False,
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -100,8 +109,14 @@ def save_encoder(model: nn.Module, path: str | os.PathLike[str], meta: EncoderMe
     """Write the encoder's weights with their metadata, atomically."""
     buf = io.BytesIO()
     encoder = unwrap(model).encoder.state_dict()
-    torch.save({"format": "openmind-curate-encoder/1", "meta": asdict(meta),
-                "encoder": {k: v.detach().cpu() for k, v in encoder.items()}}, buf)  # fmt: skip
+    torch.save(
+        {
+            "format": "openmind-curate-encoder/1",
+            "meta": asdict(meta),
+            "encoder": {k: v.detach().cpu() for k, v in encoder.items()},
+        },
+        buf,
+    )
     return atomic_write_bytes(path, buf.getvalue())
 
 

@@ -98,8 +98,10 @@ def parse_clip(text: str | None) -> Clip | None:
     if text is None or not text.strip():
         return None
     parts = [p.strip() for p in text.split(",")]
-    bad = ValueError(f"--clip {text!r}: use LOW,HIGH (e.g. -1000,1000) or percentiles "
-                     "pLOW,pHIGH (e.g. p0.5,p99.5)")  # fmt: skip
+    bad = ValueError(
+        f"--clip {text!r}: use LOW,HIGH (e.g. -1000,1000) or percentiles "
+        "pLOW,pHIGH (e.g. p0.5,p99.5)"
+    )
     if len(parts) != 2:
         raise bad
     pct = [p.lower().startswith("p") for p in parts]
@@ -304,8 +306,9 @@ def prepare(job: PrepJob) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if mask.any():
             anat, anatomy = mask, "mask"
     if job.anon:
-        arrays["anon"] = np.ascontiguousarray(_mask(job.anon, "anonymization mask", ref)[box],
-                                              dtype=np.uint8)  # fmt: skip
+        arrays["anon"] = np.ascontiguousarray(
+            _mask(job.anon, "anonymization mask", ref)[box], dtype=np.uint8
+        )
     arrays["image"], stats = normalize(image, anat, job.config.clip)
     arrays["anat"] = anat.astype(np.uint8)
     record = {
@@ -332,10 +335,10 @@ def _write_array(path: Path, arr: np.ndarray, config: PreprocessConfig) -> None:
 
     chunks = tuple(min(c, n) for c, n in zip(config.chunks, arr.shape, strict=True))
     blocks = tuple(min(b, c) for b, c in zip(config.blocks, chunks, strict=True))
-    cparams = blosc2.CParams(codec=getattr(blosc2.Codec, config.codec), clevel=config.clevel,
-                             nthreads=1)  # fmt: skip
-    blosc2.asarray(arr, urlpath=str(path), mode="w", chunks=chunks, blocks=blocks,
-                   cparams=cparams)  # fmt: skip
+    cparams = blosc2.CParams(
+        codec=getattr(blosc2.Codec, config.codec), clevel=config.clevel, nthreads=1
+    )
+    blosc2.asarray(arr, urlpath=str(path), mode="w", chunks=chunks, blocks=blocks, cparams=cparams)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -362,10 +365,18 @@ def process(job: PrepJob) -> dict[str, Any]:
             arrays, record = prepare(job)
         except Rejected as exc:
             arrays = {}
-            record = {"case_id": job.case_id, "status": "rejected", "reason": str(exc),
-                      "shape": None, "spacing": None, "has_anon": job.anon is not None,
-                      "anatomy": None, "source": job.source, "anat_source": job.anat,
-                      "anon_source": job.anon}  # fmt: skip
+            record = {
+                "case_id": job.case_id,
+                "status": "rejected",
+                "reason": str(exc),
+                "shape": None,
+                "spacing": None,
+                "has_anon": job.anon is not None,
+                "anatomy": None,
+                "source": job.source,
+                "anat_source": job.anat,
+                "anon_source": job.anon,
+            }
         for kind, arr in arrays.items():
             _write_array(tmp / S.ARRAYS[kind], arr, job.config)
         if arrays:
@@ -411,12 +422,20 @@ def jobs_for_manifest(manifest: pd.DataFrame, out: Path, config: PreprocessConfi
         raise ValueError(f"manifest lists image_id {dup.iloc[0]!r} twice")
     jobs = []
     for r in manifest.itertuples(index=False):
-        meta = tuple((k, _text(getattr(r, k, None)))
-                     for k in ("dataset_id", "subject", "split", "modality"))  # fmt: skip
-        jobs.append(PrepJob(str(r.image_id), str(Path(r.root) / r.path),
-                            _text(getattr(r, "anat_mask_path", None)),
-                            _text(getattr(r, "anon_mask_path", None)), str(out), meta,
-                            config))  # fmt: skip
+        meta = tuple(
+            (k, _text(getattr(r, k, None))) for k in ("dataset_id", "subject", "split", "modality")
+        )
+        jobs.append(
+            PrepJob(
+                str(r.image_id),
+                str(Path(r.root) / r.path),
+                _text(getattr(r, "anat_mask_path", None)),
+                _text(getattr(r, "anon_mask_path", None)),
+                str(out),
+                meta,
+                config,
+            )
+        )
     return jobs
 
 
@@ -456,9 +475,14 @@ def preprocess(
         elif res.status == "skipped":
             record = json.loads(S.record_path(root, job.case_id).read_text())
         else:  # failed: not recorded on disk, so the next run tries again
-            record = {"case_id": job.case_id, "status": "rejected", "source": job.source,
-                      "reason": f"failed: {res.error}", "has_anon": job.anon is not None,
-                      **dict(job.meta)}  # fmt: skip
+            record = {
+                "case_id": job.case_id,
+                "status": "rejected",
+                "source": job.source,
+                "reason": f"failed: {res.error}",
+                "has_anon": job.anon is not None,
+                **dict(job.meta),
+            }
         rows.append({**dict(job.meta), **record})
     table = _index_table(rows)
     meta = _store_meta(config, table, manifest_path)
@@ -514,5 +538,5 @@ def _store_meta(config: PreprocessConfig, table, manifest_path: str | None) -> d
             "anatomy_from_nonzero": sum(
                 o and a == "nonzero" for o, a in zip(ok, anatomy, strict=True)
             ),
-        },  # fmt: skip
+        },
     }

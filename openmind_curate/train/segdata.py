@@ -70,8 +70,9 @@ def _nnunet_labels(doc: dict, path: Path) -> dict[int, str]:
         elif isinstance(v, str) and str(k).lstrip("-").isdigit():  # v1: "index" -> name
             out[int(k)] = v
         else:
-            raise InputError(f"{path}: label {k!r}: {v!r} is not a class index (regions are "
-                             "not supported)")  # fmt: skip
+            raise InputError(
+                f"{path}: label {k!r}: {v!r} is not a class index (regions are not supported)"
+            )
     if sorted(out) != list(range(len(out))):
         raise InputError(f"{path}: label indices {sorted(out)} must be 0, 1, ... without gaps")
     return out
@@ -159,8 +160,10 @@ def read_source(root: Path) -> SegSource:
         return read_nnunet_raw(root)
     if (root / "truth" / "images.parquet").exists():
         return read_synth_corpus(root)
-    raise InputError(f"--data {root}: neither an nnU-Net raw dataset (dataset.json, imagesTr, "
-                     "labelsTr) nor a generated corpus (truth/images.parquet)")  # fmt: skip
+    raise InputError(
+        f"--data {root}: neither an nnU-Net raw dataset (dataset.json, imagesTr, "
+        "labelsTr) nor a generated corpus (truth/images.parquet)"
+    )
 
 
 def _read(path: Path):
@@ -214,13 +217,17 @@ def load_case(
     for path in files.images:
         img = _read(path)
         if img.GetSize() != label_img.GetSize():
-            raise InputError(f"{path}: size {img.GetSize()} differs from its label map's "
-                             f"{label_img.GetSize()} ({files.label})")  # fmt: skip
+            raise InputError(
+                f"{path}: size {img.GetSize()} differs from its label map's "
+                f"{label_img.GetSize()} ({files.label})"
+            )
         channels.append(normalize(_on_grid(img, spacing, linear=True), normalization))
     label = np.rint(_on_grid(label_img, spacing, linear=False))
     if label.min() < 0 or (n_classes is not None and label.max() >= n_classes):
-        raise InputError(f"{files.label}: label values {int(label.min())}..{int(label.max())} "
-                         f"outside 0..{(n_classes or 256) - 1}")  # fmt: skip
+        raise InputError(
+            f"{files.label}: label values {int(label.min())}..{int(label.max())} "
+            f"outside 0..{(n_classes or 256) - 1}"
+        )
     return SegCase(files.case_id, np.stack(channels).astype(np.float32), label.astype(np.uint8))
 
 
@@ -235,8 +242,9 @@ def split_cases(case_ids: Sequence[str], fraction: float = 0.2, seed: int = 0):
     return [c for c in ids if c not in val], val
 
 
-def random_patch(case: SegCase, patch: Sequence[int], rng: np.random.Generator,
-                 fg_prob: float = 0.33) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def random_patch(
+    case: SegCase, patch: Sequence[int], rng: np.random.Generator, fg_prob: float = 0.33
+) -> tuple[np.ndarray, np.ndarray]:
     """A random patch (zero-padded where the case is smaller); with `fg_prob`
     centred on a random foreground voxel (nnU-Net's foreground oversampling)."""
     shape = case.label.shape

@@ -113,8 +113,9 @@ class Store:
         self.path = Path(os.path.abspath(path))
         index = self.path / INDEX_FILE
         if not index.is_file():
-            raise StoreError(f"no store at {self.path}: {INDEX_FILE} missing "
-                             "(run `curate preprocess`)")  # fmt: skip
+            raise StoreError(
+                f"no store at {self.path}: {INDEX_FILE} missing (run `curate preprocess`)"
+            )
         import pyarrow.parquet as pq
 
         try:
@@ -130,8 +131,9 @@ class Store:
         ok = self.index[self.index["status"] == "ok"]
         self._cases = ok.sort_values("case_id", kind="stable").reset_index(drop=True)
         self._has_anon = dict(zip(ok["case_id"], ok["has_anon"].astype(bool), strict=True))
-        self._shapes = {c: tuple(int(v) for v in s)
-                        for c, s in zip(ok["case_id"], ok["shape"], strict=True)}  # fmt: skip
+        self._shapes = {
+            c: tuple(int(v) for v in s) for c, s in zip(ok["case_id"], ok["shape"], strict=True)
+        }
         self._open: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._pid = os.getpid()
         self._points: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -179,8 +181,11 @@ class Store:
         image = self._array(case_id, "image")[...]
         anat = self._array(case_id, "anat")[...]
         anon = self._array(case_id, "anon")[...] if self.has_anon(case_id) else None
-        return Case(np.asarray(image, np.float32), np.asarray(anat, np.uint8),
-                    None if anon is None else np.asarray(anon, np.uint8))  # fmt: skip
+        return Case(
+            np.asarray(image, np.float32),
+            np.asarray(anat, np.uint8),
+            None if anon is None else np.asarray(anon, np.uint8),
+        )
 
     def read_patch(
         self, case_id: str, start: tuple[int, int, int], size: tuple[int, int, int]

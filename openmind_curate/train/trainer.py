@@ -59,8 +59,18 @@ StreamFn = Callable[[int, int, int], Iterator[Batch]]
 
 AMP_MODES = ("none", "bf16", "fp16")
 #: Options that do not change the trajectory: a resume may change them.
-UNHASHED = frozenset({"out", "resume", "stop_after", "val_every", "checkpoint_every",
-                      "progress", "compile", "device"})  # fmt: skip
+UNHASHED = frozenset(
+    {
+        "out",
+        "resume",
+        "stop_after",
+        "val_every",
+        "checkpoint_every",
+        "progress",
+        "compile",
+        "device",
+    }
+)
 
 
 @dataclass
@@ -135,8 +145,14 @@ class PolyLR(LRScheduler):
     """lr = base * (1 - epoch / epochs) ** exponent, stepped once per training step
     (the epoch is step // iters_per_epoch, so the lr changes at epoch starts)."""
 
-    def __init__(self, optimizer, epochs: int, iters_per_epoch: int, exponent: float = 0.9,
-                 last_epoch: int = -1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        optimizer,
+        epochs: int,
+        iters_per_epoch: int,
+        exponent: float = 0.9,
+        last_epoch: int = -1,
+    ) -> None:
         self.epochs, self.iters_per_epoch, self.exponent = epochs, iters_per_epoch, exponent
         super().__init__(optimizer, last_epoch)
 
@@ -170,8 +186,12 @@ def _dist_setup() -> _Dist:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)  # env:// (MASTER_ADDR, RANK, ...)
         created = True
-    return _Dist(rank=dist.get_rank(), world=dist.get_world_size(),
-                 local_rank=int(os.environ.get("LOCAL_RANK", "0")), created=created)  # fmt: skip
+    return _Dist(
+        rank=dist.get_rank(),
+        world=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        created=created,
+    )
 
 
 def _mean_over_ranks(value: torch.Tensor, ctx: _Dist) -> torch.Tensor:
@@ -247,8 +267,10 @@ class _Progress:
         self.n += 1
         rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
         val = f" val {rec['val_loss']:.4g}" if rec.get("val_loss") is not None else ""
-        line = (f"epoch {rec['epoch'] + 1}/{epochs} step {rec['step'] + 1}/{self.total} "
-                f"loss {rec['loss']:.4g}{val} lr {rec['lr']:.3g} {rate:.2f} steps/s")  # fmt: skip
+        line = (
+            f"epoch {rec['epoch'] + 1}/{epochs} step {rec['step'] + 1}/{self.total} "
+            f"loss {rec['loss']:.4g}{val} lr {rec['lr']:.3g} {rate:.2f} steps/s"
+        )
         if self.tty:
             sys.stderr.write("\r" + line.ljust(100)[:120] + ("\n" if epoch_end and val else ""))
             sys.stderr.flush()
@@ -282,8 +304,9 @@ def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
-def validate(model: nn.Module, val: list[Batch], config: TrainConfig,
-             device: torch.device) -> float:  # fmt: skip
+def validate(
+    model: nn.Module, val: list[Batch], config: TrainConfig, device: torch.device
+) -> float:
     """Mean MAE loss over fixed validation patches with fixed masks."""
     net = models.unwrap(model)
     was_training = net.training
@@ -294,9 +317,16 @@ def validate(model: nn.Module, val: list[Batch], config: TrainConfig,
         for batch in val:
             image = _to(batch["image"], device)
             n = image.shape[0]
-            mask = batch_masks(image.shape[2:], range(offset, offset + n), 0, config.seed,
-                               config.mask_block, config.mask_ratio, stream=VAL_STREAM,
-                               device=device)  # fmt: skip
+            mask = batch_masks(
+                image.shape[2:],
+                range(offset, offset + n),
+                0,
+                config.seed,
+                config.mask_block,
+                config.mask_ratio,
+                stream=VAL_STREAM,
+                device=device,
+            )
             offset += n
             anon = _to(batch["anon"], device) if config.anon_aware else None
             with _autocast(config, device):
@@ -366,8 +396,9 @@ def train(
 
 def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResult:
     if config.global_batch % ctx.world:
-        raise ValueError(f"global batch {config.global_batch} does not split over "
-                         f"{ctx.world} ranks")  # fmt: skip
+        raise ValueError(
+            f"global batch {config.global_batch} does not split over {ctx.world} ranks"
+        )
     out = Path(config.out)
     main = ctx.rank == 0
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.jsonl"
@@ -378,8 +409,10 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
     hashed = config.hashed()
     chash = config_hash(hashed)
     if ckpt_path.exists() and not config.resume:
-        raise CheckpointError(f"{out} already holds a checkpoint ({ckpt_path.name}); "
-                              "pass --resume to continue it, or choose another --out")  # fmt: skip
+        raise CheckpointError(
+            f"{out} already holds a checkpoint ({ckpt_path.name}); "
+            "pass --resume to continue it, or choose another --out"
+        )
     blob = load_checkpoint(ckpt_path, chash, hashed) if config.resume else None
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -389,8 +422,13 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = models.build(config.arch).to(device)
     _freeze_unused_heads(model)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          nesterov=True, weight_decay=config.weight_decay)  # fmt: skip
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+    )
     sched = PolyLR(opt, config.epochs, config.iters_per_epoch, config.poly_exponent)
     scaler = None
     if config.amp == "fp16":
@@ -410,8 +448,10 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
     records = [r for r in _read_log(log_path) if r["step"] < start] if blob else []
     if main:
         atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
-        atomic_write_text(out / "config.json", json.dumps(
-            {**asdict(config), "config_hash": chash}, indent=2, default=str) + "\n")  # fmt: skip
+        atomic_write_text(
+            out / "config.json",
+            json.dumps({**asdict(config), "config_hash": chash}, indent=2, default=str) + "\n",
+        )
 
     net: nn.Module = model
     if ctx.world > 1:
@@ -423,13 +463,19 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
 
     def checkpoint(step: int) -> None:
         if main:
-            save_checkpoint(ckpt_path, {
-                "config": hashed, "config_hash": chash, "step": step,
-                "model": models.unwrap(net).state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_state(),
-            })  # fmt: skip
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "config": hashed,
+                    "config_hash": chash,
+                    "step": step,
+                    "model": models.unwrap(net).state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": rng_state(),
+                },
+            )
 
     total = config.total_steps
     end = total if config.stop_after is None else min(total, config.stop_after)
@@ -449,8 +495,15 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
             t0 = time.perf_counter()
             batch = next(it) if it is not None else batches(step, ctx.rank, ctx.world)
             image = _to(batch["image"], device)
-            mask = batch_masks(image.shape[2:], batch["index"], step, config.seed,
-                               config.mask_block, config.mask_ratio, device=device)  # fmt: skip
+            mask = batch_masks(
+                image.shape[2:],
+                batch["index"],
+                step,
+                config.seed,
+                config.mask_block,
+                config.mask_ratio,
+                device=device,
+            )
             anon = _to(batch["anon"], device) if config.anon_aware else None
             lr = opt.param_groups[0]["lr"]
             with _autocast(config, device):
@@ -474,12 +527,18 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
             sched.step()
             last_loss = float(_mean_over_ranks(loss.detach(), ctx))
             if not math.isfinite(last_loss):
-                raise FloatingPointError(f"loss is {last_loss} at step {step}; "
-                                         "try a lower --lr or --amp bf16")  # fmt: skip
+                raise FloatingPointError(
+                    f"loss is {last_loss} at step {step}; try a lower --lr or --amp bf16"
+                )
             epoch, done = step // config.iters_per_epoch, step + 1
             epoch_end = done % config.iters_per_epoch == 0
-            rec: dict[str, Any] = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr,
-                                   "seconds": round(time.perf_counter() - t0, 4)}  # fmt: skip
+            rec: dict[str, Any] = {
+                "step": step,
+                "epoch": epoch,
+                "loss": last_loss,
+                "lr": lr,
+                "seconds": round(time.perf_counter() - t0, 4),
+            }
             due = config.val_every and epoch_end and (epoch + 1) % config.val_every == 0
             if val and main and (due or done == total):
                 rec["val_loss"] = last_val = validate(net, val, config, device)
@@ -512,13 +571,29 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
             files["loss_png"] = png
         spacing = config.spacing if isinstance(config.spacing, str) else tuple(config.spacing)
         meta = models.EncoderMeta(
-            arch=config.arch, patch_size=(config.patch,) * 3, spacing=spacing,
-            normalization=config.normalization, method=config.method,
-            extra={"config_hash": chash, "steps": steps, "complete": complete,
-                   "mask_block": config.mask_block, "mask_ratio": config.mask_ratio,
-                   "anon_aware": config.anon_aware},
-        )  # fmt: skip
+            arch=config.arch,
+            patch_size=(config.patch,) * 3,
+            spacing=spacing,
+            normalization=config.normalization,
+            method=config.method,
+            extra={
+                "config_hash": chash,
+                "steps": steps,
+                "complete": complete,
+                "mask_block": config.mask_block,
+                "mask_ratio": config.mask_ratio,
+                "anon_aware": config.anon_aware,
+            },
+        )
         files["encoder"] = models.save_encoder(net, out / "encoder.pt", meta)
-    return RunResult(out=out, steps=steps, complete=complete, loss=last_loss, val_loss=last_val,
-                     seconds=time.perf_counter() - t_run, resumed_from=start, files=files,
-                     signal=stopper.signum)  # fmt: skip
+    return RunResult(
+        out=out,
+        steps=steps,
+        complete=complete,
+        loss=last_loss,
+        val_loss=last_val,
+        seconds=time.perf_counter() - t_run,
+        resumed_from=start,
+        files=files,
+        signal=stopper.signum,
+    )
