@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
+from openmind_curate.errors import DataError
 from openmind_curate.ids import image_id
 from openmind_curate.jobs.atomic import atomic_path, remove_stale_temps
 from openmind_curate.schema import IMAGE_INDEX, SchemaError, stage_columns, validate
@@ -52,7 +53,7 @@ PATH_COLUMNS = ("root", "anat_mask_path", "anon_mask_path")
 LOCK_TIMEOUT_S = 600.0
 
 
-class IndexStoreError(ValueError):
+class IndexStoreError(DataError):
     """The index cannot be read or written; the message names the file and why."""
 
 

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from openmind_curate.errors import DataError
 from openmind_curate.jobs.atomic import atomic_path
 
 
@@ -32,7 +33,7 @@ def save_nifti(
         nib.save(img, tmp)
 
 
-class NiftiReadError(ValueError):
+class NiftiReadError(DataError):
     """A NIfTI file that cannot be read; the message names the file."""
 
 

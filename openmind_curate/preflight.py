@@ -16,12 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from openmind_curate.errors import InputError  # noqa: F401 - re-exported: older imports name preflight.InputError
+
 #: How long a scheduler may take to accept a connection before we give up.
 SCHEDULER_TIMEOUT_S = 5.0
-
-
-class InputError(ValueError):
-    """Bad input or an unusable output path; the message names the path."""
 
 
 def _probe_write(folder: Path, target: Path) -> None:

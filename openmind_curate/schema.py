@@ -16,6 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from openmind_curate.errors import DataError
+
 #: Modality groups (paper Table 10); anything else is `other`.
 MODALITIES: tuple[str, ...] = (
     "T1w",
@@ -49,7 +51,7 @@ SEXES: tuple[str, ...] = ("M", "F", "O")
 HANDEDNESS: tuple[str, ...] = ("R", "L", "A")
 
 
-class SchemaError(ValueError):
+class SchemaError(DataError):
     """A table does not match its contract; names the column and, where known, the row."""
 
     def __init__(self, table: str, column: str, message: str, row: int | None = None):

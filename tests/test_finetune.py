@@ -15,7 +15,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from openmind_curate import cli_finetune
+from openmind_curate.cli import finetune as cli_finetune
 from openmind_curate.train import finetune as ft
 from openmind_curate.train import models, segdata
 

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from openmind_curate import cli_preprocess
+from openmind_curate.cli import preprocess as cli_preprocess
 from openmind_curate.jobs import JobOptions
 from openmind_curate.manifest.writers import write_parquet
 from openmind_curate.nifti_io import save_nifti

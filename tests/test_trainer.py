@@ -313,7 +313,7 @@ def cli(args: list[str]):
     import typer
     from typer.testing import CliRunner
 
-    from openmind_curate import cli_train
+    from openmind_curate.cli import train as cli_train
 
     app = typer.Typer()
     cli_train.register(app)
@@ -322,7 +322,7 @@ def cli(args: list[str]):
 
 
 def test_cli_resenc_l_on_a_cpu_is_a_clear_message(tmp_path, monkeypatch):
-    from openmind_curate import cli_train
+    from openmind_curate.cli import train as cli_train
 
     manifest = tmp_path / "iqs-le-2.5.parquet"
     manifest.write_bytes(b"")  # never read: the device check comes first
@@ -335,7 +335,7 @@ def test_cli_resenc_l_on_a_cpu_is_a_clear_message(tmp_path, monkeypatch):
 
 
 def test_cli_input_errors(tmp_path, monkeypatch):
-    from openmind_curate import cli_train
+    from openmind_curate.cli import train as cli_train
 
     monkeypatch.setattr(cli_train, "_cuda", lambda: False)
     missing = cli(["--manifest", str(tmp_path / "none.parquet"), "--arch", "tiny"])
@@ -401,7 +401,7 @@ def test_cli_trains_on_the_default_store(tmp_path, monkeypatch):
     --compile is only checked to be accepted (torch.compile patched to its
     "eager" backend: inductor's CPU warm-up is ~40 s here)."""
     pytest.importorskip("blosc2")
-    from openmind_curate import cli_train
+    from openmind_curate.cli import train as cli_train
 
     monkeypatch.setattr(cli_train, "_cuda", lambda: False)
     real_compile = torch.compile
@@ -474,7 +474,7 @@ def test_cli_under_torchrun_two_ranks_logs_the_one_process_losses(tmp_path, monk
     a worker process each) against one process: the same patches and masks per
     global sample, so the logged (rank-averaged) losses agree to rel 1e-5."""
     pytest.importorskip("blosc2")
-    from openmind_curate import cli_train
+    from openmind_curate.cli import train as cli_train
 
     monkeypatch.setattr(cli_train, "_cuda", lambda: False)
     manifest = write_manifest(tmp_path)

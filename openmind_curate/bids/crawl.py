@@ -38,6 +38,7 @@ from openmind_curate.bids.modalities import modality_of
 from openmind_curate.bids.nifti import HeaderInfo, read_header
 from openmind_curate.bids.participants import Person, extra_json, overlay, read_people
 from openmind_curate.bids.sidecars import Inheritance, load_json, merge
+from openmind_curate.errors import InputError
 from openmind_curate.ids import dataset_ids, image_id
 from openmind_curate.index import CrawlMerge
 from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
@@ -424,7 +425,7 @@ def _str(value: Any) -> str | None:
 # --------------------------------------------------------------------- the crawl
 
 
-class NoDatasetsError(ValueError):
+class NoDatasetsError(InputError):
     """The roots hold no BIDS dataset: nothing is written."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import openneuro
 import requests
 
+from openmind_curate.errors import RemoteError
 from openmind_curate.jobs import atomic_write_text
 
 GRAPHQL_URL = "https://openneuro.org/crn/graphql"
@@ -39,7 +40,7 @@ _METADATA_EXT = (".json", ".tsv", ".bval", ".bvec")
 _TOP_LEVEL_NAMES = ("README", "CHANGES", "LICENSE")
 
 
-class FetchError(RuntimeError):
+class FetchError(RemoteError):
     """The API refused or the data could not be fetched; the message says which dataset."""
 
 

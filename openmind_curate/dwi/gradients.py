@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from openmind_curate.errors import DataError
+
 B0_THRESHOLD = 50.0  # s/mm^2: volumes at or below are b0s
 NORM_TOLERANCE = 0.05
 
 
-class DwiInputError(ValueError):
+class DwiInputError(DataError):
     """The series cannot be processed; the message says why (the caller adds the file)."""
 
 

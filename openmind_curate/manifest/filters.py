@@ -23,13 +23,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from openmind_curate.errors import InputError
 from openmind_curate.schema import HEADER_STATUSES, MODALITIES
 
 #: IQS is defined on the rating scale, 1 (clean) ... 5 (unusable).
 IQS_RANGE = (1.0, 5.0)
 
 
-class FilterError(ValueError):
+class FilterError(InputError):
     """A filter option the user gave cannot be used (bad threshold, unknown modality)."""
 
 

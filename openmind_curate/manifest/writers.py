@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from openmind_curate.errors import DataError
 from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
 from openmind_curate.manifest import openmind_csv
 from openmind_curate.manifest.paths import PATH_COLUMNS, rebase, relative_to, to_absolute
@@ -34,7 +35,7 @@ META_KEY = b"openmind_curate.manifest"
 MANIFEST_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(DataError):
     """A manifest file cannot be read; names the file and why."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from openmind_curate.errors import DataError
 from openmind_curate.quality.plan import unit_checksum, unit_images
 
 #: Window presets: name -> (low percentile, high percentile) of the nonzero voxels.
@@ -44,7 +45,7 @@ _PERCENTILES = sorted({p for pair in PRESETS.values() for p in pair})
 _SAMPLE_VOXELS = 2_000_000  # percentiles from a strided subsample above this size
 
 
-class ViewerError(ValueError):
+class ViewerError(DataError):
     """A unit that cannot be shown (not in the index, a file that cannot be read)."""
 
 

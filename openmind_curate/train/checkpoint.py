@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from openmind_curate.errors import ConflictError
 from openmind_curate.jobs.atomic import atomic_path
 
 FORMAT = "openmind-curate-checkpoint/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConflictError):
     """A checkpoint that cannot be used: missing, unreadable or from another config."""
 
 

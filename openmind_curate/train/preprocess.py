@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from openmind_curate import __version__
+from openmind_curate.errors import DataError
 from openmind_curate.jobs import (
     BatchResult,
     JobOptions,
@@ -151,7 +152,7 @@ def is_current(job: PrepJob) -> bool:
     return doc.get("anat_source") == job.anat and doc.get("anon_source") == job.anon
 
 
-class Rejected(Exception):
+class Rejected(DataError):
     """A case that cannot be used; the message is the recorded reason."""
 
 

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from openmind_curate.errors import DataError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -62,7 +64,7 @@ STORE_INDEX = pa.schema(
 )
 
 
-class StoreError(ValueError):
+class StoreError(DataError):
     """A store that cannot be read; names the folder and why."""
 
 

@@ -12,7 +12,7 @@ import typer
 
 from openmind_curate import index as store
 from openmind_curate import preflight
-from openmind_curate.cli_support import DEFAULT_INDEX, console, plural, print_frame, user_errors
+from openmind_curate.cli.common import DEFAULT_INDEX, console, plural, print_frame, user_errors
 from openmind_curate.preflight import InputError
 
 IndexOpt = Annotated[Path, typer.Option("--index", help="Image index (from `curate crawl`).")]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from openmind_curate.cli_support import DEFAULT_INDEX, console, plural, user_errors
+from openmind_curate.cli.common import DEFAULT_INDEX, console, plural, user_errors
 from openmind_curate.preflight import InputError
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from openmind_curate import preflight
-from openmind_curate.cli_support import console, user_errors
+from openmind_curate.cli.common import console, user_errors
 
 _SCHEDULE_HELP = (
     "default (PolyLR), frozen (decoder only), warmup (linear warm-up, then poly), "

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from openmind_curate import index as store
 from openmind_curate import preflight
 from openmind_curate.index import IndexStoreError
 from openmind_curate.jobs import BatchInterrupted, JobOptions
@@ -107,3 +108,22 @@ def job_options(
         description=what,
         keep_existing=keep_existing,
     )
+
+
+def writable_index(index: Path) -> None:
+    """A stage that will add to the index checks, before hours of work, that
+    it can write and lock it."""
+    preflight.output_file(index, "--index")
+    with store.locked(index, timeout=30):
+        pass
+
+
+def read_index(index: Path, *, images: bool = True):
+    """The index through the store (absolute paths). A stage given an index
+    without a single image stops here rather than writing an empty result."""
+    frame = store.read_frame(index)
+    if images and frame.empty:
+        raise InputError(
+            f"index {index} holds no images: nothing to do (did `curate crawl` find any dataset?)"
+        )
+    return frame

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from openmind_curate.cli_support import (
+from openmind_curate.cli.common import (
     KeepExisting,
     Quiet,
     Scheduler,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from openmind_curate.cli_support import console, user_errors
+from openmind_curate.cli.common import console, user_errors
 from openmind_curate.preflight import InputError
 
 

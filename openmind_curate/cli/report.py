@@ -10,7 +10,7 @@ import typer
 
 from openmind_curate import index as store
 from openmind_curate import preflight
-from openmind_curate.cli_support import DEFAULT_INDEX, console, plural, user_errors
+from openmind_curate.cli.common import DEFAULT_INDEX, console, plural, user_errors
 from openmind_curate.preflight import InputError
 
 

@@ -1,0 +1,32 @@
+"""The one error model of openmind-curate.
+
+Every problem a user can fix (a bad option, a file that cannot be read, a
+store held by another process) is a `CurateError`; the command line prints
+its message on one line and exits 2. Anything else is a bug: the command
+line logs its traceback and exits 1 (see `cli.app.run`).
+
+The kinds say who must act. Each kind also derives from the built-in
+exception it replaced, so callers that caught `ValueError` keep working.
+"""
+
+from __future__ import annotations
+
+
+class CurateError(Exception):
+    """A problem the user can fix; the message names the file and the problem."""
+
+
+class InputError(CurateError, ValueError):
+    """Bad input given by the user: an option, a path, a table they supplied."""
+
+
+class DataError(CurateError, ValueError):
+    """Data on disk that cannot be used: an unreadable image, a table that breaks its schema."""
+
+
+class ConflictError(CurateError, ValueError):
+    """The work collides with state: a locked or newer store, a mismatched checkpoint."""
+
+
+class RemoteError(CurateError, RuntimeError):
+    """A remote service refused or failed (OpenNeuro, a Dask scheduler)."""
