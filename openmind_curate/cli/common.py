@@ -127,3 +127,26 @@ def read_index(index: Path, *, images: bool = True):
             f"index {index} holds no images: nothing to do (did `curate crawl` find any dataset?)"
         )
     return frame
+
+
+def renamed(**old_to_new: str) -> dict[str, Any]:
+    """Context settings that accept renamed options under their old names for
+    one release, with a notice on stderr. Old names never show in --help.
+
+    Usage: ``app.command(context_settings=renamed(modalities="datatypes"))``;
+    names are given without the leading ``--`` and with ``_`` for ``-``.
+    """
+    table = {old.replace("_", "-"): new.replace("_", "-") for old, new in old_to_new.items()}
+
+    def normalize(token: str) -> str:
+        new = table.get(token)
+        if new is None:
+            return token
+        Console(stderr=True).print(
+            f"[yellow]note:[/yellow] --{token} is deprecated, use --{new} "
+            "(the old name goes in the next release)",
+            soft_wrap=True,
+        )
+        return new
+
+    return {"token_normalize_func": normalize}
