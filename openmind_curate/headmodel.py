@@ -32,7 +32,7 @@ from nilearn.datasets import (
 )
 from scipy import ndimage
 
-from openmind_curate.jobs.atomic import atomic_path
+from openmind_curate.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

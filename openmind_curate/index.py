@@ -36,9 +36,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
+from openmind_curate.atomic import atomic_path, remove_stale_temps
 from openmind_curate.errors import DataError
 from openmind_curate.ids import image_id
-from openmind_curate.jobs.atomic import atomic_path, remove_stale_temps
 from openmind_curate.schema import IMAGE_INDEX, SchemaError, stage_columns, validate
 
 if TYPE_CHECKING:  # pandas costs 0.2 s of every `curate` start-up; only read_frame needs it

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from openmind_curate.atomic import atomic_path
 from openmind_curate.errors import DataError
-from openmind_curate.jobs.atomic import atomic_path
 
 
 def save_nifti(

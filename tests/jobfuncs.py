@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from openmind_curate.jobs import BatchInterrupted, JobOptions, atomic_path, run_batch
+from openmind_curate.atomic import atomic_path
+from openmind_curate.jobs import BatchInterrupted, JobOptions, run_batch
 
 PAYLOAD_LINES = 2000
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from openmind_curate.atomic import is_temp
 from openmind_curate.jobs import JobOptions, run_batch
-from openmind_curate.jobs.atomic import is_temp
 
 sys.path.insert(0, str(Path(__file__).parent))
 import jobfuncs  # noqa: E402

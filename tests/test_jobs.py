@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from openmind_curate.jobs import JobOptions, atomic_path, run_batch
-from openmind_curate.jobs.atomic import is_temp
+from openmind_curate.atomic import atomic_path, is_temp
+from openmind_curate.jobs import JobOptions, run_batch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import jobfuncs  # noqa: E402

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from openmind_curate.atomic import write_if_changed
 from openmind_curate.bids.crawl import CrawlOptions, crawl
 from openmind_curate.jobs import JobOptions
-from openmind_curate.jobs.atomic import write_if_changed
 from openmind_curate.synth import SynthConfig, generate
 
 CFG = SynthConfig(n_datasets=2, n_subjects=1, voxel_scale=3)

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from openmind_curate import index as store
+from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.bids.entities import ENTITY_NAMES, BidsName, parse_name
 from openmind_curate.bids.modalities import modality_of
 from openmind_curate.bids.nifti import HeaderInfo, read_header
@@ -41,7 +42,7 @@ from openmind_curate.bids.sidecars import Inheritance, load_json, merge
 from openmind_curate.errors import InputError
 from openmind_curate.ids import dataset_ids, image_id
 from openmind_curate.index import CrawlMerge
-from openmind_curate.jobs import JobOptions, atomic_path, atomic_write_text, run_batch
+from openmind_curate.jobs import JobOptions, run_batch
 from openmind_curate.schema import IMAGE_INDEX, PROBLEMS, rows_to_table, validate
 
 DEFAULT_DATATYPES = ("anat", "dwi", "pet")

@@ -23,8 +23,8 @@ from typing import Any
 import openneuro
 import requests
 
+from openmind_curate.atomic import atomic_write_text
 from openmind_curate.errors import RemoteError
-from openmind_curate.jobs import atomic_write_text
 
 GRAPHQL_URL = "https://openneuro.org/crn/graphql"
 RECORD = ".openmind/fetch.json"

@@ -404,7 +404,7 @@ def iqs(
         values[col] = pd.Series(indexed.column(col).to_pylist(), index=values.index, dtype=object)
     written = store.set_columns(index, values)
     if out is not None:
-        from openmind_curate.jobs.atomic import atomic_path
+        from openmind_curate.atomic import atomic_path
         from openmind_curate.schema import IQS, validate
 
         checked = validate(table, IQS)

@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from openmind_curate import __version__
 from openmind_curate import index as store
+from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.bids.entities import parse_name
 from openmind_curate.bids.nifti import read_header
 from openmind_curate.bids.sidecars import Inheritance
@@ -43,8 +44,6 @@ from openmind_curate.dwi.pipeline import DwiConfig, DwiResult, run_pipeline
 from openmind_curate.ids import image_id
 from openmind_curate.jobs import (
     JobOptions,
-    atomic_path,
-    atomic_write_text,
     marker_fields,
     marker_is_current,
     options_hash,

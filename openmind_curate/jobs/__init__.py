@@ -3,10 +3,10 @@
 `run_batch` maps a function over items on a local process pool (default) or a
 Dask cluster, with a progress bar, a per-item error record, atomic outputs and
 skipping of finished items on re-run (redoing those made with other options),
-and a clean stop on Ctrl-C/SIGTERM (`BatchInterrupted`).
+and a clean stop on Ctrl-C/SIGTERM (`BatchInterrupted`). The atomic writes
+themselves are `openmind_curate.atomic` (a plain I/O module below this one).
 """
 
-from openmind_curate.jobs.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from openmind_curate.jobs.runner import (
     BatchInterrupted,
     BatchResult,
@@ -24,9 +24,6 @@ __all__ = [
     "BatchResult",
     "ItemResult",
     "JobOptions",
-    "atomic_path",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "marker_fields",
     "marker_is_current",
     "options_hash",

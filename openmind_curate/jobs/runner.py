@@ -5,8 +5,8 @@ Guarantees every batch command relies on:
 - one failing item never stops the batch: its exception (or its worker's
   death) becomes an `ItemResult` with the item's label and the reason;
 - an item whose outputs all exist is skipped, so a killed job resumes where it
-  stopped (outputs are written atomically, see `atomic`, so "exists" means
-  "complete"); temporary files a killed run left behind are removed first;
+  stopped (outputs are written atomically, see `openmind_curate.atomic`, so
+  "exists" means "complete"); temporary files a killed run left behind are removed first;
 - an item a worker reports done but whose outputs are not where this process
   looks (a cluster without a shared file system) is a failure, never lost
   silently;
@@ -53,7 +53,7 @@ from rich.progress import (
 )
 
 from openmind_curate import __version__
-from openmind_curate.jobs.atomic import remove_stale_temps
+from openmind_curate.atomic import remove_stale_temps
 
 Status = Literal["done", "skipped", "failed"]
 

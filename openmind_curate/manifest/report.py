@@ -35,7 +35,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from openmind_curate.jobs.atomic import atomic_write_bytes, atomic_write_text
+from openmind_curate.atomic import atomic_write_bytes, atomic_write_text
 
 #: IQS thresholds of the kept-images table (lower IQS is better; paper Table 6).
 IQS_THRESHOLDS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)

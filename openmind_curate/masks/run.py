@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from openmind_curate import index as store
+from openmind_curate.atomic import atomic_write_text
 from openmind_curate.bids.entities import parse_name
 from openmind_curate.jobs import (
     JobOptions,
@@ -37,7 +38,6 @@ from openmind_curate.jobs import (
     run_batch,
     source_stamp,
 )
-from openmind_curate.jobs.atomic import atomic_write_text
 from openmind_curate.masks import template
 from openmind_curate.masks.compute import MaskConfig, compute_masks
 from openmind_curate.nifti_io import load_nifti, save_nifti

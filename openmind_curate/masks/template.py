@@ -47,8 +47,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from openmind_curate.atomic import atomic_path
 from openmind_curate.headmodel import BIT_BRAIN, BIT_HEAD, cache_dir, head_model
-from openmind_curate.jobs.atomic import atomic_path
 from openmind_curate.masks.anatomy import clean
 from openmind_curate.masks.grid import block_mean, low_affine
 from openmind_curate.nifti_io import to_sitk

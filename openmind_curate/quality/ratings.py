@@ -481,7 +481,7 @@ def read_table_file(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 def export_ratings(engine: Engine, path: str | os.PathLike[str], *, all_versions: bool) -> int:
     """Write the ratings (latest versions unless `all_versions`) to CSV or parquet, atomically."""
-    from openmind_curate.jobs.atomic import atomic_path
+    from openmind_curate.atomic import atomic_path
 
     df = read_ratings(engine)
     if not all_versions:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.jobs import (
     JobOptions,
     marker_fields,
@@ -28,7 +29,6 @@ from openmind_curate.jobs import (
     run_batch,
     source_stamp,
 )
-from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
 from openmind_curate.masks.compute import compute_masks, reference_volume
 from openmind_curate.masks.run import phase_and_derived
 from openmind_curate.nifti_io import NiftiReadError, load_nifti

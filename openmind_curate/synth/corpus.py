@@ -23,8 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from openmind_curate.atomic import write_if_changed
 from openmind_curate.jobs import JobOptions, run_batch
-from openmind_curate.jobs.atomic import write_if_changed
 from openmind_curate.jobs.runner import BatchResult
 from openmind_curate.schema import SYNTH_TRUTH, rows_to_table, validate
 from openmind_curate.synth.head import head_model

@@ -16,9 +16,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from openmind_curate.atomic import atomic_path, write_if_changed
 from openmind_curate.dwi.gradients import fsl_to_voxel
 from openmind_curate.ids import image_id, stable_int
-from openmind_curate.jobs.atomic import atomic_path, write_if_changed
 from openmind_curate.nifti_io import save_nifti
 from openmind_curate.synth import degrade
 from openmind_curate.synth import dwi as dwisim

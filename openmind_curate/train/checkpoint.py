@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from openmind_curate.atomic import atomic_path
 from openmind_curate.errors import ConflictError
-from openmind_curate.jobs.atomic import atomic_path
 
 FORMAT = "openmind-curate-checkpoint/1"
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openmind_curate.jobs.atomic import atomic_write_bytes, atomic_write_text
+from openmind_curate.atomic import atomic_write_bytes, atomic_write_text
 from openmind_curate.preflight import InputError
 from openmind_curate.train import models, schedules, segdata
 

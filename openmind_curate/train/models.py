@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from openmind_curate.jobs.atomic import atomic_write_bytes
+from openmind_curate.atomic import atomic_write_bytes
 
 
 @dataclass(frozen=True)

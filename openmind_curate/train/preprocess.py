@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from openmind_curate import __version__
+from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.errors import DataError
 from openmind_curate.jobs import (
     BatchResult,
@@ -50,7 +51,6 @@ from openmind_curate.jobs import (
     run_batch,
     source_stamp,
 )
-from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
 from openmind_curate.train import store as S
 
 ORIENTATION = "LPS"

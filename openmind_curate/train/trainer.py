@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from openmind_curate.jobs.atomic import atomic_path, atomic_write_text
+from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.train import models
 from openmind_curate.train.checkpoint import (
     CheckpointError,
