@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from dask_jobqueue import SLURMCluster
 
-from openmind_curate.jobs import slurm
-from openmind_curate.jobs.slurm import SlurmConfig, cluster_kwargs, launch, load_config
+from openmind_curate import slurm
+from openmind_curate.slurm import SlurmConfig, cluster_kwargs, launch, load_config
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -185,3 +185,17 @@ def test_launcher_runs_synth_end_to_end_on_a_dask_cluster(tmp_path):
     assert (out / "truth" / "images.parquet").is_file()
     assert len(list(out.glob("ds900001/sub-*/**/*.nii.gz"))) > 0
     assert started[0].status.name == "closed"
+
+
+@pytest.mark.parametrize("entry", ["script", "module"])
+def test_the_job_files_wrapper_and_the_module_run_the_same_launcher(entry):
+    """pipelines/slurm.py is only a wrapper; `python -m openmind_curate.slurm`
+    is the same launcher without the folder."""
+    import subprocess
+    import sys
+
+    head = [str(PIPELINES / "slurm.py")] if entry == "script" else ["-m", "openmind_curate.slurm"]
+    args = [sys.executable, *head, "--jobs", "1", "--", "curate", "rate"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "`curate rate` is not a batch command" in proc.stderr

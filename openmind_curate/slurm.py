@@ -12,7 +12,12 @@ every node needs the same environment and the same paths (a shared file
 system). The launcher's working folder becomes the jobs' working folder, so
 relative paths in the command mean the same on every node.
 
-    python pipelines/slurm.py --jobs 4 -- curate dwi --index index/images.parquet
+    python -m openmind_curate.slurm --config slurm.yaml --jobs 4 -- curate dwi --index ...
+    python pipelines/slurm.py --jobs 4 -- curate dwi ...   (pipelines/slurm.yaml by default)
+
+This module is the top floor of the package: it runs the command line in a
+child process and reads the CLI's command list, and nothing in the package
+imports it (tests/test_architecture.py holds that).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
+
+from openmind_curate.errors import CurateError, InputError
 
 #: Exported in every job script: one thread per worker process.
 THREAD_LIMITS: dict[str, str] = {
@@ -78,17 +85,22 @@ class SlurmConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(doc) - known)
         if unknown:
-            raise ValueError(f"unknown SLURM config keys {unknown}; known: {sorted(known)}")
+            raise InputError(f"unknown SLURM config keys {unknown}; known: {sorted(known)}")
         cfg = cls(**doc)
         if not isinstance(cfg.cores, int) or cfg.cores < 1:
-            raise ValueError(f"cores must be a positive integer, not {cfg.cores!r}")
+            raise InputError(f"cores must be a positive integer, not {cfg.cores!r}")
         return cfg
 
 
 def load_config(path: str | os.PathLike[str]) -> SlurmConfig:
-    doc = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the SLURM settings: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a mapping of settings")
+        raise InputError(f"{path}: expected a mapping of settings")
     return SlurmConfig.from_dict(doc)
 
 
@@ -162,22 +174,26 @@ def with_scheduler(command: Sequence[str], address: str) -> list[str]:
     """Check `command` is a `curate` batch command and point it at `address`."""
     argv = list(command)
     if not argv or Path(argv[0]).name != "curate":
-        raise ValueError(f"expected a `curate` command after --, got {shlex.join(argv)!r}")
+        raise InputError(f"expected a `curate` command after --, got {shlex.join(argv)!r}")
     allowed = batch_commands()
     if len(argv) < 2 or argv[1] not in allowed:
         got = argv[1] if len(argv) > 1 else "nothing"
-        raise ValueError(
+        raise InputError(
             f"`curate {got}` is not a batch command; "
             f"SLURM runs one of: {', '.join(sorted(allowed))}"
         )
     if any(a == "--scheduler" or a.startswith("--scheduler=") for a in argv):
-        raise ValueError("leave out --scheduler: the launcher sets it to its SLURM cluster")
+        raise InputError("leave out --scheduler: the launcher sets it to its SLURM cluster")
     return [*argv, "--scheduler", address]
+
+
+#: The `curate` console script, run by this interpreter (no reliance on PATH).
+CURATE = ("-c", "from openmind_curate.cli import run; run()")
 
 
 def run_curate(argv: Sequence[str]) -> int:
     """Run a `curate` command line in a child process of this interpreter."""
-    proc = subprocess.Popen([sys.executable, "-m", "openmind_curate.cli", *argv[1:]])
+    proc = subprocess.Popen([sys.executable, *CURATE, *argv[1:]])
     try:
         return proc.wait()
     finally:
@@ -212,7 +228,7 @@ def launch(
 ) -> int:
     """Start the cluster, run `command` on it, always close it; the command's exit code."""
     if n_jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, not {n_jobs}")
+        raise InputError(f"--jobs must be at least 1, not {n_jobs}")
     with_scheduler(command, "tcp://check:0")  # refuse a bad command before any job is queued
     cluster = cluster_factory(cfg, n_jobs)
     try:
@@ -237,7 +253,7 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(args: Sequence[str] | None = None, default_config: Path | None = None) -> int:
-    """`python pipelines/slurm.py [--config F] [--jobs N] [--dry-run] -- curate CMD ...`.
+    """`python -m openmind_curate.slurm [--config F] [--jobs N] [--dry-run] -- curate CMD ...`.
 
     Without a config file the `SlurmConfig` defaults apply."""
     args = list(sys.argv[1:] if args is None else args)
@@ -254,12 +270,12 @@ def main(args: Sequence[str] | None = None, default_config: Path | None = None) 
     command = args[cut + 1 :]
     try:
         if not command:
-            raise ValueError("give the curate command after --, e.g. -- curate dwi --index ...")
+            raise InputError("give the curate command after --, e.g. -- curate dwi --index ...")
         if opts.jobs < 1:
-            raise ValueError(f"--jobs must be at least 1, not {opts.jobs}")
+            raise InputError(f"--jobs must be at least 1, not {opts.jobs}")
         cfg = load_config(opts.config) if opts.config else SlurmConfig()
         with_scheduler(command, "tcp://check:0")
-    except (OSError, ValueError) as exc:
+    except CurateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if opts.dry_run:
@@ -276,3 +292,7 @@ def main(args: Sequence[str] | None = None, default_config: Path | None = None) 
     except KeyboardInterrupt:
         print("interrupted; worker jobs cancelled", file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
