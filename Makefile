@@ -1,16 +1,18 @@
 # Two commands set everything up on a machine with Python 3.11:
 #   make demo   create .venv and run the whole pipeline on a generated corpus
-#   make test   create .venv, lint, and run the test suite
-# TORCH picks the torch build (pip arguments, no quotes); the default is the CPU
-# wheel. On a GPU machine: make test TORCH=torch==2.9.1  (see README, "Install").
+#   make test   create .venv, lint, build the docs and run the test suite
+# TORCH picks the torch build (pip arguments). The default is the CPU build from
+# PyTorch's CPU wheel index: PyPI's Linux torch is a multi-GB CUDA build. On a
+# GPU machine take the CUDA build (and torchvision, for Primus-M) from PyPI:
+#   make env TORCH="torch==2.13.0 torchvision"     (see README, "Install")
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
-TORCH  ?= torch==2.13.0
+TORCH  ?= torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test lint clean
+.PHONY: env demo test lint docs clean
 
 env: $(STAMP)
 
@@ -34,8 +36,13 @@ lint: env
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# The documentation site, into site/; --strict fails on a broken link or page.
+# NO_MKDOCS_2_WARNING: mkdocs-material's banner about its successor, not a finding.
+docs: env
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+test: lint docs
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_out site .pytest_cache .ruff_cache
