@@ -18,6 +18,8 @@ from openmind_curate.synth import SynthConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
 BIDS_EXAMPLES = REPO.parent / "shared" / "testdata" / "bids-examples"
+#: Where the test servers' HTTP endpoints listen: loopback, a port the OS picks.
+LOOPBACK_FREE_PORT = "127.0.0.1:0"
 
 
 @pytest.fixture(scope="session")
@@ -65,11 +67,18 @@ def _single_blas_thread(monkeypatch):
 
 @pytest.fixture(scope="session")
 def dask_cluster():
-    """A real two-worker Dask LocalCluster (processes, one thread each)."""
+    """A real two-worker Dask LocalCluster (processes, one thread each), on
+    loopback. A scheduler always serves HTTP (health and metrics routes);
+    `dashboard_address=None` would put that on port 8787, where any other
+    cluster on the machine clashes with it, so it takes a free port."""
     from dask.distributed import LocalCluster
 
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=LOOPBACK_FREE_PORT,
     )
     yield cluster
     cluster.close()
@@ -93,7 +102,10 @@ def dask_processes(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("dask-workers-home")
     dask = str(Path(sys.executable).with_name("dask"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    # --no-dashboard keeps bokeh off, yet scheduler and workers still serve HTTP
+    # (health, metrics): on loopback and a free port too, never 0.0.0.0:8787.
+    http = ["--no-dashboard", "--dashboard-address", LOOPBACK_FREE_PORT]
+    scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), *http]
     procs = [
         subprocess.Popen(
             scheduler, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -108,7 +120,8 @@ def dask_processes(tmp_path_factory):
             if time.monotonic() > deadline:
                 raise RuntimeError("dask scheduler did not start") from None
             time.sleep(0.2)
-    worker = [dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"]
+    worker = [dask, "worker", address, "--host", "127.0.0.1", "--nworkers", "2", "--nthreads", "1"]
+    worker += http
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(subprocess.Popen(worker, cwd=cwd, env=env, **quiet))
     try:

@@ -79,3 +79,35 @@ def test_workers_that_cannot_see_the_output_folder_are_refused(dask_processes, t
             assert result.exit_code == 2 and "cannot see" in result.output, result.output
         finally:
             client.run(lambda: importlib.reload(preflight))
+
+
+def _listening(pids: list[int]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket these processes listen on."""
+    import psutil
+
+    found = set()
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:  # a process that ended meanwhile
+            continue
+        found |= {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+def test_the_suites_clusters_listen_on_loopback_and_free_ports(dask_cluster, dask_processes):
+    """Both test clusters (a LocalCluster, and scheduler and worker processes)
+    reachable from this machine only, and never on Dask's default HTTP port
+    8787, where another cluster on the machine would clash with them."""
+    import os
+
+    import psutil
+
+    me = psutil.Process()
+    pids = [os.getpid(), *(p.pid for p in me.children(recursive=True))]
+    sockets = _listening(pids)
+    ports = {port for _, port in sockets}
+    assert dask_cluster.scheduler.port in ports  # the LocalCluster's scheduler is among them
+    assert int(dask_processes[0].rsplit(":", 1)[1]) in ports  # so is `dask scheduler`
+    assert {ip for ip, _ in sockets} <= {"127.0.0.1", "::1"}, sockets
+    assert 8787 not in ports, sockets

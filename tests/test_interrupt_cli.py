@@ -4,6 +4,7 @@ and dwi, whose items take far longer than the 5 s the command may take."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -39,6 +40,29 @@ def _started(folder: Path, pattern: str, proc: subprocess.Popen, n: int = 1) -> 
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     raise AssertionError(f"no {pattern} appeared under {folder}")
+
+
+def _working(proc: subprocess.Popen, cpu_s: float = 2.0) -> None:
+    """Wait until a worker of the command has spent `cpu_s` CPU-seconds: it is
+    inside an item, not starting up (a forked pool worker starts with the
+    parent's imports and costs next to nothing). CPU time, not wall time, so
+    a loaded machine only makes the wait longer."""
+    import psutil
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"ended before the signal: {proc.communicate()}")
+        busy = 0.0
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a child may end meanwhile
+                t = child.cpu_times()
+                busy = max(busy, t.user + t.system)
+        if busy >= cpu_s:
+            return
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"no worker of the command spent {cpu_s} CPU-seconds")
 
 
 def _stop(proc: subprocess.Popen, sig: int, group: bool) -> tuple[float, str]:
@@ -93,7 +117,7 @@ def test_dwi_stops_within_seconds_on_sigterm(index, tmp_path):
     out = tmp_path / "dwi"
     proc = _popen(["dwi", "--index", str(index), "--out", str(out), "-j", "1"])
     _started(out, "dwi", proc)  # output folders are made just before the batch starts
-    time.sleep(3)  # the first series is now in its first step (25-50 s per item)
+    _working(proc)  # the first series is now in its pipeline (25-50 s per item)
     seconds, text = _stop(proc, signal.SIGTERM, group=False)
     assert proc.returncode == 143, text
     assert seconds < 5.0, f"took {seconds:.1f} s to stop"

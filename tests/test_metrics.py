@@ -4,6 +4,7 @@ degradation ladders, corruption checks against the truth table, and the CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from openmind_curate.cli import app
 from openmind_curate.quality.metrics import MetricsConfig, corruption_checks, fwhm_mm, image_metrics
+from openmind_curate.quality.run import parts_dir
 from openmind_curate.schema import METRICS, validate
 
 runner = CliRunner()
@@ -138,12 +140,15 @@ def test_every_corrupted_file_is_caught_and_clean_ones_are_not(measured):
     assert df["corruption"].notna().sum() == 4
 
 
-def test_metrics_use_the_index_masks_and_resume(measured):
-    df, out, index, output = measured
+def test_metrics_use_the_index_masks_and_resume(measured, tmp_path):
+    df, session_out, index, output = measured
     readable = df[~df["problems"].map(lambda p: "unreadable" in list(p))]
     assert (readable["mask_source"] == "index").all()
-    parts = sorted(out.with_name(out.name + ".parts").glob("*.json"))
-    victim = parts[0]
+    # Resume on a copy of the session's table and rows: other tests read those.
+    out = tmp_path / session_out.name
+    shutil.copy2(session_out, out)
+    shutil.copytree(parts_dir(session_out), parts_dir(out))
+    victim = sorted(parts_dir(out).glob("*.json"))[0]
     before = json.loads(victim.read_text())
     victim.unlink()
     result = runner.invoke(
@@ -154,3 +159,6 @@ def test_metrics_use_the_index_masks_and_resume(measured):
     assert result.exit_code == 0, result.output
     assert json.loads(victim.read_text())["image_id"] == before["image_id"]
     assert "1 done" in result.output
+    resumed, original = pq.read_table(out).to_pandas(), pq.read_table(session_out).to_pandas()
+    assert list(resumed["image_id"]) == list(original["image_id"])
+    assert (parts_dir(session_out) / victim.name).is_file()  # the session's rows untouched
