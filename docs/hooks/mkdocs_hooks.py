@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -18,9 +19,9 @@ import pyarrow as pa
 
 log = logging.getLogger("mkdocs.hooks.curate")
 
-#: Where each table lives and who writes and reads it. A schema that
-#: schema.py defines and this dict lacks is a build warning (an error under
-#: --strict), so a new table cannot reach the docs undescribed.
+#: Where each table lives and who writes and reads it. A schema without a line
+#: here falls back to the ``#:`` comment above it in schema.py; with neither it
+#: is a build warning (an error under --strict), so no table goes undescribed.
 TABLES = {
     "IMAGE_INDEX": (
         "The image index, `index/images.parquet`: one row per image. Written only "
@@ -58,6 +59,22 @@ def on_config(config, **kwargs):
     return config
 
 
+def _comments() -> dict[str, str]:
+    """The ``#:`` comment above each ``NAME = pa.schema(`` in schema.py."""
+    from openmind_curate import schema
+
+    found, block = {}, []
+    for line in Path(schema.__file__).read_text(encoding="utf-8").splitlines():
+        if line.startswith("#:"):
+            block.append(line[2:].strip())
+            continue
+        m = re.match(r"(\w+)\s*=\s*pa\.schema\(", line)
+        if m and block:
+            found[m.group(1)] = " ".join(block)
+        block = []
+    return found
+
+
 def _schemas() -> list[tuple[str, pa.Schema]]:
     from openmind_curate import schema
 
@@ -85,12 +102,15 @@ def _cell(text: str) -> str:
     return text.replace("|", "&#124;").replace("\n", " ")
 
 
-def schema_table(name: str, schema: pa.Schema) -> str:
-    meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+def schema_table(name: str, schema: pa.Schema, comments: dict[str, str]) -> str:
     lines = [f"## `{name}`", ""]
-    about = TABLES.get(name) or meta.get("doc")
+    about = TABLES.get(name) or comments.get(name)
     if about is None:
-        log.warning("schema.%s has no description in docs/hooks/mkdocs_hooks.py TABLES", name)
+        log.warning(
+            "schema.%s has no description: a '#:' comment above it in schema.py, "
+            "or a line in docs/hooks/mkdocs_hooks.py TABLES",
+            name,
+        )
         about = ""
     lines += [about, ""]
     lines += ["| column | type | null | description | values |", "|---|---|---|---|---|"]
@@ -106,7 +126,8 @@ def schema_table(name: str, schema: pa.Schema) -> str:
 def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
     if "<!-- tables -->" not in markdown:
         return markdown
-    body = "\n".join(schema_table(name, schema) for name, schema in _schemas())
+    comments = _comments()
+    body = "\n".join(schema_table(name, schema, comments) for name, schema in _schemas())
     return markdown.replace("<!-- tables -->", body)
 
 
