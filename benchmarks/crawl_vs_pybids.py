@@ -12,7 +12,7 @@ tables (default 300 datasets, 30,000 images), then times:
 
     python benchmarks/crawl_vs_pybids.py [--datasets 300] [--images 30000] [--workers 2]
 
-Targets (DESIGN.md, issue 3): >= 30x pybids, >= 3,000 images/s on 2 cores,
+Targets (docs/design/index.md, issue 3): >= 30x pybids, >= 3,000 images/s on 2 cores,
 peak memory < 1 GiB, no-change re-crawl < 2 s.
 """
 

@@ -18,7 +18,7 @@ Then times:
 
     python benchmarks/manifest_scale.py [--rows 113921] [--seed 0]
 
-Targets (DESIGN.md, issue 12): build < 1 s in-process, < 1.5 s from the shell,
+Targets (docs/design/index.md, issue 12): build < 1 s in-process, < 1.5 s from the shell,
 report < 30 s.
 """
 
