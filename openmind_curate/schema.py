@@ -1,4 +1,4 @@
-"""The Arrow schema of every table, defined once (DESIGN.md "Contracts").
+"""The Arrow schema of every table, defined once (docs/design/contracts.md).
 
 Every writer and reader goes through `validate`, so a table that leaves a stage
 is known to match its contract. Value rules that Arrow types cannot express
