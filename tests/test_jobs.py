@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
 from openmind_curate.atomic import atomic_path, is_temp
-from openmind_curate.jobs import JobOptions, run_batch
+from openmind_curate.jobs import JobOptions, run_batch, source_stamp
+from openmind_curate.jobs.stage import StageJob, records, run_stage
 
 sys.path.insert(0, str(Path(__file__).parent))
 import jobfuncs  # noqa: E402
@@ -220,3 +222,57 @@ def test_an_item_done_elsewhere_without_its_outputs_here_fails(tmp_path):
     result = run_batch(jobfuncs.handler_names, items, LOCAL, outputs=jobfuncs.output_of)
     assert len(result.failed) == 3 and not result.done
     assert all("is not here" in r.error and "out-00" in r.error for r in result.failed)
+
+
+@dataclass(frozen=True)
+class _Scale:
+    factor: int = 1
+    threads: int = 1  # speed only: not in the options hash
+
+
+@dataclass(frozen=True)
+class _ScaleJob(StageJob):
+    """A toy stage: a file's integer times `factor`, its record the marker."""
+
+    source: str
+    out: str
+    config: _Scale = field(default_factory=_Scale)
+
+    @property
+    def marker(self) -> Path:
+        return Path(self.out) / (Path(self.source).name + ".json")
+
+
+def _scale(job: _ScaleJob) -> dict:
+    stamp = source_stamp(job.source)
+    value = int(Path(job.source).read_text()) * job.config.factor
+    return job.write_marker({"value": value}, stamp)
+
+
+def test_a_stage_skips_current_markers_and_redoes_changed_options_and_inputs(tmp_path):
+    sources = []
+    for name, text in (("a", "2"), ("b", "3")):
+        (tmp_path / name).write_text(text)
+        sources.append(str(tmp_path / name))
+    one = JobOptions(workers=1, progress=False)
+
+    def run(factor: int, options: JobOptions = one, extra: tuple[str, ...] = ()):
+        jobs = [_ScaleJob(s, str(tmp_path / "out"), _Scale(factor)) for s in (*sources, *extra)]
+        batch = run_stage(_scale, jobs, options)
+        found = records(jobs, batch)
+        return batch, [None if r is None else r["value"] for r in found]
+
+    batch, values = run(10)
+    assert (len(batch.done), values) == (2, [20, 30])
+    assert str(_ScaleJob(sources[0], "o")) == sources[0]  # the label is the source
+    batch, values = run(10, replace(one, workers=2))  # the records come back from disk
+    assert (len(batch.skipped), values) == (2, [20, 30])
+    batch, values = run(100, replace(one, keep_existing=True))
+    assert (len(batch.skipped), batch.recomputed, values) == (2, [], [20, 30])
+    batch, values = run(100)
+    assert (batch.recomputed, values) == (sources, [200, 300])
+    st = os.stat(sources[1])
+    os.utime(sources[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # b was replaced
+    batch, values = run(100, extra=(str(tmp_path / "missing"),))
+    assert [r.status for r in batch.results] == ["skipped", "done", "failed"]
+    assert values == [200, 300, None]

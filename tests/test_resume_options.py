@@ -21,12 +21,12 @@ from openmind_curate import __version__
 from openmind_curate.dwi import run as dwi_run
 from openmind_curate.dwi.pipeline import DwiConfig
 from openmind_curate.jobs import JobOptions, options_hash
+from openmind_curate.jobs.stage import is_current as mask_is_current
+from openmind_curate.jobs.stage import is_current as metrics_is_current
 from openmind_curate.masks.compute import MaskConfig
 from openmind_curate.masks.run import MaskJob
-from openmind_curate.masks.run import is_current as mask_is_current
 from openmind_curate.quality.metrics import MetricsConfig
 from openmind_curate.quality.run import MetricsJob
-from openmind_curate.quality.run import is_current as metrics_is_current
 
 FAST = DwiConfig(denoise=None, motion=False, bias=False)
 OPTIONS = JobOptions(workers=1, progress=False)

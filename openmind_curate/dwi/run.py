@@ -11,7 +11,7 @@ Outputs per series, next to each other in ``OUT/<dataset>/<subject>/[<session>/]
 ``<stem>`` is the source name without ``_dwi.nii.gz``. Every file is written
 atomically and the run record last, so its presence means the series is done
 and a re-run skips it, unless the record's ``options_hash`` says it was made
-with other options (see `is_current`): then the series is recomputed.
+with other options (see `jobs.stage`): then the series is recomputed.
 """
 
 from __future__ import annotations
@@ -42,15 +42,8 @@ from openmind_curate.bids.sidecars import Inheritance
 from openmind_curate.dwi.gradients import DwiInputError, read_table
 from openmind_curate.dwi.pipeline import DwiConfig, DwiResult, run_pipeline
 from openmind_curate.ids import image_id
-from openmind_curate.jobs import (
-    JobOptions,
-    marker_fields,
-    marker_is_current,
-    options_hash,
-    run_batch,
-    source_stamp,
-)
-from openmind_curate.jobs.runner import BatchResult
+from openmind_curate.jobs import BatchResult, JobOptions, options_hash, source_stamp
+from openmind_curate.jobs.stage import StageJob, records, run_stage
 from openmind_curate.nifti_io import save_nifti
 from openmind_curate.schema import IMAGE_INDEX, rows_to_table, stage_columns
 
@@ -59,7 +52,7 @@ MAPS = {"FA": "_FA", "MD": "_MD", "T2w": "_desc-meanb0_T2w", "mask": "_desc-brai
 
 
 @dataclass(frozen=True)
-class DwiJob:
+class DwiJob(StageJob):
     source: str
     bval: str | None
     bvec: str | None
@@ -69,9 +62,6 @@ class DwiJob:
     dataset_id: str
     source_id: str | None = None
     config: DwiConfig = field(default_factory=DwiConfig)
-
-    def __str__(self) -> str:
-        return self.source
 
     @property
     def out_dir(self) -> Path:
@@ -88,15 +78,7 @@ class DwiJob:
     def record(self) -> Path:
         return Path(self.out_dir) / f"{self.stem}_desc-pipeline_dwi.json"
 
-    def outputs(self) -> list[Path]:
-        return [self.record]
-
-
-def is_current(job: DwiJob) -> bool:
-    """Whether the series' run record was made with the job's options (the
-    runner's `current` hook). A record without a hash, from an older release,
-    counts as current: an upgrade does not recompute a corpus."""
-    return marker_is_current(job.record, options_hash(job.config), job.source)
+    marker = record  # the run record is the completion marker
 
 
 # ------------------------------------------------------------------ finding files
@@ -351,10 +333,8 @@ def process(job: DwiJob) -> dict[str, Any]:
         "reports": result.reports,
         "source_id": job.source_id,
         "dataset_id": job.dataset_id,
-        **marker_fields(job.config, stamp),
     }
-    atomic_write_text(job.record, json.dumps(record, indent=1, default=float))
-    return record
+    return job.write_marker(record, stamp, indent=1, default=float)
 
 
 def _params(config: DwiConfig) -> dict[str, Any]:
@@ -373,14 +353,12 @@ def run_jobs(jobs: list[DwiJob], options: JobOptions) -> tuple[BatchResult, list
     jobs = [replace(j, config=replace(j.config, threads=threads)) for j in jobs]
     for j in jobs:
         j.out_dir.mkdir(parents=True, exist_ok=True)
-    batch = run_batch(process, jobs, options, outputs=DwiJob.outputs, current=is_current)
+    batch = run_stage(process, jobs, options)
     lines = []
-    for job, res in zip(jobs, batch.results, strict=True):
-        if res.status == "failed":
+    for job, res, record in zip(jobs, batch.results, records(jobs, batch), strict=True):
+        if record is None:
             lines.append({"input": job.source, "status": "failed", "error": res.error})
             continue
-        # A finished item returned its record; a skipped one left it on disk.
-        record = res.value if res.status == "done" else json.loads(job.record.read_text())
         record = {**record, "status": res.status}
         lines.append(
             {k: record.get(k) for k in ("input", "status", "outputs", "seconds", "warnings")}

@@ -9,7 +9,7 @@ Outputs, per image, under ``DERIV_ROOT/<dataset_id>/<folder of the image>/``
 
 The JSON is the completion marker: a killed run redoes only the images without
 one, and a run with other mask options those made with the old ones (its
-``options_hash``, see `is_current`). The index gains ``anat_mask_path``,
+``options_hash``, see `jobs.stage`). The index gains ``anat_mask_path``,
 ``anon_mask_path`` and ``is_brain_extracted`` through the index store (which
 stores the paths relative to the index's folder), for images whose file has
 not changed since.
@@ -17,7 +17,6 @@ not changed since.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 from dataclasses import dataclass, field
@@ -28,16 +27,9 @@ import numpy as np
 import pandas as pd
 
 from openmind_curate import index as store
-from openmind_curate.atomic import atomic_write_text
 from openmind_curate.bids.entities import parse_name
-from openmind_curate.jobs import (
-    JobOptions,
-    marker_fields,
-    marker_is_current,
-    options_hash,
-    run_batch,
-    source_stamp,
-)
+from openmind_curate.jobs import JobOptions, source_stamp
+from openmind_curate.jobs.stage import StageJob, records, run_stage
 from openmind_curate.masks import template
 from openmind_curate.masks.compute import MaskConfig, compute_masks
 from openmind_curate.nifti_io import load_nifti, save_nifti
@@ -47,7 +39,7 @@ BRAIN_MASKED = ("FA", "MD")
 
 
 @dataclass(frozen=True)
-class MaskJob:
+class MaskJob(StageJob):
     image_id: str
     source: str
     out_dir: str
@@ -57,21 +49,12 @@ class MaskJob:
     config: MaskConfig = field(default_factory=MaskConfig)
     magnitude: str | None = None  # a phase image's part-mag sibling, masked in its place
 
-    def __str__(self) -> str:
-        return self.source
-
     def path(self, kind: str) -> Path:
         return Path(self.out_dir) / mask_names(self.stem)[kind]
 
-    def outputs(self) -> list[Path]:
-        return [self.path("record")]
-
-
-def is_current(job: MaskJob) -> bool:
-    """Whether the image's masks record was made with the job's MaskConfig (the
-    runner's `current` hook). A record without a hash, from an older release,
-    counts as current: an upgrade does not recompute a corpus."""
-    return marker_is_current(job.path("record"), options_hash(job.config), job.source)
+    @property
+    def marker(self) -> Path:
+        return self.path("record")
 
 
 #: The ``desc`` label of each mask, after the source's own desc and suffix.
@@ -180,10 +163,8 @@ def process(job: MaskJob) -> dict[str, Any]:
         "anat_fraction": float(masks.anatomy.mean()),
         "anon_fraction": float(masks.anonymization.mean()),
         "details": masks.details,
-        **marker_fields(job.config, stamp),
     }
-    atomic_write_text(job.path("record"), json.dumps(record, indent=1, default=float))
-    return record
+    return job.write_marker(record, stamp, indent=1, default=float)
 
 
 def run_jobs(jobs: list[MaskJob], options: JobOptions):
@@ -198,17 +179,13 @@ def run_jobs(jobs: list[MaskJob], options: JobOptions):
         # each building it on its first image.
         template.template(template.FIT_MM)
         template.template(template.LABEL_MM)
-    batch = run_batch(process, jobs, options, outputs=MaskJob.outputs, current=is_current)
-    records = []
-    for job, res in zip(jobs, batch.results, strict=True):
-        if res.status == "done":
-            record = res.value
-        elif res.status == "skipped":
-            record = json.loads(job.path("record").read_text())
-        else:
+    batch = run_stage(process, jobs, options)
+    found = []
+    for job, record in zip(jobs, records(jobs, batch), strict=True):
+        if record is None:
             continue
         # The guard of `update_index`: the file as it was when masked.
-        records.append(
+        found.append(
             {
                 **record,
                 "anat_mask_path": str(job.path("anat")),
@@ -218,7 +195,7 @@ def run_jobs(jobs: list[MaskJob], options: JobOptions):
                 "mtime_ns": record.get("source_mtime_ns"),
             }
         )
-    return batch, records
+    return batch, found
 
 
 def update_index(index_path: Path, records: list[dict[str, Any]]) -> store.RowsResult:

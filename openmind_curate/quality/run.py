@@ -20,15 +20,9 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from openmind_curate.atomic import atomic_path, atomic_write_text
-from openmind_curate.jobs import (
-    JobOptions,
-    marker_fields,
-    marker_is_current,
-    options_hash,
-    run_batch,
-    source_stamp,
-)
+from openmind_curate.atomic import atomic_path
+from openmind_curate.jobs import JobOptions, source_stamp
+from openmind_curate.jobs.stage import StageJob, run_stage
 from openmind_curate.masks.compute import compute_masks, reference_volume
 from openmind_curate.masks.run import phase_and_derived
 from openmind_curate.nifti_io import NiftiReadError, load_nifti
@@ -37,7 +31,7 @@ from openmind_curate.schema import METRICS, rows_to_table
 
 
 @dataclass(frozen=True)
-class MetricsJob:
+class MetricsJob(StageJob):
     image_id: str
     dataset_id: str
     path: str  # relative to the dataset root
@@ -49,27 +43,11 @@ class MetricsJob:
     derived: bool = False
     config: MetricsConfig = field(default_factory=MetricsConfig)
 
-    def __str__(self) -> str:
-        return self.source
-
     @property
     def part(self) -> Path:
         return Path(self.parts) / f"{self.image_id}.json"
 
-    def outputs(self) -> list[Path]:
-        return [self.part]
-
-
-def is_current(job: MetricsJob) -> bool:
-    """Whether the image's row was measured with the job's MetricsConfig (the
-    runner's `current` hook). A row without a hash, from an older release,
-    counts as current: an upgrade does not recompute a corpus."""
-    return marker_is_current(job.part, options_hash(job.config), job.source)
-
-
-def _stamp(job: MetricsJob, row: dict[str, Any]) -> dict[str, Any]:
-    """The options and version a row was made with (not columns of the table)."""
-    return {**row, **marker_fields(job.config, source_stamp(job.source))}
+    marker = part  # the image's row is its completion marker
 
 
 def parts_dir(out: Path) -> Path:
@@ -117,8 +95,12 @@ def unreadable_row(job: MetricsJob, error: str) -> dict[str, Any]:
 
 
 def measure(job: MetricsJob) -> dict[str, Any]:
-    """One image's metrics row (the batch item). Unreadable data is a row, not a failure."""
+    """One image's metrics row (the batch item). Unreadable data is a row, not a failure.
+
+    The row records the options and version it was made with (`jobs.stage`;
+    not columns of the table)."""
     start = time.perf_counter()
+    stamp = source_stamp(job.source)  # before reading: a later change means redo
     try:
         data, affine = load_nifti(job.source)
     except NiftiReadError as exc:
@@ -138,9 +120,7 @@ def measure(job: MetricsJob) -> dict[str, Any]:
         values = image_metrics(vol, affine, anat, job.config, not job.phase, working)
         row = {**_base(job), **values, "mask_source": source}
     row["seconds"] = time.perf_counter() - start
-    row = _stamp(job, row)
-    atomic_write_text(job.part, json.dumps(row, default=_json_default))
-    return row
+    return job.write_marker(row, stamp, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:
@@ -163,10 +143,10 @@ def run_metrics(index, out: Path, options: JobOptions, config: MetricsConfig | N
     for job in jobs:
         if status[job.image_id] == "ok":
             todo.append(job)
-        elif not job.part.exists() or not (options.keep_existing or is_current(job)):
+        elif not job.part.exists() or not (options.keep_existing or job.is_current()):
             row = unreadable_row(job, f"{job.source}: header {status[job.image_id]}")
-            atomic_write_text(job.part, json.dumps(_stamp(job, row)))
-    batch = run_batch(measure, todo, options, outputs=MetricsJob.outputs, current=is_current)
+            job.write_marker(row, source_stamp(job.source))
+    batch = run_stage(measure, todo, options)
     rows = [json.loads(j.part.read_text()) for j in jobs if j.part.exists()]
     table = rows_to_table(rows, METRICS)
     with atomic_path(out) as tmp:

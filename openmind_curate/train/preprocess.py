@@ -42,15 +42,8 @@ import pandas as pd
 from openmind_curate import __version__
 from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.errors import DataError
-from openmind_curate.jobs import (
-    BatchResult,
-    JobOptions,
-    marker_fields,
-    marker_is_current,
-    options_hash,
-    run_batch,
-    source_stamp,
-)
+from openmind_curate.jobs import BatchResult, JobOptions, source_stamp
+from openmind_curate.jobs.stage import StageJob, records, run_stage
 from openmind_curate.train import store as S
 
 ORIENTATION = "LPS"
@@ -120,7 +113,7 @@ def parse_clip(text: str | None) -> Clip | None:
 
 
 @dataclass(frozen=True)
-class PrepJob:
+class PrepJob(StageJob):
     case_id: str
     source: str
     anat: str | None
@@ -129,27 +122,23 @@ class PrepJob:
     meta: tuple[tuple[str, Any], ...] = ()
     config: PreprocessConfig = field(default_factory=PreprocessConfig)
 
-    def __str__(self) -> str:
-        return self.source
+    @property
+    def marker(self) -> Path:
+        return S.record_path(self.store, self.case_id)
 
-    def outputs(self) -> list[Path]:
-        return [S.record_path(self.store, self.case_id)]
-
-
-def is_current(job: PrepJob) -> bool:
-    """The case was made with these options, from the image as it is now, and
-    with the masks the manifest names now (a case rejected because its file was
-    missing is redone once the file exists)."""
-    marker = S.record_path(job.store, job.case_id)
-    if not marker_is_current(marker, options_hash(job.config), job.source):
-        return False
-    try:
-        doc = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    if "source_mtime_ns" not in doc and os.path.exists(job.source):
-        return False  # rejected while the file was missing: it is there now
-    return doc.get("anat_source") == job.anat and doc.get("anon_source") == job.anon
+    def is_current(self) -> bool:
+        """The case was made with these options, from the image as it is now, and
+        with the masks the manifest names now (a case rejected because its file was
+        missing is redone once the file exists)."""
+        if not super().is_current():
+            return False
+        try:
+            doc = json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return False
+        if "source_mtime_ns" not in doc and os.path.exists(self.source):
+            return False  # rejected while the file was missing: it is there now
+        return doc.get("anat_source") == self.anat and doc.get("anon_source") == self.anon
 
 
 class Rejected(DataError):
@@ -382,7 +371,7 @@ def process(job: PrepJob) -> dict[str, Any]:
             _write_array(tmp / S.ARRAYS[kind], arr, job.config)
         if arrays:
             np.save(tmp / S.POINTS_FILE, anatomy_points(arrays["anat"], job.case_id))
-        record = {**meta, **record, **marker_fields(job.config, stamp)}
+        record = job.marked({**meta, **record}, stamp)
         (tmp / S.RECORD_FILE).write_text(json.dumps(record, indent=1))
         _publish(tmp, final)
     except BaseException:
@@ -468,14 +457,10 @@ def preprocess(
     (root / S.CASES_DIR).mkdir(parents=True, exist_ok=True)
     _remove_stale_case_temps(root)
     jobs = jobs_for_manifest(manifest, root, config)
-    batch = run_batch(process, jobs, options, outputs=PrepJob.outputs, current=is_current)
+    batch = run_stage(process, jobs, options)
     rows = []
-    for job, res in zip(jobs, batch.results, strict=True):
-        if res.status == "done":
-            record = res.value
-        elif res.status == "skipped":
-            record = json.loads(S.record_path(root, job.case_id).read_text())
-        else:  # failed: not recorded on disk, so the next run tries again
+    for job, res, record in zip(jobs, batch.results, records(jobs, batch), strict=True):
+        if record is None:  # failed: not recorded on disk, so the next run tries again
             record = {
                 "case_id": job.case_id,
                 "status": "rejected",
