@@ -232,6 +232,27 @@ def test_every_curate_snippet_parses_against_the_cli():
     assert not bad, "snippets the CLI refuses:\n" + "\n".join(bad)
 
 
+def test_modules_run_with_python_dash_m_can_run():
+    """`torchrun ... -m openmind_curate.cli`, `python -m openmind_curate.slurm`:
+    a package needs a __main__ module to be run this way."""
+    found = set()
+    for path in doc_files():
+        for block in code_blocks(path):
+            if block.lang in SHELL:
+                for _, line in shell_lines(block):
+                    found.update(re.findall(r"-m\s+(openmind_curate[\w.]*)", line))
+    assert found
+    bad = []
+    for name in sorted(found):
+        spec = importlib.util.find_spec(name)
+        if spec is None or (
+            spec.submodule_search_locations is not None
+            and importlib.util.find_spec(f"{name}.__main__") is None
+        ):
+            bad.append(name)
+    assert not bad, f"cannot be run with python -m: {bad}"
+
+
 def test_every_code_block_names_its_language():
     """An unlabelled block would escape the snippet check."""
     bad = [
