@@ -192,7 +192,7 @@ def ratings_export(
         bool, typer.Option("--all-versions", help="Every version \\[default: the latest].")
     ] = False,
 ) -> None:
-    """Write the ratings in the RATINGS schema (DESIGN.md), latest versions by default."""
+    """Write the ratings (RATINGS schema: docs/reference/tables.md), latest versions by default."""
     from openmind_curate.quality import ratings
 
     out = preflight.output_file(out)
