@@ -101,6 +101,25 @@ def validate_series(data: np.ndarray, bvals, bvecs_fsl, affine) -> grad.Gradient
     return gtab
 
 
+@dataclass
+class _Series:
+    """One series on its way through the steps: the working (head-cropped)
+    data and gradient directions, and what the steps report."""
+
+    data: np.ndarray
+    bvecs: np.ndarray
+    sigma: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    reports: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def timed(self, step: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.seconds[step] = round(time.perf_counter() - start, 3)
+        return out
+
+
 def run_pipeline(
     data: np.ndarray,
     affine: np.ndarray,
@@ -111,90 +130,27 @@ def run_pipeline(
     """Process one series. Raises `DwiInputError` for input it cannot use."""
     gtab = validate_series(data, bvals, bvecs_fsl, affine)
     warnings: list[str] = []
-    seconds: dict[str, float] = {}
-    reports: dict[str, Any] = {}
-    data = np.asarray(data, np.float32)
-    finite = np.isfinite(data)
-    if not finite.all():
-        frac = 1 - finite.mean()
-        if frac > MAX_NONFINITE:
-            raise grad.DwiInputError(f"{frac:.1%} of the voxels are NaN or infinite")
-        data = np.where(finite, data, 0).astype(np.float32)
-        warnings.append(f"{int((~finite).sum())} non-finite voxels set to 0")
-    if gtab.shells() and max(gtab.shells()) > MAX_B:
-        warnings.append(
-            f"multi-shell series (b = {', '.join(f'{b:g}' for b in gtab.shells())}): "
-            f"the tensor is fit on b <= {MAX_B:g} only"
-        )
-    if config.denoise == "mppca" and data.shape[3] < MIN_VOLUMES_MPPCA:
-        raise grad.DwiInputError(
-            f"series too short for MP-PCA: {data.shape[3]} volumes, needs at least "
-            f"{MIN_VOLUMES_MPPCA} (run without denoising)"
-        )
+    data = _finite(np.asarray(data, np.float32), warnings)
+    _check_steps(gtab, data.shape[3], config, warnings)
     full_shape = data.shape[:3]
-    mean_b0 = data[..., gtab.b0].mean(axis=3)
-    head = head_mask(mean_b0)
+    head = head_mask(data[..., gtab.b0].mean(axis=3))
     box = _crop_box(head) if config.crop else tuple(slice(0, s) for s in full_shape)
-    data = np.ascontiguousarray(data[box])
+    series = _Series(np.ascontiguousarray(data[box]), gtab.bvecs, warnings=warnings)
     head = head[box]
     aff = _shifted(affine, box)
-    bvecs = gtab.bvecs
-    sigma = None
-
-    def timed(step: str, fn, *args, **kwargs):
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        seconds[step] = round(time.perf_counter() - start, 3)
-        return out
-
-    if config.denoise == "mppca":
-        data, sigma, rep = timed(
-            "denoise", mppca, data, head, config.patch_radius, config.mppca_stride, config.threads
-        )
-        reports["denoise"] = asdict(rep)
-    elif config.denoise == "patch2self":
-        data, rep = timed("denoise", patch2self_denoise, data, gtab.bvals)
-        reports["denoise"] = asdict(rep)
+    _denoise(series, gtab, head, config)
     if config.gibbs:
-        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-        axis = config.slice_axis
-        if axis is None:
-            axis = int(np.argmax(zooms)) if zooms.max() - zooms.min() > 1e-3 else 2
-        data, rep = timed(
-            "gibbs",
-            gibbs_removal,
-            data,
-            axis,
-            threads=config.threads,
-            exact=config.gibbs_exact,
-            shifts=config.gibbs_shifts,
-        )
-        reports["gibbs"] = asdict(rep)
-    motion = config.motion
-    if motion and min(data.shape[:3]) < MIN_SIZE:
-        warnings.append(
-            f"series too small to register ({data.shape[:3]}); motion correction skipped"
-        )
-        motion = False
-    if motion:
-        data, rot, rep = timed(
-            "motion", correct_motion, data, aff, gtab.b0, head, config.motion_cfg, config.threads
-        )
-        bvecs = reorient(gtab.bvals, bvecs, rot)
-        reports["motion"] = asdict(rep)
-    mean_b0 = data[..., gtab.b0].mean(axis=3)
+        _gibbs(series, affine, config)
+    _motion(series, gtab, aff, head, config)
+    mean_b0 = series.data[..., gtab.b0].mean(axis=3)
     if config.bias:
-        start = time.perf_counter()
-        provisional = brain_mask(mean_b0)
-        field_map, rep = n4_field(mean_b0, aff, provisional, config.n4_shrink, config.threads)
-        data /= field_map[..., None]
-        mean_b0 = mean_b0 / field_map
-        seconds["bias"] = round(time.perf_counter() - start, 3)
-        reports["bias"] = asdict(rep)
-    mask = timed("mask", brain_mask, mean_b0)
-    reports["mask"] = {"voxels": int(mask.sum())}
-    fa, md, rep = timed("maps", tensor_maps, data, gtab.bvals, bvecs, mask, gtab.b0)
-    reports["maps"] = asdict(rep)
+        mean_b0 = _bias(series, mean_b0, aff, config)
+    mask = series.timed("mask", brain_mask, mean_b0)
+    series.reports["mask"] = {"voxels": int(mask.sum())}
+    fa, md, rep = series.timed(
+        "maps", tensor_maps, series.data, gtab.bvals, series.bvecs, mask, gtab.b0
+    )
+    series.reports["maps"] = asdict(rep)
     t2w = np.where(mask, mean_b0, 0).astype(np.float32)
 
     def full(arr: np.ndarray, dtype) -> np.ndarray:
@@ -207,9 +163,111 @@ def run_pipeline(
         fa=full(fa, np.float32),
         md=full(md, np.float32),
         mask=full(mask, np.uint8),
-        bvecs=bvecs,
-        sigma=None if sigma is None else full(sigma, np.float32),
-        seconds=seconds,
-        reports=reports,
-        warnings=warnings,
+        bvecs=series.bvecs,
+        sigma=None if series.sigma is None else full(series.sigma, np.float32),
+        seconds=series.seconds,
+        reports=series.reports,
+        warnings=series.warnings,
     )
+
+
+def _finite(data: np.ndarray, warnings: list[str]) -> np.ndarray:
+    """Non-finite voxels set to 0 (with a warning); too many is an input error."""
+    finite = np.isfinite(data)
+    if finite.all():
+        return data
+    frac = 1 - finite.mean()
+    if frac > MAX_NONFINITE:
+        raise grad.DwiInputError(f"{frac:.1%} of the voxels are NaN or infinite")
+    warnings.append(f"{int((~finite).sum())} non-finite voxels set to 0")
+    return np.where(finite, data, 0).astype(np.float32)
+
+
+def _check_steps(
+    gtab: grad.Gradients, n_volumes: int, config: DwiConfig, warnings: list[str]
+) -> None:
+    """Warn that the tensor ignores high shells; refuse MP-PCA on a short series."""
+    if gtab.shells() and max(gtab.shells()) > MAX_B:
+        warnings.append(
+            f"multi-shell series (b = {', '.join(f'{b:g}' for b in gtab.shells())}): "
+            f"the tensor is fit on b <= {MAX_B:g} only"
+        )
+    if config.denoise == "mppca" and n_volumes < MIN_VOLUMES_MPPCA:
+        raise grad.DwiInputError(
+            f"series too short for MP-PCA: {n_volumes} volumes, needs at least "
+            f"{MIN_VOLUMES_MPPCA} (run without denoising)"
+        )
+
+
+def _denoise(series: _Series, gtab: grad.Gradients, head: np.ndarray, config: DwiConfig) -> None:
+    if config.denoise == "mppca":
+        series.data, series.sigma, rep = series.timed(
+            "denoise",
+            mppca,
+            series.data,
+            head,
+            config.patch_radius,
+            config.mppca_stride,
+            config.threads,
+        )
+        series.reports["denoise"] = asdict(rep)
+    elif config.denoise == "patch2self":
+        series.data, rep = series.timed("denoise", patch2self_denoise, series.data, gtab.bvals)
+        series.reports["denoise"] = asdict(rep)
+
+
+def _gibbs(series: _Series, affine: np.ndarray, config: DwiConfig) -> None:
+    """Gibbs removal along the slice axis (the coarsest one unless configured)."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    axis = config.slice_axis
+    if axis is None:
+        axis = int(np.argmax(zooms)) if zooms.max() - zooms.min() > 1e-3 else 2
+    series.data, rep = series.timed(
+        "gibbs",
+        gibbs_removal,
+        series.data,
+        axis,
+        threads=config.threads,
+        exact=config.gibbs_exact,
+        shifts=config.gibbs_shifts,
+    )
+    series.reports["gibbs"] = asdict(rep)
+
+
+def _motion(
+    series: _Series, gtab: grad.Gradients, aff: np.ndarray, head: np.ndarray, config: DwiConfig
+) -> None:
+    """Motion correction, and the b-vectors rotated with the volumes; skipped
+    (with a warning) on a series too small to register."""
+    if not config.motion:
+        return
+    if min(series.data.shape[:3]) < MIN_SIZE:
+        series.warnings.append(
+            f"series too small to register ({series.data.shape[:3]}); motion correction skipped"
+        )
+        return
+    series.data, rot, rep = series.timed(
+        "motion",
+        correct_motion,
+        series.data,
+        aff,
+        gtab.b0,
+        head,
+        config.motion_cfg,
+        config.threads,
+    )
+    series.bvecs = reorient(gtab.bvals, series.bvecs, rot)
+    series.reports["motion"] = asdict(rep)
+
+
+def _bias(series: _Series, mean_b0: np.ndarray, aff: np.ndarray, config: DwiConfig) -> np.ndarray:
+    """N4 bias field of the mean b0 (under a provisional mask), divided out of
+    every volume; returns the corrected mean b0."""
+    start = time.perf_counter()
+    provisional = brain_mask(mean_b0)
+    field_map, rep = n4_field(mean_b0, aff, provisional, config.n4_shrink, config.threads)
+    series.data /= field_map[..., None]
+    mean_b0 = mean_b0 / field_map
+    series.seconds["bias"] = round(time.perf_counter() - start, 3)
+    series.reports["bias"] = asdict(rep)
+    return mean_b0
