@@ -69,6 +69,16 @@ def _denoise_patches(x: np.ndarray, tau_factor: float, n_samples: int):
     return est, (1.0 / (1.0 + keep.sum(axis=1))).astype(np.float32), var.astype(np.float32)
 
 
+def _check_series(shape: tuple[int, ...], size: int) -> None:
+    """A 4D series of at least one patch and 4 volumes, or an input error."""
+    if len(shape) != 4:
+        raise DwiInputError(f"MP-PCA needs a 4D series, got shape {shape}")
+    if any(s < size for s in shape[:3]):
+        raise DwiInputError(f"series {shape[:3]} is smaller than one {size}^3 patch")
+    if shape[3] < 4:
+        raise DwiInputError(f"series too short for MP-PCA: {shape[3]} volumes (needs at least 4)")
+
+
 def mppca(
     data: np.ndarray,
     mask: np.ndarray | None = None,
@@ -82,15 +92,10 @@ def mppca(
     `threads` > 1 computes slabs of patches concurrently (LAPACK and BLAS
     release the GIL); the over-complete sums stay in one thread.
     """
-    if data.ndim != 4:
-        raise DwiInputError(f"MP-PCA needs a 4D series, got shape {data.shape}")
     size = 2 * patch_radius + 1
+    _check_series(data.shape, size)
     n_samples = size**3
     n = data.shape[3]
-    if any(s < size for s in data.shape[:3]):
-        raise DwiInputError(f"series {data.shape[:3]} is smaller than one {size}^3 patch")
-    if n < 4:
-        raise DwiInputError(f"series too short for MP-PCA: {n} volumes (needs at least 4)")
     arr = np.ascontiguousarray(data, dtype=np.float32)
     # Pad the high side so the strided centre grid reaches the last voxel.
     pads = [(0, (-(s - size)) % stride) for s in arr.shape[:3]] + [(0, 0)]
