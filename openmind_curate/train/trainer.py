@@ -394,14 +394,141 @@ def train(
             dist.destroy_process_group()
 
 
+@dataclass
+class _Run:
+    """One process's training state: what a step changes and a checkpoint keeps."""
+
+    config: TrainConfig
+    ctx: _Dist
+    device: torch.device
+    hashed: dict[str, Any]
+    chash: str
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: PolyLR
+    scaler: Any = None  # a GradScaler with --amp fp16
+    net: nn.Module | None = None  # the model as trained (DDP, compiled)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def main(self) -> bool:
+        return self.ctx.rank == 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.jsonl"
+
+    def checkpoint(self, step: int) -> None:
+        if not self.main:
+            return
+        save_checkpoint(
+            self.ckpt_path,
+            {
+                "config": self.hashed,
+                "config_hash": self.chash,
+                "step": step,
+                "model": models.unwrap(self.net).state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": rng_state(),
+            },
+        )
+
+    def step(self, batch: Batch, step: int, after_backward) -> float:
+        """One optimizer step on `batch`; returns the loss, averaged over the ranks."""
+        config, device, opt, scaler = self.config, self.device, self.opt, self.scaler
+        image = _to(batch["image"], device)
+        mask = batch_masks(
+            image.shape[2:],
+            batch["index"],
+            step,
+            config.seed,
+            config.mask_block,
+            config.mask_ratio,
+            device=device,
+        )
+        anon = _to(batch["anon"], device) if config.anon_aware else None
+        with _autocast(config, device):
+            pred = self.net(apply_mask(image, mask))
+        loss = mae_loss(pred.float(), image, mask, anon)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if after_backward is not None:
+            after_backward(step, self.net)
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        self.sched.step()
+        value = float(_mean_over_ranks(loss.detach(), self.ctx))
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"loss is {value} at step {step}; try a lower --lr or --amp bf16"
+            )
+        return value
+
+
 def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResult:
+    run, blob = _setup(config, ctx)
+    start = _restore(run, blob)
+    records = [r for r in _read_log(run.log_path) if r["step"] < start] if blob else []
+    if run.main:
+        atomic_write_text(run.log_path, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(
+            run.out / "config.json",
+            json.dumps({**asdict(config), "config_hash": run.chash}, indent=2, default=str) + "\n",
+        )
+    run.net = _wrap(run.model, config, ctx, run.device)
+    total = config.total_steps
+    end = total if config.stop_after is None else min(total, config.stop_after)
+    it = stream(start, ctx.rank, ctx.world) if stream is not None and start < end else None
+
+    def next_batch(step: int) -> Batch:
+        return next(it) if it is not None else batches(step, ctx.rank, ctx.world)
+
+    t_run = time.perf_counter()
+    stopper = _StopOnSignal(ctx.world == 1)
+    end_run = _loop(run, range(start, end), next_batch, val, after_backward, records, stopper)
+    steps = max(start, end_run)
+    files = _save_outputs(run, records, steps) if run.main else {}
+    vals = [r["val_loss"] for r in records if r.get("val_loss") is not None]
+    return RunResult(
+        out=run.out,
+        steps=steps,
+        complete=steps >= total,
+        loss=records[-1]["loss"] if records else None,
+        val_loss=vals[-1] if vals else None,
+        seconds=time.perf_counter() - t_run,
+        resumed_from=start,
+        files={"checkpoint": run.ckpt_path, "log": run.log_path, **files},
+        signal=stopper.signum,
+    )
+
+
+def _setup(config: TrainConfig, ctx: _Dist) -> tuple[_Run, dict[str, Any] | None]:
+    """The device, the model, its optimizer, scheduler and scaler, seeded; and
+    the checkpoint to resume from (None for a fresh run)."""
     if config.global_batch % ctx.world:
         raise ValueError(
             f"global batch {config.global_batch} does not split over {ctx.world} ranks"
         )
     out = Path(config.out)
-    main = ctx.rank == 0
-    ckpt_path, log_path = out / "checkpoint.pt", out / "log.jsonl"
+    ckpt_path = out / "checkpoint.pt"
     device = _device(config, ctx)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -414,7 +541,7 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
             "pass --resume to continue it, or choose another --out"
         )
     blob = load_checkpoint(ckpt_path, chash, hashed) if config.resume else None
-    if main:
+    if ctx.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
     random.seed(config.seed)
@@ -435,24 +562,24 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
         if device.type != "cuda":
             raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
         scaler = torch.amp.GradScaler("cuda")
+    return _Run(config, ctx, device, hashed, chash, model, opt, sched, scaler), blob
 
-    start = 0
-    if blob is not None:
-        model.load_state_dict(blob["model"])
-        opt.load_state_dict(blob["optimizer"])
-        sched.load_state_dict(blob["scheduler"])
-        if scaler is not None and blob.get("scaler") is not None:
-            scaler.load_state_dict(blob["scaler"])
-        set_rng_state(blob["rng"])
-        start = int(blob["step"])
-    records = [r for r in _read_log(log_path) if r["step"] < start] if blob else []
-    if main:
-        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
-        atomic_write_text(
-            out / "config.json",
-            json.dumps({**asdict(config), "config_hash": chash}, indent=2, default=str) + "\n",
-        )
 
+def _restore(run: _Run, blob: dict[str, Any] | None) -> int:
+    """Load a checkpoint's states (RNGs included); the step it resumes at."""
+    if blob is None:
+        return 0
+    run.model.load_state_dict(blob["model"])
+    run.opt.load_state_dict(blob["optimizer"])
+    run.sched.load_state_dict(blob["scheduler"])
+    if run.scaler is not None and blob.get("scaler") is not None:
+        run.scaler.load_state_dict(blob["scaler"])
+    set_rng_state(blob["rng"])
+    return int(blob["step"])
+
+
+def _wrap(model: nn.Module, config: TrainConfig, ctx: _Dist, device: torch.device) -> nn.Module:
+    """The model as trained: under DDP with several ranks, compiled on request."""
     net: nn.Module = model
     if ctx.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -460,140 +587,84 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net, backend=config.compile)
+    return net
 
-    def checkpoint(step: int) -> None:
-        if main:
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "config": hashed,
-                    "config_hash": chash,
-                    "step": step,
-                    "model": models.unwrap(net).state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": rng_state(),
-                },
-            )
 
+def _loop(
+    run: _Run,
+    steps: range,
+    next_batch: Callable[[int], Batch],
+    val: list[Batch] | None,
+    after_backward,
+    records: list[dict[str, Any]],
+    stopper: _StopOnSignal,
+) -> int:
+    """Train `steps`, logging each (and validating when due) and checkpointing
+    on schedule; a stop signal ends the loop after a checkpoint. Returns the
+    number of steps done in all."""
+    config = run.config
     total = config.total_steps
-    end = total if config.stop_after is None else min(total, config.stop_after)
     every = config.checkpoint_every or config.iters_per_epoch
-    progress = _Progress(config.progress and main, total)
-    it = stream(start, ctx.rank, ctx.world) if stream is not None and start < end else None
-    last_loss: float | None = None
-    last_val: float | None = None
-    t_run = time.perf_counter()
-    log = open(log_path, "a") if main else None  # noqa: SIM115 - closed in finally
-    stopper = _StopOnSignal(ctx.world == 1)
-    end_run = end
+    progress = _Progress(config.progress and run.main, total)
+    log = open(run.log_path, "a") if run.main else None  # noqa: SIM115 - closed in finally
     try:
         stopper.__enter__()
-        net.train()
-        for step in range(start, end):
+        run.net.train()
+        for step in steps:
             t0 = time.perf_counter()
-            batch = next(it) if it is not None else batches(step, ctx.rank, ctx.world)
-            image = _to(batch["image"], device)
-            mask = batch_masks(
-                image.shape[2:],
-                batch["index"],
-                step,
-                config.seed,
-                config.mask_block,
-                config.mask_ratio,
-                device=device,
-            )
-            anon = _to(batch["anon"], device) if config.anon_aware else None
-            lr = opt.param_groups[0]["lr"]
-            with _autocast(config, device):
-                pred = net(apply_mask(image, mask))
-            loss = mae_loss(pred.float(), image, mask, anon)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            if after_backward is not None:
-                after_backward(step, net)
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            sched.step()
-            last_loss = float(_mean_over_ranks(loss.detach(), ctx))
-            if not math.isfinite(last_loss):
-                raise FloatingPointError(
-                    f"loss is {last_loss} at step {step}; try a lower --lr or --amp bf16"
-                )
+            lr = run.opt.param_groups[0]["lr"]
+            loss = run.step(next_batch(step), step, after_backward)
             epoch, done = step // config.iters_per_epoch, step + 1
             epoch_end = done % config.iters_per_epoch == 0
             rec: dict[str, Any] = {
                 "step": step,
                 "epoch": epoch,
-                "loss": last_loss,
+                "loss": loss,
                 "lr": lr,
                 "seconds": round(time.perf_counter() - t0, 4),
             }
             due = config.val_every and epoch_end and (epoch + 1) % config.val_every == 0
-            if val and main and (due or done == total):
-                rec["val_loss"] = last_val = validate(net, val, config, device)
+            if val and run.main and (due or done == total):
+                rec["val_loss"] = validate(run.net, val, config, run.device)
             if log is not None:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             records.append(rec)
             progress.update(rec, config.epochs, epoch_end)
-            if done % every == 0 or epoch_end or done == end or stopper.signum is not None:
-                checkpoint(done)
+            if done % every == 0 or epoch_end or done == steps.stop or stopper.signum is not None:
+                run.checkpoint(done)
             if stopper.signum is not None:
-                end_run = done
-                break
+                return done
     finally:
         stopper.__exit__()
         progress.close()
         if log is not None:
             log.close()
+    return steps.stop
 
-    steps = max(start, end_run)
-    complete = steps >= total
-    if records:  # also after a resume with nothing left to do
-        last_loss = records[-1]["loss"]
-        vals = [r["val_loss"] for r in records if r.get("val_loss") is not None]
-        last_val = vals[-1] if vals else None
-    files: dict[str, Path] = {"checkpoint": ckpt_path, "log": log_path}
-    if main:
-        png = plot_losses(records, out / "loss.png")
-        if png is not None:
-            files["loss_png"] = png
-        spacing = config.spacing if isinstance(config.spacing, str) else tuple(config.spacing)
-        meta = models.EncoderMeta(
-            arch=config.arch,
-            patch_size=(config.patch,) * 3,
-            spacing=spacing,
-            normalization=config.normalization,
-            method=config.method,
-            extra={
-                "config_hash": chash,
-                "steps": steps,
-                "complete": complete,
-                "mask_block": config.mask_block,
-                "mask_ratio": config.mask_ratio,
-                "anon_aware": config.anon_aware,
-            },
-        )
-        files["encoder"] = models.save_encoder(net, out / "encoder.pt", meta)
-    return RunResult(
-        out=out,
-        steps=steps,
-        complete=complete,
-        loss=last_loss,
-        val_loss=last_val,
-        seconds=time.perf_counter() - t_run,
-        resumed_from=start,
-        files=files,
-        signal=stopper.signum,
+
+def _save_outputs(run: _Run, records: list[dict[str, Any]], steps: int) -> dict[str, Path]:
+    """The loss curve and the encoder with its metadata (rank 0)."""
+    config = run.config
+    files: dict[str, Path] = {}
+    png = plot_losses(records, run.out / "loss.png")
+    if png is not None:
+        files["loss_png"] = png
+    spacing = config.spacing if isinstance(config.spacing, str) else tuple(config.spacing)
+    meta = models.EncoderMeta(
+        arch=config.arch,
+        patch_size=(config.patch,) * 3,
+        spacing=spacing,
+        normalization=config.normalization,
+        method=config.method,
+        extra={
+            "config_hash": run.chash,
+            "steps": steps,
+            "complete": steps >= config.total_steps,
+            "mask_block": config.mask_block,
+            "mask_ratio": config.mask_ratio,
+            "anon_aware": config.anon_aware,
+        },
     )
+    files["encoder"] = models.save_encoder(run.net, run.out / "encoder.pt", meta)
+    return files
