@@ -394,11 +394,6 @@ def finetune(
     cases, train_ids, val_ids = data
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, device = setup.model, setup.device
-    optimizer = make_optimizer(model, setup.lr)
-    plan = schedules.plan(config.schedule, config.epochs, setup.stage_len, setup.lr)
-    use_amp = device.type == "cuda"
-    log: list[dict[str, Any]] = []
     start = f"from {config.pretrained}" if config.pretrained else "from scratch"
     echo(
         f"fine-tuning {setup.arch} ({start}), schedule {config.schedule}, "
@@ -406,61 +401,11 @@ def finetune(
         f"stage length {setup.stage_len}, lr {setup.lr:g}, patch {setup.patch}, "
         f"{len(train_ids)} training / {len(val_ids)} validation case(s)"
     )
-    with open(out / "log.jsonl", "w") as log_file:
-        for epoch, (lr, dec_only) in enumerate(plan):
-            set_epoch(model, optimizer, lr, dec_only)
-            model.train()
-            t0, losses = time.perf_counter(), []
-            for it in range(config.iters_per_epoch):
-                rng = np.random.default_rng([config.seed, epoch, it])
-                x, y = _batch(cases, train_ids, setup.patch, config.batch, rng)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(x)
-                loss = dice_ce_loss(logits, y)
-                loss.backward()
-                trainable = [p for p in model.parameters() if p.grad is not None]
-                torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
-                optimizer.step()
-                losses.append(float(loss.detach()))
-            line = {
-                "epoch": epoch,
-                "lr": lr,
-                "decoder_only": dec_only,
-                "train_loss": float(np.mean(losses)) if losses else None,
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-            log.append(line)
-            log_file.write(json.dumps(line) + "\n")
-            log_file.flush()
-            stage = "  decoder only" if dec_only else ""
-            echo(
-                f"epoch {epoch + 1}/{config.epochs}  lr {lr:.3g}{stage}  "
-                f"loss {line['train_loss']:.4f}"
-            )
-    for p in model.parameters():
-        p.requires_grad_(True)
-
+    log = _train_epochs(setup, config, cases, train_ids, out / "log.jsonl", echo)
     mode = config.inference
     if mode == "auto":
         mode = "whole" if setup.arch == "tiny" else "sliding"
-    divisor = models.arch_config(setup.arch).divisor
-    names = [source.labels[c] for c in range(1, source.n_classes)]
-    per_case: dict[str, dict[str, float | None]] = {}
-    for case_id in val_ids:
-        case = cases[case_id]
-        pred = predict(model, case.image, divisor, setup.patch, mode, device)
-        per_case[case_id] = dict(
-            zip(names, dice_per_class(pred, case.label, source.n_classes), strict=True)
-        )
-    dice: dict[str, float | None] = {}
-    for name in names:
-        vals = [d[name] for d in per_case.values() if d[name] is not None]
-        dice[name] = float(np.mean(vals)) if vals else None
-    known = [v for v in dice.values() if v is not None]
-    mean_dice = float(np.mean(known)) if known else None
-
+    per_case, dice, mean_dice = _validate(setup, source, cases, val_ids, mode)
     metrics = {
         "schedule": config.schedule,
         "epochs": config.epochs,
@@ -484,6 +429,109 @@ def finetune(
         "per_case": per_case,
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    _save_model(out / "model.pt", setup, source, config)
+    return FinetuneResult(out, dice, mean_dice, per_case, log, metrics)
+
+
+def _train_epochs(
+    setup: Setup,
+    config: FinetuneConfig,
+    cases: dict[str, segdata.SegCase],
+    train_ids: list[str],
+    log_path: Path,
+    echo: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Every epoch of the schedule's plan (learning rate, decoder only or not),
+    one line each in `log_path` and through `echo`; the log lines. Every
+    parameter is trainable again at the end."""
+    model = setup.model
+    optimizer = make_optimizer(model, setup.lr)
+    plan = schedules.plan(config.schedule, config.epochs, setup.stage_len, setup.lr)
+    log: list[dict[str, Any]] = []
+    with open(log_path, "w") as log_file:
+        for epoch, (lr, dec_only) in enumerate(plan):
+            set_epoch(model, optimizer, lr, dec_only)
+            model.train()
+            t0 = time.perf_counter()
+            losses = [
+                _train_step(setup, optimizer, cases, train_ids, config, epoch, it)
+                for it in range(config.iters_per_epoch)
+            ]
+            line = {
+                "epoch": epoch,
+                "lr": lr,
+                "decoder_only": dec_only,
+                "train_loss": float(np.mean(losses)) if losses else None,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            log.append(line)
+            log_file.write(json.dumps(line) + "\n")
+            log_file.flush()
+            stage = "  decoder only" if dec_only else ""
+            echo(
+                f"epoch {epoch + 1}/{config.epochs}  lr {lr:.3g}{stage}  "
+                f"loss {line['train_loss']:.4f}"
+            )
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return log
+
+
+def _train_step(
+    setup: Setup,
+    optimizer: torch.optim.Optimizer,
+    cases: dict[str, segdata.SegCase],
+    train_ids: list[str],
+    config: FinetuneConfig,
+    epoch: int,
+    it: int,
+) -> float:
+    """One SGD step on a batch drawn by (seed, epoch, iteration); its loss."""
+    model, device = setup.model, setup.device
+    rng = np.random.default_rng([config.seed, epoch, it])
+    x, y = _batch(cases, train_ids, setup.patch, config.batch, rng)
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(x)
+    loss = dice_ce_loss(logits, y)
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _validate(
+    setup: Setup,
+    source: segdata.SegSource,
+    cases: dict[str, segdata.SegCase],
+    val_ids: list[str],
+    mode: str,
+) -> tuple[dict[str, dict[str, float | None]], dict[str, float | None], float | None]:
+    """Dice per validation case and class, its mean per class, and the mean
+    over the classes (None where a class is in no case)."""
+    divisor = models.arch_config(setup.arch).divisor
+    names = [source.labels[c] for c in range(1, source.n_classes)]
+    per_case: dict[str, dict[str, float | None]] = {}
+    for case_id in val_ids:
+        case = cases[case_id]
+        pred = predict(setup.model, case.image, divisor, setup.patch, mode, setup.device)
+        per_case[case_id] = dict(
+            zip(names, dice_per_class(pred, case.label, source.n_classes), strict=True)
+        )
+    dice: dict[str, float | None] = {}
+    for name in names:
+        vals = [d[name] for d in per_case.values() if d[name] is not None]
+        dice[name] = float(np.mean(vals)) if vals else None
+    known = [v for v in dice.values() if v is not None]
+    return per_case, dice, float(np.mean(known)) if known else None
+
+
+def _save_model(
+    path: Path, setup: Setup, source: segdata.SegSource, config: FinetuneConfig
+) -> None:
+    """The trained network and what it needs to be applied (atomic)."""
     buf = io.BytesIO()
     torch.save(
         {
@@ -496,12 +544,13 @@ def finetune(
             "spacing": list(setup.spacing) if setup.spacing else "native",
             "normalization": setup.normalization,
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-            "model": {k: v.detach().cpu() for k, v in models.unwrap(model).state_dict().items()},
+            "model": {
+                k: v.detach().cpu() for k, v in models.unwrap(setup.model).state_dict().items()
+            },
         },
         buf,
     )
-    atomic_write_bytes(out / "model.pt", buf.getvalue())
-    return FinetuneResult(out, dice, mean_dice, per_case, log, metrics)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _summary(run: FinetuneResult) -> dict[str, Any]:
