@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from openmind_curate.atomic import atomic_path
+from openmind_curate.errors import DataError
 from openmind_curate.jobs import JobOptions, source_stamp
 from openmind_curate.jobs.stage import StageJob, run_stage
 from openmind_curate.masks.compute import compute_masks, reference_volume
@@ -116,7 +117,7 @@ def measure(job: MetricsJob) -> dict[str, Any]:
             masks = compute_masks(vol, affine, phase=job.phase, brain_extracted=forced)
             anat, working, source = masks.anatomy, masks.working, "computed"
         if anat.shape != vol.shape:
-            raise ValueError(f"{job.anat_mask}: mask shape {anat.shape} != image {vol.shape}")
+            raise DataError(f"{job.anat_mask}: mask shape {anat.shape} != image {vol.shape}")
         values = image_metrics(vol, affine, anat, job.config, not job.phase, working)
         row = {**_base(job), **values, "mask_source": source}
     row["seconds"] = time.perf_counter() - start

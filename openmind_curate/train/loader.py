@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from openmind_curate.errors import DataError, InputError
 from openmind_curate.train import augment as A
 from openmind_curate.train.store import Store
 
@@ -108,7 +109,7 @@ def rank_slice(global_batch: int, rank: int, world: int) -> range:
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank {rank} of world {world}")
     if global_batch % world:
-        raise ValueError(f"global batch {global_batch} is not divisible by world size {world}")
+        raise InputError(f"global batch {global_batch} is not divisible by world size {world}")
     b = global_batch // world
     return range(rank * b, (rank + 1) * b)
 
@@ -129,7 +130,7 @@ def sample_batch(
     """Rank `rank`'s slice of the global batch of `step` (pure given the store)."""
     cases = split_cases(store, config.split)
     if not cases:
-        raise ValueError(f"no ok cases in split {config.split!r} of {store.path}")
+        raise DataError(f"no ok cases in split {config.split!r} of {store.path}")
     return _stack(
         [
             sample(store, config, step, g, cases)

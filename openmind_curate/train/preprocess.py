@@ -41,7 +41,7 @@ import pandas as pd
 
 from openmind_curate import __version__
 from openmind_curate.atomic import atomic_path, atomic_write_text
-from openmind_curate.errors import DataError
+from openmind_curate.errors import DataError, InputError
 from openmind_curate.jobs import BatchResult, JobOptions, source_stamp
 from openmind_curate.jobs.stage import StageJob, records, run_stage
 from openmind_curate.train import store as S
@@ -75,15 +75,15 @@ class PreprocessConfig:
 
 
 def parse_spacing(text: str) -> float | None:
-    """``1.0`` -> 1.0; ``native`` -> None. ValueError otherwise."""
+    """``1.0`` -> 1.0; ``native`` -> None. InputError otherwise."""
     if text.strip().lower() == "native":
         return None
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"--spacing {text!r}: give a voxel size in mm or 'native'") from None
+        raise InputError(f"--spacing {text!r}: give a voxel size in mm or 'native'") from None
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"--spacing {text!r}: must be a positive size in mm")
+        raise InputError(f"--spacing {text!r}: must be a positive size in mm")
     return value
 
 
@@ -92,7 +92,7 @@ def parse_clip(text: str | None) -> Clip | None:
     if text is None or not text.strip():
         return None
     parts = [p.strip() for p in text.split(",")]
-    bad = ValueError(
+    bad = InputError(
         f"--clip {text!r}: use LOW,HIGH (e.g. -1000,1000) or percentiles "
         "pLOW,pHIGH (e.g. p0.5,p99.5)"
     )
@@ -106,9 +106,9 @@ def parse_clip(text: str | None) -> Clip | None:
     except ValueError:
         raise bad from None
     if not (np.isfinite(low) and np.isfinite(high)) or low >= high:
-        raise ValueError(f"--clip {text!r}: LOW must be below HIGH")
+        raise InputError(f"--clip {text!r}: LOW must be below HIGH")
     if pct[0] and not (0 <= low and high <= 100):
-        raise ValueError(f"--clip {text!r}: percentiles lie in 0..100")
+        raise InputError(f"--clip {text!r}: percentiles lie in 0..100")
     return Clip(low, high, pct[0])
 
 
@@ -409,7 +409,7 @@ def jobs_for_manifest(manifest: pd.DataFrame, out: Path, config: PreprocessConfi
     ids = manifest["image_id"]
     dup = ids[ids.duplicated()]
     if len(dup):
-        raise ValueError(f"manifest lists image_id {dup.iloc[0]!r} twice")
+        raise InputError(f"manifest lists image_id {dup.iloc[0]!r} twice")
     jobs = []
     for r in manifest.itertuples(index=False):
         meta = tuple(

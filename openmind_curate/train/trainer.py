@@ -42,6 +42,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from openmind_curate.atomic import atomic_path, atomic_write_text
+from openmind_curate.errors import InputError
 from openmind_curate.train import models
 from openmind_curate.train.checkpoint import (
     CheckpointError,
@@ -115,17 +116,17 @@ class TrainConfig:
     def check(self) -> None:
         models.arch_config(self.arch)
         if self.method != "mae":
-            raise ValueError(f"unknown method {self.method!r}; only 'mae' is implemented")
+            raise InputError(f"unknown method {self.method!r}; only 'mae' is implemented")
         div = models.arch_config(self.arch).divisor
         if self.patch < div or self.patch % div:
-            raise ValueError(f"--patch {self.patch}: {self.arch} needs a multiple of {div}")
+            raise InputError(f"--patch {self.patch}: {self.arch} needs a multiple of {div}")
         for name in ("global_batch", "epochs", "iters_per_epoch", "mask_block"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.amp not in AMP_MODES:
-            raise ValueError(f"--amp {self.amp!r}: choose one of {', '.join(AMP_MODES)}")
+            raise InputError(f"--amp {self.amp!r}: choose one of {', '.join(AMP_MODES)}")
         if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask ratio must be in (0, 1), got {self.mask_ratio}")
+            raise InputError(f"mask ratio must be in (0, 1), got {self.mask_ratio}")
 
 
 @dataclass
@@ -524,7 +525,7 @@ def _setup(config: TrainConfig, ctx: _Dist) -> tuple[_Run, dict[str, Any] | None
     """The device, the model, its optimizer, scheduler and scaler, seeded; and
     the checkpoint to resume from (None for a fresh run)."""
     if config.global_batch % ctx.world:
-        raise ValueError(
+        raise InputError(
             f"global batch {config.global_batch} does not split over {ctx.world} ranks"
         )
     out = Path(config.out)
@@ -560,7 +561,7 @@ def _setup(config: TrainConfig, ctx: _Dist) -> tuple[_Run, dict[str, Any] | None
     scaler = None
     if config.amp == "fp16":
         if device.type != "cuda":
-            raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+            raise InputError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
         scaler = torch.amp.GradScaler("cuda")
     return _Run(config, ctx, device, hashed, chash, model, opt, sched, scaler), blob
 
