@@ -3,8 +3,11 @@
 `run_batch` maps a function over items on a local process pool (default) or a
 Dask cluster, with a progress bar, a per-item error record, atomic outputs and
 skipping of finished items on re-run (redoing those made with other options),
-and a clean stop on Ctrl-C/SIGTERM (`BatchInterrupted`). The atomic writes
-themselves are `openmind_curate.atomic` (a plain I/O module below this one).
+and a clean stop on Ctrl-C/SIGTERM (`BatchInterrupted`). `jobs.stage` is the
+stage pattern on top of it (one item per input file, done when its completion
+marker is current), used by the DWI, masks, metrics and preprocess stages.
+The atomic writes themselves are `openmind_curate.atomic` (a plain I/O module
+below this one).
 """
 
 from openmind_curate.jobs.runner import (
