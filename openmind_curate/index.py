@@ -3,7 +3,8 @@
 Every stage goes through it, so no stage can damage what another added:
 
 - **read** validates against `schema.IMAGE_INDEX`, upgrades an older index
-  and refuses one from a newer version, and returns paths made absolute;
+  and refuses one from a newer version, and returns paths made absolute (or,
+  for a reader that filters first, as stored: ``read(path, paths="stored")``);
 - **write** is a read-modify-write under a file lock (``<index>.lock``),
   committed atomically (temporary name, then rename). Stages hand over only
   what they change: new rows (`add_rows`), new column values (`set_columns`),
@@ -12,7 +13,8 @@ Every stage goes through it, so no stage can damage what another added:
 - **paths are portable**: ``root``, ``anat_mask_path`` and ``anon_mask_path``
   are stored relative to the index file's folder (``path`` is relative to
   ``root``). Moving the whole tree, or mounting it under another prefix, keeps
-  the index valid, and no stored path depends on where a command ran.
+  the index valid, and no stored path depends on where a command ran. The
+  conversions are `openmind_curate.paths`'.
 
 The re-crawl rule is generic: columns marked with a ``stage`` in the schema
 (`schema.stage_columns`) and rows derived from an image (``derived_from``)
@@ -28,7 +30,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +41,7 @@ from filelock import FileLock, Timeout
 from openmind_curate.atomic import atomic_path, remove_stale_temps
 from openmind_curate.errors import DataError
 from openmind_curate.ids import image_id
+from openmind_curate.paths import PATH_COLUMNS, absolute_path, rebase_table, stored_path
 from openmind_curate.schema import IMAGE_INDEX, SchemaError, stage_columns, validate
 
 if TYPE_CHECKING:  # pandas costs 0.2 s of every `curate` start-up; only read_frame needs it
@@ -47,8 +50,6 @@ if TYPE_CHECKING:  # pandas costs 0.2 s of every `curate` start-up; only read_fr
 #: Version of the stored index; 1 had absolute (or working-folder) paths and no metadata.
 INDEX_VERSION = 2
 META_KEY = b"openmind_curate.index"
-#: Columns holding a path relative to the index's folder when stored.
-PATH_COLUMNS = ("root", "anat_mask_path", "anon_mask_path")
 #: How long a writer waits for another stage to finish writing.
 LOCK_TIMEOUT_S = 600.0
 
@@ -59,24 +60,14 @@ class IndexStoreError(DataError):
 
 # --------------------------------------------------------------------- paths
 
+#: One value made absolute, or relative to a folder (`paths` defines them).
+to_absolute, to_stored = absolute_path, stored_path
+
 
 def base_dir(index_path: str | os.PathLike[str]) -> str:
     """The folder stored paths are relative to (not resolved: a tree mounted
     through a symlink keeps its own prefix)."""
     return os.path.dirname(os.path.abspath(index_path))
-
-
-def to_stored(path: str | None, base: str) -> str | None:
-    """An absolute path as stored: relative to `base`, POSIX separators."""
-    if path is None:
-        return None
-    return Path(os.path.relpath(os.path.abspath(path), base)).as_posix()
-
-
-def to_absolute(path: str | None, base: str) -> str | None:
-    if path is None:
-        return None
-    return os.path.normpath(os.path.join(base, path))
 
 
 def _with_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
@@ -85,36 +76,28 @@ def _with_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray)
     return table.set_column(i, table.schema.field(i), values)
 
 
-def _map_paths(table: pa.Table, columns: Sequence[str], fn: Callable[[str | None], Any]):
-    """Apply `fn` to each distinct value of the path columns (a corpus has a
-    few hundred roots over 100k rows), then spread the results back."""
-    for name in columns:
-        if name not in table.column_names:
-            continue
-        col = table.column(name)
-        distinct = pc.unique(col)
-        mapped = pa.array([fn(v) for v in distinct.to_pylist()], pa.string())
-        table = _with_column(table, name, mapped.take(pc.index_in(col, value_set=distinct)))
-    return table
-
-
 def stored_paths(table: pa.Table, index_path: str | os.PathLike[str], columns=PATH_COLUMNS):
-    """`table` with its path columns made relative to the index's folder."""
-    base = base_dir(index_path)
-    return _map_paths(table, columns, lambda p: to_stored(p, base))
+    """`table` with its path columns made relative to the index's folder (a
+    relative path is taken relative to the working folder)."""
+    return rebase_table(table, os.getcwd(), base_dir(index_path), columns)
 
 
 def absolute_paths(table: pa.Table, index_path: str | os.PathLike[str], columns=PATH_COLUMNS):
     """`table` with its stored path columns made absolute."""
-    base = base_dir(index_path)
-    return _map_paths(table, columns, lambda p: to_absolute(p, base))
+    return rebase_table(table, base_dir(index_path), None, columns)
 
 
 # ----------------------------------------------------------------------- read
 
 
-def read(index_path: str | os.PathLike[str]) -> pa.Table:
-    """The index, validated, upgraded if older, with absolute paths."""
+def read(
+    index_path: str | os.PathLike[str], *, paths: Literal["absolute", "stored"] = "absolute"
+) -> pa.Table:
+    """The index, validated, upgraded if older, with absolute paths.
+
+    With ``paths="stored"`` the path columns are left as stored, relative to
+    `base_dir` (index_path): the fast path for a reader that filters first
+    and resolves only the rows it keeps (`paths.rebase_table`)."""
     path = Path(index_path)
     if path.is_dir():
         raise IndexStoreError(f"cannot read index {path}: a folder, not an index file")
@@ -138,8 +121,9 @@ def read(index_path: str | os.PathLike[str]) -> pa.Table:
     except SchemaError as exc:
         raise IndexStoreError(f"{path} is not an image index: {exc}") from None
     if version < 2:
-        return _upgrade_v1(table)
-    return absolute_paths(table, path)
+        table = _upgrade_v1(table)
+        return stored_paths(table, path) if paths == "stored" else table
+    return table if paths == "stored" else absolute_paths(table, path)
 
 
 def _add_missing_stage_columns(table: pa.Table) -> pa.Table:
@@ -172,8 +156,7 @@ def _upgrade_v1(table: pa.Table) -> pa.Table:
     """Version 1 stored absolute paths, except DWI map roots, which were
     relative to the folder `curate dwi` ran in (taken to be this one), and
     gave map rows ids that could not be recomputed: recompute them."""
-    cwd = os.getcwd()
-    table = _map_paths(table, PATH_COLUMNS, lambda p: to_absolute(p, cwd))
+    table = rebase_table(table, os.getcwd())
     ids = [
         image_id(d, p)
         for d, p in zip(

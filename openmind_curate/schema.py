@@ -1,4 +1,4 @@
-"""The Arrow schema of every table, defined once (docs/design/contracts.md).
+"""The Arrow schema of every stored table, defined once (docs/design/contracts.md).
 
 Every writer and reader goes through `validate`, so a table that leaves a stage
 is known to match its contract. Value rules that Arrow types cannot express
@@ -173,6 +173,11 @@ IMAGE_INDEX = pa.schema(
         ),
     ]
 )
+
+
+#: Columns of IMAGE_INDEX (and MANIFEST) that hold a path to a file or folder:
+#: stored relative to the table file's folder, absolute in memory (`paths`).
+PATH_COLUMNS: tuple[str, ...] = ("root", "anat_mask_path", "anon_mask_path")
 
 
 def stage_columns(schema: pa.Schema) -> list[str]:
@@ -373,6 +378,65 @@ SYNTH_TRUTH = pa.schema(
     ]
 )
 
+#: The preprocessed training store's ``store.parquet`` (`train.store`), one row
+#: per manifest image, preprocessed or rejected.
+STORE_INDEX = pa.schema(
+    [
+        _f("case_id", _S, False, doc="folder name under cases/"),
+        _f("dataset_id", _S),
+        _f("subject", _S),
+        _f("split", _S, doc="the manifest's split: train or val"),
+        _f("modality", _S),
+        _f("shape", pa.list_(pa.int32()), doc="(D, H, W) of the stored arrays"),
+        _f("spacing", pa.list_(pa.float64()), doc="mm, (D, H, W) order"),
+        _f("has_anon", _B, doc="an anonymization mask is stored"),
+        _f("status", _S, False, allowed=("ok", "rejected")),
+        _f("reason", _S, doc="why a case was rejected"),
+        _f("source", _S, doc="the image file it was made from"),
+        _f(
+            "anatomy",
+            _S,
+            allowed=("mask", "nonzero"),
+            doc="where the anatomy region came from: the manifest's mask, or the "
+            "nonzero voxels (no usable anatomy mask)",
+        ),
+    ]
+)
+
+#: The OpenMind release's ``openneuro_metadata.csv`` (`manifest.openmind_csv`),
+#: one row per image; ``--format openmind-csv`` writes it with a ``split``
+#: column at the end. The paths are relative to the corpus's ``OpenMind/`` folder.
+OPENMIND_CSV = pa.schema(
+    [
+        _f(
+            "image_path",
+            _S,
+            False,
+            doc="DATASET/sub-XX/[ses-YY/]..., the first part the dataset id",
+        ),
+        _f("unique_id", _S, doc="the image's id, starting with its dataset id"),
+        _f("modality", _S, False, doc="a modality group; unknown ones are read as 'other'"),
+        _f("image_quality_score", _F, doc="the IQS (1 clean ... 5 unusable); empty if unrated"),
+        _f("anon_mask_path", _S),
+        _f("anat_mask_path", _S),
+        _f("derived_from", _S, doc="unique_id of the source image (DWI maps)"),
+        _f("is_brain_extract", _S, doc="True or False"),
+        _f("age", _F, doc="years"),
+        _f("sex", _S, doc="read by its first letter: M, F, else other"),
+        _f("handedness", _S, doc="read by its first letter: R, L or A"),
+        _f("race", _S),
+        _f("weight", _F, doc="kg"),
+        _f("bmi", _F),
+        _f("health_status", _S),
+        _f("manufacturer", _S),
+        _f("model_name", _S),
+        _f("phase_encoding_direction", _S),
+        _f("magnetic_field_strength", _F),
+        _f("repetition_time", _F, doc="seconds"),
+        _f("echo_time", _F, doc="seconds"),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "image_index": IMAGE_INDEX,
     "ratings": RATINGS,
@@ -381,6 +445,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "synth_truth": SYNTH_TRUTH,
     "problems": PROBLEMS,
     "metrics": METRICS,
+    "store_index": STORE_INDEX,
+    "openmind_csv": OPENMIND_CSV,
 }
 
 

@@ -227,6 +227,40 @@ def test_merge_crawl_follows_one_rule_for_every_stage_column():
     assert (report.derived_kept, report.derived_dropped) == (2, 2)
 
 
+def test_read_with_stored_paths_is_the_file_as_stored(tmp_path):
+    from openmind_curate.paths import rebase_table
+
+    path = tmp_path / "index" / "images.parquet"
+    rows = _rows([("a", 1, 1, None, str(tmp_path / "masks" / "a.nii.gz")), ("b", 1, 1, None, None)])
+    rows = rows.set_column(
+        rows.column_names.index("root"), "root", pa.array([str(tmp_path / "data" / "ds")] * 2)
+    )
+    with store.locked(path):
+        store.write(path, rows)
+    stored = store.read(path, paths="stored")
+    assert stored.column("root").to_pylist() == ["../data/ds", "../data/ds"]
+    assert stored.column("anat_mask_path").to_pylist() == ["../masks/a.nii.gz", None]
+    for col in store.PATH_COLUMNS:  # exactly what the file holds
+        assert stored.column(col).to_pylist() == pq.read_table(path).column(col).to_pylist()
+    assert rebase_table(stored, store.base_dir(path)).equals(store.read(path))
+    assert store.read(path).column("root")[0].as_py() == str(tmp_path / "data" / "ds")
+
+
+def test_path_columns_convert_like_os_path(tmp_path):
+    from openmind_curate.paths import absolute_path, stored_path, to_absolute
+
+    values = ["../d/a", "m/x", "/abs/./p", None, "..", "a//b", "../../../../q", "./a", "x/.."]
+    base = "/w/index"
+    expected = [absolute_path(v, base) for v in values]
+    assert to_absolute(pa.array(values, pa.string()), base).to_pylist() == expected
+    assert expected[:3] == ["/w/d/a", "/w/index/m/x", "/abs/p"]
+    assert stored_path("/w/data/ds", base) == "../data/ds"
+    table = pa.table({"root": pa.array(["/w/data/ds", "/w/index/ds"]), "path": ["x", "y"]})
+    assert store.stored_paths(table, tmp_path / "images.parquet", ["root"]).column(
+        "root"
+    ).to_pylist() == [os.path.relpath(p, tmp_path) for p in ("/w/data/ds", "/w/index/ds")]
+
+
 # ------------------------------------------------------------ concurrent writes
 
 
@@ -307,6 +341,10 @@ def test_newer_index_is_refused_and_version_1_is_upgraded(tmp_path):
     raw = pq.read_table(path)
     assert json.loads(raw.schema.metadata[store.META_KEY])["version"] == store.INDEX_VERSION
     assert not raw.column("root")[0].as_py().startswith("/")
+    # the stored-paths read of a version-1 index gives them relative to its folder too
+    pq.write_table(v1.replace_schema_metadata(None), path)
+    stored = store.read(path, paths="stored").column("root").to_pylist()
+    assert stored == [os.path.relpath(p, tmp_path) for p in ("/data/ds", "/data/deriv/ds")]
 
 
 def test_bad_index_files_get_a_clear_message(tmp_path):

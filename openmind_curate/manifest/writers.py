@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.errors import DataError
 from openmind_curate.manifest import openmind_csv
-from openmind_curate.manifest.paths import PATH_COLUMNS, rebase, relative_to, to_absolute
+from openmind_curate.paths import PATH_COLUMNS, rebase, relative_to, to_absolute
 from openmind_curate.schema import MANIFEST, SchemaError, validate
 
 FORMATS = ("parquet", "nnssl", "openmind-csv")

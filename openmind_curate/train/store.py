@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from openmind_curate.errors import DataError
+from openmind_curate.schema import STORE_INDEX  # noqa: F401 - the store's table, defined in schema
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,23 +46,6 @@ POINTS_FILE = "anat_points.npy"
 #: Anatomy voxels kept per case for anatomy-centred sampling.
 N_POINTS = 10_000
 ARRAYS = {"image": "image.b2nd", "anat": "anat.b2nd", "anon": "anon.b2nd"}
-
-STORE_INDEX = pa.schema(
-    [
-        pa.field("case_id", pa.string(), False),
-        pa.field("dataset_id", pa.string()),
-        pa.field("subject", pa.string()),
-        pa.field("split", pa.string()),
-        pa.field("modality", pa.string()),
-        pa.field("shape", pa.list_(pa.int32())),
-        pa.field("spacing", pa.list_(pa.float64())),
-        pa.field("has_anon", pa.bool_()),
-        pa.field("status", pa.string(), False),
-        pa.field("reason", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("anatomy", pa.string()),  # "mask" or "nonzero" (no usable anatomy mask)
-    ]
-)
 
 
 class StoreError(DataError):
