@@ -104,3 +104,74 @@ def test_unknown_columns_rejected_unless_dropped():
     with pytest.raises(SchemaError, match="'surprise'"):
         validate(extra, schema.IMAGE_INDEX)
     assert validate(extra, schema.IMAGE_INDEX, extra="drop").num_columns == table.num_columns
+
+
+def test_every_stored_table_is_defined_here():
+    from openmind_curate.manifest import openmind_csv
+    from openmind_curate.train import store
+
+    assert {"store_index", "openmind_csv"} <= set(schema.SCHEMAS)
+    assert store.STORE_INDEX is schema.STORE_INDEX  # the training store reads the one definition
+    assert openmind_csv.COLUMNS == tuple(schema.OPENMIND_CSV.names)
+    for name in schema.PATH_COLUMNS:  # stored relative to the table's folder (`paths`)
+        assert schema.IMAGE_INDEX.field(name).type == pa.string()
+        assert schema.MANIFEST.field(name).equals(schema.IMAGE_INDEX.field(name))
+
+
+# --------------------------------------------------- user tables (tables.py)
+
+
+def _write(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def test_user_tables_are_read_typed_and_checked(tmp_path):
+    from openmind_curate import tables
+
+    scores = pa.schema([schema.IMAGE_INDEX.field("image_id"), schema.IMAGE_INDEX.field("iqs")])
+    csv = _write(tmp_path / "s.csv", "image_id,iqs,extra\n0042,2.5,x\n0043,,y\n")
+    got = tables.read_table(csv, "IQS table", ("image_id",), schema=scores)
+    assert got.column_names == ["image_id", "iqs"]  # typed by the schema: ids stay text
+    assert got.to_pylist() == [{"image_id": "0042", "iqs": 2.5}, {"image_id": "0043", "iqs": None}]
+    tsv = _write(tmp_path / "s.tsv", "image_id\tiqs\n0042\t2.5\n")
+    assert tables.read_frame(tsv, "IQS table", schema=scores)["image_id"].tolist() == ["0042"]
+    pq_path = tmp_path / "s.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(got, pq_path)
+    assert tables.read_table(pq_path, "IQS table", ("image_id", "iqs")).num_rows == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("none.csv", None, "file not found (write it with `curate iqs`)"),
+        ("folder", "dir", "a folder, not a file"),
+        ("bad.parquet", "not parquet", "cannot read it as parquet"),
+        ("bad.xlsx", "not parquet", "(give a .csv, .tsv or .parquet file)"),
+        ("cols.csv", "image_id,score\na,2\n", "no column iqs (it has image_id, score)"),
+        ("range.csv", "image_id,iqs\na,2\nb,7\n", "column 'iqs', row 1: value 7.0 is above 5"),
+        ("text.csv", "image_id,iqs\na,good\n", "cannot read it as CSV"),
+    ],
+)
+def test_user_table_problems_have_one_shape(tmp_path, name, content, problem):
+    from openmind_curate import tables
+    from openmind_curate.errors import InputError
+
+    path = tmp_path / name
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    scores = pa.schema([schema.IMAGE_INDEX.field("image_id"), schema.IMAGE_INDEX.field("iqs")])
+    with pytest.raises(InputError) as err:
+        tables.read_table(
+            path,
+            "IQS table",
+            ("image_id", "iqs"),
+            schema=scores,
+            hint="(write it with `curate iqs`)",
+        )
+    assert str(err.value).startswith(f"IQS table {path}: ")
+    assert problem in str(err.value)
