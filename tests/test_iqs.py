@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from openmind_curate import index as store
 from openmind_curate.cli import app
 from openmind_curate.quality import ratings
-from openmind_curate.quality.iqs import compute_iqs, kept_at
+from openmind_curate.quality.iqs import compute_iqs, kept_table
 from openmind_curate.schema import IQS, RATINGS, validate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -240,9 +240,53 @@ def test_table_validates_against_the_iqs_schema():
     assert table.num_rows == 4
 
 
-def test_kept_at_thresholds():
-    kept = kept_at(pd.Series([1.0, 1.5, 2.0, 3.0, None]))
+def test_kept_table_thresholds():
+    kept = kept_table(pd.Series([1.0, 1.5, 2.0, 3.0, None]))
     assert kept["kept"].tolist() == [2, 3, 4]  # <= 1.5, <= 2.5, <= 3; null is never kept
+
+
+def test_a_score_at_the_threshold_is_kept_by_iqs_the_report_and_build_manifest():
+    from fractions import Fraction
+
+    from openmind_curate.manifest.filters import Filters, apply
+    from openmind_curate.report.builders import iqs_threshold_table
+    from openmind_curate.schema import IMAGE_INDEX, rows_to_table
+
+    # Three raters. a: axes 1, 1, (3+3+4)/3 -> 16/9; b: 1, 4, (4+5+5)/3 -> 29/9.
+    rows = [_r("a", r, 1, 1, art) for r, art in (("r1", 3), ("r2", 3), ("r3", 4))]
+    rows += [_r("b", r, 1, 4, art) for r, art in (("r1", 4), ("r2", 5), ("r3", 5))]
+    res = compute_iqs(_index(_img("a"), _img("b")), _ratings(*rows))
+    scores = res.table["iqs"]
+    assert (Fraction(16, 9) + Fraction(29, 9)) / 2 == Fraction(5, 2)  # on paper: exactly 2.5
+    assert scores.iloc[0] == scores.iloc[1] > 2.5  # in float64: 2.5000000000000004
+    # `curate iqs`'s table, the report's table and build-manifest's filter agree: both kept
+    assert kept_table(scores, [2.5])["kept"].tolist() == [2]
+    assert iqs_threshold_table(scores, [2.5])["images"].tolist() == [2, 0, 2]
+    index = rows_to_table(
+        [
+            dict(
+                image_id=i,
+                dataset_id="ds1",
+                suffix="T1w",
+                extension=".nii.gz",
+                modality="T1w",
+                is_derivative=False,
+                root="/data/ds1",
+                path=f"{i}.nii.gz",
+                size_bytes=1,
+                header_status="ok",
+                iqs=float(v),
+            )
+            for i, v in zip(res.table["image_id"], scores, strict=True)
+        ],
+        IMAGE_INDEX,
+    )
+    kept, steps = apply(index, Filters(iqs_max=2.5))
+    assert kept.num_rows == 2 and steps[-1].detail["above_threshold"] == 0
+    # and a threshold a real step below keeps neither, everywhere
+    assert kept_table(scores, [2.4999])["kept"].tolist() == [0]
+    assert iqs_threshold_table(scores, [2.4999])["images"].tolist() == [0, 0, 2]
+    assert apply(index, Filters(iqs_max=2.4999))[0].num_rows == 0
 
 
 # ---------------------------------------------------------------------- CLI
@@ -310,9 +354,19 @@ def test_cli_writes_scores_into_the_index(private_index, tmp_path):
     validate(table, IQS)
     assert table.num_rows == len(after)
 
-    # a correction (version 2) and a re-run overwrite the stale values
-    save("ana", b, 2, 2, 2)
-    _ok(["iqs", "--index", str(work), "--check-files"])
+    # a correction (version 2) and a re-run overwrite the stale values. The
+    # correction was made on a file that has changed since (the checksum stored
+    # with it is not the file's); ben's second look at a saw the file as it is.
+    from openmind_curate.quality.iqs import file_checksum
+
+    save("ana", b, 2, 2, 2, image_checksum="0" * 64)
+    save("ben", a, 3, 3, 3, image_checksum=file_checksum(frame, a))
+    args = ["iqs", "--index", str(work), "--out", str(out)]
+    assert "changed since" not in _ok(args)  # the files are read only with the flag
+    text = _ok([*args, "--check-files"])
+    (warning,) = [line for line in text.splitlines() if "changed since" in line]
+    assert "1 unit(s) were rated on a file that has changed since" in warning
+    assert b in warning and a not in warning
     after = store.read_frame(work).set_index("image_id")
     assert after.loc[b, "iqs_image"] == 2.0 and after.loc[a, "iqs"] == 2.0
 
@@ -362,7 +416,7 @@ def test_cli_model_predicts_per_image_and_names_bad_metrics(private_index, tmp_p
             ),
             planned=False,
         )
-    idx = ["iqs", "--index", str(work), "--model"]
+    idx = ["iqs", "--index", str(work), "--model", "--out", str(tmp_path / "iqs.parquet")]
     result = runner.invoke(app, [*idx, "--metrics", str(tmp_path / "none.parquet")], env=ENV)
     assert result.exit_code == 2 and "none.parquet" in result.output
     bad = tmp_path / "bad.parquet"

@@ -130,3 +130,35 @@ def test_too_few_raters_is_a_clear_error(index):
     units, _ = P.units(index)
     with pytest.raises(InputError, match="needs 2 raters per image but only 1"):
         P.assign(P.pick_units(units, P.PlanConfig()), ["solo"], P.PlanConfig(raters=2))
+
+
+def test_plan_and_iqs_share_one_dwi_unit_rule(index):
+    from openmind_curate.quality.iqs import units_of
+
+    # dwi-4's only map has a bad header: a DWI unit, but nothing of it can be shown
+    index = pd.concat(
+        [
+            index,
+            pd.DataFrame(
+                [
+                    _row("dwi-4", "dsB", "DWI"),
+                    _row("dwi-4-FA", "dsB", "FA", derived_from="dwi-4", status="corrupt"),
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
+    units, not_rated = P.units(index)
+    rows = units_of(index).set_index("image_id")
+    for unit in units.itertuples():  # a rated unit is its own unit, in the same kind of group
+        assert rows.loc[unit.image_id, "unit_id"] == unit.image_id
+        assert rows.loc[unit.image_id, "is_dwi_unit"] == (unit.group_name == P.DWI_GROUP)
+    for m in index[index["derived_from"].notna()].itertuples():  # maps: their source's unit
+        assert rows.loc[m.image_id, "unit_id"] == m.derived_from
+        assert rows.loc[m.image_id, "group_key"] == f"{m.dataset_id}/{P.DWI_GROUP}"
+    dwi_units = set(units.loc[units["group_name"] == P.DWI_GROUP, "image_id"])
+    assert dwi_units == {"dwi-1", "dwi-2"}
+    assert {"dwi-3", "dwi-4"} <= set(not_rated["image_id"])
+    assert rows.loc["dwi-4", "is_dwi_unit"] and not rows.loc["dwi-3", "is_dwi_unit"]
+    unit, is_dwi = P.unit_of(index)  # the rule itself, the one both go through
+    assert list(unit[is_dwi].unique()) == ["dwi-1", "dwi-2", "dwi-4"]

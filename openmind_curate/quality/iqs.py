@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from openmind_curate.quality.plan import unit_of
+from openmind_curate.quality.threshold import kept_at
 from openmind_curate.schema import DWI_DERIVED_GROUP
 
 AXES = ("noisiness", "blurriness", "artifact_level")
 FLAGS = ("fov_suboptimal", "corrupted")
-#: Thresholds of the paper's table (images kept at IQS <= threshold).
+#: Thresholds of the paper's Table 6 (images kept at IQS <= threshold).
 THRESHOLDS = (1.5, 2.5, 3.0)
 #: Columns of the detailed table (`schema.IQS`), in order.
 COLUMNS = (
@@ -106,15 +108,12 @@ def listing(head: str, items: Sequence[str], show: int) -> str:
 def units_of(index: pd.DataFrame) -> pd.DataFrame:
     """Per index row: image_id, dataset_id, modality, unit_id, is_dwi_unit, group_key.
 
-    A DWI-derived map's unit is its source DWI; so is the source's own. Their
-    group is ``<dataset_id>/DWI-derived``; every other image is its own unit in
+    A DWI-derived map's unit is its source DWI; so is the source's own
+    (`plan.unit_of`, the rule the rating plan uses). Their group is
+    ``<dataset_id>/DWI-derived``; every other image is its own unit in
     ``<dataset_id>/<modality>``.
     """
-    derived = index["derived_from"].notna()
-    sources = set(index.loc[derived, "derived_from"])
-    is_source = index["image_id"].isin(sources) & ~derived
-    dwi = derived | is_source
-    unit = index["derived_from"].where(derived, index["image_id"])
+    unit, dwi = unit_of(index)
     group = np.where(dwi, DWI_DERIVED_GROUP, index["modality"].astype(str))
     return pd.DataFrame(
         {
@@ -215,14 +214,15 @@ def compute_iqs(index: pd.DataFrame, ratings: pd.DataFrame) -> IqsResult:
     return IqsResult(table[list(COLUMNS)].reset_index(drop=True), groups, unknown, not_units)
 
 
-def kept_at(iqs: pd.Series, thresholds: Sequence[float] = THRESHOLDS) -> pd.DataFrame:
-    """How many images a manifest keeps at each threshold (IQS <= t; lower is better)."""
+def kept_table(iqs: pd.Series, thresholds: Sequence[float] = THRESHOLDS) -> pd.DataFrame:
+    """How many images a manifest keeps at each threshold (`threshold.kept_at`:
+    IQS <= t, lower is better; the rule build-manifest and the report use)."""
     n = len(iqs)
     rows = []
     for t in thresholds:
-        kept = int((iqs <= t + _EPS).sum())
+        kept = int(kept_at(iqs, t).sum())
         rows.append(dict(threshold=t, kept=kept, fraction=round(kept / n, 4) if n else 0.0))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["threshold", "kept", "fraction"])
 
 
 def file_checksum(index: pd.DataFrame, unit_id: str) -> str | None:

@@ -44,26 +44,44 @@ class PlanConfig:
         )
 
 
+def unit_of(index: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """The DWI-unit rule, per index row: (unit_id, is_dwi_unit).
+
+    A map derived from a DWI (``derived_from`` set) belongs to its source's
+    unit, which is stored under the source's image_id; the source belongs to
+    that unit too. Both are in the dataset's DWI-derived group. Every other
+    image is a unit of its own. The plan (`units`) and the IQS
+    (`iqs.units_of`) both go through this function.
+    """
+    derived = index["derived_from"].notna()
+    sources = set(index.loc[derived, "derived_from"])
+    is_dwi = derived | index["image_id"].isin(sources)
+    unit = index["derived_from"].where(derived, index["image_id"])
+    return unit, is_dwi
+
+
 def units(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(units, not_rated) from an index frame.
 
     units: one row per unit: image_id, dataset_id, group_name, secondary
-    (a phase, imaginary or inversion part). not_rated: image_id, dataset_id,
-    path, reason, for images that cannot be a unit (header not ok, a DWI
-    series without maps).
+    (a phase, imaginary or inversion part). A DWI unit (`unit_of`) can be
+    rated when at least one of its maps has a readable header. not_rated:
+    image_id, dataset_id, path, reason, for images that cannot be a unit
+    (header not ok, a DWI series without maps).
     """
     ok = index["header_status"] == "ok"
     derived = index["derived_from"].notna()
-    has_maps = set(index.loc[derived & ok, "derived_from"])
-    is_dwi_source = index["image_id"].isin(has_maps) | (index["modality"] == "DWI")
+    unit, is_dwi = unit_of(index)
+    shown = set(unit[derived & ok])  # DWI units with a map to show
+    dwi_series = ~derived & (is_dwi | (index["modality"] == "DWI"))
     skipped = [
         _reasons(index[~ok], "header_status is " + index.loc[~ok, "header_status"].astype(str)),
         _reasons(
-            index[ok & ~derived & (index["modality"] == "DWI") & ~index["image_id"].isin(has_maps)],
+            index[ok & dwi_series & ~index["image_id"].isin(shown)],
             "DWI series without derived maps (run `curate dwi`)",
         ),
     ]
-    plain = index[ok & ~derived & ~is_dwi_source]
+    plain = index[ok & ~is_dwi & ~dwi_series]  # neither a DWI unit nor a DWI series
     flags = plain["flags"].fillna("")
     regular = pd.DataFrame(
         {
