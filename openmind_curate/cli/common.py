@@ -1,8 +1,10 @@
-"""What every `curate` command shares: the console, the error contract, tables."""
+"""What every `curate` command shares: the console, the error contract, the
+shared options and the checks of option values."""
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,33 +14,38 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from openmind_curate import index as store
 from openmind_curate import preflight
-from openmind_curate.index import IndexStoreError
+from openmind_curate.errors import CurateError, InputError
+from openmind_curate.index_input import DEFAULT_INDEX, check_writable, read_images
 from openmind_curate.jobs import BatchInterrupted, JobOptions
-from openmind_curate.preflight import InputError
 
 console = Console()
-DEFAULT_INDEX = Path("index/images.parquet")
+
+__all__ = ["DEFAULT_INDEX", "console", "escape"]
 
 
 def error(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` (markup escaped) and return the Exit to raise."""
     console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # paths stay whole
     return typer.Exit(code)
 
 
+def say(text: str) -> None:
+    """Print plain text (paths, names, data): never read as rich markup."""
+    console.print(escape(text), soft_wrap=True, highlight=False)
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input found by a check (`preflight`, the index store, the crawl)
-    becomes a one-line message and exit code 2, never a traceback; a batch
-    stopped by Ctrl-C or SIGTERM says what was done and exits 130 or 143."""
+    """A problem the user can fix (`errors.CurateError`, from any check or
+    stage) becomes a one-line message and exit code 2, never a traceback; a
+    batch stopped by Ctrl-C or SIGTERM says what was done and exits 130 or 143.
+    Anything else is a bug: `cli.app.run` logs it and exits 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from openmind_curate.bids.crawl import NoDatasetsError
-
         try:
             return func(*args, **kwargs)
-        except (InputError, IndexStoreError, NoDatasetsError) as exc:
+        except CurateError as exc:
             raise error(str(exc)) from None
         except BatchInterrupted as exc:
             Console(stderr=True).print(escape(str(exc)), soft_wrap=True)
@@ -52,13 +59,13 @@ def plural(n: int, word: str) -> str:
 
 
 def print_frame(df, title: str, limit: int | None = None) -> None:
-    """A DataFrame as a rich table (numbers right-aligned)."""
-    table = Table(title=title, title_justify="left")
+    """A DataFrame as a rich table (numbers right-aligned; cells are data, never markup)."""
+    table = Table(title=escape(title), title_justify="left")
     for col in df.columns:
         numeric = str(df[col].dtype).startswith(("int", "float", "uint"))
-        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
+        table.add_column(escape(str(col)), justify="right" if numeric else "left", overflow="fold")
     for row in df.head(limit).itertuples(index=False) if limit else df.itertuples(index=False):
-        table.add_row(*["" if v is None else str(v) for v in row])
+        table.add_row(*["" if v is None else escape(str(v)) for v in row])
     console.print(table)
     if limit and len(df) > limit:
         console.print(f"  ... and {len(df) - limit} more")
@@ -85,6 +92,8 @@ KeepExisting = Annotated[
         help="Keep finished outputs made with other options \\[default: recompute them].",
     ),
 ]
+#: The image index, an option with the default `DEFAULT_INDEX` in every command.
+IndexPath = Annotated[Path, typer.Option("--index", help="Image index (from `curate crawl`).")]
 
 
 def job_options(
@@ -110,23 +119,56 @@ def job_options(
     )
 
 
-def writable_index(index: Path) -> None:
-    """A stage that will add to the index checks, before hours of work, that
-    it can write and lock it."""
-    preflight.output_file(index, "--index")
-    with store.locked(index, timeout=30):
-        pass
-
-
 def read_index(index: Path, *, images: bool = True):
     """The index through the store (absolute paths). A stage given an index
     without a single image stops here rather than writing an empty result."""
-    frame = store.read_frame(index)
-    if images and frame.empty:
+    from openmind_curate import index as store
+
+    return read_images(index) if images else store.read_frame(index)
+
+
+def writable_index(index: Path) -> None:
+    """A stage that will add to the index checks, before hours of work, that
+    it can write and lock it."""
+    check_writable(index)
+
+
+def file_path(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """A FILE output (one table), checked without touching the disk: a path
+    ending in ``/`` or naming a folder is refused, so ``--out metrics/``
+    never writes a file named ``metrics``. Returns it absolute."""
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):
         raise InputError(
-            f"index {index} holds no images: nothing to do (did `curate crawl` find any dataset?)"
+            f"{option} {text} ends in '/', a folder; give a file path "
+            f"(e.g. {text}{Path(text).name or 'table'}.parquet)"
         )
-    return frame
+    if Path(text).is_dir():
+        raise InputError(f"{option} {text} is a folder; give a file path (e.g. {text}/out.parquet)")
+    return Path(os.path.abspath(text))
+
+
+def out_file(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """`file_path`, and its folder made and proven writable (`preflight.output_file`)."""
+    return preflight.output_file(file_path(path, option), option)
+
+
+def legacy_positional(value: Any, legacy: Any, option: str, name: str) -> tuple[Any, str]:
+    """An option that was a positional argument NAME before: the option, or
+    the hidden positional with a deprecation note. Returns (value, the name to
+    use in messages); neither given is an error naming the option."""
+    if legacy is not None:
+        if value is not None:
+            raise InputError(f"give {option} once (the positional {name} is its old form)")
+        Console(stderr=True).print(
+            f"[yellow]note:[/yellow] the positional {name} is deprecated, use {option} "
+            "(the old form goes in the next release)",
+            soft_wrap=True,
+        )
+        return legacy, name
+    if value is None:
+        raise InputError(f"missing option {option}")
+    return value, option
 
 
 def renamed(**old_to_new: str) -> dict[str, Any]:
@@ -134,7 +176,8 @@ def renamed(**old_to_new: str) -> dict[str, Any]:
     one release, with a notice on stderr. Old names never show in --help.
 
     Usage: ``app.command(context_settings=renamed(modalities="datatypes"))``;
-    names are given without the leading ``--`` and with ``_`` for ``-``.
+    names are given without the leading dashes and with ``_`` for ``-``. A
+    one-letter old name is a short option (``j="loader_workers"``: ``-j``).
     """
     table = {old.replace("_", "-"): new.replace("_", "-") for old, new in old_to_new.items()}
 
@@ -142,11 +185,13 @@ def renamed(**old_to_new: str) -> dict[str, Any]:
         new = table.get(token)
         if new is None:
             return token
+        old = f"-{token}" if len(token) == 1 else f"--{token}"
         Console(stderr=True).print(
-            f"[yellow]note:[/yellow] --{token} is deprecated, use --{new} "
+            f"[yellow]note:[/yellow] {old} is deprecated, use --{new} "
             "(the old name goes in the next release)",
             soft_wrap=True,
         )
-        return new
+        # the parser puts back the prefix it split off: "-" for a short name
+        return f"-{new}" if len(token) == 1 else new
 
     return {"token_normalize_func": normalize}

@@ -11,21 +11,33 @@ import typer
 from openmind_curate import preflight
 from openmind_curate.cli.common import (
     DEFAULT_INDEX,
+    IndexPath,
     Quiet,
     Scheduler,
     Workers,
     console,
+    error,
+    escape,
     job_options,
+    legacy_positional,
+    out_file,
     plural,
     print_frame,
     read_index,
+    renamed,
+    say,
     user_errors,
 )
 
 
 @user_errors
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write the corpus into.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", metavar="FOLDER", help="Folder to write the corpus into \\[required]."
+        ),
+    ] = None,
     datasets: Annotated[int, typer.Option("--datasets", "-d", min=1)] = 4,
     subjects: Annotated[int, typer.Option("--subjects", "-s", min=1)] = 2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -33,22 +45,34 @@ def synth(
         float,
         typer.Option(min=0.5, max=4.0, help="Voxel-size multiplier; 1.0 = real resolutions."),
     ] = 1.6,
+    poor_datasets: Annotated[
+        int,
+        typer.Option(
+            "--poor-datasets",
+            min=0,
+            help="Also datasets of an old, poor protocol (every image noisy, blurred, ghosted).",
+        ),
+    ] = 0,
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
+    legacy_out: Annotated[Path | None, typer.Argument(metavar="OUT", hidden=True)] = None,
 ) -> None:
     """Generate an OpenNeuro-like collection of BIDS datasets with a truth table."""
     from openmind_curate.synth import SynthConfig, generate
 
-    cfg = SynthConfig(n_datasets=datasets, n_subjects=subjects, seed=seed, voxel_scale=voxel_scale)
-    out = preflight.output_dir(out, "OUT")
+    cfg = SynthConfig(
+        n_datasets=datasets,
+        n_subjects=subjects,
+        seed=seed,
+        voxel_scale=voxel_scale,
+        n_poor_datasets=poor_datasets,
+    )
+    out, name = legacy_positional(out, legacy_out, "--out", "OUT")
+    out = preflight.output_dir(out, name)
     options = job_options(workers, scheduler, quiet, "synth", out)
     start = time.perf_counter()
-    try:
-        truth, _ = generate(out, cfg, options)
-    except (RuntimeError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    truth, _ = generate(out, cfg, options)
     _print_corpus_summary(truth.to_pandas(), out, time.perf_counter() - start)
 
 
@@ -61,7 +85,7 @@ def _print_corpus_summary(truth, out: Path, seconds: float) -> None:
     print_frame(s.counts, f"Generated corpus in {out}")
     deg = pd.DataFrame(list(s.degradations.items()), columns=["degradation", "files"])
     print_frame(deg, "Recorded degradations")
-    console.print(
+    say(
         f"{s.n_files} files ({s.n_images} images), {s.n_subjects} subjects, "
         f"{s.size_mb:.0f} MB, in {seconds:.1f} s. Truth table: {out / 'truth' / 'images.parquet'}"
     )
@@ -69,8 +93,13 @@ def _print_corpus_summary(truth, out: Path, seconds: float) -> None:
 
 @user_errors
 def crawl(
-    roots: Annotated[list[Path], typer.Argument(help="BIDS datasets, or folders holding them.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Index to write.")] = DEFAULT_INDEX,
+    roots: Annotated[
+        list[Path],
+        typer.Argument(metavar="ROOTS...", help="BIDS datasets, or folders holding them."),
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", metavar="FILE", help="Index to write.")] = str(
+        DEFAULT_INDEX
+    ),
     derivatives: Annotated[
         bool, typer.Option("--derivatives", help="Also index derivative datasets.")
     ] = False,
@@ -84,47 +113,50 @@ def crawl(
     """Index BIDS datasets: one row per image, with inherited metadata joined."""
     from openmind_curate.bids.crawl import CrawlOptions, problems_path
     from openmind_curate.bids.crawl import crawl as run_crawl
+    from openmind_curate.bids.datatypes import parse_datatypes
 
+    options = CrawlOptions(derivatives, parse_datatypes(datatypes))
     roots = preflight.input_dirs(roots)
-    out = preflight.output_file(out)
-    options = CrawlOptions(derivatives, tuple(d.strip() for d in datatypes.split(",") if d))
-    result = run_crawl(roots, out, options, job_options(workers, scheduler, quiet, "crawl"))
-    index = result.index.to_pandas()
-    if len(index):
-        _print_index_summary(index, per_dataset=False)
+    index = out_file(out)
+    result = run_crawl(roots, index, options, job_options(workers, scheduler, quiet, "crawl"))
+    frame = result.index.to_pandas()
+    if len(frame):
+        _print_index_summary(frame, per_dataset=False)
     problems = result.problems.to_pandas()
     if len(problems):
         kinds = problems["kind"].value_counts().rename_axis("kind").rename("files").reset_index()
         print_frame(kinds, f"Problems: {len(problems)}")
         print_frame(problems[["dataset_id", "path", "message"]], "First problems", limit=10)
-        console.print(f"All problems: {problems_path(out)}")
+        say(f"All problems: {problems_path(index)}")
     rate = result.n_images / result.seconds if result.seconds else 0.0
-    console.print(
+    say(
         f"{plural(result.n_images, 'image')} from {plural(result.n_datasets, 'dataset')} in "
         f"{result.seconds:.1f} s ({rate:,.0f} images/s); {result.n_unchanged} unchanged since "
-        f"the last crawl, {plural(result.n_headers_read, 'header')} read. Index: {out}"
+        f"the last crawl, {plural(result.n_headers_read, 'header')} read. Index: {index}"
     )
     m = result.merge
     if m.kept or m.cleared or m.removed or m.derived_kept or m.derived_dropped:
-        console.print(
+        say(
             f"Later stages' results: kept for {m.kept} unchanged images and "
             f"{m.derived_kept} derived rows; dropped for {m.cleared} changed and "
             f"{m.removed} removed images, with {m.derived_dropped} derived rows."
         )
     for label in result.failures:
-        console.print(f"[red]failed:[/red] {label}")
+        console.print(f"[red]failed:[/red] {escape(str(label))}", soft_wrap=True)
     if result.failures:
         raise typer.Exit(1)
 
 
 @user_errors
 def fetch(
-    datasets: Annotated[list[str], typer.Argument(help="OpenNeuro ids, optionally id:tag.")],
+    datasets: Annotated[
+        list[str], typer.Argument(metavar="DATASETS...", help="OpenNeuro ids, optionally id:tag.")
+    ],
     dest: Annotated[Path, typer.Option("--dest", help="Folder to download into.")],
     tag: Annotated[
         str | None, typer.Option(help="Snapshot tag \\[default: the latest snapshot].")
     ] = None,
-    modalities: Annotated[
+    datatypes: Annotated[
         str, typer.Option(help="Comma-separated BIDS datatype folders to download.")
     ] = "anat,dwi",
     dry_run: Annotated[
@@ -134,22 +166,22 @@ def fetch(
     """Download OpenNeuro datasets (chosen datatypes plus metadata), resumably."""
     import pandas as pd
 
+    from openmind_curate.bids.datatypes import parse_datatypes
     from openmind_curate.bids.fetch import FetchError, dry_run_table, parse_dataset_arg
     from openmind_curate.bids.fetch import fetch as run_fetch
 
     if tag and len(datasets) > 1:
-        console.print("[red]error:[/red] --tag needs a single dataset; use ID:TAG per dataset")
-        raise typer.Exit(2)
-    datatypes = tuple(m.strip() for m in modalities.split(",") if m.strip())
+        raise error("--tag needs a single dataset; use ID:TAG per dataset")
+    chosen = parse_datatypes(datatypes)
     if not dry_run:
         dest = preflight.output_dir(dest, "--dest")
     failed = 0
     for arg in datasets:
         dataset, pinned = parse_dataset_arg(arg, tag)
         try:
-            result = run_fetch(dataset, dest, tag=pinned, datatypes=datatypes, dry_run=dry_run)
-        except FetchError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            result = run_fetch(dataset, dest, tag=pinned, datatypes=chosen, dry_run=dry_run)
+        except FetchError as exc:  # this dataset only: the others are still fetched
+            error(str(exc))
             failed += 1
             continue
         plan = result.plan
@@ -158,13 +190,13 @@ def fetch(
             table["MB"] = (table.pop("bytes") / 1e6).round(1)
         print_frame(table, f"{dataset} snapshot {plan.snapshot.tag}")
         if dry_run:
-            console.print(f"would download {len(plan.todo)} files, {plan.bytes_todo / 1e6:.1f} MB")
+            say(f"would download {len(plan.todo)} files, {plan.bytes_todo / 1e6:.1f} MB")
         elif result.complete:
-            console.print(f"{dataset} {plan.snapshot.tag}: complete in {result.dest}")
+            say(f"{dataset} {plan.snapshot.tag}: complete in {result.dest}")
         else:
             failed += 1
             console.print(
-                f"[red]{dataset}: {len(result.missing_after)} files still missing; "
+                f"[red]{escape(dataset)}: {len(result.missing_after)} files still missing; "
                 "run the same command again to resume[/red]"
             )
     if failed:
@@ -184,16 +216,20 @@ def _print_index_summary(index, per_dataset: bool = True) -> None:
 
 @user_errors
 def index_summary(
-    index: Annotated[Path, typer.Argument(help="An images.parquet written by `curate crawl`.")],
+    index: IndexPath = DEFAULT_INDEX,
+    legacy_index: Annotated[Path | None, typer.Argument(metavar="INDEX", hidden=True)] = None,
 ) -> None:
     """Counts per modality, per dataset and per header status."""
+    if legacy_index is not None:
+        index, _ = legacy_positional(None, legacy_index, "--index", "INDEX")
     _print_index_summary(read_index(index, images=False))
 
 
 def register(app: typer.Typer) -> None:
+    """Add `synth`, `crawl`, `fetch` and the `index` group to `app`."""
     app.command()(synth)
     app.command()(crawl)
-    app.command()(fetch)
+    app.command(context_settings=renamed(modalities="datatypes"))(fetch)
     index_app = typer.Typer(help="Inspect an image index.", no_args_is_help=True)
     index_app.command("summary")(index_summary)
     app.add_typer(index_app, name="index")

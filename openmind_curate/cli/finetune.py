@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from openmind_curate import preflight
-from openmind_curate.cli.common import console, user_errors
+from openmind_curate.cli.common import console, escape, say, user_errors
+from openmind_curate.errors import InputError
 
 _SCHEDULE_HELP = (
     "default (PolyLR), frozen (decoder only), warmup (linear warm-up, then poly), "
     "valley (decoder only with decreasing lr, then whole-network warm-up, then poly), "
     "sawtooth (decoder warm-up, then whole-network warm-up, then poly)."
 )
+Schedule = Literal["default", "frozen", "warmup", "valley", "sawtooth"]
 
 
 @user_errors
@@ -27,7 +30,7 @@ def finetune(
             "labelsTr) or a generated corpus (`curate synth`; its tissue labels).",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FOLDER", help="Run folder.")],
     pretrained: Annotated[
         Path | None,
         typer.Option(
@@ -36,13 +39,13 @@ def finetune(
             "Without it the network trains from scratch.",
         ),
     ] = None,
-    schedule: Annotated[str, typer.Option("--schedule", help=_SCHEDULE_HELP)] = "default",
+    schedule: Annotated[Schedule, typer.Option("--schedule", help=_SCHEDULE_HELP)] = "default",
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs.")] = 150,
     arch: Annotated[
-        str | None,
+        Literal["resenc-l", "tiny"] | None,
         typer.Option(
             "--arch",
-            help="tiny or resenc-l; the encoder's with --pretrained, else resenc-l (needs a GPU).",
+            help="The encoder's with --pretrained, else resenc-l (needs a GPU).",
         ),
     ] = None,
     patch: Annotated[
@@ -68,9 +71,10 @@ def finetune(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed (split, patches, init).")] = 0,
     spacing: Annotated[
-        float | None,
+        str | None,
         typer.Option(
-            "--spacing", help="Target spacing in mm (default: the encoder's, 1 mm from scratch)."
+            "--spacing",
+            help="Isotropic target spacing in mm (default: the encoder's, 1 mm from scratch).",
         ),
     ] = None,
     val_fraction: Annotated[
@@ -78,9 +82,11 @@ def finetune(
     ] = 0.2,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch lines.")] = False,
 ) -> None:
-    """Fine-tune for segmentation (Dice + CE) with one of the paper's schedules
-    and report the validation Dice per class (RUN/metrics.json, RUN/log.jsonl,
-    RUN/model.pt)."""
+    """Fine-tune for segmentation (Dice + CE) with one of the paper's schedules.
+
+    Reports the validation Dice per class and writes RUN/metrics.json,
+    RUN/log.jsonl and RUN/model.pt.
+    """
     from rich.table import Table
 
     from openmind_curate.train.finetune import FinetuneConfig
@@ -100,31 +106,45 @@ def finetune(
         lr=lr,
         stage_len=stage_len,
         seed=seed,
-        spacing=spacing,
+        spacing=_spacing_mm(spacing),
         val_fraction=val_fraction,
         quiet=quiet,
     )
     source = check(config)
-    out = config.out = preflight.output_dir(out)
-    result = run_finetune(config, source=source, echo=lambda s: console.print(s, highlight=False))
+    config = replace(config, out=preflight.output_dir(out))
+    out = config.out
+    result = run_finetune(config, source=source, echo=say)
     table = Table(title=f"Validation Dice ({len(result.per_case)} case(s))", title_justify="left")
     table.add_column("case")
     names = list(result.dice)
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")
 
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     for case, dice in result.per_case.items():
-        table.add_row(case, *[fmt(dice[n]) for n in names])
+        table.add_row(escape(case), *[fmt(dice[n]) for n in names])
     table.add_row("mean", *[fmt(result.dice[n]) for n in names], style="bold")
     console.print(table)
-    console.print(
+    say(
         f"mean Dice over classes: {fmt(result.mean_dice)}; wrote {out / 'metrics.json'}, "
         f"{out / 'log.jsonl'} and {out / 'model.pt'}"
     )
 
 
+def _spacing_mm(text: str | None) -> float | None:
+    """--spacing as a size in mm (None: the encoder's); 'native' is preprocess's only."""
+    from openmind_curate.train.preprocess import parse_spacing
+
+    if text is None:
+        return None
+    value = parse_spacing(text)
+    if value is None:
+        raise InputError(f"--spacing {text}: fine-tuning resamples every case; give a size in mm")
+    return value
+
+
 def register(app: typer.Typer) -> None:
+    """Add `finetune` to `app`."""
     app.command("finetune")(finetune)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from openmind_curate.cli.common import (
     KeepExisting,
@@ -16,16 +15,19 @@ from openmind_curate.cli.common import (
     console,
     job_options,
     plural,
+    say,
     user_errors,
 )
-from openmind_curate.preflight import InputError
 
 
+@user_errors
 def preprocess(
     manifest: Annotated[
         Path, typer.Option("--manifest", "-m", help="Manifest (from `curate build-manifest`).")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Store folder to write.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="FOLDER", help="Store folder to write.")
+    ],
     spacing: Annotated[
         str,
         typer.Option("--spacing", help="Isotropic voxel size in mm, or 'native' (no resampling)."),
@@ -53,31 +55,19 @@ def preprocess(
     batch goes on. A killed run resumes: run the same command again.
     """
     from openmind_curate import preflight
-    from openmind_curate.manifest.writers import ManifestError, read_manifest
     from openmind_curate.train import preprocess as P
+    from openmind_curate.train.pretrain import manifest_images, preprocess_manifest
 
-    try:
-        config = P.PreprocessConfig(spacing=P.parse_spacing(spacing), clip=P.parse_clip(clip))
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    try:
-        frame = read_manifest(manifest, as_frame=True)
-    except ManifestError as exc:
-        raise InputError(str(exc)) from None
-    if frame.empty:
-        raise InputError(f"manifest {manifest} has no images")
+    config = P.PreprocessConfig(spacing=P.parse_spacing(spacing), clip=P.parse_clip(clip))
+    frame = manifest_images(manifest)
     out = preflight.output_dir(out)
     options = job_options(workers, scheduler, quiet, "preprocess", out, keep_existing)
-    try:
-        result = P.preprocess(frame, out, config, options)
-    except ValueError as exc:  # a manifest listing an image twice
-        raise InputError(str(exc)) from None
-    _summary(result)
+    _summary(preprocess_manifest(frame, out, config, options))
 
 
 def _summary(result) -> None:
     counts = result.meta["counts"]
-    console.print(result.batch.summary(), soft_wrap=True)
+    say(result.batch.summary())
     console.print(
         f"{plural(counts['cases'], 'image')}: {counts['ok']} ok, {counts['rejected']} rejected; "
         f"{counts['without_anon']} without an anonymization mask (trained with none), "
@@ -85,14 +75,12 @@ def _summary(result) -> None:
     )
     rejected = result.rejected
     for r in rejected.head(20).itertuples():
-        console.print(
-            f"  rejected {escape(str(r.source))}: {escape(str(r.reason))}", soft_wrap=True
-        )
+        say(f"  rejected {r.source}: {r.reason}")
     if len(rejected) > 20:
         console.print(f"  ... and {len(rejected) - 20} more (see store.parquet)")
     print(result.store)  # plain stdout, last line: a script can capture the path
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to `app`."""
-    app.command("preprocess")(user_errors(preprocess))
+    """Add `preprocess` to `app`."""
+    app.command("preprocess")(preprocess)

@@ -3,38 +3,55 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from openmind_curate import preflight
 from openmind_curate.cli.common import (
     DEFAULT_INDEX,
+    IndexPath,
     KeepExisting,
     Quiet,
     Scheduler,
     Workers,
     console,
+    error,
+    escape,
     job_options,
+    out_file,
     print_frame,
     read_index,
+    say,
     user_errors,
     writable_index,
 )
+
+#: Where `curate metrics` writes its table (the demo's layout; `curate iqs --metrics` reads it).
+DEFAULT_METRICS = "metrics/metrics.parquet"
 
 
 @user_errors
 def dwi(
     files: Annotated[
-        list[Path] | None, typer.Argument(help="DWI series (.nii/.nii.gz); or use --index.")
+        list[Path] | None,
+        typer.Argument(
+            metavar="FILES...",
+            help="DWI series (.nii/.nii.gz); without them, every DWI of --index.",
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Derivatives folder.")] = Path(
-        "derivatives/dwi"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="FOLDER", help="Derivatives folder.")
+    ] = Path("derivatives/dwi"),
     index: Annotated[
-        Path | None, typer.Option(help="Process every DWI of this index and add map rows.")
-    ] = None,
-    denoise: Annotated[str, typer.Option(help="mppca, patch2self or none.")] = "mppca",
+        Path,
+        typer.Option(
+            "--index", help="Without FILES: process every DWI of this index and add map rows."
+        ),
+    ] = DEFAULT_INDEX,
+    denoise: Annotated[
+        Literal["mppca", "patch2self", "none"], typer.Option(help="Denoising method.")
+    ] = "mppca",
     stride: Annotated[int, typer.Option(min=1, max=5, help="MP-PCA patch stride.")] = 2,
     gibbs: Annotated[bool, typer.Option("--gibbs/--no-gibbs")] = True,
     motion: Annotated[bool, typer.Option("--motion/--no-motion")] = True,
@@ -50,76 +67,51 @@ def dwi(
     """DWI -> denoise, Gibbs, motion, N4, brain mask -> FA, MD and T2w (mean b0) maps."""
     import json
 
-    from openmind_curate.dwi.pipeline import DwiConfig
-    from openmind_curate.dwi.run import (
-        index_rows,
-        jobs_for_files,
-        jobs_for_index,
-        run_jobs,
-        update_index,
-    )
+    from openmind_curate.dwi import stage
 
-    if bool(files) == bool(index):
-        console.print("[red]error:[/red] give DWI files or --index INDEX (one of the two)")
-        raise typer.Exit(2)
-    if denoise not in ("mppca", "patch2self", "none"):
-        console.print(
-            f"[red]error:[/red] --denoise must be mppca, patch2self or none, not {denoise!r}"
-        )
-        raise typer.Exit(2)
-    config = DwiConfig(
-        denoise=None if denoise == "none" else denoise,
-        mppca_stride=stride,
-        gibbs=gibbs,
-        motion=motion,
-        bias=bias,
-    )
+    config = stage.config_for(denoise, stride, gibbs, motion, bias)
     table = None
-    if index is not None:
+    if files and index != DEFAULT_INDEX:
+        raise error("give DWI files or --index, not both")
+    if files:
+        files = preflight.input_files(files)
+    else:
         table = read_index(index)
         writable_index(index)
-        inputs = None
-    else:
-        inputs = preflight.input_files(files or [])
     out = preflight.output_dir(out)
     options = job_options(workers, scheduler, quiet or as_json, "dwi", out, keep_existing)
-    if table is not None:
-        jobs = jobs_for_index(table, out, config)
+    if table is None:
+        result = stage.run(out, config, options, files=files)
     else:
-        jobs = jobs_for_files(inputs or [], out, config)
-    batch, lines = run_jobs(jobs, options)
+        result = stage.run(out, config, options, index=index, frame=table)
     if as_json:
-        for line in lines:
+        for line in result.lines:
             print(json.dumps(line, default=float))
-    if index is not None:
-        added = update_index(index, index_rows(jobs, table))
-        if not as_json:
+    elif result.update is not None:
+        added = result.update
+        say(f"{added.added + added.replaced} map rows (FA, MD, T2w) in {index} ({added.added} new)")
+        if added.skipped:
             console.print(
-                f"{added.added + added.replaced} map rows (FA, MD, T2w) in {index} "
-                f"({added.added} new)"
+                f"[yellow]note[/yellow] {added.skipped} map rows not added: "
+                "their source left the index during the run"
             )
-            if added.skipped:
-                console.print(
-                    f"[yellow]note[/yellow] {added.skipped} map rows not added: "
-                    "their source left the index during the run"
-                )
     if not as_json:
-        console.print(batch.summary())
-        for line in lines:
+        say(result.batch.summary())
+        for line in result.lines:
             if line["status"] != "failed" and line.get("warnings"):
-                console.print(
-                    f"[yellow]note[/yellow] {line['input']}: {'; '.join(line['warnings'])}"
-                )
-    if batch.failed:
+                text = f"{line['input']}: {'; '.join(line['warnings'])}"
+                console.print(f"[yellow]note[/yellow] {escape(text)}", soft_wrap=True)
+    if result.batch.failed:
         raise typer.Exit(1)
 
 
 @user_errors
 def masks(
-    index: Annotated[Path, typer.Option(help="Image index (from `curate crawl`).")] = DEFAULT_INDEX,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Derivatives root for the masks.")] = (
-        Path("derivatives/masks")
-    ),
+    index: IndexPath = DEFAULT_INDEX,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", metavar="FOLDER", help="Derivatives root for the masks."),
+    ] = Path("derivatives/masks"),
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
@@ -128,22 +120,20 @@ def masks(
     """Anatomy and anonymization masks for every readable image; paths go into the index."""
     import pandas as pd
 
-    from openmind_curate.masks.run import jobs_for_index, run_jobs, update_index
+    from openmind_curate.masks import stage
 
     table = read_index(index)
     writable_index(index)
     out = preflight.output_dir(out)
     options = job_options(workers, scheduler, quiet, "masks", out, keep_existing)
-    jobs = jobs_for_index(table, out)
-    batch, records = run_jobs(jobs, options)
-    updated = update_index(index, records)
-    if updated.skipped:
+    result = stage.run(index, out, options, frame=table)
+    if result.update.skipped:
         console.print(
-            f"[yellow]note[/yellow] {updated.skipped} images changed or left the "
+            f"[yellow]note[/yellow] {result.update.skipped} images changed or left the "
             "index during the run: their masks were not recorded"
         )
-    if records:
-        df = pd.DataFrame(records)
+    if result.records:
+        df = pd.DataFrame(result.records)
         kinds = (
             df["anonymization"]
             .fillna("none")
@@ -151,20 +141,18 @@ def masks(
         )
         counts = kinds.value_counts().rename_axis("anonymization")
         print_frame(counts.reset_index(name="images"), "Anonymization found")
-    console.print(
-        f"{updated.replaced} index rows now carry mask paths ({index}); masks under {out}"
-    )
-    console.print(batch.summary())
-    if batch.failed:
+    say(f"{result.update.replaced} index rows now carry mask paths ({index}); masks under {out}")
+    say(result.batch.summary())
+    if result.batch.failed:
         raise typer.Exit(1)
 
 
 @user_errors
 def metrics(
-    index: Annotated[Path, typer.Option(help="Image index (from `curate crawl`).")] = DEFAULT_INDEX,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Metrics table (parquet).")] = Path(
-        "metrics.parquet"
-    ),
+    index: IndexPath = DEFAULT_INDEX,
+    out: Annotated[
+        str, typer.Option("--out", "-o", metavar="FILE", help="Metrics table (parquet).")
+    ] = DEFAULT_METRICS,
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
@@ -174,9 +162,9 @@ def metrics(
     from openmind_curate.quality.run import run_metrics
 
     table = read_index(index)
-    out = preflight.output_file(out)
-    options = job_options(workers, scheduler, quiet, "metrics", out.parent, keep_existing)
-    batch, result = run_metrics(table, out, options)
+    path = out_file(out)
+    options = job_options(workers, scheduler, quiet, "metrics", path.parent, keep_existing)
+    batch, result = run_metrics(table, path, options)
     df = result.to_pandas()
     bad = df[df["corrupted"]]
     if len(bad):
@@ -189,13 +177,14 @@ def metrics(
         summary.rename(columns={"50%": "median"}).reset_index(names="metric"),
         "Metrics over the index",
     )
-    console.print(f"{len(df)} rows, {len(bad)} flagged corrupted -> {out}")
-    console.print(batch.summary())
+    say(f"{len(df)} rows, {len(bad)} flagged corrupted -> {path}")
+    say(batch.summary())
     if batch.failed:
         raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
+    """Add `dwi`, `masks` and `metrics` to `app`."""
     app.command()(dwi)
     app.command()(masks)
     app.command()(metrics)
