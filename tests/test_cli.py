@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import re
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 import openmind_curate
@@ -21,12 +23,52 @@ runner = CliRunner()
 STAGES = ["bids", "dwi", "masks", "quality", "manifest", "jobs", "train", "synth"]
 
 
+#: Phrases of a placeholder docstring, not a description of what is there.
+FILE_NAME = re.compile(r"\.(json|parquet|csv|tsv|py|nii|gz|html|png|yaml|sqlite)$")
+PLACEHOLDER = re.compile(r"\b(will|todo|tbd|placeholder|not yet|coming soon|to be written)\b", re.I)
+
+
+def _resolves(package: str, name: str) -> bool:
+    """A backticked name of a package docstring: a submodule, an attribute of
+    the package or of one of its submodules, or an importable module."""
+    head = name.split(".")[0]
+    if name.startswith("openmind_curate."):
+        try:
+            importlib.import_module(name)
+            return True
+        except ImportError:
+            parent, _, attr = name.rpartition(".")
+            return hasattr(importlib.import_module(parent), attr)
+    module = importlib.import_module(f"openmind_curate.{package}")
+    if hasattr(module, head) or importlib.util.find_spec(f"openmind_curate.{package}.{head}"):
+        return True
+    for info in pkgutil.iter_modules(module.__path__):
+        if hasattr(importlib.import_module(f"{module.__name__}.{info.name}"), head):
+            return True
+    return False
+
+
 def test_layout_has_every_stage_package_with_a_docstring():
+    """Each stage package's docstring is a current map of it: it names every
+    one of its modules in backticks, every name it backticks exists, and it
+    says what is there, not what will be."""
     found = {m.name for m in pkgutil.iter_modules(openmind_curate.__path__)}
     assert set(STAGES) <= found
+    problems = []
     for name in STAGES:
         module = importlib.import_module(f"openmind_curate.{name}")
-        assert module.__doc__ and len(module.__doc__.split()) > 8, name
+        doc = module.__doc__ or ""
+        if PLACEHOLDER.search(doc):
+            problems.append(f"{name}: placeholder text {PLACEHOLDER.search(doc).group(0)!r}")
+        named = {n for n in re.findall(r"`([A-Za-z_][\w.]*)`", doc) if not FILE_NAME.search(n)}
+        problems += [
+            f"{name}: `{n}` names nothing" for n in sorted(named) if not _resolves(name, n)
+        ]
+        short = {n.removeprefix(f"openmind_curate.{name}.").removeprefix(f"{name}.") for n in named}
+        for info in pkgutil.iter_modules(module.__path__):
+            if not info.name.startswith("_") and info.name not in short:
+                problems.append(f"{name}: module `{info.name}` is not named in the docstring")
+    assert not problems, "\n".join(problems)
 
 
 def test_console_script_is_installed():
@@ -37,16 +79,38 @@ def test_console_script_is_installed():
 
 
 def test_batch_commands_share_workers_and_scheduler_options():
-    result = runner.invoke(app, ["synth", "--help"], env={"COLUMNS": "200"})
-    assert result.exit_code == 0
-    for opt in ("--workers", "--scheduler", "--datasets", "--subjects", "--seed"):
-        assert opt in result.output
+    """Every batch command takes the same --workers/-j, --scheduler and
+    --quiet/-q, and shows them in its --help; no other command takes --scheduler."""
+    batch = {"synth", "crawl", "dwi", "masks", "metrics", "preprocess"}
+    group = typer.main.get_command(app)
+    with_scheduler = {
+        name
+        for name, cmd in group.commands.items()
+        if any("--scheduler" in getattr(p, "opts", ()) for p in cmd.params)
+    }
+    assert with_scheduler == batch
+    shared = {}
+    for name in sorted(batch):
+        params = {p.name: p for p in group.commands[name].params}
+        for key in ("workers", "scheduler", "quiet"):
+            p = params[key]
+            shared.setdefault(key, (p.opts, p.default, p.help))
+            assert (p.opts, p.default, p.help) == shared[key], (name, key)
+        result = runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        for opt in ("--workers", "-j", "--scheduler", "--quiet", "[default: all cores]"):
+            assert opt in result.output, (name, opt)
+    assert shared["workers"][0] == ["--workers", "-j"] and shared["quiet"][0] == ["--quiet", "-q"]
+    synth = runner.invoke(app, ["synth", "--help"], env={"COLUMNS": "200"}).output
+    for opt in ("--datasets", "--subjects", "--seed"):
+        assert opt in synth
 
 
 def test_synth_command_writes_a_corpus_and_prints_a_summary(tmp_path):
     def args(seed: int) -> list[str]:
         return [
             "synth",
+            "--out",
             str(tmp_path),
             "--datasets",
             "2",
@@ -67,7 +131,7 @@ def test_synth_command_writes_a_corpus_and_prints_a_summary(tmp_path):
     assert (tmp_path / "truth" / "images.parquet").is_file()
     # Same folder, other seed: a clear refusal, not a silently mixed corpus.
     bad = runner.invoke(app, args(4))
-    assert bad.exit_code == 1 and "another configuration" in bad.output
+    assert bad.exit_code == 2 and "another configuration" in bad.output
 
 
 def test_demo_runs_the_existing_stages(tmp_path):
@@ -125,12 +189,12 @@ def test_index_summary_and_clear_errors(tmp_path, corpus):
     )
     assert crawled.exit_code == 0, crawled.output
     assert "Problems" in crawled.output and "truncated" in crawled.output
-    summary = runner.invoke(app, ["index", "summary", str(out)], env={"COLUMNS": "200"})
+    summary = runner.invoke(app, ["index", "summary", "--index", str(out)], env={"COLUMNS": "200"})
     assert summary.exit_code == 0
     n_t1 = ((truth["kind"] == "image") & (truth["modality"] == "T1w")).sum()
     assert re.search(rf"│ T1w\s+│\s+{n_t1} │", summary.output)
     assert "Header status" in summary.output and "Images per dataset" in summary.output
-    missing = runner.invoke(app, ["index", "summary", str(tmp_path / "nope.parquet")])
+    missing = runner.invoke(app, ["index", "summary", "--index", str(tmp_path / "nope.parquet")])
     assert missing.exit_code == 2 and "no index at" in missing.output
     not_dir = runner.invoke(app, ["crawl", str(tmp_path / "nowhere"), "--out", str(out)])
     assert not_dir.exit_code == 2 and "not a folder" in not_dir.output

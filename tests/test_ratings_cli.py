@@ -91,7 +91,7 @@ def test_plan_rate_export_import_agreement(corpus, private_index, tmp_path):
     assert "Krippendorff" in out and (tmp_path / "agree" / "agreement_axes.csv").is_file()
     assert "Accuracy on gold items" in out
 
-    _ok(["ratings", "export", str(tmp_path / "all.parquet"), *idx, "--all-versions"])
+    _ok(["ratings", "export", "--out", str(tmp_path / "all.parquet"), *idx, "--all-versions"])
     exported = pd.read_parquet(tmp_path / "all.parquet")
     assert len(exported) == len(plan)
     other = tmp_path / "other.sqlite"

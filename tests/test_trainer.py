@@ -425,7 +425,7 @@ def test_cli_trains_on_the_default_store(tmp_path, monkeypatch):
         "3",
         "--out",
         str(run),
-        "--workers",
+        "--loader-workers",
         "0",
         "--val-patches",
         "2",
@@ -496,7 +496,15 @@ def test_cli_under_torchrun_two_ranks_logs_the_one_process_losses(tmp_path, monk
         "-q",
     ]
     one = cli(
-        ["--manifest", str(manifest), "--out", str(tmp_path / "one"), "--workers", "0", *args]
+        [
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(tmp_path / "one"),
+            "--loader-workers",
+            "0",
+            *args,
+        ]
     )
     assert one.exit_code == 0, one.output
     store = tmp_path / "manifests" / "iqs-le-2.5.store"
@@ -516,7 +524,7 @@ def test_cli_under_torchrun_two_ranks_logs_the_one_process_losses(tmp_path, monk
             str(store),
             "--out",
             str(tmp_path / "two"),
-            "--workers",
+            "--loader-workers",
             "1",
             *args,
         ],
