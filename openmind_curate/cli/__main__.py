@@ -2,4 +2,5 @@
 
 from openmind_curate.cli.app import run
 
-run()
+if __name__ == "__main__":
+    run()
