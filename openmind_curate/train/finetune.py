@@ -261,11 +261,8 @@ def preflight(config: FinetuneConfig) -> segdata.SegSource:
         raise InputError("--epochs, --iters-per-epoch and --batch must be at least 1")
     if config.stage_len is not None and config.stage_len < 1:
         raise InputError(f"--stage-len {config.stage_len}: must be at least 1")
-    try:
-        stage_len = config.stage_len or schedules.stage_length(config.epochs)
-        schedules.check(config.schedule, config.epochs, stage_len)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    stage_len = config.stage_len or schedules.stage_length(config.epochs)
+    schedules.check(config.schedule, config.epochs, stage_len)
     if config.arch is not None and config.arch not in models.ARCHS:
         raise InputError(f"--arch {config.arch}: choose one of {', '.join(sorted(models.ARCHS))}")
     device = _device(config.device)
@@ -292,11 +289,8 @@ def build_model(config: FinetuneConfig, n_classes: int, in_channels: int) -> Set
     settings resolved from the encoder's metadata; raises InputError on a
     mismatch, an unusable schedule or resenc-l on a CPU-only machine."""
     device = _device(config.device)
-    try:
-        stage_len = config.stage_len or schedules.stage_length(config.epochs)
-        schedules.check(config.schedule, config.epochs, stage_len)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    stage_len = config.stage_len or schedules.stage_length(config.epochs)
+    schedules.check(config.schedule, config.epochs, stage_len)
     torch.manual_seed(config.seed)
     if config.pretrained is not None:
         path = Path(config.pretrained)
@@ -311,10 +305,7 @@ def build_model(config: FinetuneConfig, n_classes: int, in_channels: int) -> Set
         lr = config.lr if config.lr is not None else 1e-3
     else:
         arch = config.arch or "resenc-l"
-        try:
-            models.arch_config(arch)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        models.arch_config(arch)
         if arch == "resenc-l" and device.type == "cpu":
             raise InputError(cpu_resenc_message())
         model = models.build(arch, in_channels=in_channels, out_channels=n_classes)

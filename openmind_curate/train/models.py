@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from openmind_curate.atomic import atomic_write_bytes
+from openmind_curate.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def arch_config(name: str) -> ArchConfig:
     try:
         return ARCHS[name]
     except KeyError:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHS)}") from None
+        raise InputError(f"unknown architecture {name!r}; choose one of {sorted(ARCHS)}") from None
 
 
 def build(arch: str, *, in_channels: int = 1, out_channels: int = 1) -> nn.Module:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import math
 
+from openmind_curate.errors import InputError
+
 SCHEDULES = ("default", "frozen", "warmup", "valley", "sawtooth")
 POLY_EXPONENT = 0.9
 
@@ -39,7 +41,7 @@ def stage_length(total_epochs: int) -> int:
     """The paper's stage length W for a run of `total_epochs` (see the module doc)."""
     e = int(total_epochs)
     if e < 1:
-        raise ValueError(f"total epochs must be at least 1, not {total_epochs}")
+        raise InputError(f"total epochs must be at least 1, not {total_epochs}")
     if e <= 150:
         return max(1, _round_half_up(e / 10))
     if e < 1000:
@@ -54,19 +56,19 @@ def poly(x: float, n: float, lr: float) -> float:
 
 def _check(schedule: str) -> None:
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        raise InputError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 def check(schedule: str, total_epochs: int, stage_len: int) -> None:
-    """Raise ValueError when the schedule's stages do not fit in the run."""
+    """Raise InputError when the schedule's stages do not fit in the run."""
     _check(schedule)
     if total_epochs < 1:
-        raise ValueError(f"epochs must be at least 1, not {total_epochs}")
+        raise InputError(f"epochs must be at least 1, not {total_epochs}")
     if stage_len < 1:
-        raise ValueError(f"stage length must be at least 1, not {stage_len}")
+        raise InputError(f"stage length must be at least 1, not {stage_len}")
     stages = {"warmup": 1, "valley": 2, "sawtooth": 2}.get(schedule, 0)
     if stages * stage_len > total_epochs:
-        raise ValueError(
+        raise InputError(
             f"schedule {schedule!r} needs {stages} stage(s) of {stage_len} epochs, "
             f"more than the {total_epochs} epochs of the run; lower --stage-len"
         )
@@ -77,7 +79,7 @@ def lr_at(schedule: str, epoch: int, total_epochs: int, stage_len: int, lr: floa
     check(schedule, total_epochs, stage_len)
     e, n, w = int(epoch), int(total_epochs), int(stage_len)
     if not 0 <= e < n:
-        raise ValueError(f"epoch {epoch} outside a {total_epochs}-epoch run")
+        raise InputError(f"epoch {epoch} outside a {total_epochs}-epoch run")
     if schedule in ("default", "frozen"):
         return poly(e, n, lr)
     if schedule == "warmup":
