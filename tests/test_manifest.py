@@ -21,8 +21,8 @@ from openmind_curate.cli import app
 from openmind_curate.manifest import build as B
 from openmind_curate.manifest import filters as F
 from openmind_curate.manifest import openmind_csv, split
-from openmind_curate.manifest.paths import _exact, rebase
 from openmind_curate.manifest.writers import read_manifest, sidecar_path
+from openmind_curate.paths import _exact, rebase
 from openmind_curate.schema import IMAGE_INDEX, IQS, rows_to_table
 
 runner = CliRunner()
@@ -271,17 +271,24 @@ def test_sidecar_records_filters_counts_checksums_and_version(work):
 def test_paths_resolve_after_moving_the_tree(work, tmp_path_factory):
     result = _build(work, iqs_max=2.5)
     stored = pq.read_table(result.out)
-    assert not any(p.startswith("/") for p in stored.column("root").to_pylist())
+    for col in ("root", "anat_mask_path", "anon_mask_path"):
+        assert not any(p and p.startswith("/") for p in stored.column(col).to_pylist())
     moved = tmp_path_factory.mktemp("elsewhere") / "tree"
     shutil.copytree(work, moved)
     shutil.rmtree(work)
     table = read_manifest(moved / "manifests" / "m.parquet")
-    assert len(table) == 4
-    for row in table.to_pylist():
+    rows = {row["image_id"]: row for row in table.to_pylist()}
+    assert set(rows) == {"a1", "b2", "b3", "c1"}
+    for row in rows.values():
         assert row["root"].startswith(str(moved))
         assert os.path.isfile(os.path.join(row["root"], row["path"]))
-        for col in ("anat_mask_path", "anon_mask_path"):
-            assert row[col] is None or os.path.isfile(row[col])
+    # a1, b3 and c1 have both masks (b2 has none): each resolves to its own file
+    for label in ("a1", "b3", "c1"):
+        for kind, col in (("anat", "anat_mask_path"), ("anon", "anon_mask_path")):
+            path = rows[label][col]
+            assert path == str(moved / "masks" / ROWS[label][0] / f"{label}_{kind}.nii.gz")
+            assert os.path.isfile(path)
+    assert rows["b2"]["anat_mask_path"] is None and rows["b2"]["anon_mask_path"] is None
     frame = read_manifest(moved / "manifests" / "m.parquet", as_frame=True)
     assert set(frame["split"]) <= {"train", "val"}
 
@@ -452,8 +459,52 @@ def test_everyday_form_finds_index_and_names_the_output(work, monkeypatch):
     assert path.is_file() and (work / "manifests" / "iqs-le-2.5.json").is_file()
     assert "unrated" in out and "header_status" in out
     assert len(read_manifest(path)) == 4
-    out = _cli(["--iqs-max", "2.5", "--modality", "T1w,T2w,FLAIR"])
+    out = _cli(["--iqs-max", "2.5", "--modalities", "T1w,T2w,FLAIR"])
     assert out.strip().splitlines()[-1].endswith("manifests/iqs-le-2.5_T1w-T2w-FLAIR.parquet")
+
+
+def test_renamed_modality_options_still_work_with_a_note(work, monkeypatch):
+    monkeypatch.chdir(work)
+    help_text = _cli(["--help"])
+    assert "--modalities" in help_text and "--exclude-modalities" in help_text
+    assert "--modality " not in help_text and "--exclude-modality " not in help_text
+    new = _cli(["--modalities", "T2w", "--exclude-modalities", "FLAIR", "--out", "new.parquet"])
+    old = _cli(["--modality", "T2w", "--exclude-modality", "FLAIR", "--out", "old.parquet"])
+    assert "--modality is deprecated, use --modalities" in old
+    assert "--exclude-modality is deprecated, use --exclude-modalities" in old
+    assert _ids(read_manifest(work / "old.parquet")) == _ids(read_manifest(work / "new.parquet"))
+    assert _ids(read_manifest(work / "new.parquet")) == {"a2", "b2", "c1"}
+    assert "deprecated" not in new
+
+
+def test_iqs_max_before_curate_iqs_names_the_missing_step(tmp_path, monkeypatch):
+    rows = [{**_row(k, tmp_path), "iqs": None, "iqs_predicted": None} for k in ROWS]
+    path = tmp_path / "index" / "images.parquet"
+    with store.locked(path):
+        store.write(path, rows_to_table(rows, IMAGE_INDEX))  # crawled, not yet scored
+    monkeypatch.chdir(tmp_path)
+    out = _cli(["--iqs-max", "2.5"], code=2)
+    assert "run `curate iqs` first" in out and "loosen" not in out
+    assert "run `curate iqs --model` first" in _cli(
+        ["--iqs-max", "2.5", "--use-predicted-iqs"], code=2
+    )
+    assert "curate iqs" in _cli(["--iqs-max", "2.5", "--keep-unrated"], code=2)
+    assert not (tmp_path / "manifests").exists()
+    assert "kept 7 images of 9" in _cli([])  # without --iqs-max, no score is needed
+
+
+def test_val_subjects_sets_the_validation_size(work):
+    index = _many_subjects(work, 30)
+    result = B.build(index, F.Filters(), work / "v.parquet", val_subjects=2, command=[])
+    assert result.split.val_subjects == 2 and result.split.train_subjects == 28
+    assert json.loads(result.sidecar.read_text())["split"]["val_subjects_asked"] == 2
+    assert B.default_name(F.Filters(), val_subjects=2) == "val-2-subjects.parquet"
+
+
+def test_out_naming_a_folder_is_refused(work, monkeypatch):
+    monkeypatch.chdir(work)
+    out = _cli(["--out", "manifests/"], code=2)
+    assert "ends in '/'" in out and not (work / "manifests").exists()
 
 
 def test_default_names():
@@ -476,8 +527,8 @@ def test_default_names():
         (["--iqs-max", "7"], "outside the IQS scale"),
         (["--iqs-max", "0.5"], "outside the IQS scale"),
         (["--iqs-max", "abc"], "abc"),
-        (["--modality", "T1w,T3w"], "unknown modality 'T3w'"),
-        (["--exclude-modality", "bold"], "unknown modality 'bold'"),
+        (["--modalities", "T1w,T3w"], "unknown modality 'T3w'"),
+        (["--exclude-modalities", "bold"], "unknown modality 'bold'"),
         (["--iqs-max", "1.0"], "no image passes the filters"),
         (["--format", "nifti"], "--format"),
     ],

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from openmind_curate.cli.common import DEFAULT_INDEX, console, plural, user_errors
-from openmind_curate.preflight import InputError
+from openmind_curate.cli.common import (
+    DEFAULT_INDEX,
+    console,
+    escape,
+    file_path,
+    plural,
+    renamed,
+    say,
+    user_errors,
+)
 
 
 def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
+    """Rows as a rich table; cells are data (dataset ids, rules), never markup."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -19,8 +29,11 @@ def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
         numeric = all(isinstance(row[i], int) for row in rows)
         table.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        table.add_row(*["" if v is None else escape(str(v)) for v in row])
     console.print(table)
+
+
+Formats = Literal["parquet", "nnssl", "openmind-csv"]
 
 
 def build_manifest(
@@ -45,11 +58,17 @@ def build_manifest(
         ),
     ] = None,
     out: Annotated[
-        Path | None,
-        typer.Option("--out", help="Output file \\[default: manifests/<name of the filters>]."),
+        str | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="Manifest to write \\[default: manifests/<name of the filters>].",
+        ),
     ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="parquet, nnssl (pretrain_data.json) or openmind-csv.")
+        Formats,
+        typer.Option("--format", help="parquet, nnssl (pretrain_data.json) or openmind-csv."),
     ] = "parquet",
     keep_unrated: Annotated[
         bool, typer.Option("--keep-unrated", help="Keep images without a score.")
@@ -57,11 +76,12 @@ def build_manifest(
     use_predicted_iqs: Annotated[
         bool, typer.Option("--use-predicted-iqs", help="Filter on iqs_predicted instead of iqs.")
     ] = False,
-    modality: Annotated[
-        str | None, typer.Option("--modality", help="Keep only these, e.g. T1w,T2w,FLAIR.")
+    modalities: Annotated[
+        str | None,
+        typer.Option("--modalities", help="Keep only these modalities, e.g. T1w,T2w,FLAIR."),
     ] = None,
-    exclude_modality: Annotated[
-        str | None, typer.Option("--exclude-modality", help="Drop these modalities.")
+    exclude_modalities: Annotated[
+        str | None, typer.Option("--exclude-modalities", help="Drop these modalities.")
     ] = None,
     datasets: Annotated[
         str | None, typer.Option("--datasets", help="Keep only these dataset ids (comma list).")
@@ -89,6 +109,12 @@ def build_manifest(
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Fraction of subjects for validation.")
     ] = 0.01,
+    val_subjects: Annotated[
+        int | None,
+        typer.Option(
+            "--val-subjects", help="Number of validation subjects (instead of --val-fraction)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the subject-level split.")] = 0,
     openmind_root: Annotated[
         Path | None,
@@ -113,36 +139,29 @@ def build_manifest(
     --keep-unrated; 4D series (raw DWI) are dropped unless --keep-4d (DWI
     enters as its 3D FA/MD/T2w maps).
     """
-    import sys
-
     from openmind_curate.manifest import build as B
-    from openmind_curate.manifest import filters as F
+    from openmind_curate.manifest.filters import Filters
 
-    try:
-        if fmt not in ("parquet", "nnssl", "openmind-csv"):
-            raise InputError(f"--format {fmt!r}: use parquet, nnssl or openmind-csv")
-        status = None if header_status.strip().lower() == "any" else F.parse_list(header_status)
-        filters = F.Filters(
-            iqs_max=F.parse_threshold(iqs_max, "--iqs-max"),
-            keep_unrated=keep_unrated,
-            use_predicted_iqs=use_predicted_iqs,
-            modalities=F.parse_modalities(modality, "--modality"),
-            exclude_modalities=F.parse_modalities(exclude_modality, "--exclude-modality") or (),
-            datasets=F.parse_list(datasets),
-            exclude_datasets=F.parse_list(exclude_datasets) or (),
-            header_status=status,
-            max_spacing=max_spacing,
-            require_masks=require_masks,
-            keep_4d=keep_4d,
-        )
-    except F.FilterError as exc:
-        raise InputError(str(exc)) from None
+    filters = Filters.parse(
+        iqs_max=iqs_max,
+        modalities=modalities,
+        exclude_modalities=exclude_modalities,
+        datasets=datasets,
+        exclude_datasets=exclude_datasets,
+        header_status=header_status,
+        keep_unrated=keep_unrated,
+        use_predicted_iqs=use_predicted_iqs,
+        max_spacing=max_spacing,
+        require_masks=require_masks,
+        keep_4d=keep_4d,
+    )
     result = B.build(
         index,
         filters,
-        out,
+        file_path(out) if out is not None else None,
         fmt=fmt,
         val_fraction=val_fraction,
+        val_subjects=val_subjects,
         seed=seed,
         iqs_file=iqs,
         openmind_root=openmind_root,
@@ -182,10 +201,11 @@ def _summary(result) -> None:
         f"{sp.train_subjects} train / {sp.val_subjects} val subjects "
         f"({sp.train_images} / {sp.val_images} images, seed {sp.seed})"
     )
-    console.print(f"sidecar: {result.sidecar}", soft_wrap=True)
+    say(f"sidecar: {result.sidecar}")
     print(result.out)  # plain stdout, last line: a script can capture the path
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to `app`."""
-    app.command("build-manifest")(user_errors(build_manifest))
+    settings = renamed(modality="modalities", exclude_modality="exclude_modalities")
+    app.command("build-manifest", context_settings=settings)(user_errors(build_manifest))

@@ -1,14 +1,15 @@
-"""`curate build-manifest`'s core: read the index (or the OpenMind CSV), take
-the scores, filter, split by subject, write the manifest and its sidecar.
+"""`curate build-manifest`'s core: read the index (or the released OpenMind
+CSV) with its paths as stored, take the scores, filter, resolve the paths of
+the rows kept only, split by subject, write the manifest and its sidecar.
 
-Pure Arrow from end to end (no pandas, no per-row Python on the parquet
-path), so a 113,921-row index builds in well under a second.
+Arrow from end to end, no per-row Python on the parquet path: the 113,921
+rows of the OpenMind CSV build in about 0.4 CPU-s in-process
+(`benchmarks/openmind_csv_scale.py` times the whole command against pandas).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sys
@@ -19,15 +20,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from openmind_curate import __version__, preflight
+from openmind_curate import __version__, preflight, tables
 from openmind_curate import index as store
+from openmind_curate.errors import InputError
 from openmind_curate.manifest import filters as F
 from openmind_curate.manifest import openmind_csv, split, writers
-from openmind_curate.manifest.paths import PATH_COLUMNS, rebase_table
-from openmind_curate.preflight import InputError
-from openmind_curate.schema import IMAGE_INDEX, MANIFEST, SchemaError, validate
+from openmind_curate.paths import rebase_table
+from openmind_curate.schema import IMAGE_INDEX, MANIFEST, validate
 
 #: Where manifests go when no --out is given (relative to the working folder).
 DEFAULT_DIR = Path("manifests")
@@ -71,7 +71,11 @@ def _names(values: tuple[str, ...], what: str) -> str:
 
 
 def default_name(
-    f: F.Filters, fmt: str = "parquet", val_fraction: float = 0.01, seed: int = 0
+    f: F.Filters,
+    fmt: str = "parquet",
+    val_fraction: float = 0.01,
+    seed: int = 0,
+    val_subjects: int | None = None,
 ) -> str:
     """A file name that says the filter: ``iqs-le-2.5_T1w-T2w-FLAIR.parquet``."""
     parts: list[str] = []
@@ -96,7 +100,9 @@ def default_name(
         parts.append("hdr-" + ("any" if f.header_status is None else "-".join(f.header_status)))
     if f.keep_4d:
         parts.append("with-4d")
-    if val_fraction != 0.01:
+    if val_subjects is not None:
+        parts.append(f"val-{val_subjects}-subjects")
+    elif val_fraction != 0.01:
         parts.append(f"val-{_fmt(val_fraction)}")
     if seed != 0:
         parts.append(f"seed-{seed}")
@@ -106,26 +112,14 @@ def default_name(
     return stem + _EXT[fmt]
 
 
+#: The columns `--iqs` reads from an IQS table (`curate iqs --out`).
+SCORES = pa.schema([IMAGE_INDEX.field(c) for c in ("image_id", "iqs", "iqs_image")])
+
+
 def read_scores(path: Path) -> pa.Table:
-    """An IQS-schema parquet's ``image_id``, ``iqs``, ``iqs_image`` (validated)."""
-    if not path.is_file():
-        raise InputError(f"--iqs {path}: file not found (write it with `curate iqs`)")
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"--iqs {path}: not a parquet file ({exc})") from None
-    need = ("image_id", "iqs", "iqs_image")
-    missing = [c for c in need if c not in table.column_names]
-    if missing:
-        raise InputError(
-            f"--iqs {path}: no column {', '.join(missing)} (an IQS table from "
-            "`curate iqs` has image_id, iqs, iqs_image)"
-        )
-    schema = pa.schema([IMAGE_INDEX.field(c) for c in need])
-    try:
-        return validate(table.select(list(need)), schema)
-    except SchemaError as exc:
-        raise InputError(f"--iqs {path}: {exc}") from None
+    """An IQS table's ``image_id``, ``iqs``, ``iqs_image`` (validated)."""
+    hint = "(an IQS table from `curate iqs --out` has image_id, iqs, iqs_image)"
+    return tables.read_table(path, "--iqs", SCORES.names, schema=SCORES, hint=hint)
 
 
 def with_scores(table: pa.Table, scores: pa.Table) -> pa.Table:
@@ -139,49 +133,19 @@ def with_scores(table: pa.Table, scores: pa.Table) -> pa.Table:
     return table
 
 
-def read_index(index_path: Path) -> tuple[pa.Table, str]:
-    """`index.read`, with the path columns left as stored; returns the table
-    and the folder they are relative to (``/`` when they are absolute).
-
-    ``index.read`` maps each distinct path through ``os.path`` (0.5 s for the
-    corpus's 228k distinct mask paths); the build filters first and makes
-    only the kept rows' paths absolute, in Arrow (`paths.to_absolute`). This
-    reads the same file and validates it the same way; anything but a
-    current, readable index (missing, older, newer, not parquet) goes to
-    ``index.read`` for its upgrade or its error message.
-    """
-    try:
-        pf = pq.ParquetFile(index_path)
-        raw = (pf.schema_arrow.metadata or {}).get(store.META_KEY)
-        version = int(json.loads(raw)["version"]) if raw else None
-    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
-        version = None
-    if version != store.INDEX_VERSION:
-        return store.read(index_path), "/"
-    table = pf.read()
-    for f in IMAGE_INDEX:  # an index written before a stage existed
-        if f.name not in table.column_names and (f.metadata or {}).get(b"stage"):
-            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
-    try:
-        table = validate(table, IMAGE_INDEX)
-    except SchemaError as exc:
-        raise store.IndexStoreError(f"{index_path} is not an image index: {exc}") from None
-    return table, store.base_dir(index_path)
-
-
 def load(
     index_path: Path, iqs_file: Path | None = None, openmind_root: Path | None = None
 ) -> tuple[pa.Table, str, dict[str, Any]]:
-    """The input rows (IMAGE_INDEX), the folder their path columns are
-    relative to (`paths.to_absolute` makes them absolute), and the sidecar's
-    ``inputs``."""
+    """The input rows (IMAGE_INDEX) with their path columns as stored, the
+    folder those are relative to (`paths.rebase_table` resolves the rows
+    kept), and the sidecar's ``inputs``."""
     index_path = Path(index_path)
     if openmind_csv.is_openmind_csv(index_path):
         root = openmind_root or writers.openmind_root_from_sidecar(index_path)
-        table, base = openmind_csv.read(index_path, root), "/"
+        table, base = openmind_csv.read_stored(index_path, root)
         kind = "openmind-csv"
     else:
-        table, base = read_index(index_path)
+        table, base = store.read(index_path, paths="stored"), store.base_dir(index_path)
         kind = "index"
     inputs: dict[str, Any] = {
         "index": {
@@ -248,9 +212,16 @@ def counts(table: pa.Table) -> dict[str, Any]:
     return out
 
 
-def resolve_out(out: Path | None, f: F.Filters, fmt: str, val_fraction: float, seed: int) -> Path:
+def resolve_out(
+    out: Path | None,
+    f: F.Filters,
+    fmt: str,
+    val_fraction: float,
+    seed: int,
+    val_subjects: int | None = None,
+) -> Path:
     if out is None:
-        out = DEFAULT_DIR / default_name(f, fmt, val_fraction, seed)
+        out = DEFAULT_DIR / default_name(f, fmt, val_fraction, seed, val_subjects)
     return Path(os.path.abspath(out))
 
 
@@ -261,6 +232,7 @@ def build(
     *,
     fmt: str = "parquet",
     val_fraction: float = 0.01,
+    val_subjects: int | None = None,
     seed: int = 0,
     iqs_file: Path | None = None,
     openmind_root: Path | None = None,
@@ -268,20 +240,28 @@ def build(
     collection_name: str = "Dataset001_OpenMind",
     command: list[str] | None = None,
 ) -> BuildResult:
-    """Build and write one manifest; raises InputError for a user mistake."""
+    """Build and write one manifest (`fmt`: parquet, nnssl or openmind-csv)
+    and its JSON sidecar, from an index or the OpenMind CSV at `index_path`;
+    raises `InputError` for a user mistake. The validation split takes
+    `val_subjects` subjects when given, else `val_fraction` of them."""
     started = time.perf_counter()
     if fmt not in writers.FORMATS:
         raise InputError(f"--format {fmt!r}: use one of {', '.join(writers.FORMATS)}")
     if not 0 <= val_fraction < 1:
         raise InputError(f"--val-fraction {val_fraction} must be at least 0 and below 1")
-    out = preflight.output_file(resolve_out(out, f, fmt, val_fraction, seed))
+    if val_subjects is not None and val_subjects < 0:
+        raise InputError(f"--val-subjects {val_subjects} must be 0 or more")
     table, base, inputs = load(index_path, iqs_file, openmind_root)
     total = table.num_rows
+    if f.iqs_max is not None:
+        _check_scored(table, f, inputs)
+    # checked once the inputs are: a refused build makes no folder
+    out = preflight.output_file(resolve_out(out, f, fmt, val_fraction, seed, val_subjects))
     kept, steps = F.apply(table, f)
-    kept = rebase_table(kept, base, None, PATH_COLUMNS)
+    kept = rebase_table(kept, base)
     if kept.num_rows == 0 and not allow_empty:
         raise EmptyManifestError(_empty_message(steps, total))
-    split_col, split_counts = split.assign(kept, val_fraction, seed)
+    split_col, split_counts = split.assign(kept, val_fraction, seed, val_subjects)
     manifest = validate(kept.append_column(MANIFEST.field("split"), split_col), MANIFEST)
     if fmt == "parquet":
         paths = writers.write_parquet(manifest, out)
@@ -289,7 +269,6 @@ def build(
         paths = writers.write_nnssl(manifest, out, collection_name)
     else:
         paths = writers.write_openmind_csv(manifest, out)
-    result_counts = counts(manifest)
     data = {
         "manifest": out.name,
         "format": fmt,
@@ -300,12 +279,35 @@ def build(
         "steps": [s.to_json() for s in steps],
         "unrated_dropped": sum(s.detail.get("unrated_dropped", 0) for s in steps),
         "split": split_counts.to_json(),
-        "counts": {"input_images": total, **result_counts},
+        "counts": {"input_images": total, **counts(manifest)},
         "paths": paths,
         "seconds": round(time.perf_counter() - started, 3),
     }
     side = writers.write_sidecar(out, data)
     return BuildResult(manifest, out, side, steps, split_counts, total, data)
+
+
+def _check_scored(table: pa.Table, f: F.Filters, inputs: dict[str, Any]) -> None:
+    """--iqs-max on input without a single score is a step left out (`curate
+    iqs`), not a filter to loosen: say which."""
+    if table.num_rows == 0 or table.column(f.iqs_column).null_count < table.num_rows:
+        return
+    source = inputs["index"]["path"]
+    if inputs["iqs"] is not None:
+        raise InputError(
+            f"--iqs-max: the IQS table {inputs['iqs']['path']} scores none of the "
+            f"{table.num_rows} images of {source} (is it from this index?)"
+        )
+    if inputs["index"]["kind"] == "openmind-csv":
+        raise InputError(
+            f"--iqs-max: {source} has no image_quality_score in any row; give the scores "
+            "with --iqs FILE (from `curate iqs --out`)"
+        )
+    step = "curate iqs --model" if f.use_predicted_iqs else "curate iqs"
+    raise InputError(
+        f"--iqs-max: no image of the index {source} has an {f.iqs_column} yet: run "
+        f"`{step}` first (or give --iqs FILE)"
+    )
 
 
 def _empty_message(steps: list[F.Step], total: int) -> str:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from openmind_curate.errors import InputError
+from openmind_curate.quality.threshold import kept_at, scores_array
 from openmind_curate.schema import HEADER_STATUSES, MODALITIES
 
 #: IQS is defined on the rating scale, 1 (clean) ... 5 (unusable).
@@ -57,8 +58,8 @@ class Filters:
         ):
             raise FilterError(f"--max-spacing {self.max_spacing} must be a positive number (mm)")
         for option, names in (
-            ("--modality", self.modalities),
-            ("--exclude-modality", self.exclude_modalities),
+            ("--modalities", self.modalities),
+            ("--exclude-modalities", self.exclude_modalities),
         ):
             for name in names or ():
                 if name not in MODALITIES:
@@ -68,6 +69,32 @@ class Filters:
                 raise FilterError(
                     f"--header-status {status!r} is not one of {', '.join(HEADER_STATUSES)}"
                 )
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        iqs_max: str | None = None,
+        modalities: str | None = None,
+        exclude_modalities: str | None = None,
+        datasets: str | None = None,
+        exclude_datasets: str | None = None,
+        header_status: str = "ok",
+        **flags: Any,
+    ) -> Filters:
+        """Filters as typed on the command line: comma lists, ``any`` header
+        status, a threshold checked against the IQS scale; `flags` are the
+        other fields as they are (keep_unrated, max_spacing, ...)."""
+        status = None if header_status.strip().lower() == "any" else parse_list(header_status)
+        return cls(
+            iqs_max=parse_threshold(iqs_max, "--iqs-max"),
+            modalities=parse_modalities(modalities, "--modalities"),
+            exclude_modalities=parse_modalities(exclude_modalities, "--exclude-modalities") or (),
+            datasets=parse_list(datasets),
+            exclude_datasets=parse_list(exclude_datasets) or (),
+            header_status=status,
+            **flags,
+        )
 
     @property
     def iqs_column(self) -> str:
@@ -105,11 +132,11 @@ def parse_threshold(text: str | None, option: str = "--iqs-max") -> float | None
     return value
 
 
-def unknown_modality(name: str, option: str = "--modality") -> str:
+def unknown_modality(name: str, option: str = "--modalities") -> str:
     return f"{option}: unknown modality {name!r}; known: {', '.join(MODALITIES)}"
 
 
-def parse_modalities(text: str | None, option: str = "--modality") -> tuple[str, ...] | None:
+def parse_modalities(text: str | None, option: str = "--modalities") -> tuple[str, ...] | None:
     """``"t1w, T2w,FLAIR"`` -> ("T1w", "T2w", "FLAIR"); names match case-insensitively."""
     if text is None:
         return None
@@ -246,21 +273,28 @@ def apply(table: pa.Table, f: Filters) -> tuple[pa.Table, list[Step]]:
         keep &= _numpy(mask_of(table))
         steps.append(Step(name, rule, before, _count(keep)))
     if f.iqs_max is not None:
-        col = table.column(f.iqs_column)
-        unrated = _numpy(col.is_null()) & keep
-        passes = _numpy(pc.fill_null(pc.less_equal(col, f.iqs_max), False)) & keep
-        before, n_unrated = _count(keep), _count(unrated)
-        keep = passes | unrated if f.keep_unrated else passes
-        rule = f"{f.iqs_column} <= {f.iqs_max:g}" + (
-            " or unrated (--keep-unrated)" if f.keep_unrated else "; unrated images dropped"
-        )
-        detail = {
-            "unrated": n_unrated,
-            "unrated_dropped": 0 if f.keep_unrated else n_unrated,
-            "above_threshold": before - n_unrated - _count(passes),
-        }
-        steps.append(Step("iqs", rule, before, _count(keep), detail))
+        step, keep = _iqs_step(table, f, keep)
+        steps.append(step)
     return table.filter(pa.array(keep)), steps
+
+
+def _iqs_step(table: pa.Table, f: Filters, keep: np.ndarray) -> tuple[Step, np.ndarray]:
+    """The IQS filter after the others (`keep`): its counts and the rows it
+    keeps (`threshold.kept_at`, the rule `curate iqs` and the report count with)."""
+    scores = scores_array(table.column(f.iqs_column))
+    unrated = np.isnan(scores) & keep
+    passes = kept_at(scores, f.iqs_max) & keep
+    before, n_unrated = _count(keep), _count(unrated)
+    kept = passes | unrated if f.keep_unrated else passes
+    rule = f"{f.iqs_column} <= {f.iqs_max:g}" + (
+        " or unrated (--keep-unrated)" if f.keep_unrated else "; unrated images dropped"
+    )
+    detail = {
+        "unrated": n_unrated,
+        "unrated_dropped": 0 if f.keep_unrated else n_unrated,
+        "above_threshold": before - n_unrated - _count(passes),
+    }
+    return Step("iqs", rule, before, _count(kept), detail), kept
 
 
 def _numpy(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -32,6 +32,7 @@ class SplitCounts:
     val_subjects: int = 0
     train_images: int = 0
     val_images: int = 0
+    val_subjects_asked: int | None = None  # a count given instead of the fraction
 
     def to_json(self) -> dict:
         return {"subject_key": "dataset_id/subject", **self.__dict__}
@@ -64,16 +65,23 @@ def _rank(keys: list[str], seed: int) -> np.ndarray:
     return np.array(digests, dtype=np.uint64)
 
 
-def assign(table: pa.Table, val_fraction: float, seed: int) -> tuple[pa.Array, SplitCounts]:
-    """The ``split`` column ("train"/"val") for `table`, and its counts."""
+def assign(
+    table: pa.Table, val_fraction: float, seed: int, val_subjects: int | None = None
+) -> tuple[pa.Array, SplitCounts]:
+    """The ``split`` column ("train"/"val") for `table`, and its counts.
+    `val_subjects`, when given, is the number of validation subjects (at
+    least one subject stays for training) instead of `n_val_subjects`."""
     if not 0 <= val_fraction < 1:
         raise ValueError(f"--val-fraction {val_fraction} must be at least 0 and below 1")
-    counts = SplitCounts(val_fraction=val_fraction, seed=seed)
+    counts = SplitCounts(val_fraction=val_fraction, seed=seed, val_subjects_asked=val_subjects)
     keys = subject_keys(table)
     unique = pc.unique(keys)
     names = unique.to_pylist()
     counts.subjects = len(names)
-    n_val = n_val_subjects(len(names), val_fraction)
+    if val_subjects is None:
+        n_val = n_val_subjects(len(names), val_fraction)
+    else:
+        n_val = max(0, min(val_subjects, len(names) - 1))
     is_val_subject = np.zeros(len(names), bool)
     if n_val:
         ranks = _rank(names, seed)

@@ -169,76 +169,14 @@ def nnssl_pretrain_data(
       parent folder's name less its last 5 characters plus the file name,
       the converter's rule.
     """
-    cols = {
-        c: table.column(c).to_pylist()
-        for c in (
-            "dataset_id",
-            "subject",
-            "session",
-            "image_id",
-            "modality",
-            "path",
-            "iqs",
-            "anat_mask_path",
-            "anon_mask_path",
-            *SUBJECT_INFO,
-            *[c for c in IMAGE_INFO if c != "is_brain_extract"],
-            "is_brain_extracted",
-        )
-    }
+    cols = {c: table.column(c).to_pylist() for c in _NNSSL_COLUMNS}
     image_paths = pc.binary_join_element_wise(table.column("root"), table.column("path"), "/")
     image_paths = image_paths.to_pylist()
     datasets: dict[str, dict[str, Any]] = {}
     groups: dict[str, dict[tuple, Any]] = defaultdict(dict)
     for i in range(table.num_rows):
         ds = cols["dataset_id"][i]
-        subject_id = f"sub-{cols['subject'][i] or cols['image_id'][i]}"
-        session = cols["session"][i]
-        session_id = f"ses-{session}" if session else DEFAULT_SESSION
-        dataset = datasets.get(ds)
-        if dataset is None:
-            dataset = datasets[ds] = {
-                "dataset_index": ds,
-                "name": None,
-                "dataset_info": {},
-                "subjects": {},
-            }
-        subject = dataset["subjects"].get(subject_id)
-        if subject is None:
-            info = {k: cols[k][i] for k in SUBJECT_INFO if cols[k][i] is not None}
-            subject = dataset["subjects"][subject_id] = {
-                "subject_id": subject_id,
-                "sessions": {},
-                "subject_info": info,
-            }
-        sess = subject["sessions"].get(session_id)
-        if sess is None:
-            sess = subject["sessions"][session_id] = {
-                "session_id": session_id,
-                "session_info": None,
-                "images": [],
-            }
-        image_info = {
-            k: cols[k][i] for k in IMAGE_INFO if k != "is_brain_extract" and cols[k][i] is not None
-        }
-        if cols["is_brain_extracted"][i] is not None:
-            image_info["is_brain_extract"] = cols["is_brain_extracted"][i]
-        parts = cols["path"][i].split("/")
-        name = parts[-1]
-        if "derived_from" in image_info and len(parts) > 1:
-            name = parts[-2][:-5] + parts[-1]
-        sess["images"].append(
-            {
-                "name": name,
-                "image_path": _env_prefixed(image_paths[i]),
-                "modality": cols["modality"][i],
-                "image_info": image_info,
-                "associated_masks": {
-                    "anonymization_mask": _env_prefixed(cols["anon_mask_path"][i]),
-                    "anatomy_mask": _env_prefixed(cols["anat_mask_path"][i]),
-                },
-            }
-        )
+        _session(datasets, cols, i)["images"].append(_nnssl_image(cols, i, image_paths[i]))
         key = (cols["modality"][i], cols["derived_from"][i])
         if groups[ds].get(key) is None:  # pandas' groupby().first(): the first known value
             groups[ds][key] = cols["iqs"][i]
@@ -251,6 +189,67 @@ def nnssl_pretrain_data(
         "collection_index": collection_index,
         "collection_name": collection_name,
         "datasets": datasets,
+    }
+
+
+_NNSSL_COLUMNS = (
+    "dataset_id",
+    "subject",
+    "session",
+    "image_id",
+    "modality",
+    "path",
+    "iqs",
+    "anat_mask_path",
+    "anon_mask_path",
+    *SUBJECT_INFO,
+    *[c for c in IMAGE_INFO if c != "is_brain_extract"],
+    "is_brain_extracted",
+)
+
+
+def _session(datasets: dict[str, dict[str, Any]], cols: dict[str, list], i: int) -> dict:
+    """Row `i`'s session entry, its dataset, subject and session made on first sight."""
+    ds = cols["dataset_id"][i]
+    dataset = datasets.setdefault(
+        ds, {"dataset_index": ds, "name": None, "dataset_info": {}, "subjects": {}}
+    )
+    subject_id = f"sub-{cols['subject'][i] or cols['image_id'][i]}"
+    subject = dataset["subjects"].get(subject_id)
+    if subject is None:
+        info = {k: cols[k][i] for k in SUBJECT_INFO if cols[k][i] is not None}
+        subject = dataset["subjects"][subject_id] = {
+            "subject_id": subject_id,
+            "sessions": {},
+            "subject_info": info,
+        }
+    session = cols["session"][i]
+    session_id = f"ses-{session}" if session else DEFAULT_SESSION
+    return subject["sessions"].setdefault(
+        session_id, {"session_id": session_id, "session_info": None, "images": []}
+    )
+
+
+def _nnssl_image(cols: dict[str, list], i: int, image_path: str) -> dict[str, Any]:
+    """Row `i` as an nnssl Image: the converter's name rule, known info, masks."""
+    image_info = {
+        k: cols[k][i] for k in IMAGE_INFO if k != "is_brain_extract" and cols[k][i] is not None
+    }
+    if cols["is_brain_extracted"][i] is not None:
+        image_info["is_brain_extract"] = cols["is_brain_extracted"][i]
+    parts = cols["path"][i].split("/")
+    name = parts[-1]
+    if "derived_from" in image_info and len(parts) > 1:
+        name = parts[-2][:-5] + parts[-1]
+    return {
+        "name": name,
+        "image_path": _env_prefixed(image_path),
+        "modality": cols["modality"][i],
+        "image_info": image_info,
+        "associated_masks": {
+            "anonymization_mask": _env_prefixed(cols["anon_mask_path"][i]),
+            "anatomy_mask": _env_prefixed(cols["anat_mask_path"][i]),
+        },
     }
 
 
