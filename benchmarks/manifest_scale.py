@@ -14,7 +14,10 @@ Then times:
   interpreter start-up included), best of 3, and ``import openmind_curate.cli``
   alone;
 - the peer: plain pandas read + filter + to_parquet of the same index;
-- the dataset report, if `openmind_curate.manifest.report.write_report` exists.
+- the dataset report (`openmind_curate.report.write_report`).
+
+The released OpenMind CSV, and the whole command's CPU time against a pandas
+peer, are `benchmarks/openmind_csv_scale.py`'s.
 
     python benchmarks/manifest_scale.py [--rows 113921] [--seed 0]
 
@@ -89,12 +92,7 @@ def fake_index(n: int, seed: int) -> pa.Table:
         for s, e, r, m in zip(subj, ses, rows, mods, strict=True)
     ]
     root = [f"/corpus/data/{d}" for d in ds_ids]
-    # IQS: one score per dataset x modality, ~5% of groups unrated
-    group = ds * len(names) + modality
-    g_iqs = np.round(rng.uniform(1.0, 4.5, n_ds * len(names)), 2)
-    g_unrated = rng.random(n_ds * len(names)) < 0.05
-    iqs = np.where(g_unrated[group], np.nan, g_iqs[group])
-    iqs_image = np.where(rng.random(n) < 0.1, np.clip(iqs + rng.normal(0, 0.3, n), 1, 5), np.nan)
+    iqs, iqs_image = _scores(rng, ds * len(names) + modality, n_ds * len(names))
     has_mask = rng.random(n) < 0.95
     mask = [
         f"/corpus/masks/{d}/{p[:-7]}_desc-{{}}_mask.nii.gz"
@@ -149,6 +147,17 @@ def fake_index(n: int, seed: int) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=IMAGE_INDEX)
 
 
+def _scores(rng: np.random.Generator, group: np.ndarray, n_groups: int):
+    """IQS: one score per dataset x modality group, ~5% of groups unrated;
+    a tenth of the images rated themselves (iqs_image)."""
+    g_iqs = np.round(rng.uniform(1.0, 4.5, n_groups), 2)
+    g_unrated = rng.random(n_groups) < 0.05
+    iqs = np.where(g_unrated[group], np.nan, g_iqs[group])
+    n = len(group)
+    iqs_image = np.where(rng.random(n) < 0.1, np.clip(iqs + rng.normal(0, 0.3, n), 1, 5), np.nan)
+    return iqs, iqs_image
+
+
 def write_index(folder: Path, n: int, seed: int) -> Path:
     from openmind_curate import index
 
@@ -167,12 +176,109 @@ def best(fn, repeats: int = 3) -> float:
     return min(times)
 
 
+def time_build(work: Path, index_path: Path):
+    """The build in-process (best of 3), then the exports and the CSV read back."""
+    from openmind_curate.manifest import build as B
+    from openmind_curate.manifest import filters as F
+
+    out = work / "manifests" / "bench.parquet"
+    result = None
+
+    def ours() -> None:
+        nonlocal result
+        result = B.build(index_path, F.Filters(iqs_max=2.5), out, command=[])
+
+    t_build = best(ours)
+    print(
+        f"build (in-process): {t_build:.3f} s  -> {result.table.num_rows} images kept, "
+        f"{result.split.val_subjects} val subjects  [target < 1 s]"
+    )
+    everything = F.Filters(header_status=None, keep_4d=True)
+    for fmt, name, kept_by in (
+        ("nnssl", "n/pretrain_data.json", F.Filters(iqs_max=2.5)),
+        ("openmind-csv", "om.csv", everything),
+    ):
+        t = time.perf_counter()
+        B.build(index_path, kept_by, work / "manifests" / name, fmt=fmt, command=[])
+        print(
+            f"  --format {fmt} ({'--iqs-max 2.5' if kept_by.iqs_max else 'every row'}): "
+            f"{time.perf_counter() - t:.2f} s"
+        )
+    t = time.perf_counter()
+    back = B.build(
+        work / "manifests" / "om.csv",
+        F.Filters(iqs_max=2.5),
+        work / "manifests" / "from-csv.parquet",
+        command=[],
+    )
+    print(
+        f"  --index <OpenMind CSV of {back.total} rows> --iqs-max 2.5: "
+        f"{time.perf_counter() - t:.2f} s"
+    )
+    return t_build, result
+
+
+def time_shell(work: Path) -> None:
+    """The whole command from the shell, and the interpreter's share of it."""
+    curate = Path(sys.executable).parent / "curate"
+
+    def shell() -> None:
+        subprocess.run(
+            [str(curate), "build-manifest", "--iqs-max", "2.5"],
+            cwd=work,
+            check=True,
+            capture_output=True,
+        )
+
+    t_shell = best(shell)
+    print(
+        f"curate build-manifest --iqs-max 2.5 (shell, start-up included): {t_shell:.3f} s"
+        "  [target < 1.5 s]"
+    )
+    t_import = best(
+        lambda: subprocess.run([sys.executable, "-c", "import openmind_curate.cli"], check=True)
+    )
+    t_python = best(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True))
+    print(
+        f"  of which: python start-up {t_python:.3f} s, import openmind_curate.cli "
+        f"{t_import - t_python:.3f} s"
+    )
+
+
+def time_peer(work: Path, index_path: Path, t_build: float) -> None:
+    import pandas as pd
+
+    peer_out = work / "peer.parquet"
+
+    def peer() -> None:
+        df = pd.read_parquet(index_path)
+        keep = (df["header_status"] == "ok") & (df["n_volumes"].fillna(1) <= 1)
+        keep &= df["iqs"] <= 2.5
+        df[keep].to_parquet(peer_out)
+
+    t_peer = best(peer)
+    print(
+        f"peer: pandas read + filter + to_parquet: {t_peer:.3f} s; ours / peer = "
+        f"{t_build / t_peer:.2f}x (ours also validates, makes paths portable, splits "
+        "by subject, hashes the input and writes the sidecar)"
+    )
+
+
+def time_report(work: Path, index_path: Path, manifest) -> None:
+    from openmind_curate import index as store
+    from openmind_curate.report import write_report
+
+    frame = store.read_frame(index_path)
+    t = time.perf_counter()
+    page = write_report(frame, work / "report", manifest=manifest.to_pandas())
+    print(f"report: {time.perf_counter() - t:.1f} s -> {page.name}  [target < 30 s]")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=113921)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    curate = Path(sys.executable).parent / "curate"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t = time.perf_counter()
@@ -182,101 +288,10 @@ def main() -> None:
             f"index: {args.rows} rows, {size:.1f} MiB, generated and written in "
             f"{time.perf_counter() - t:.1f} s"
         )
-
-        from openmind_curate.manifest import build as B
-        from openmind_curate.manifest import filters as F
-
-        out = work / "manifests" / "bench.parquet"
-        result = None
-
-        def ours() -> None:
-            nonlocal result
-            result = B.build(index_path, F.Filters(iqs_max=2.5), out, command=[])
-
-        t_build = best(ours)
-        kept = result.table.num_rows
-        print(
-            f"build (in-process): {t_build:.3f} s  -> {kept} images kept, "
-            f"{result.split.val_subjects} val subjects  [target < 1 s]"
-        )
-
-        everything = F.Filters(header_status=None, keep_4d=True)
-        for fmt, name, kept_by in (
-            ("nnssl", "n/pretrain_data.json", F.Filters(iqs_max=2.5)),
-            ("openmind-csv", "om.csv", everything),
-        ):
-            t = time.perf_counter()
-            B.build(index_path, kept_by, work / "manifests" / name, fmt=fmt, command=[])
-            print(
-                f"  --format {fmt} ({'--iqs-max 2.5' if kept_by.iqs_max else 'every row'}): "
-                f"{time.perf_counter() - t:.2f} s"
-            )
-        t = time.perf_counter()
-        back = B.build(
-            work / "manifests" / "om.csv",
-            F.Filters(iqs_max=2.5),
-            work / "manifests" / "from-csv.parquet",
-            command=[],
-        )
-        print(
-            f"  --index <OpenMind CSV of {back.total} rows> --iqs-max 2.5: "
-            f"{time.perf_counter() - t:.2f} s"
-        )
-
-        def shell() -> None:
-            subprocess.run(
-                [str(curate), "build-manifest", "--iqs-max", "2.5"],
-                cwd=work,
-                check=True,
-                capture_output=True,
-            )
-
-        t_shell = best(shell)
-        print(
-            f"curate build-manifest --iqs-max 2.5 (shell, start-up included): {t_shell:.3f} s"
-            "  [target < 1.5 s]"
-        )
-        t_import = best(
-            lambda: subprocess.run([sys.executable, "-c", "import openmind_curate.cli"], check=True)
-        )
-        t_python = best(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True))
-        print(
-            f"  of which: python start-up {t_python:.3f} s, import openmind_curate.cli "
-            f"{t_import - t_python:.3f} s"
-        )
-
-        import pandas as pd
-
-        peer_out = work / "peer.parquet"
-
-        def peer() -> None:
-            df = pd.read_parquet(index_path)
-            keep = (df["header_status"] == "ok") & (df["n_volumes"].fillna(1) <= 1)
-            keep &= df["iqs"] <= 2.5
-            df[keep].to_parquet(peer_out)
-
-        t_peer = best(peer)
-        print(
-            f"peer: pandas read + filter + to_parquet: {t_peer:.3f} s; ours / peer = "
-            f"{t_build / t_peer:.2f}x (ours also validates, makes paths portable, splits "
-            "by subject, hashes the input and writes the sidecar)"
-        )
-
-        try:
-            from openmind_curate.manifest.report import write_report
-        except ImportError:
-            print("report: not built")
-        else:
-            from openmind_curate import index as store
-
-            frame = store.read_frame(index_path)
-            t = time.perf_counter()
-            try:
-                page = write_report(frame, work / "report", manifest=result.table.to_pandas())
-            except Exception as exc:  # another engineer's module, still being built
-                print(f"report: failed ({type(exc).__name__}: {exc})")
-            else:
-                print(f"report: {time.perf_counter() - t:.1f} s -> {page.name}  [target < 30 s]")
+        t_build, result = time_build(work, index_path)
+        time_shell(work)
+        time_peer(work, index_path, t_build)
+        time_report(work, index_path, result.table)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from openmind_curate import index as store
 from openmind_curate.cli import app
-from openmind_curate.manifest import report
+from openmind_curate.report import builders as report
+from openmind_curate.report import write_report
 from openmind_curate.schema import IMAGE_INDEX, rows_to_table
 
 HEADINGS = (
@@ -154,7 +155,7 @@ def test_html_escapes_user_strings(tmp_path):
     evil = "<script>alert(1)</script>"
     rows = [(evil, "1", "T1w", 2.0, 30.0, "F", "$x$ <b>"), *ROWS[5:]]
     sources = {"index": '/data/"><img src=x onerror=alert(2)>.parquet'}
-    page = report.write_report(make_index(rows), tmp_path / "out", sources=sources).read_text()
+    page = write_report(make_index(rows), tmp_path / "out", sources=sources).read_text()
     assert evil not in page and "<script" not in page.lower()
     assert html.escape(evil) in page  # the dataset, in the top-datasets table
     assert "<img src=x" not in page and html.escape(sources["index"]) in page
@@ -171,7 +172,7 @@ def test_edge_cases_write_a_page(tmp_path, case):
     if case == "no_metadata":
         for col in report.METADATA_FIELDS:
             index[col] = np.nan
-    page = report.write_report(index, tmp_path / case)
+    page = write_report(index, tmp_path / case)
     text = page.read_text()
     for name in ("modalities.png", "cumulative.png"):
         assert (page.parent / name).stat().st_size > 0
@@ -188,7 +189,7 @@ def test_manifest_marks_kept_images(tmp_path):
     index = make_index()
     manifest = index.loc[[0, 1, 5]].assign(split=["train", "train", "val"])
     manifest = pd.concat([manifest, manifest.iloc[:1].assign(image_id="elsewhere")])
-    text = report.write_report(index, tmp_path, manifest=manifest).read_text()
+    text = write_report(index, tmp_path, manifest=manifest).read_text()
     assert "Manifest: 3 of 10 images kept (30.0%)" in text
     assert "Split: train 3, val 1." in text and "1 manifest row not in this index" in text
     assert "kept in the manifest" in text
@@ -233,10 +234,11 @@ def test_cli_writes_the_page(tmp_path):
     [
         ("--index", None, "no index at"),
         ("--iqs", None, "file not found"),
-        ("--iqs", b"not parquet", "cannot read IQS file"),
-        ("--iqs", b"image_id,score\nimg0,2\n", "lacks the column(s) iqs"),
-        ("--iqs", b"image_id,iqs\nimg0,7\n", "not a number from 1 to 5"),
-        ("--manifest", b"\x00garbage", "cannot read manifest file"),
+        ("--iqs", b"not parquet", "cannot read it as parquet"),
+        ("--iqs", b"image_id,score\nimg0,2\n", "no column iqs"),
+        ("--iqs", b"image_id,iqs\nimg0,7\n", "column 'iqs', row 0: value 7.0 is above 5"),
+        ("--iqs", b"image_id,iqs\nimg0,good\n", "cannot read it as CSV"),
+        ("--manifest", b"\x00garbage", "cannot read it as parquet"),
     ],
 )
 def test_cli_bad_input_names_the_file(tmp_path, option, content, message):
@@ -251,6 +253,8 @@ def test_cli_bad_input_names_the_file(tmp_path, option, content, message):
         args += [option, str(bad)]
     result = runner.invoke(app, args, env=ENV)
     assert result.exit_code == 2, result.output
+    if option != "--index":  # a user's table: one shape, <what> <file>: <problem>
+        assert f"{'IQS table' if option == '--iqs' else 'manifest'} {bad}: " in result.output
     assert message in result.output and str(bad) in result.output
     assert "Traceback" not in result.output
 
@@ -263,7 +267,7 @@ def test_page_in_chromium(tmp_path, chromium):
     index["handedness"] = rng.choice(["R", "L"], len(index))
     index["weight"] = rng.normal(70, 10, len(index))
     manifest = index.head(6).assign(split="train")
-    page_path = report.write_report(index, tmp_path / "report", manifest=manifest)
+    page_path = write_report(index, tmp_path / "report", manifest=manifest)
     with sync_playwright() as p:
         browser = p.chromium.launch(**chromium)
         try:
