@@ -34,7 +34,18 @@ def test_batch_commands_on_a_real_cluster_write_where_asked(dask_processes, tmp_
     before = _files(workers_home)
     monkeypatch.chdir(tmp_path)  # relative paths, as a user would type them
     sched = ["--scheduler", address]
-    _run("synth", "corpus", "--datasets", "2", "--subjects", "1", "--voxel-scale", "3", *sched)
+    _run(
+        "synth",
+        "--out",
+        "corpus",
+        "--datasets",
+        "2",
+        "--subjects",
+        "1",
+        "--voxel-scale",
+        "3",
+        *sched,
+    )
     _run("crawl", "corpus", "--out", "index/images.parquet", *sched)
     _run(
         "dwi",
@@ -74,7 +85,9 @@ def test_workers_that_cannot_see_the_output_folder_are_refused(dask_processes, t
             with pytest.raises(InputError, match="2 of 2 Dask workers .* cannot see"):
                 workers_see(address, tmp_path)
             result = runner.invoke(
-                app, ["synth", str(tmp_path / "c"), "--scheduler", address], env={"COLUMNS": "300"}
+                app,
+                ["synth", "--out", str(tmp_path / "c"), "--scheduler", address],
+                env={"COLUMNS": "300"},
             )
             assert result.exit_code == 2 and "cannot see" in result.output, result.output
         finally:

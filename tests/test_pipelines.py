@@ -164,6 +164,7 @@ def test_launcher_runs_synth_end_to_end_on_a_dask_cluster(tmp_path):
     command = [
         "curate",
         "synth",
+        "--out",
         str(out),
         "--datasets",
         "1",
