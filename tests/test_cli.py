@@ -71,6 +71,12 @@ def test_layout_has_every_stage_package_with_a_docstring():
     assert not problems, "\n".join(problems)
 
 
+def test_rate_finds_the_rater_app_of_this_checkout():
+    from openmind_curate.cli.ratings import app_file
+
+    assert app_file() == Path(__file__).resolve().parents[1] / "apps" / "rater.py"
+
+
 def test_console_script_is_installed():
     exe = Path(sys.executable).with_name("curate")  # the venv's script, PATH or not
     assert exe.is_file(), f"the `curate` console script is not installed at {exe}"

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from openmind_curate.quality.iqs_model import ModelResult
 
-#: Where `curate iqs` writes the IQS table, and reads the metrics (the demo's layout).
+#: Where `curate iqs` writes the IQS table and reads the metrics (the demo's layout).
 DEFAULT_OUT = Path("iqs/iqs.parquet")
 DEFAULT_METRICS = Path("metrics/metrics.parquet")
 
@@ -50,7 +50,7 @@ def run(
     index: str | os.PathLike[str],
     *,
     db: str | None = None,
-    out: str | os.PathLike[str] | None = DEFAULT_OUT,
+    out: str | os.PathLike[str] | None = None,
     model: bool = False,
     metrics: str | os.PathLike[str] = DEFAULT_METRICS,
     check_files: bool = False,
