@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from openmind_curate import index as store
 from openmind_curate import preflight
-from openmind_curate.errors import InputError
 from openmind_curate.quality import iqs as scoring
 from openmind_curate.quality import rating_stage
 from openmind_curate.quality.ratings import RatingsError
@@ -135,25 +134,14 @@ def _exact_ints(values: list, index) -> pd.Series:
 
 def read_metrics(path: Path) -> pd.DataFrame:
     """The `curate metrics` table, checked: it exists, reads, and has image_id."""
-    import pandas as pd
-    import pyarrow as pa
+    from openmind_curate import tables
 
-    if not path.exists():
-        raise InputError(
-            f"{path}: no metrics table here (make it with `curate metrics`, or give --metrics)"
-        )
-    if path.is_dir():
-        raise InputError(f"{path} is a folder, not a metrics table")
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: cannot read the metrics table: {exc}") from None
-    if "image_id" not in df.columns:
-        raise InputError(
-            f"{path}: the metrics table has no image_id column "
-            "(is it the output of `curate metrics`?)"
-        )
-    return df
+    return tables.read_frame(
+        path,
+        "metrics table",
+        ["image_id"],
+        hint="(make it with `curate metrics`, or give --metrics)",
+    )
 
 
 def write_table(table: pd.DataFrame, out: Path) -> Path:
