@@ -77,6 +77,30 @@ def test_rate_finds_the_rater_app_of_this_checkout():
     assert app_file() == Path(__file__).resolve().parents[1] / "apps" / "rater.py"
 
 
+def test_user_and_data_text_is_never_read_as_markup(capsys):
+    """Paths and names may hold brackets: printed as they are, never as rich markup
+    (an unmatched closing tag would even raise)."""
+    import pandas as pd
+    import typer
+
+    from openmind_curate.cli import common
+    from openmind_curate.errors import InputError
+
+    common.say("sub-[bold]01[/bold]")
+    common.print_frame(pd.DataFrame({"path": ["a[/b]"], "n": [1]}), "in [red]x[/red]")
+
+    @common.user_errors
+    def refuse():
+        raise InputError("no index at /data/[/x]")
+
+    with pytest.raises(typer.Exit) as stop:
+        refuse()
+    assert stop.value.exit_code == 2
+    out = " ".join(capsys.readouterr().out.split())  # a narrow table wraps its title
+    for text in ("sub-[bold]01[/bold]", "a[/b]", "in [red]x[/red]", "no index at /data/[/x]"):
+        assert text in out, text
+
+
 def test_console_script_is_installed():
     exe = Path(sys.executable).with_name("curate")  # the venv's script, PATH or not
     assert exe.is_file(), f"the `curate` console script is not installed at {exe}"
