@@ -31,6 +31,7 @@ PLACEHOLDER = re.compile(r"\b(will|todo|tbd|placeholder|not yet|coming soon|to b
 def _resolves(package: str, name: str) -> bool:
     """A backticked name of a package docstring: a submodule, an attribute of
     the package or of one of its submodules, or an importable module."""
+    name = name.removeprefix(f"{package}.")
     head = name.split(".")[0]
     if name.startswith("openmind_curate."):
         try:
