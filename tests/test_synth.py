@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from openmind_curate.errors import ConflictError
 from openmind_curate.jobs import JobOptions
 from openmind_curate.synth import SynthConfig, generate
 
@@ -338,8 +340,39 @@ def test_generation_is_deterministic_for_a_seed(tmp_path):
 def test_resume_refuses_a_different_configuration(tmp_path):
     cfg = SynthConfig(n_datasets=1, n_subjects=1, voxel_scale=3.0)
     generate(tmp_path, cfg, JobOptions(workers=1, progress=False))
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ConflictError, match="another configuration"):
         generate(tmp_path, SynthConfig(n_datasets=1, n_subjects=1, seed=9, voxel_scale=3.0))
+    # A corpus made before a config field existed resumes: the field counts as its default.
+    made = tmp_path / "truth" / "config.json"
+    older = json.loads(made.read_text())
+    del older["n_poor_datasets"]
+    made.write_text(json.dumps(older))
+    _, again = generate(tmp_path, cfg, JobOptions(workers=1, progress=False))
+    assert len(again.skipped) == len(again.results) > 0
+    with pytest.raises(ConflictError, match="another configuration"):
+        generate(tmp_path, replace(cfg, n_poor_datasets=1))
+
+
+def test_poor_datasets_are_added_after_the_cycle_and_degraded_throughout():
+    """`n_poor_datasets` appends datasets and leaves the rest of the corpus as
+    it was; each of their images is noisy, blurred and ghosted enough that an
+    unbiased rater's IQS (the mean of the three axes) is above 2.5."""
+    from openmind_curate.quality.simulate import latent_scores
+    from openmind_curate.synth.plan import POOR, plan_corpus
+
+    base = plan_corpus(SynthConfig(n_subjects=2))
+    plans = plan_corpus(SynthConfig(n_subjects=2, n_poor_datasets=1))
+    assert [p.dataset_id for p in plans] == [p.dataset_id for p in base] + ["ds900005"]
+    assert all(
+        a.images == b.images and a.files == b.files for a, b in zip(base, plans[:-1], strict=True)
+    )
+    poor = plans[-1]
+    assert poor.profile == POOR and len(poor.subjects) == 2
+    assert sorted(i.modality for i in poor.images) == ["T1w", "T1w", "T2w", "T2w"]
+    for spec in poor.images:
+        assert spec.noise_level >= 0.06 and spec.blur_fwhm_mm >= 4 and spec.ghost_amplitude >= 0.1
+        axes = latent_scores(pd.Series({**asdict(spec), "dwi_snr": None}))
+        assert np.mean(list(axes.values())) > 2.5, spec.rel_path
 
 
 def test_summary_counts_defaced_images_not_their_mask_files(corpus):

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from openmind_curate.atomic import write_if_changed
+from openmind_curate.errors import ConflictError
 from openmind_curate.jobs import JobOptions, run_batch
 from openmind_curate.jobs.runner import BatchResult
 from openmind_curate.schema import SYNTH_TRUTH, rows_to_table, validate
@@ -66,14 +67,20 @@ def write_dataset_files(plan: DatasetPlan, root: Path) -> None:
 
 
 def _check_config(root: Path, cfg: SynthConfig) -> None:
-    """Resuming is only safe into a corpus made with the same config."""
+    """Resuming is only safe into a corpus made with the same config. A field
+    added since the corpus was made counts as its default value."""
     path = root / "truth" / "config.json"
     wanted = json.dumps(asdict(cfg), sort_keys=True)
-    if path.exists() and path.read_text() != wanted:
-        raise ValueError(
-            f"{root} holds a corpus generated with another configuration ({path.read_text()}); "
-            "use an empty folder or the same options"
-        )
+    if path.exists():
+        try:
+            made = {**asdict(SynthConfig()), **json.loads(path.read_text())}
+        except json.JSONDecodeError:
+            made = None  # not ours to overwrite either
+        if made != asdict(cfg):
+            raise ConflictError(
+                f"{root} holds a corpus generated with another configuration "
+                f"({path.read_text()}); use an empty folder or the same options"
+            )
     write_if_changed(path, wanted)
 
 

@@ -15,6 +15,14 @@ Four dataset profiles cycle when more datasets are asked for:
 - ``qc``: degradation ladders (noise, blur, ghosting, Gibbs, bias), corrupted
   files (truncated, NaN, all-zero, empty), a cropped field of view and a
   multi-shell DWI.
+
+``SynthConfig.n_poor_datasets`` adds datasets of a fifth profile after the
+cycle, so that asking for it changes nothing else in the corpus:
+
+- ``poor``: an old, fast protocol (1.5 T, thick slices) in which every image
+  is noisy, blurred and ghosted. IQS scores a dataset x modality group, so
+  a whole dataset like this is what `build-manifest --iqs-max` drops, while
+  the qc profile's ladders sit in one group with their clean rungs.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from openmind_curate.synth.dwi import gradient_table
 from openmind_curate.synth.participants import STYLES, Subject, make_subjects, sessions_tsv
 
 PROFILES = ("anat", "sessions", "rare", "qc")
+#: The profile of `SynthConfig.n_poor_datasets`, outside the cycle.
+POOR = "poor"
 _ENTITY_ORDER = (
     "ses",
     "task",
@@ -57,6 +67,8 @@ class SynthConfig:
     resolutions (1 mm T1w); the default keeps the test corpus small and fast."""
     dwi_spacing: float = 2.5
     dwi_directions: int = 12
+    n_poor_datasets: int = 0
+    """Datasets of the ``poor`` profile, after the `n_datasets` of the cycle."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +188,8 @@ _PHILIPS = {
 def plan_corpus(cfg: SynthConfig) -> list[DatasetPlan]:
     """The whole corpus, deterministic for `cfg.seed`."""
     plans = []
-    for d in range(cfg.n_datasets):
-        profile = PROFILES[d % len(PROFILES)]
+    for d in range(cfg.n_datasets + cfg.n_poor_datasets):
+        profile = PROFILES[d % len(PROFILES)] if d < cfg.n_datasets else POOR
         dataset_id = f"ds9{d + 1:05d}"
         rng = _rng(cfg.seed, dataset_id)
         labels = [f"{i + 1:02d}" for i in range(cfg.n_subjects)]
@@ -606,4 +618,40 @@ def _plan_qc(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> N
     _own_sidecars(plan, [multishell])
 
 
-_PLANNERS = {"anat": _plan_anat, "sessions": _plan_sessions, "rare": _plan_rare, "qc": _plan_qc}
+def _plan_poor(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> None:
+    """Every image degraded on every axis a rater scores: strong noise, blur
+    (motion) and ghosting, each drawn per image, so the dataset's T1w and T2w
+    groups score well above IQS 2.5 and the manifest filter drops them."""
+    t1 = {**_PHILIPS, "RepetitionTime": 1.9, "EchoTime": 0.0035, "FlipAngle": 15}
+    t2 = {**_PHILIPS, "RepetitionTime": 4.0, "EchoTime": 0.1}
+    plan.files["T1w.json"] = json.dumps(t1, indent=2)
+    plan.files["T2w.json"] = json.dumps(t2, indent=2)
+    for s in plan.subjects:
+        for suffix, doc, spacing in (("T1w", t1, (1.0, 1.0, 1.5)), ("T2w", t2, (1.0, 1.0, 2.0))):
+            plan.images.append(
+                _spec(
+                    plan,
+                    cfg,
+                    s,
+                    suffix=suffix,
+                    contrast=suffix,
+                    modality=suffix,
+                    spacing=spacing,
+                    axcodes="RAS",
+                    dtype="int16",
+                    noise_level=round(float(rng.uniform(0.06, 0.08)), 4),
+                    blur_fwhm_mm=round(float(rng.uniform(4.0, 6.0)), 2),
+                    ghost_amplitude=round(float(rng.uniform(0.1, 0.2)), 3),
+                    deface="zero",
+                    sidecar=_merge(doc),
+                )
+            )
+
+
+_PLANNERS = {
+    "anat": _plan_anat,
+    "sessions": _plan_sessions,
+    "rare": _plan_rare,
+    "qc": _plan_qc,
+    POOR: _plan_poor,
+}
