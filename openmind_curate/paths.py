@@ -96,11 +96,10 @@ def to_absolute(col: pa.ChunkedArray | pa.Array, base: str) -> pa.Array:
     base = os.path.normpath(os.path.abspath(base))
     if len(col) == 0:
         return col
-    odd = pc.match_substring_regex(col, _ODD)
     absolute = pc.starts_with(col, "/")
-    up = pc.starts_with(col, "../")
+    todo = pc.fill_null(pc.starts_with(col, "../"), False)
+    odd = pc.and_(pc.invert(todo), pc.match_substring_regex(col, _ODD))
     out = pc.if_else(absolute, col, _join(base, col))
-    todo = pc.fill_null(up, False)
     k = 1
     while k <= _MAX_UPS and pc.any(todo).as_py():  # values with k leading "../"
         rest = pc.utf8_slice_codeunits(col, 3 * k)
@@ -108,6 +107,7 @@ def to_absolute(col: pa.ChunkedArray | pa.Array, base: str) -> pa.Array:
         if pc.any(here).as_py():
             folder = os.path.normpath(os.path.join(base, "../" * k))
             out = pc.if_else(here, _join(folder, rest), out)
+            odd = pc.or_(odd, pc.and_(here, pc.match_substring_regex(rest, _ODD)))
             todo = pc.and_(todo, pc.invert(here))
         k += 1
     return _fix_odd(out, col, pc.or_(odd, todo), base, None)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -133,17 +134,42 @@ def with_scores(table: pa.Table, scores: pa.Table) -> pa.Table:
     return table
 
 
+@dataclass
+class Source:
+    """A build's input: the rows the filters test (`table`, every row, path
+    columns as stored, relative to `base`) and the sidecar's ``inputs``. From
+    the OpenMind CSV, `table` holds only the columns the filters test, and
+    the kept rows are derived from the `release` after filtering."""
+
+    table: pa.Table
+    base: str
+    inputs: dict[str, Any]
+    release: openmind_csv.Release | None = None
+
+    def rows(self, keep: np.ndarray) -> pa.Table:
+        """The `keep` rows as `schema.IMAGE_INDEX`, path columns as stored."""
+        mask = pa.array(keep)
+        kept = self.table.filter(mask)
+        if self.release is None:
+            return kept
+        rows = self.release.index_rows(mask)
+        for name in ("iqs", "iqs_image"):  # the scores as `--iqs` left them
+            i = rows.column_names.index(name)
+            rows = rows.set_column(i, rows.schema.field(i), kept.column(name))
+        return rows
+
+
 def load(
     index_path: Path, iqs_file: Path | None = None, openmind_root: Path | None = None
-) -> tuple[pa.Table, str, dict[str, Any]]:
-    """The input rows (IMAGE_INDEX) with their path columns as stored, the
-    folder those are relative to (`paths.rebase_table` resolves the rows
-    kept), and the sidecar's ``inputs``."""
+) -> Source:
+    """The rows to filter, from an index (`index.read`'s stored-paths fast
+    path) or the OpenMind CSV, with the scores of `iqs_file` if given."""
     index_path = Path(index_path)
+    release = None
     if openmind_csv.is_openmind_csv(index_path):
         root = openmind_root or writers.openmind_root_from_sidecar(index_path)
-        table, base = openmind_csv.read_stored(index_path, root)
-        kind = "openmind-csv"
+        release = openmind_csv.Release.open(index_path, root)
+        table, base, kind = release.probe(), release.base, "openmind-csv"
     else:
         table, base = store.read(index_path, paths="stored"), store.base_dir(index_path)
         kind = "index"
@@ -168,7 +194,7 @@ def load(
             "sha256": sha256(Path(iqs_file)),
             "rows": scores.num_rows,
         }
-    return table, base, inputs
+    return Source(table, base, inputs, release)
 
 
 def counts(table: pa.Table) -> dict[str, Any]:
@@ -251,14 +277,14 @@ def build(
         raise InputError(f"--val-fraction {val_fraction} must be at least 0 and below 1")
     if val_subjects is not None and val_subjects < 0:
         raise InputError(f"--val-subjects {val_subjects} must be 0 or more")
-    table, base, inputs = load(index_path, iqs_file, openmind_root)
-    total = table.num_rows
+    source = load(index_path, iqs_file, openmind_root)
+    total = source.table.num_rows
     if f.iqs_max is not None:
-        _check_scored(table, f, inputs)
+        _check_scored(source.table, f, source.inputs)
     # checked once the inputs are: a refused build makes no folder
     out = preflight.output_file(resolve_out(out, f, fmt, val_fraction, seed, val_subjects))
-    kept, steps = F.apply(table, f)
-    kept = rebase_table(kept, base)
+    keep, steps = F.select(source.table, f)
+    kept = rebase_table(source.rows(keep), source.base)
     if kept.num_rows == 0 and not allow_empty:
         raise EmptyManifestError(_empty_message(steps, total))
     split_col, split_counts = split.assign(kept, val_fraction, seed, val_subjects)
@@ -274,7 +300,7 @@ def build(
         "format": fmt,
         "toolkit": {"name": "openmind-curate", "version": __version__},
         "command": command if command is not None else sys.argv,
-        "inputs": inputs,
+        "inputs": source.inputs,
         "filters": f.to_json(),
         "steps": [s.to_json() for s in steps],
         "unrated_dropped": sum(s.detail.get("unrated_dropped", 0) for s in steps),

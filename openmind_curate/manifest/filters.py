@@ -261,11 +261,18 @@ def _count(mask: np.ndarray) -> int:
 
 
 def apply(table: pa.Table, f: Filters) -> tuple[pa.Table, list[Step]]:
-    """The rows of `table` that pass `f`, and each filter's counts.
+    """The rows of `table` that pass `f`, and each filter's counts (`select`)."""
+    keep, steps = select(table, f)
+    return table.filter(pa.array(keep)), steps
+
+
+def select(table: pa.Table, f: Filters) -> tuple[np.ndarray, list[Step]]:
+    """Which rows of `table` pass `f` (a boolean mask), and each filter's counts.
 
     Each filter's mask is computed on the whole table and combined; the
     table is filtered once at the end (filtering 60 columns per step would
-    cost more than every mask together)."""
+    cost more than every mask together). `table` needs only the columns the
+    active filters test."""
     steps: list[Step] = []
     keep = np.ones(table.num_rows, bool)
     for name, rule, mask_of in _masks(f):
@@ -275,7 +282,7 @@ def apply(table: pa.Table, f: Filters) -> tuple[pa.Table, list[Step]]:
     if f.iqs_max is not None:
         step, keep = _iqs_step(table, f, keep)
         steps.append(step)
-    return table.filter(pa.array(keep)), steps
+    return keep, steps
 
 
 def _iqs_step(table: pa.Table, f: Filters, keep: np.ndarray) -> tuple[Step, np.ndarray]:

@@ -22,6 +22,8 @@ parse in about 0.1 CPU-s, less than a thread pool's start costs.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,22 +85,74 @@ def read_stored(
 ) -> tuple[pa.Table, str]:
     """The CSV as an image index whose path columns are as in the file
     (``root`` is the dataset id), and the corpus folder they are relative to
-    (`corpus_root`): `build` filters first and resolves only the kept rows."""
-    csv_path = Path(csv_path)
-    raw = _read_raw(csv_path)
-    image_path = _image_paths(raw, csv_path)
-    first = image_path[0].as_py() if len(image_path) else None
-    base = str(corpus_root(csv_path, Path(root) if root else None, first))
-    columns = {**_from_path(image_path), **_from_columns(raw, image_path)}
-    columns["suffix"] = pc.coalesce(columns["suffix"], columns["modality"])
-    n = raw.num_rows
-    columns["size_bytes"] = pa.array(np.zeros(n, np.int64))
-    columns["header_status"] = pa.repeat("ok", n)
-    arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in IMAGE_INDEX]
-    try:
-        return validate(pa.Table.from_arrays(arrays, names=IMAGE_INDEX.names), IMAGE_INDEX), base
-    except SchemaError as exc:
-        raise InputError(f"{csv_path}: {exc}") from None
+    (`corpus_root`)."""
+    release = Release.open(csv_path, root)
+    return release.index_rows(), release.base
+
+
+@dataclass(frozen=True)
+class Release:
+    """The file's cells, read and checked once. `build-manifest` filters on
+    `probe` (a few cheap columns of every row) and derives the index rows of
+    the rows it keeps only (`index_rows`)."""
+
+    path: Path
+    raw: pa.Table  # typed as schema.OPENMIND_CSV
+    image_path: pa.ChunkedArray  # POSIX separators, every row DATASET/sub-XX/...
+    base: str  # the corpus folder the paths are relative to
+
+    @classmethod
+    def open(
+        cls, csv_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+    ) -> Release:
+        csv_path = Path(csv_path)
+        raw = _read_raw(csv_path)
+        image_path = _image_paths(raw, csv_path)
+        first = image_path[0].as_py() if len(image_path) else None
+        base = str(corpus_root(csv_path, Path(root) if root else None, first))
+        return cls(csv_path, raw, image_path, base)
+
+    def probe(self) -> pa.Table:
+        """Every row's image_id, dataset_id, modality, header status, masks and
+        scores (`schema.IMAGE_INDEX` fields): what the manifest filters test."""
+        n = self.raw.num_rows
+        parts = pc.split_pattern(self.image_path, "/", max_splits=1)
+        columns = {
+            "image_id": pc.coalesce(_col(self.raw, "unique_id"), self.image_path),
+            "dataset_id": pc.list_element(parts, 0),
+            "modality": _modality(self.raw),
+            "header_status": pa.repeat("ok", n),
+            **{c: _col(self.raw, c) for c in ("anat_mask_path", "anon_mask_path")},
+            "iqs": _col(self.raw, "image_quality_score"),
+        }
+        names = [f.name for f in IMAGE_INDEX if f.name in columns or f.name in _UNKNOWN]
+        arrays = [
+            columns[c] if c in columns else pa.nulls(n, IMAGE_INDEX.field(c).type) for c in names
+        ]
+        return pa.Table.from_arrays(arrays, schema=pa.schema([IMAGE_INDEX.field(c) for c in names]))
+
+    def index_rows(self, keep: pa.Array | None = None) -> pa.Table:
+        """The rows `keep` selects (all if None) as `schema.IMAGE_INDEX`,
+        path columns as in the file."""
+        raw, image_path = self.raw, self.image_path
+        if keep is not None:
+            raw, image_path = raw.filter(keep), image_path.filter(keep)
+        columns = {**_from_path(image_path), **_from_columns(raw, image_path)}
+        columns["suffix"] = pc.coalesce(columns["suffix"], columns["modality"])
+        n = raw.num_rows
+        columns["size_bytes"] = pa.array(np.zeros(n, np.int64))
+        columns["header_status"] = pa.repeat("ok", n)
+        arrays = [
+            columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in IMAGE_INDEX
+        ]
+        try:
+            return validate(pa.Table.from_arrays(arrays, names=IMAGE_INDEX.names), IMAGE_INDEX)
+        except SchemaError as exc:
+            raise InputError(f"{self.path}: {exc}") from None
+
+
+#: Index columns the release does not have, which the filters may test.
+_UNKNOWN = ("n_volumes", "spacing", "iqs_image", "iqs_predicted")
 
 
 def _read_raw(csv_path: Path) -> pa.Table:
@@ -170,9 +224,7 @@ def _from_path(image_path: pa.ChunkedArray) -> dict[str, pa.ChunkedArray]:
 
 def _from_columns(raw: pa.Table, image_path: pa.ChunkedArray) -> dict[str, pa.ChunkedArray]:
     """The index columns the CSV's other columns give, harmonized."""
-    modality = _col(raw, "modality")
-    known = pc.fill_null(pc.is_in(modality, pa.array(MODALITIES)), False)
-    modality = pc.if_else(known, modality, "other")
+    modality = _modality(raw)
     derived = _col(raw, "derived_from")
     columns: dict[str, pa.ChunkedArray] = {
         "image_id": pc.coalesce(_col(raw, "unique_id"), image_path),
@@ -195,6 +247,13 @@ def _from_columns(raw: pa.Table, image_path: pa.ChunkedArray) -> dict[str, pa.Ch
     return columns
 
 
+def _modality(raw: pa.Table) -> pa.ChunkedArray:
+    """The modality column, a group the index does not know read as ``other``."""
+    modality = _col(raw, "modality")
+    known = pc.fill_null(pc.is_in(modality, pa.array(MODALITIES)), False)
+    return pc.if_else(known, modality, "other")
+
+
 def _first(mask: pa.ChunkedArray) -> int:
     return int(pc.index(mask, True).as_py())
 
@@ -205,21 +264,36 @@ def _strip(values: pa.ChunkedArray, prefix: str) -> pa.ChunkedArray:
     )
 
 
-def _letter(values: pa.ChunkedArray, known: dict[str, str], other: str | None) -> pa.ChunkedArray:
-    first = pc.utf8_upper(pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(values), 0, 1))
-    out = pa.nulls(len(values), pa.string())
-    for letter, value in known.items():
-        out = pc.if_else(pc.fill_null(pc.equal(first, letter), False), value, out)
-    if other is not None:
-        present = pc.fill_null(pc.not_equal(first, ""), False)
-        out = pc.if_else(pc.and_(pc.is_null(out), present), other, out)
-    return out
+def _per_value(values: pa.ChunkedArray, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """`fn` of each distinct value, spread back over the rows: a coded column
+    (sex, handedness, a flag) has a handful of values over 100k rows."""
+    distinct = pc.unique(values)
+    return fn(distinct).take(pc.index_in(values, value_set=distinct))
 
 
-def _truthy(values: pa.ChunkedArray) -> pa.ChunkedArray:
-    low = pc.utf8_lower(pc.utf8_trim_whitespace(values))
-    yes = pc.is_in(low, pa.array(["true", "1", "1.0", "yes", "y", "t"]))
-    return pc.if_else(pc.is_null(values), pa.scalar(None, pa.bool_()), yes)
+def _letter(values: pa.ChunkedArray, known: dict[str, str], other: str | None) -> pa.Array:
+    """``male``/``M``/`` m`` -> ``M``: the first letter, if `known`, else `other`."""
+
+    def code(distinct: pa.Array) -> pa.Array:
+        first = pc.utf8_upper(pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(distinct), 0, 1))
+        out = pa.nulls(len(distinct), pa.string())
+        for letter, value in known.items():
+            out = pc.if_else(pc.fill_null(pc.equal(first, letter), False), value, out)
+        if other is not None:
+            present = pc.fill_null(pc.not_equal(first, ""), False)
+            out = pc.if_else(pc.and_(pc.is_null(out), present), other, out)
+        return out
+
+    return _per_value(values, code)
+
+
+def _truthy(values: pa.ChunkedArray) -> pa.Array:
+    def truth(distinct: pa.Array) -> pa.Array:
+        low = pc.utf8_lower(pc.utf8_trim_whitespace(distinct))
+        yes = pc.is_in(low, pa.array(["true", "1", "1.0", "yes", "y", "t"]))
+        return pc.if_else(pc.is_null(distinct), pa.scalar(None, pa.bool_()), yes)
+
+    return _per_value(values, truth)
 
 
 # ----------------------------------------------------------------------- write

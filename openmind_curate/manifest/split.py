@@ -57,11 +57,14 @@ def n_val_subjects(n_subjects: int, val_fraction: float) -> int:
 
 
 def _rank(keys: list[str], seed: int) -> np.ndarray:
-    salt = str(seed).encode()
-    digests = [
-        int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8, key=salt).digest(), "big")
-        for k in keys
-    ]
+    """A keyed 8-byte BLAKE2b of each key; the keyed state is made once and
+    copied per key (a key costs BLAKE2b one block of its own)."""
+    keyed = hashlib.blake2b(digest_size=8, key=str(seed).encode())
+    digests = []
+    for k in keys:
+        h = keyed.copy()
+        h.update(k.encode())
+        digests.append(int.from_bytes(h.digest(), "big"))
     return np.array(digests, dtype=np.uint64)
 
 
