@@ -324,7 +324,7 @@ def corpus_base(table: pa.Table) -> str:
         raise InputError(
             "--format openmind-csv needs every dataset root in one folder (the layout's "
             f"OpenMind/ folder); these images lie under {len(parents)} folders: {listed}. "
-            "Filter to one of them (e.g. --exclude-modality FA,MD for DWI maps written "
+            "Filter to one of them (e.g. --exclude-modalities FA,MD for DWI maps written "
             "elsewhere) or use --format parquet"
         )
     return parents.pop() if parents else os.getcwd()
