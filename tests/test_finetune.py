@@ -359,7 +359,7 @@ def test_cli_errors(cli, nnunet_dir, tmp_path, monkeypatch):
             "zigzag",
         ],
     )
-    assert r.exit_code == 2 and "--schedule zigzag" in r.output and "sawtooth" in r.output
+    assert r.exit_code == 2 and "zigzag" in r.output and "sawtooth" in r.output
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     r = runner.invoke(cli, ["finetune", "--data", str(nnunet_dir), "--out", out])
     assert r.exit_code == 2 and "resenc-l" in r.output and "--arch tiny" in r.output

@@ -1,4 +1,10 @@
-"""Training: the preprocessed array store, the patch loader, ResEnc-L and
-Primus-M models, SSL methods (MAE by default), LR schedules, the DDP trainer and
-segmentation fine-tuning. Needs the `train` extra (torch).
+"""Training: from a manifest to a pre-trained encoder and a fine-tuned network.
+
+Needs the `train` extra (torch). `preprocess` writes a manifest's images into
+the `store`; `loader` draws random patches from it and `augment` transforms
+them; `models` builds ResEnc-L and a tiny network of the same class; `mae` is
+the masked auto-encoding method; `trainer` is the single-process or DDP loop
+with its `checkpoint`s; `pretrain` is the Python API behind `curate train`.
+Fine-tuning: `segdata` (labelled data), `schedules` (the paper's five
+learning-rate schedules) and `finetune`.
 """
