@@ -99,7 +99,9 @@ def to_absolute(col: pa.ChunkedArray | pa.Array, base: str) -> pa.Array:
     absolute = pc.starts_with(col, "/")
     todo = pc.fill_null(pc.starts_with(col, "../"), False)
     odd = pc.and_(pc.invert(todo), pc.match_substring_regex(col, _ODD))
-    out = pc.if_else(absolute, col, _join(base, col))
+    out = _join(base, col)
+    if pc.any(absolute).as_py():
+        out = pc.if_else(absolute, col, out)
     k = 1
     while k <= _MAX_UPS and pc.any(todo).as_py():  # values with k leading "../"
         rest = pc.utf8_slice_codeunits(col, 3 * k)
@@ -133,9 +135,13 @@ def relative_to(col: pa.ChunkedArray | pa.Array, to: str) -> pa.Array:
         inside = pc.and_(todo, pc.starts_with(col, head))
         exact = pc.and_(todo, pc.equal(col, folder))
         ups = "../" * k
-        if pc.any(inside).as_py():
+        n_inside = pc.sum(inside).as_py() or 0
+        if n_inside:
             tail = pc.utf8_slice_codeunits(col, len(head))
-            out = pc.if_else(inside, pc.binary_join_element_wise(ups, tail, ""), out)
+            value = pc.binary_join_element_wise(ups, tail, "")
+            # every path under one folder (the usual case): no merge needed
+            whole = n_inside == len(col) - col.null_count and out.null_count == len(out)
+            out = value if whole else pc.if_else(inside, value, out)
         if pc.any(exact).as_py():
             out = pc.if_else(exact, ups.rstrip("/") or ".", out)
         todo = pc.and_(todo, pc.invert(pc.or_(inside, exact)))

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from openmind_curate import index as store
 from openmind_curate.cli import app
+from openmind_curate.errors import InputError
 from openmind_curate.manifest import build as B
 from openmind_curate.manifest import filters as F
 from openmind_curate.manifest import openmind_csv, split
@@ -599,3 +600,30 @@ def test_every_option_reaches_the_filters(work, monkeypatch):
     back = openmind_csv.read(path, work / "data")
     assert set(back.column("image_id").to_pylist()) == {"dsC_c1", "dsC_c2"}
     assert back.column("iqs").to_pylist() == [2.5, 4.0]  # the index's iqs, not the predicted
+
+
+def test_openmind_csv_paths_with_windows_separators(tmp_path):
+    csv = tmp_path / "openneuro_metadata.csv"
+    lines = [",".join(openmind_csv.COLUMNS)]
+    for path, uid in (
+        ("ds000001\\sub-01\\ses-1\\anat\\sub-01_ses-1_T1w.nii.gz", "ds000001_a"),
+        ("ds000001/sub-02/anat/sub-02_FLAIR.nii", "ds000001_b"),
+    ):
+        values = {"image_path": path, "unique_id": uid, "modality": "T1w"}
+        lines.append(",".join(values.get(c, "") for c in openmind_csv.COLUMNS))
+    csv.write_text("\n".join(lines) + "\n")
+    rows = {r["image_id"]: r for r in openmind_csv.read(csv).to_pylist()}
+    a, b = rows["ds000001_a"], rows["ds000001_b"]
+    assert (a["dataset_id"], a["subject"], a["session"]) == ("ds000001", "01", "1")
+    assert a["path"] == "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
+    assert (a["suffix"], a["extension"], b["suffix"], b["extension"]) == (
+        "T1w",
+        ".nii.gz",
+        "FLAIR",
+        ".nii",
+    )
+    assert a["root"] == str(tmp_path / "ds000001") and b["session"] is None
+    bad = tmp_path / "bad.csv"
+    bad.write_text(lines[0] + "\n" + "ds000001/file.nii.gz" + "," * (len(lines[0].split(",")) - 1))
+    with pytest.raises(InputError, match=r"bad.csv: row 0: image_path 'ds000001/file.nii.gz'"):
+        openmind_csv.read(bad)

@@ -188,7 +188,9 @@ def _col(raw: pa.Table, name: str, type_: pa.DataType | None = None) -> pa.Chunk
 
 def _image_paths(raw: pa.Table, csv_path: Path) -> pa.ChunkedArray:
     """``image_path`` with POSIX separators, every row DATASET/sub-XX/..."""
-    image_path = pc.replace_substring(_col(raw, "image_path"), "\\", "/")
+    image_path = _col(raw, "image_path")
+    if _may_hold(image_path, b"\\"):  # Windows separators (a scan of the bytes, no copy per value)
+        image_path = pc.replace_substring(image_path, "\\", "/")
     if image_path.null_count:
         raise InputError(f"{csv_path}: image_path is empty in row {_first(image_path.is_null())}")
     short = pc.less(pc.count_substring(image_path, "/"), 2)
@@ -199,6 +201,16 @@ def _image_paths(raw: pa.Table, csv_path: Path) -> pa.ChunkedArray:
             "DATASET/sub-XX/[ses-YY/]..."
         )
     return image_path
+
+
+def _may_hold(values: pa.ChunkedArray, byte: bytes) -> bool:
+    """Whether a value of the string column may hold `byte`: a search of its
+    data buffers (which may hold bytes outside the values: then the caller
+    does a little needless work, never wrong work)."""
+    return any(
+        chunk.buffers()[2] is not None and byte in memoryview(chunk.buffers()[2]).tobytes()
+        for chunk in values.chunks
+    )
 
 
 def _from_path(image_path: pa.ChunkedArray) -> dict[str, pa.ChunkedArray]:
