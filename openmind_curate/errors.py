@@ -11,6 +11,9 @@ exception it replaced, so callers that caught `ValueError` keep working.
 
 from __future__ import annotations
 
+import signal
+from typing import Any
+
 
 class CurateError(Exception):
     """A problem the user can fix; the message names the file and the problem."""
@@ -30,3 +33,28 @@ class ConflictError(CurateError, ValueError):
 
 class RemoteError(CurateError, RuntimeError):
     """A remote service refused or failed (OpenNeuro, a Dask scheduler)."""
+
+
+class BatchInterrupted(Exception):
+    """A batch stopped by SIGINT (Ctrl-C) or SIGTERM.
+
+    The command line prints ``str(exc)`` and exits with ``exc.exit_code``
+    (130 or 143, the shell's convention of 128 + the signal number).
+    `result` holds the items finished before the signal (a `jobs.BatchResult`).
+    Not a `CurateError`: nothing is wrong, the user stopped the work.
+    """
+
+    def __init__(self, signum: int, done: int, total: int, result: Any = None):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.done = done
+        self.total = total
+        self.result = result
+        super().__init__(signum, done, total)
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return (
+            f"Interrupted ({name}): {self.done} of {self.total} items finished; "
+            "run the same command again to resume"
+        )

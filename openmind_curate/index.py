@@ -41,7 +41,7 @@ from filelock import FileLock, Timeout
 from openmind_curate.atomic import atomic_path, remove_stale_temps
 from openmind_curate.errors import DataError
 from openmind_curate.ids import image_id
-from openmind_curate.paths import PATH_COLUMNS, absolute_path, rebase_table, stored_path
+from openmind_curate.paths import PATH_COLUMNS, rebase_table
 from openmind_curate.schema import IMAGE_INDEX, SchemaError, stage_columns, validate
 
 if TYPE_CHECKING:  # pandas costs 0.2 s of every `curate` start-up; only read_frame needs it
@@ -59,9 +59,6 @@ class IndexStoreError(DataError):
 
 
 # --------------------------------------------------------------------- paths
-
-#: One value made absolute, or relative to a folder (`paths` defines them).
-to_absolute, to_stored = absolute_path, stored_path
 
 
 def base_dir(index_path: str | os.PathLike[str]) -> str:

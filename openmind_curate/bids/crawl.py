@@ -43,6 +43,7 @@ from openmind_curate.errors import InputError
 from openmind_curate.ids import dataset_ids, image_id
 from openmind_curate.index import CrawlMerge
 from openmind_curate.jobs import JobOptions, run_batch
+from openmind_curate.paths import absolute_path, stored_path
 from openmind_curate.schema import IMAGE_INDEX, PROBLEMS, rows_to_table, validate
 
 DEFAULT_DATATYPES = ("anat", "dwi", "pet")
@@ -474,7 +475,7 @@ def _load_previous(
     except (OSError, ValueError, pa.ArrowException):  # SchemaError is a ValueError
         return {}, index, None
     base = store.base_dir(out)
-    datasets = {store.to_absolute(k, base): v for k, v in state.get("datasets", {}).items()}
+    datasets = {absolute_path(k, base): v for k, v in state.get("datasets", {}).items()}
     return datasets, index, probs
 
 
@@ -594,7 +595,7 @@ def _write_side_files(out: Path, problems: pa.Table, state: dict[str, Any]) -> N
     base = store.base_dir(out)
     state = {
         **state,
-        "datasets": {store.to_stored(k, base): v for k, v in state["datasets"].items()},
+        "datasets": {stored_path(k, base): v for k, v in state["datasets"].items()},
     }
     # The state goes last: if the job dies before it, the next run re-crawls.
     atomic_write_text(state_path(out), json.dumps(state, indent=1))

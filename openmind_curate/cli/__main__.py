@@ -1,4 +1,4 @@
-"""`python -m openmind_curate.cli` runs `curate` (torchrun -m, and environments without the script)."""
+"""`python -m openmind_curate.cli` runs `curate` (for torchrun -m, and with no script)."""
 
 from openmind_curate.cli.app import run
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -83,6 +84,11 @@ def run() -> None:
     and where its traceback was logged, never a wall of frames."""
     try:
         app()
+    except SystemExit:
+        # Objects alive now live until exit: freezing them spares the
+        # interpreter's final collections (0.1-0.2 CPU-s per command).
+        gc.freeze()
+        raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         try:
             where = f"the traceback is in {crash_log(exc)}"

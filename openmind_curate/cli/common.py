@@ -7,7 +7,7 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,9 +15,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from openmind_curate import preflight
-from openmind_curate.errors import CurateError, InputError
+from openmind_curate.errors import BatchInterrupted, CurateError, InputError
 from openmind_curate.index_input import DEFAULT_INDEX, check_writable, read_images
-from openmind_curate.jobs import BatchInterrupted, JobOptions
+
+if TYPE_CHECKING:
+    from openmind_curate.jobs import JobOptions
 
 console = Console()
 
@@ -107,6 +109,8 @@ def job_options(
     """The batch options, checked before any work: the scheduler address
     answers, and on a remote cluster every worker sees the `shared` folder
     the outputs go to."""
+    from openmind_curate.jobs import JobOptions  # the runner loads only for batch commands
+
     scheduler = preflight.scheduler(scheduler)
     if shared is not None:
         preflight.workers_see(scheduler, shared)

@@ -54,6 +54,7 @@ from rich.progress import (
 
 from openmind_curate import __version__
 from openmind_curate.atomic import remove_stale_temps
+from openmind_curate.errors import BatchInterrupted  # noqa: F401 - raised here, defined with the other errors
 
 Status = Literal["done", "skipped", "failed"]
 
@@ -128,30 +129,6 @@ class BatchResult:
             lines.append(f"{len(self.recomputed)} recomputed: options changed")
         lines += [f"  FAILED {r.label}: {r.error}" for r in self.failed]
         return "\n".join(lines)
-
-
-class BatchInterrupted(Exception):
-    """A batch stopped by SIGINT (Ctrl-C) or SIGTERM.
-
-    The command line prints ``str(exc)`` and exits with ``exc.exit_code``
-    (130 or 143, the shell's convention of 128 + the signal number).
-    `result` holds the items finished before the signal.
-    """
-
-    def __init__(self, signum: int, done: int, total: int, result: BatchResult | None = None):
-        self.signum = signum
-        self.exit_code = 128 + signum
-        self.done = done
-        self.total = total
-        self.result = result
-        super().__init__(signum, done, total)
-
-    def __str__(self) -> str:
-        name = signal.Signals(self.signum).name
-        return (
-            f"Interrupted ({name}): {self.done} of {self.total} items finished; "
-            "run the same command again to resume"
-        )
 
 
 # ------------------------------------------------------------- options on disk
