@@ -1,3 +1,8 @@
-"""Manifests: the index filtered (IQS, modality, ...) into a pre-training
-manifest with a subject-level split, written as parquet with a JSON sidecar,
-nnssl's ``pretrain_data.json`` or the OpenMind CSV layout (`build`)."""
+"""Manifests: the index filtered into a pre-training manifest.
+
+`build` reads the index (or the released OpenMind CSV, through
+`openmind_csv`), applies `filters` (IQS, modality, datasets, spacing, ...),
+draws the subject-level train/validation `split`, and hands the result to
+`writers` (parquet with a JSON sidecar, nnssl's ``pretrain_data.json`` or
+the OpenMind CSV layout).
+"""

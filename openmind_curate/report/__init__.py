@@ -13,13 +13,14 @@ the images it kept), the way the OpenMind paper describes its corpus:
   value is known ("n = ... of N images with a known value");
 - the IQS distribution and the images kept at each IQS threshold (Table 6),
   counted with the rule `curate iqs` and `build-manifest` use
-  (`quality.threshold.kept_at`);
+  (`openmind_curate.quality.threshold.kept_at`);
 - the top datasets by image count (Table 9).
 
-Three modules: `builders` (the tables: pure, vectorized functions of the
+Four modules: `builders` (the tables: pure, vectorized functions of the
 index DataFrame, so a 113,921-row index takes seconds), `figures` (drawn with
 matplotlib's object API, `Figure` + `FigureCanvasAgg`, never pyplot: no
-global state, safe in threads) and `page` (the HTML, `write_report`). Every
+global state, safe in threads) and `page` (the HTML, `write_report`);
+`run` is the Python API behind `curate report`. Every
 string that reaches the page is HTML-escaped (dataset names and metadata come
 from user files), the page needs nothing outside its folder and runs no
 script, and every file is written atomically.
