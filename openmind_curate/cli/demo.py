@@ -41,7 +41,7 @@ def demo(
     workers: Workers = None,
     quiet: Quiet = False,
 ) -> None:
-    """Run every stage on a generated mini corpus, on this machine (minutes on 2 cores).
+    """Run every stage on a generated mini corpus, on this machine (3-4 minutes on 2 cores).
 
     Steps:
      1 synth           a generated BIDS corpus: 4 datasets, and 1 of a poor protocol
