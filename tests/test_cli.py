@@ -210,6 +210,22 @@ def test_demo_runs_the_existing_stages(tmp_path):
     assert (tmp_path / "train" / "store" / "store.parquet").is_file()
     assert (tmp_path / "train" / "mae-tiny" / "encoder.pt").is_file()
     assert "scratch: mean Dice" in result.output and "pretrained: mean Dice" in result.output
+    # the headline filter visibly works: the generator's poor dataset (every
+    # image noisy, blurred and ghosted) is rated out, and the output says so
+    poor = truth.loc[truth["kind"] == "image", "dataset_id"].max()
+    assert poor == "ds900005" and (scored["dataset_id"] == poor).any()
+    assert not (manifest["dataset_id"] == poor).any()
+    assert "The IQS filter (--iqs-max 2.5) dropped" in result.output
+    # a validation split of whole subjects, and a minority of them
+    val = manifest[manifest["split"] == "val"]
+    assert 0 < val["subject_id"].nunique() < manifest["subject_id"].nunique() / 2
+    # the last lines say what to open next
+    tail = result.output[result.output.index("demo finished") :]
+    for what in ("index.html", "iqs-le-2.5.parquet", "iqs-le-2.5.json", "loss.png", "curate rate"):
+        assert what in tail, what
+    steps = runner.invoke(app, ["demo", "--help"], env={"COLUMNS": "200"}).output
+    for step in ("preprocess", "train", "finetune", "build-manifest", "report"):
+        assert step in steps, step
 
 
 def test_index_summary_and_clear_errors(tmp_path, corpus):

@@ -124,3 +124,40 @@ def test_the_suites_clusters_listen_on_loopback_and_free_ports(dask_cluster, das
     assert int(dask_processes[0].rsplit(":", 1)[1]) in ports  # so is `dask scheduler`
     assert {ip for ip, _ in sockets} <= {"127.0.0.1", "::1"}, sockets
     assert 8787 not in ports, sockets
+
+
+def test_scheduler_local_serves_on_loopback_and_a_free_port():
+    """`--scheduler local` starts a private cluster: it listens on loopback
+    only and takes no fixed port (8787 may belong to someone else)."""
+    import threading
+    import time
+
+    import psutil
+
+    from openmind_curate.jobs import JobOptions, run_batch
+
+    seen: set[tuple[str, int]] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        me = psutil.Process()
+        while not done.is_set():
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    for c in proc.net_connections(kind="inet"):
+                        if c.status == psutil.CONN_LISTEN:
+                            seen.add((c.laddr.ip, c.laddr.port))
+                except psutil.Error:
+                    pass
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        run_batch(time.sleep, [1.0, 1.0], JobOptions(workers=2, scheduler="local", progress=False))
+    finally:
+        done.set()
+        thread.join()
+    assert seen, "no listening socket seen while the cluster ran"
+    assert all(ip in ("127.0.0.1", "::1") for ip, _ in seen), seen
+    assert all(port != 8787 for _, port in seen), seen

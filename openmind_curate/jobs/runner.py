@@ -500,7 +500,10 @@ def _run_dask(work: _Work, options: JobOptions, stop: _Stop):
             n_workers=options.n_workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            # a private cluster: loopback only, and a free port for the HTTP
+            # server the scheduler always runs (None would take 8787)
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
             preload=[__name__],  # `dask_setup`: workers ignore Ctrl-C
         )
         stop.force.append(lambda: _kill_cluster_workers(cluster))
