@@ -4,10 +4,12 @@ shared options and the checks of option values."""
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -19,7 +21,7 @@ from openmind_curate.errors import BatchInterrupted, CurateError, InputError
 from openmind_curate.index_input import DEFAULT_INDEX, check_writable, read_images
 
 if TYPE_CHECKING:
-    from openmind_curate.jobs import JobOptions
+    from openmind_curate.jobs import BatchResult, JobOptions
 
 console = Console()
 
@@ -73,7 +75,7 @@ def print_frame(df, title: str, limit: int | None = None) -> None:
         console.print(f"  ... and {len(df) - limit} more")
 
 
-# Options every batch command shares.
+# Options every batch command shares (`batch_command` adds them).
 Workers = Annotated[
     int | None,
     typer.Option("--workers", "-j", min=1, help="Local worker processes \\[default: all cores]."),
@@ -96,31 +98,94 @@ KeepExisting = Annotated[
 ]
 #: The image index, an option with the default `DEFAULT_INDEX` in every command.
 IndexPath = Annotated[Path, typer.Option("--index", help="Image index (from `curate crawl`).")]
+#: The manifest a training step reads (`preprocess`, `train`).
+ManifestPath = Annotated[
+    Path, typer.Option("--manifest", "-m", help="Manifest (from `curate build-manifest`).")
+]
+#: The networks `train` and `finetune` build.
+Arch = Literal["resenc-l", "tiny"]
 
 
-def job_options(
-    workers: int | None,
-    scheduler: str | None,
-    quiet: bool,
-    what: str,
-    shared: Path | None = None,
-    keep_existing: bool = False,
-) -> JobOptions:
-    """The batch options, checked before any work: the scheduler address
-    answers, and on a remote cluster every worker sees the `shared` folder
-    the outputs go to."""
-    from openmind_curate.jobs import JobOptions  # the runner loads only for batch commands
+def out_option(kind: Literal["FILE", "FOLDER"], help: str) -> Any:
+    """``--out``/``-o`` as the vocabulary has it: it names what the command
+    writes, one table (FILE, taken as text so `file_path` sees a trailing
+    ``/``) or many files (FOLDER). Use: ``Annotated[Path, out_option("FOLDER", "...")]``."""
+    return typer.Option("--out", "-o", metavar=kind, help=help)
 
-    scheduler = preflight.scheduler(scheduler)
-    if shared is not None:
-        preflight.workers_see(scheduler, shared)
-    return JobOptions(
-        workers=workers,
-        scheduler=scheduler,
-        progress=not quiet,
-        description=what,
-        keep_existing=keep_existing,
-    )
+
+@dataclass(frozen=True)
+class Batch:
+    """The batch options of one call, as `batch_command` hands them over."""
+
+    workers: int | None = None
+    scheduler: str | None = None
+    quiet: bool = False
+    keep_existing: bool = False
+
+    def job_options(self, what: str, shared: Path | None = None) -> JobOptions:
+        """The runner's options, checked before any work: the scheduler
+        address answers, and on a remote cluster every worker sees the
+        `shared` folder the outputs go to. `what` labels the progress bar."""
+        from openmind_curate.jobs import JobOptions  # the runner loads only for batch commands
+
+        scheduler = preflight.scheduler(self.scheduler)
+        if shared is not None:
+            preflight.workers_see(scheduler, shared)
+        return JobOptions(
+            workers=self.workers,
+            scheduler=scheduler,
+            progress=not self.quiet,
+            description=what,
+            keep_existing=self.keep_existing,
+        )
+
+
+#: name -> (annotation, default) of the batch options, in the order --help shows them.
+_BATCH_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "workers": (Workers, None),
+    "scheduler": (Scheduler, None),
+    "quiet": (Quiet, False),
+    "keep_existing": (KeepExisting, False),
+}
+
+
+def batch_command(func: Callable[..., Any] | None = None, *, keep_existing: bool = True) -> Any:
+    """Declare a batch command's shared options once: the command's
+    keyword-only parameter ``batch: Batch`` becomes --workers/-j, --scheduler,
+    --quiet/-q and (unless `keep_existing` is False) --keep-existing, in its
+    place, so every batch command shows and checks the same ones. Python
+    callers pass them by name, as for any option (``masks(workers=2)``)."""
+    if func is None:
+        return functools.partial(batch_command, keep_existing=keep_existing)
+    names = [n for n in _BATCH_OPTIONS if keep_existing or n != "keep_existing"]
+    signature = inspect.signature(func, eval_str=True)
+    params: list[inspect.Parameter] = []
+    for p in signature.parameters.values():
+        if p.name != "batch":
+            params.append(p)
+            continue
+        for name in names:
+            annotation, default = _BATCH_OPTIONS[name]
+            params.append(
+                inspect.Parameter(name, p.KEYWORD_ONLY, default=default, annotation=annotation)
+            )
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name, _BATCH_OPTIONS[name][1]) for name in names}
+        return func(*args, batch=Batch(**values), **kwargs)
+
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+def finish_batch(batch: BatchResult) -> None:
+    """The batch's summary line; exit code 1 if an item failed, so a script
+    sees it (the summary names the failures)."""
+    say(batch.summary())
+    if batch.failed:
+        raise typer.Exit(1)
 
 
 def read_index(index: Path, *, images: bool = True):

@@ -11,16 +11,15 @@ import typer
 from openmind_curate import preflight
 from openmind_curate.cli.common import (
     DEFAULT_INDEX,
+    Batch,
     IndexPath,
-    Quiet,
-    Scheduler,
-    Workers,
+    batch_command,
     console,
     error,
     escape,
-    job_options,
     legacy_positional,
     out_file,
+    out_option,
     plural,
     print_frame,
     read_index,
@@ -31,12 +30,10 @@ from openmind_curate.cli.common import (
 
 
 @user_errors
+@batch_command(keep_existing=False)
 def synth(
     out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", "-o", metavar="FOLDER", help="Folder to write the corpus into \\[required]."
-        ),
+        Path | None, out_option("FOLDER", "Folder to write the corpus into \\[required].")
     ] = None,
     datasets: Annotated[int, typer.Option("--datasets", "-d", min=1)] = 4,
     subjects: Annotated[int, typer.Option("--subjects", "-s", min=1)] = 2,
@@ -53,9 +50,8 @@ def synth(
             help="Also datasets of an old, poor protocol (every image noisy, blurred, ghosted).",
         ),
     ] = 0,
-    workers: Workers = None,
-    scheduler: Scheduler = None,
-    quiet: Quiet = False,
+    *,
+    batch: Batch,
     legacy_out: Annotated[Path | None, typer.Argument(metavar="OUT", hidden=True)] = None,
 ) -> None:
     """Generate an OpenNeuro-like collection of BIDS datasets with a truth table."""
@@ -70,7 +66,7 @@ def synth(
     )
     out, name = legacy_positional(out, legacy_out, "--out", "OUT")
     out = preflight.output_dir(out, name)
-    options = job_options(workers, scheduler, quiet, "synth", out)
+    options = batch.job_options("synth", out)
     start = time.perf_counter()
     truth, _ = generate(out, cfg, options)
     _print_corpus_summary(truth.to_pandas(), out, time.perf_counter() - start)
@@ -92,23 +88,21 @@ def _print_corpus_summary(truth, out: Path, seconds: float) -> None:
 
 
 @user_errors
+@batch_command(keep_existing=False)
 def crawl(
     roots: Annotated[
         list[Path],
         typer.Argument(metavar="ROOTS...", help="BIDS datasets, or folders holding them."),
     ],
-    out: Annotated[str, typer.Option("--out", "-o", metavar="FILE", help="Index to write.")] = str(
-        DEFAULT_INDEX
-    ),
+    out: Annotated[str, out_option("FILE", "Index to write.")] = str(DEFAULT_INDEX),
     derivatives: Annotated[
         bool, typer.Option("--derivatives", help="Also index derivative datasets.")
     ] = False,
     datatypes: Annotated[
         str, typer.Option(help="Comma-separated BIDS datatype folders to index.")
     ] = "anat,dwi,pet",
-    workers: Workers = None,
-    scheduler: Scheduler = None,
-    quiet: Quiet = False,
+    *,
+    batch: Batch,
 ) -> None:
     """Index BIDS datasets: one row per image, with inherited metadata joined."""
     from openmind_curate.bids.crawl import CrawlOptions, problems_path
@@ -118,7 +112,7 @@ def crawl(
     options = CrawlOptions(derivatives, parse_datatypes(datatypes))
     roots = preflight.input_dirs(roots)
     index = out_file(out)
-    result = run_crawl(roots, index, options, job_options(workers, scheduler, quiet, "crawl"))
+    result = run_crawl(roots, index, options, batch.job_options("crawl"))
     frame = result.index.to_pandas()
     if len(frame):
         _print_index_summary(frame, per_dataset=False)

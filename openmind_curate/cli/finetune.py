@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from openmind_curate import preflight
-from openmind_curate.cli.common import console, escape, say, user_errors
+from openmind_curate.cli.common import Arch, console, escape, out_option, say, user_errors
 from openmind_curate.errors import InputError
 
 _SCHEDULE_HELP = (
@@ -30,7 +30,7 @@ def finetune(
             "labelsTr) or a generated corpus (`curate synth`; its tissue labels).",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="FOLDER", help="Run folder.")],
+    out: Annotated[Path, out_option("FOLDER", "Run folder.")],
     pretrained: Annotated[
         Path | None,
         typer.Option(
@@ -42,7 +42,7 @@ def finetune(
     schedule: Annotated[Schedule, typer.Option("--schedule", help=_SCHEDULE_HELP)] = "default",
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs.")] = 150,
     arch: Annotated[
-        Literal["resenc-l", "tiny"] | None,
+        Arch | None,
         typer.Option(
             "--arch",
             help="The encoder's with --pretrained, else resenc-l (needs a GPU).",

@@ -13,6 +13,7 @@ from openmind_curate.cli.common import (
     console,
     escape,
     file_path,
+    out_option,
     plural,
     renamed,
     say,
@@ -59,12 +60,7 @@ def build_manifest(
     ] = None,
     out: Annotated[
         str | None,
-        typer.Option(
-            "--out",
-            "-o",
-            metavar="FILE",
-            help="Manifest to write \\[default: manifests/<name of the filters>].",
-        ),
+        out_option("FILE", "Manifest to write \\[default: manifests/<name of the filters>]."),
     ] = None,
     fmt: Annotated[
         Formats,

@@ -8,12 +8,11 @@ from typing import Annotated
 import typer
 
 from openmind_curate.cli.common import (
-    KeepExisting,
-    Quiet,
-    Scheduler,
-    Workers,
+    Batch,
+    ManifestPath,
+    batch_command,
     console,
-    job_options,
+    out_option,
     plural,
     say,
     user_errors,
@@ -21,13 +20,10 @@ from openmind_curate.cli.common import (
 
 
 @user_errors
+@batch_command
 def preprocess(
-    manifest: Annotated[
-        Path, typer.Option("--manifest", "-m", help="Manifest (from `curate build-manifest`).")
-    ],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", metavar="FOLDER", help="Store folder to write.")
-    ],
+    manifest: ManifestPath,
+    out: Annotated[Path, out_option("FOLDER", "Store folder to write.")],
     spacing: Annotated[
         str,
         typer.Option("--spacing", help="Isotropic voxel size in mm, or 'native' (no resampling)."),
@@ -41,10 +37,8 @@ def preprocess(
             "(e.g. p0.5,p99.5) \\[default: no clipping].",
         ),
     ] = None,
-    workers: Workers = None,
-    scheduler: Scheduler = None,
-    quiet: Quiet = False,
-    keep_existing: KeepExisting = False,
+    *,
+    batch: Batch,
 ) -> None:
     """Resample, crop and normalize every manifest image into a blosc2 patch store.
 
@@ -61,7 +55,7 @@ def preprocess(
     config = P.PreprocessConfig(spacing=P.parse_spacing(spacing), clip=P.parse_clip(clip))
     frame = manifest_images(manifest)
     out = preflight.output_dir(out)
-    options = job_options(workers, scheduler, quiet, "preprocess", out, keep_existing)
+    options = batch.job_options("preprocess", out)
     _summary(preprocess_manifest(frame, out, config, options))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,16 +11,15 @@ import typer
 from openmind_curate import preflight
 from openmind_curate.cli.common import (
     DEFAULT_INDEX,
+    Batch,
     IndexPath,
-    KeepExisting,
-    Quiet,
-    Scheduler,
-    Workers,
+    batch_command,
     console,
     error,
     escape,
-    job_options,
+    finish_batch,
     out_file,
+    out_option,
     print_frame,
     read_index,
     say,
@@ -32,6 +32,7 @@ DEFAULT_METRICS = "metrics/metrics.parquet"
 
 
 @user_errors
+@batch_command
 def dwi(
     files: Annotated[
         list[Path] | None,
@@ -40,9 +41,7 @@ def dwi(
             help="DWI series (.nii/.nii.gz); without them, every DWI of --index.",
         ),
     ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", metavar="FOLDER", help="Derivatives folder.")
-    ] = Path("derivatives/dwi"),
+    out: Annotated[Path, out_option("FOLDER", "Derivatives folder.")] = Path("derivatives/dwi"),
     index: Annotated[
         Path,
         typer.Option(
@@ -59,10 +58,8 @@ def dwi(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON result per input on stdout.")
     ] = False,
-    workers: Workers = None,
-    scheduler: Scheduler = None,
-    quiet: Quiet = False,
-    keep_existing: KeepExisting = False,
+    *,
+    batch: Batch,
 ) -> None:
     """DWI -> denoise, Gibbs, motion, N4, brain mask -> FA, MD and T2w (mean b0) maps."""
     import json
@@ -79,7 +76,7 @@ def dwi(
         table = read_index(index)
         writable_index(index)
     out = preflight.output_dir(out)
-    options = job_options(workers, scheduler, quiet or as_json, "dwi", out, keep_existing)
+    options = replace(batch, quiet=batch.quiet or as_json).job_options("dwi", out)
     if table is None:
         result = stage.run(out, config, options, files=files)
     else:
@@ -106,16 +103,14 @@ def dwi(
 
 
 @user_errors
+@batch_command
 def masks(
     index: IndexPath = DEFAULT_INDEX,
-    out: Annotated[
-        Path,
-        typer.Option("--out", "-o", metavar="FOLDER", help="Derivatives root for the masks."),
-    ] = Path("derivatives/masks"),
-    workers: Workers = None,
-    scheduler: Scheduler = None,
-    quiet: Quiet = False,
-    keep_existing: KeepExisting = False,
+    out: Annotated[Path, out_option("FOLDER", "Derivatives root for the masks.")] = Path(
+        "derivatives/masks"
+    ),
+    *,
+    batch: Batch,
 ) -> None:
     """Anatomy and anonymization masks for every readable image; paths go into the index."""
     import pandas as pd
@@ -125,7 +120,7 @@ def masks(
     table = read_index(index)
     writable_index(index)
     out = preflight.output_dir(out)
-    options = job_options(workers, scheduler, quiet, "masks", out, keep_existing)
+    options = batch.job_options("masks", out)
     result = stage.run(index, out, options, frame=table)
     if result.update.skipped:
         console.print(
@@ -142,29 +137,24 @@ def masks(
         counts = kinds.value_counts().rename_axis("anonymization")
         print_frame(counts.reset_index(name="images"), "Anonymization found")
     say(f"{result.update.replaced} index rows now carry mask paths ({index}); masks under {out}")
-    say(result.batch.summary())
-    if result.batch.failed:
-        raise typer.Exit(1)
+    finish_batch(result.batch)
 
 
 @user_errors
+@batch_command
 def metrics(
     index: IndexPath = DEFAULT_INDEX,
-    out: Annotated[
-        str, typer.Option("--out", "-o", metavar="FILE", help="Metrics table (parquet).")
-    ] = DEFAULT_METRICS,
-    workers: Workers = None,
-    scheduler: Scheduler = None,
-    quiet: Quiet = False,
-    keep_existing: KeepExisting = False,
+    out: Annotated[str, out_option("FILE", "Metrics table (parquet).")] = DEFAULT_METRICS,
+    *,
+    batch: Batch,
 ) -> None:
     """No-reference quality metrics and corruption checks for every image of the index."""
     from openmind_curate.quality.run import run_metrics
 
     table = read_index(index)
     path = out_file(out)
-    options = job_options(workers, scheduler, quiet, "metrics", path.parent, keep_existing)
-    batch, result = run_metrics(table, path, options)
+    options = batch.job_options("metrics", path.parent)
+    run, result = run_metrics(table, path, options)
     df = result.to_pandas()
     bad = df[df["corrupted"]]
     if len(bad):
@@ -178,9 +168,7 @@ def metrics(
         "Metrics over the index",
     )
     say(f"{len(df)} rows, {len(bad)} flagged corrupted -> {path}")
-    say(batch.summary())
-    if batch.failed:
-        raise typer.Exit(1)
+    finish_batch(run)
 
 
 def register(app: typer.Typer) -> None:

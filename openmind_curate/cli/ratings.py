@@ -19,6 +19,7 @@ from openmind_curate.cli.common import (
     file_path,
     legacy_positional,
     out_file,
+    out_option,
     plural,
     print_frame,
     say,
@@ -139,10 +140,7 @@ def _print_plan(outcome) -> None:
 @user_errors
 def ratings_export(
     out: Annotated[
-        str | None,
-        typer.Option(
-            "--out", "-o", metavar="FILE", help="A .csv or .parquet file to write \\[required]."
-        ),
+        str | None, out_option("FILE", "A .csv or .parquet file to write \\[required].")
     ] = None,
     index: IndexPath = DEFAULT_INDEX,
     db: DbOpt = None,
@@ -181,10 +179,7 @@ def ratings_agreement(
     index: IndexPath = DEFAULT_INDEX,
     db: DbOpt = None,
     out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", "-o", metavar="FOLDER", help="Also write the tables here (CSV files)."
-        ),
+        Path | None, out_option("FOLDER", "Also write the tables here (CSV files).")
     ] = None,
 ) -> None:
     """Inter-rater agreement per axis (weighted kappa, Krippendorff's alpha, ICC(2,k)),
@@ -262,8 +257,7 @@ def iqs(
     index: IndexPath = DEFAULT_INDEX,
     db: DbOpt = None,
     out: Annotated[
-        str,
-        typer.Option("--out", "-o", metavar="FILE", help="The detailed IQS table (parquet)."),
+        str, out_option("FILE", "The detailed IQS table (parquet).")
     ] = "iqs/iqs.parquet",
     model: Annotated[
         bool,

@@ -7,7 +7,15 @@ from typing import Annotated, Literal
 
 import typer
 
-from openmind_curate.cli.common import console, escape, renamed, user_errors
+from openmind_curate.cli.common import (
+    Arch,
+    ManifestPath,
+    console,
+    escape,
+    out_option,
+    renamed,
+    user_errors,
+)
 
 
 def _cuda() -> bool:
@@ -26,9 +34,7 @@ def _say(text: str) -> None:
 
 @user_errors
 def train_cmd(
-    manifest: Annotated[
-        Path, typer.Option("--manifest", "-m", help="Manifest (from `curate build-manifest`).")
-    ],
+    manifest: ManifestPath,
     store: Annotated[
         Path | None,
         typer.Option(
@@ -39,8 +45,7 @@ def train_cmd(
     ] = None,
     method: Annotated[Literal["mae"], typer.Option("--method", help="SSL method.")] = "mae",
     arch: Annotated[
-        Literal["resenc-l", "tiny"],
-        typer.Option("--arch", help="resenc-l (the paper's) or tiny (a CPU-sized network)."),
+        Arch, typer.Option("--arch", help="resenc-l (the paper's) or tiny (a CPU-sized network).")
     ] = "resenc-l",
     patch: Annotated[int, typer.Option("--patch", help="Patch edge in voxels.")] = 160,
     batch: Annotated[int, typer.Option("--batch", help="Global batch (split over ranks).")] = 8,
@@ -48,12 +53,7 @@ def train_cmd(
     iters_per_epoch: Annotated[int, typer.Option("--iters-per-epoch")] = 250,
     out: Annotated[
         Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            metavar="FOLDER",
-            help="Run folder \\[default: runs/<manifest>-<method>-<arch>].",
-        ),
+        out_option("FOLDER", "Run folder \\[default: runs/<manifest>-<method>-<arch>]."),
     ] = None,
     anon_aware: Annotated[
         bool,
