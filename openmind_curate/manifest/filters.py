@@ -206,6 +206,20 @@ def _in(table: pa.Table, column: str, values: tuple[str, ...]) -> pa.Array:
     return pc.fill_null(pc.is_in(col, pa.array(list(values), col.type)), False)
 
 
+def _membership(
+    name: str, column: str, values: tuple[str, ...], keep: bool = True
+) -> tuple[str, str, Any]:
+    """The step that keeps (or, with ``keep=False``, drops) rows whose
+    `column` is one of `values`; a missing value is never one of them."""
+    rule = f"{column} {'in' if keep else 'not in'} {list(values)}"
+
+    def mask(t: pa.Table) -> pa.Array:
+        hit = _in(t, column, values)
+        return hit if keep else pc.invert(hit)
+
+    return name, rule, mask
+
+
 def _three_d(t: pa.Table) -> pa.Array:
     return pc.fill_null(pc.less_equal(t.column("n_volumes"), 1), True)
 
@@ -218,34 +232,17 @@ def _masks(f: Filters) -> list[tuple[str, str, Any]]:
     """(name, rule, table -> keep mask) for each active filter, in order."""
     steps: list[tuple[str, str, Any]] = []
     if f.header_status is not None:
-        rule = f"header_status in {list(f.header_status)}"
-        steps.append(("header_status", rule, lambda t: _in(t, "header_status", f.header_status)))
+        steps.append(_membership("header_status", "header_status", f.header_status))
     if not f.keep_4d:
         steps.append(("3d_only", "n_volumes <= 1 (4D series such as raw DWI dropped)", _three_d))
     if f.modalities is not None:
-        rule = f"modality in {list(f.modalities)}"
-        steps.append(("modality", rule, lambda t: _in(t, "modality", f.modalities)))
+        steps.append(_membership("modality", "modality", f.modalities))
     if f.exclude_modalities:
-        rule = f"modality not in {list(f.exclude_modalities)}"
-        steps.append(
-            (
-                "exclude_modality",
-                rule,
-                lambda t: pc.invert(_in(t, "modality", f.exclude_modalities)),
-            )
-        )
+        steps.append(_membership("exclude_modality", "modality", f.exclude_modalities, keep=False))
     if f.datasets is not None:
-        rule = f"dataset_id in {list(f.datasets)}"
-        steps.append(("datasets", rule, lambda t: _in(t, "dataset_id", f.datasets)))
+        steps.append(_membership("datasets", "dataset_id", f.datasets))
     if f.exclude_datasets:
-        rule = f"dataset_id not in {list(f.exclude_datasets)}"
-        steps.append(
-            (
-                "exclude_datasets",
-                rule,
-                lambda t: pc.invert(_in(t, "dataset_id", f.exclude_datasets)),
-            )
-        )
+        steps.append(_membership("exclude_datasets", "dataset_id", f.exclude_datasets, keep=False))
     if f.max_spacing is not None:
         limit = f.max_spacing
         rule = f"max voxel spacing <= {limit:g} mm (unknown spacing dropped)"
