@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -171,22 +172,29 @@ def assign(
         chosen = sorted(load, key=lambda r: (load[r], ties[list(load).index(r)]))[: config.raters]
         for rater in chosen:
             load[rater] += 1
-            rows.append(
-                dict(
-                    rater_id=rater,
-                    image_id=unit.image_id,
-                    kind="regular",
-                    dataset_id=unit.dataset_id,
-                    group_name=unit.group_name,
-                )
-            )
-    plan = pd.DataFrame(rows, columns=["rater_id", "image_id", "kind", "dataset_id", "group_name"])
+            rows.append(_item(rater, unit, "regular"))
+    plan = pd.DataFrame(rows, columns=_ITEM_COLUMNS)
     queues = []
     for rater in sorted(load):
         mine = plan[plan["rater_id"] == rater].sample(frac=1, random_state=rng)
         queues.append(_with_extras(mine, rater, config, gold, rng))
     out = pd.concat(queues, ignore_index=True) if queues else plan.assign(position=[])
     return out.reset_index(drop=True)
+
+
+#: A queue item before its position is set.
+_ITEM_COLUMNS = ["rater_id", "image_id", "kind", "dataset_id", "group_name"]
+
+
+def _item(rater: str, unit: Any, kind: str) -> dict[str, Any]:
+    """Queue item of `unit` (a row with image_id, dataset_id, group_name) for `rater`."""
+    return dict(
+        rater_id=rater,
+        image_id=unit.image_id,
+        kind=kind,
+        dataset_id=unit.dataset_id,
+        group_name=unit.group_name,
+    )
 
 
 def _with_extras(
@@ -205,17 +213,7 @@ def _with_extras(
         items.insert(at, {**src.to_dict(), "kind": "repeat"})
     if gold is not None:
         for g in gold.itertuples():
-            at = int(rng.integers(0, len(items) + 1))
-            items.insert(
-                at,
-                dict(
-                    rater_id=rater,
-                    image_id=g.image_id,
-                    kind="gold",
-                    dataset_id=g.dataset_id,
-                    group_name=g.group_name,
-                ),
-            )
+            items.insert(int(rng.integers(0, len(items) + 1)), _item(rater, g, "gold"))
     out = pd.DataFrame(items)
     out["position"] = np.arange(len(out))
     return out
