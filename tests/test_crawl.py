@@ -343,3 +343,27 @@ def test_gzip_trailer_check_agrees_with_a_full_read(tmp_path):
     multi.write_bytes(gzip.compress(payload[:1000]) + gzip.compress(payload[1000:]))
     assert nib.load(multi).get_fdata().shape == (20, 20, 20)
     assert read_header(multi).status == "ok"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_header_facts_of_nifti1_and_nifti2_in_either_byte_order(tmp_path, version, order):
+    """Known answers from a header nibabel wrote: shape, spacing, volumes, dtype,
+    and the size the header promises (vox_offset + data) against the file's."""
+    cls = nib.Nifti1Image if version == 1 else nib.Nifti2Image
+    data = np.arange(240, dtype=f"{order}i2").reshape(4, 5, 6, 2)
+    header = cls(data, np.eye(4)).header
+    if header.endianness != order:
+        header = header.as_byteswapped(order)
+    image = cls(data, None, header)
+    image.header.set_zooms((1.5, 2.0, 2.5, 3.0))
+    path = tmp_path / "x.nii"
+    nib.save(image, path)
+    assert path.read_bytes()[:4] == np.array([348 if version == 1 else 540], f"{order}i4").tobytes()
+    info = read_header(path)
+    assert (info.status, info.shape, info.spacing) == ("ok", [4, 5, 6, 2], [1.5, 2.0, 2.5])
+    assert (info.n_volumes, info.dtype) == (2, "int16")
+    short = tmp_path / "short.nii"
+    short.write_bytes(path.read_bytes()[:-10])
+    info = read_header(short)
+    assert info.status == "corrupt" and info.message.startswith("truncated"), info

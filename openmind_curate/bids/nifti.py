@@ -57,6 +57,19 @@ class _Fields:
     vox_offset: float
 
 
+#: (struct format, byte offset) of dim, datatype, bitpix, pixdim and
+#: vox_offset in each header version, from the NIfTI-1 and NIfTI-2 specifications.
+_NIFTI1 = (("8h", 40), ("h", 70), ("h", 72), ("8f", 76), ("f", 108))
+_NIFTI2 = (("8q", 16), ("h", 12), ("h", 14), ("8d", 104), ("q", 168))
+
+
+def _unpack(raw: bytes, order: str, layout: tuple[tuple[str, int], ...]) -> _Fields:
+    dim, datatype, bitpix, pixdim, vox_offset = (
+        struct.unpack_from(order + fmt, raw, at) for fmt, at in layout
+    )
+    return _Fields(dim, datatype[0], bitpix[0], pixdim, float(vox_offset[0]))
+
+
 def _parse(raw: bytes) -> _Fields | str:
     """The fields we need, from a NIfTI-1 or NIfTI-2 header of either byte order
     (struct offsets from the NIfTI-1/2 specifications), or an error message."""
@@ -68,26 +81,14 @@ def _parse(raw: bytes) -> _Fields | str:
             magic = raw[344:348]
             if magic[:3] not in (b"n+1", b"ni1"):
                 return f"bad magic {magic!r}"
-            return _Fields(
-                struct.unpack_from(order + "8h", raw, 40),
-                struct.unpack_from(order + "h", raw, 70)[0],
-                struct.unpack_from(order + "h", raw, 72)[0],
-                struct.unpack_from(order + "8f", raw, 76),
-                struct.unpack_from(order + "f", raw, 108)[0],
-            )
+            return _unpack(raw, order, _NIFTI1)
         if size == 540:
             if len(raw) < 540:
                 return f"NIfTI-2 header is {len(raw)} bytes, needs 540"
             magic = raw[4:12]
             if magic[:3] not in (b"n+2", b"ni2"):
                 return f"bad magic {magic!r}"
-            return _Fields(
-                struct.unpack_from(order + "8q", raw, 16),
-                struct.unpack_from(order + "h", raw, 12)[0],
-                struct.unpack_from(order + "h", raw, 14)[0],
-                struct.unpack_from(order + "8d", raw, 104),
-                float(struct.unpack_from(order + "q", raw, 168)[0]),
-            )
+            return _unpack(raw, order, _NIFTI2)
     return "not a NIfTI-1 or NIfTI-2 header (bad sizeof_hdr)"
 
 
