@@ -28,7 +28,9 @@ cycle, so that asking for it changes nothing else in the corpus:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,9 @@ _ENTITY_ORDER = (
 
 @dataclass(frozen=True)
 class SynthConfig:
+    """What to generate: how many datasets and subjects, from which seed, at
+    which resolution. A corpus is a pure function of this configuration."""
+
     n_datasets: int = 4
     n_subjects: int = 2
     seed: int = 0
@@ -212,6 +217,8 @@ def plan_corpus(cfg: SynthConfig) -> list[DatasetPlan]:
 
 
 def _spec(plan: DatasetPlan, cfg: SynthConfig, subject: Subject, **kw: Any) -> ImageSpec:
+    """One image of `subject`. Its contrast and modality are its suffix unless
+    `kw` names them; an anatomical image's spacing is scaled by `cfg.voxel_scale`."""
     sub_seed = stable_int(cfg.seed, plan.dataset_id, subject.label)
     spacing = kw.pop("spacing", (1.0, 1.0, 1.0))
     if kw.get("datatype", "anat") == "anat":
@@ -219,6 +226,8 @@ def _spec(plan: DatasetPlan, cfg: SynthConfig, subject: Subject, **kw: Any) -> I
     kw.setdefault("datatype", "anat")
     kw.setdefault("entities", ())
     kw.setdefault("session", None)
+    kw.setdefault("contrast", kw["suffix"])
+    kw.setdefault("modality", kw["suffix"])
     return ImageSpec(plan.dataset_id, subject.label, spacing=spacing, subject_seed=sub_seed, **kw)
 
 
@@ -226,88 +235,10 @@ def _noise(rng: np.random.Generator) -> float:
     return round(float(rng.uniform(0.01, 0.03)), 4)
 
 
-def _plan_anat(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> None:
-    t1 = {
-        **_SIEMENS,
-        "RepetitionTime": 2.3,
-        "EchoTime": 0.00226,
-        "FlipAngle": 8,
-        "InversionTime": 0.9,
-    }
-    t2 = {**_SIEMENS, "RepetitionTime": 3.2, "EchoTime": 0.565}
-    flair = {**_SIEMENS, "RepetitionTime": 5.0, "EchoTime": 0.386, "InversionTime": 1.8}
-    for name, doc in (("T1w", t1), ("T2w", t2), ("FLAIR", flair)):
-        plan.files[f"{name}.json"] = json.dumps(doc, indent=2)
-    for i, s in enumerate(plan.subjects):
-        t1_sub = {}
-        if i == 1:  # a subject-level file overrides one inherited value
-            t1_sub = {"EchoTime": 0.0025}
-            plan.files[f"sub-{s.label}/anat/sub-{s.label}_T1w.json"] = json.dumps(t1_sub)
-        common = dict(deface="zero", session=None)
-        t1w = _spec(
-            plan,
-            cfg,
-            s,
-            suffix="T1w",
-            contrast="T1w",
-            modality="T1w",
-            spacing=(1.0, 1.0, 1.0),
-            axcodes="LAS",
-            dtype="int16",
-            noise_level=_noise(rng),
-            bias_strength=round(float(rng.uniform(0, 0.25)), 3),
-            sidecar=_merge(t1, t1_sub),
-            **common,
-        )
-        plan.images += [
-            t1w,
-            replace(
-                t1w,
-                kind="label",
-                suffix="dseg",
-                entities=(("desc", "tissue"),),
-                modality=None,
-                sidecar="{}",
-                deface=None,
-                noise_level=0.0,
-                dtype="uint8",
-            ),
-            _spec(
-                plan,
-                cfg,
-                s,
-                suffix="T2w",
-                contrast="T2w",
-                modality="T2w",
-                spacing=(0.9, 0.9, 2.0),
-                axcodes="RAS",
-                dtype="int16",
-                noise_level=_noise(rng),
-                sidecar=_merge(t2),
-                **common,
-            ),
-            _spec(
-                plan,
-                cfg,
-                s,
-                suffix="FLAIR",
-                contrast="FLAIR",
-                modality="FLAIR",
-                spacing=(1.0, 1.0, 1.0),
-                axcodes="PIR",
-                dtype="uint16",
-                noise_level=_noise(rng),
-                sidecar=_merge(flair),
-                **common,
-            ),
-        ]
-    plan.files["derivatives/labels/dataset_description.json"] = _description(
-        "Synthetic tissue labels", derivative=True
-    )
-    plan.files["derivatives/labels/desc-tissue_dseg.tsv"] = (
-        "index\tname\tabbreviation\n0\tbackground\tBG\n1\tcerebrospinal fluid\tCSF\n"
-        "2\tgrey matter\tGM\n3\twhite matter\tWM\n"
-    )
+def _subject_sidecar(plan: DatasetPlan, path: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """A subject-level sidecar at `path`, which overrides inherited values."""
+    plan.files[path] = json.dumps(doc)
+    return doc
 
 
 def _dwi_files(shells: dict[int, int], n_b0: int, rng) -> tuple[str, str]:
@@ -319,7 +250,111 @@ def _dwi_files(shells: dict[int, int], n_b0: int, rng) -> tuple[str, str]:
     return bval, bvec
 
 
+def _dwi(image: Callable[..., ImageSpec], cfg: SynthConfig, **kw: Any) -> ImageSpec:
+    """A DWI series on the configured isotropic grid; its noise comes from
+    `ImageSpec.dwi_snr`, not `noise_level`. `kw` names its shells, b0 count and
+    gradient files."""
+    return image(
+        datatype="dwi",
+        suffix="dwi",
+        contrast="b0",
+        modality="DWI",
+        spacing=(cfg.dwi_spacing,) * 3,
+        noise_level=0.0,
+        **kw,
+    )
+
+
+#: The anat profile's top-level sidecars (Siemens, 3 T), one per suffix.
+_ANAT_SIDECARS = {
+    "T1w": {
+        **_SIEMENS,
+        "RepetitionTime": 2.3,
+        "EchoTime": 0.00226,
+        "FlipAngle": 8,
+        "InversionTime": 0.9,
+    },
+    "T2w": {**_SIEMENS, "RepetitionTime": 3.2, "EchoTime": 0.565},
+    "FLAIR": {**_SIEMENS, "RepetitionTime": 5.0, "EchoTime": 0.386, "InversionTime": 1.8},
+}
+
+
+def _plan_anat(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> None:
+    """T1w, T2w and FLAIR per subject, all defaced, under top-level sidecars
+    that the second subject's T1w overrides; the T1w's tissue labels as a
+    derivative."""
+    for suffix, doc in _ANAT_SIDECARS.items():
+        plan.files[f"{suffix}.json"] = json.dumps(doc, indent=2)
+    for i, s in enumerate(plan.subjects):
+        t1_sub = {}
+        if i == 1:  # a subject-level file overrides one inherited value
+            path = f"sub-{s.label}/anat/sub-{s.label}_T1w.json"
+            t1_sub = _subject_sidecar(plan, path, {"EchoTime": 0.0025})
+        plan.images += _anat_images(partial(_spec, plan, cfg, s, deface="zero"), rng, t1_sub)
+    _tissue_label_files(plan)
+
+
+def _anat_images(
+    image: Callable[..., ImageSpec], rng: np.random.Generator, t1_sub: dict[str, Any]
+) -> list[ImageSpec]:
+    """A subject's T1w, its tissue labels, T2w and FLAIR. The draws from `rng`
+    come in this order: T1w noise and bias, T2w noise, FLAIR noise."""
+    t1w = image(
+        suffix="T1w",
+        axcodes="LAS",
+        noise_level=_noise(rng),
+        bias_strength=round(float(rng.uniform(0, 0.25)), 3),
+        sidecar=_merge(_ANAT_SIDECARS["T1w"], t1_sub),
+    )
+    labels = _companion(t1w, "label", "dseg", ("desc", "tissue"), deface=None, noise_level=0.0)
+    t2w = image(
+        suffix="T2w",
+        spacing=(0.9, 0.9, 2.0),
+        noise_level=_noise(rng),
+        sidecar=_merge(_ANAT_SIDECARS["T2w"]),
+    )
+    flair = image(
+        suffix="FLAIR",
+        axcodes="PIR",
+        dtype="uint16",
+        noise_level=_noise(rng),
+        sidecar=_merge(_ANAT_SIDECARS["FLAIR"]),
+    )
+    return [t1w, labels, t2w, flair]
+
+
+def _companion(
+    image: ImageSpec, kind: str, suffix: str, entity: tuple[str, str], **kw: Any
+) -> ImageSpec:
+    """A uint8 file that belongs to `image` (its tissue labels, its defacing
+    mask): on the same grid, with no modality and no sidecar of its own."""
+    return replace(
+        image,
+        kind=kind,
+        suffix=suffix,
+        entities=(entity,),
+        modality=None,
+        dtype="uint8",
+        sidecar="{}",
+        **kw,
+    )
+
+
+def _tissue_label_files(plan: DatasetPlan) -> None:
+    """The labels derivative's description and its tissue lookup table."""
+    plan.files["derivatives/labels/dataset_description.json"] = _description(
+        "Synthetic tissue labels", derivative=True
+    )
+    plan.files["derivatives/labels/desc-tissue_dseg.tsv"] = (
+        "index\tname\tabbreviation\n0\tbackground\tBG\n1\tcerebrospinal fluid\tCSF\n"
+        "2\tgrey matter\tGM\n3\twhite matter\tWM\n"
+    )
+
+
 def _plan_sessions(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> None:
+    """A T1w per session and a DWI series in the first, with top-level sidecars
+    and gradient files, per-subject session ages, and the last subject's faces
+    blurred."""
     t1 = {**_GE, "RepetitionTime": 8.2, "EchoTime": 0.0032, "FlipAngle": 12}
     dwi = {
         **_GE,
@@ -338,43 +373,26 @@ def _plan_sessions(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator
         )
         t1_sub = {}
         if i == 0:  # subject-level file, above the session folders
-            t1_sub = {"EchoTime": 0.0029}
-            plan.files[f"sub-{s.label}/sub-{s.label}_T1w.json"] = json.dumps(t1_sub)
+            path = f"sub-{s.label}/sub-{s.label}_T1w.json"
+            t1_sub = _subject_sidecar(plan, path, {"EchoTime": 0.0029})
         deface = "blur" if (i == len(plan.subjects) - 1 and len(plan.subjects) > 1) else None
-        for ses in plan.sessions:
-            plan.images.append(
-                _spec(
-                    plan,
-                    cfg,
-                    s,
-                    session=ses,
-                    suffix="T1w",
-                    contrast="T1w",
-                    modality="T1w",
-                    spacing=(1.0, 1.0, 1.2),
-                    axcodes="RAS",
-                    dtype="uint16",
-                    noise_level=_noise(rng),
-                    deface=deface,
-                    sidecar=_merge(t1, t1_sub),
-                )
-            )
+        image = partial(_spec, plan, cfg, s)
+        t1w = partial(
+            image,
+            suffix="T1w",
+            spacing=(1.0, 1.0, 1.2),
+            dtype="uint16",
+            deface=deface,
+            sidecar=_merge(t1, t1_sub),
+        )
+        plan.images += [t1w(session=ses, noise_level=_noise(rng)) for ses in plan.sessions]
         plan.images.append(
-            _spec(
-                plan,
+            _dwi(
+                image,
                 cfg,
-                s,
                 session=plan.sessions[0],
-                datatype="dwi",
-                suffix="dwi",
-                contrast="b0",
-                modality="DWI",
-                spacing=(cfg.dwi_spacing,) * 3,
-                axcodes="RAS",
-                dtype="int16",
                 dwi_shells=tuple(shells.items()),
                 dwi_n_b0=3,
-                noise_level=0.0,
                 bval_path="dwi.bval",
                 bvec_path="dwi.bvec",
                 sidecar=_merge(dwi),
@@ -382,141 +400,97 @@ def _plan_sessions(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator
         )
 
 
+#: Sidecar values of the rare profile's protocols (Philips, 1.5 T), by suffix.
+_RARE_SIDECARS: dict[str, dict[str, Any]] = {
+    "PDw": {"RepetitionTime": 2.5, "EchoTime": 0.03},
+    "T2starw": {"RepetitionTime": 0.03, "EchoTime": 0.02},
+    "inplaneT2": {"RepetitionTime": 4.0},
+    "MP2RAGE": {"RepetitionTime": 5.0, "InversionTime": [0.7, 2.5]},
+    "angio": {"RepetitionTime": 0.022},
+    "T1w": {"RepetitionTime": 8.1, "EchoTime": 0.0037},
+}
+
+
+def _rare_sidecar(protocol: str) -> str:
+    return _merge(_PHILIPS, _RARE_SIDECARS[protocol])
+
+
 def _plan_rare(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> None:
-    base = dict(_PHILIPS)
+    """Suffixes and storage a crawler rarely meets, one noise level per
+    subject; the first subject has the deprecated spellings and the
+    skull-stripped T1w. Every image carries its own sidecar."""
     for i, s in enumerate(plan.subjects):
-        n = _noise(rng)
-        pdw = _spec(
-            plan,
-            cfg,
-            s,
-            suffix="PDw",
-            contrast="PDw",
-            modality="PDw",
-            spacing=(1.0, 1.0, 1.0),
-            axcodes="LPS",
-            oblique_deg=(12.0, 0.0, 4.0),
-            dtype="int16",
-            scl_slope=0.0005,
-            gain=1.0,
-            noise_level=n,
-            deface="zero",
-            sidecar=_merge(base, {"RepetitionTime": 2.5, "EchoTime": 0.03}),
-        )
-        gre = dict(spacing=(1.0, 1.0, 2.0), axcodes="RAS", dtype="int16", noise_level=n)
-        gre_sc = _merge(base, {"RepetitionTime": 0.03, "EchoTime": 0.02})
-        if i == 0:  # deprecated spelling
-            t2s = [
-                _spec(
-                    plan,
-                    cfg,
-                    s,
-                    suffix="T2star",
-                    contrast="T2starw",
-                    modality="T2starw",
-                    sidecar=gre_sc,
-                    **gre,
-                )
-            ]
-        else:
-            t2s = [
-                _spec(
-                    plan,
-                    cfg,
-                    s,
-                    suffix="T2starw",
-                    contrast="T2starw",
-                    modality="T2starw",
-                    entities=(("acq", "gre"), ("part", part)),
-                    sidecar=gre_sc,
-                    flags="phase" if part == "phase" else None,
-                    **({**gre, "dtype": "float32", "gain": 1.0} if part == "phase" else gre),
-                )
-                for part in ("mag", "phase")
-            ]
-        mp2 = _merge(base, {"RepetitionTime": 5.0, "InversionTime": [0.7, 2.5]})
-        mp2rage = dict(
-            spacing=(1.2, 1.2, 1.2), axcodes="RAS", dtype="uint16", noise_level=n, sidecar=mp2
-        )
+        first = i == 0
+        image = partial(_spec, plan, cfg, s, noise_level=_noise(rng))
         plan.images += [
-            pdw,
-            replace(
-                pdw,
-                kind="mask",
-                suffix="defacemask",
-                entities=(("mod", "PDw"),),
-                modality=None,
-                dtype="uint8",
-                sidecar="{}",
-            ),
-            *t2s,
-            _spec(
-                plan,
-                cfg,
-                s,
-                suffix="inplaneT2",
-                contrast="inplaneT2",
-                modality="inplaneT2",
-                spacing=(0.9, 0.9, 4.0),
-                axcodes="RAS",
-                dtype="int16",
-                noise_level=n,
-                sidecar=_merge(base, {"RepetitionTime": 4.0}),
-            ),
-            _spec(
-                plan,
-                cfg,
-                s,
-                suffix="MP2RAGE",
-                contrast="MP2RAGE_inv1",
-                modality="MP2RAGE",
-                entities=(("inv", "1"),),
-                flags="inversion",
-                **mp2rage,
-            ),
-            _spec(
-                plan,
-                cfg,
-                s,
-                suffix="MP2RAGE",
-                contrast="MP2RAGE_inv2",
-                modality="MP2RAGE",
-                entities=(("inv", "2"),),
-                flags="inversion",
-                **mp2rage,
-            ),
-            _spec(plan, cfg, s, suffix="UNIT1", contrast="UNIT1", modality="UNIT1", **mp2rage),
-            _spec(
-                plan,
-                cfg,
-                s,
+            *_pdw_with_defacemask(image),
+            *_t2star(image, deprecated=first),
+            image(suffix="inplaneT2", spacing=(0.9, 0.9, 4.0), sidecar=_rare_sidecar("inplaneT2")),
+            *_mp2rage(image),
+            image(
                 suffix="angio",
-                contrast="angio",
-                modality="angio",
                 spacing=(0.8, 0.8, 1.6),
-                axcodes="RAS",
                 dtype="uint8",
                 gain=240.0,
-                noise_level=n,
-                sidecar=_merge(base, {"RepetitionTime": 0.022}),
+                sidecar=_rare_sidecar("angio"),
             ),
-            _spec(
-                plan,
-                cfg,
-                s,
+            image(
                 suffix="T1w",
-                contrast="T1w",
-                modality="T1w",
-                spacing=(1.0, 1.0, 1.0),
-                axcodes="RAS",
-                dtype="int16",
-                noise_level=n,
-                skull_stripped=i == 0,
-                deface=None if i == 0 else "zero",
-                sidecar=_merge(base, {"RepetitionTime": 8.1, "EchoTime": 0.0037}),
+                skull_stripped=first,
+                deface=None if first else "zero",
+                sidecar=_rare_sidecar("T1w"),
             ),
         ]
     _own_sidecars(plan, plan.images)
+
+
+def _pdw_with_defacemask(image: Callable[..., ImageSpec]) -> list[ImageSpec]:
+    """An oblique LPS PDw stored as int16 with a scl_slope, and its defacing mask."""
+    pdw = image(
+        suffix="PDw",
+        axcodes="LPS",
+        oblique_deg=(12.0, 0.0, 4.0),
+        scl_slope=0.0005,
+        gain=1.0,
+        deface="zero",
+        sidecar=_rare_sidecar("PDw"),
+    )
+    return [pdw, _companion(pdw, "mask", "defacemask", ("mod", "PDw"))]
+
+
+def _t2star(image: Callable[..., ImageSpec], deprecated: bool) -> list[ImageSpec]:
+    """A T2*-weighted GRE: under the deprecated ``T2star`` suffix, or as
+    magnitude and phase parts (the phase as float32)."""
+    gre = partial(image, spacing=(1.0, 1.0, 2.0), sidecar=_rare_sidecar("T2starw"))
+    if deprecated:
+        return [gre(suffix="T2star", contrast="T2starw", modality="T2starw")]
+    return [
+        gre(suffix="T2starw", entities=(("acq", "gre"), ("part", "mag"))),
+        gre(
+            suffix="T2starw",
+            entities=(("acq", "gre"), ("part", "phase")),
+            flags="phase",
+            dtype="float32",
+            gain=1.0,
+        ),
+    ]
+
+
+def _mp2rage(image: Callable[..., ImageSpec]) -> list[ImageSpec]:
+    """MP2RAGE's two inversions and its UNIT1 map, one sidecar for all three."""
+    mp2rage = partial(
+        image, spacing=(1.2, 1.2, 1.2), dtype="uint16", sidecar=_rare_sidecar("MP2RAGE")
+    )
+    inversions = [
+        mp2rage(
+            suffix="MP2RAGE",
+            contrast=f"MP2RAGE_inv{k}",
+            entities=(("inv", str(k)),),
+            flags="inversion",
+        )
+        for k in (1, 2)
+    ]
+    return [*inversions, mp2rage(suffix="UNIT1")]
 
 
 def _own_sidecars(plan: DatasetPlan, specs: list[ImageSpec]) -> None:
@@ -537,79 +511,44 @@ LADDERS: tuple[tuple[str, str, tuple[float, ...]], ...] = (
 CORRUPTIONS = ("truncated", "nan", "zeros", "empty")
 
 
+def _acq_run(acq: str, run: int) -> tuple[tuple[str, str], ...]:
+    return (("acq", acq), ("run", str(run)))
+
+
 def _plan_qc(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) -> None:
+    """The first subject's degradation ladders and multi-shell DWI; the last
+    subject's corrupted files and cropped field of view."""
     t1 = {**_SIEMENS, "RepetitionTime": 2.4, "EchoTime": 0.0022}
     plan.files["T1w.json"] = json.dumps(t1, indent=2)
     subs = plan.subjects
     first, last = subs[0], subs[-1]
-    t1w = dict(
-        suffix="T1w",
-        contrast="T1w",
-        modality="T1w",
-        spacing=(1.25, 1.25, 1.25),
-        axcodes="RAS",
-        dtype="int16",
-        noise_level=0.01,
-        sidecar=_merge(t1),
+    t1w = partial(
+        _spec, plan, cfg, suffix="T1w", spacing=(1.25,) * 3, noise_level=0.01, sidecar=_merge(t1)
     )
     for name, attr, levels in LADDERS:
         for k, level in enumerate(levels):
-            plan.images.append(
-                _spec(
-                    plan,
-                    cfg,
-                    first,
-                    **{**t1w, attr: level},
-                    entities=(("acq", name), ("run", str(k + 1))),
-                    ladder=name,
-                    ladder_level=k,
-                )
-            )
+            rung = {attr: level, "ladder": name, "ladder_level": k}
+            plan.images.append(t1w(first, entities=_acq_run(name, k + 1), **rung))
     for k, corruption in enumerate(CORRUPTIONS):
         dtype = "float32" if corruption == "nan" else "int16"  # NaN needs a float file
-        plan.images.append(
-            _spec(
-                plan,
-                cfg,
-                last,
-                **{**t1w, "dtype": dtype},
-                entities=(("acq", "rpt"), ("run", str(k + 1))),
-                corruption=corruption,
-            )
-        )
-    plan.images.append(
-        _spec(
-            plan,
-            cfg,
-            last,
-            **t1w,
-            entities=(("acq", "rpt"), ("run", str(len(CORRUPTIONS) + 1))),
-            fov_crop=0.18,
-        )
-    )
+        runs = _acq_run("rpt", k + 1)
+        plan.images.append(t1w(last, entities=runs, dtype=dtype, corruption=corruption))
+    plan.images.append(t1w(last, entities=_acq_run("rpt", len(CORRUPTIONS) + 1), fov_crop=0.18))
     for s in subs[1:-1] or []:
-        plan.images.append(_spec(plan, cfg, s, **{**t1w, "noise_level": _noise(rng)}))
+        plan.images.append(t1w(s, noise_level=_noise(rng)))
     # Multi-shell DWI with its gradient table next to the image (no inheritance).
     shells = {1000: cfg.dwi_directions, 2000: cfg.dwi_directions // 2}
     dwi_name = f"sub-{first.label}/dwi/sub-{first.label}_acq-multishell_dwi"
     plan.files[f"{dwi_name}.bval"], plan.files[f"{dwi_name}.bvec"] = _dwi_files(
         shells, 2, _rng(cfg.seed, "g2")
     )
-    multishell = _spec(
-        plan,
+    multishell = _dwi(
+        partial(_spec, plan, cfg, first),
         cfg,
-        first,
-        datatype="dwi",
-        suffix="dwi",
-        contrast="b0",
-        modality="DWI",
         entities=(("acq", "multishell"),),
-        spacing=(cfg.dwi_spacing,) * 3,
         axcodes="LAS",
-        dtype="int16",
         dwi_shells=tuple(shells.items()),
         dwi_n_b0=2,
-        noise_level=0.0,
         bval_path=f"{dwi_name}.bval",
         bvec_path=f"{dwi_name}.bvec",
         sidecar=_merge(_SIEMENS, {"RepetitionTime": 9.0, "EchoTime": 0.09}),
@@ -634,11 +573,7 @@ def _plan_poor(plan: DatasetPlan, cfg: SynthConfig, rng: np.random.Generator) ->
                     cfg,
                     s,
                     suffix=suffix,
-                    contrast=suffix,
-                    modality=suffix,
                     spacing=spacing,
-                    axcodes="RAS",
-                    dtype="int16",
                     noise_level=round(float(rng.uniform(0.06, 0.08)), 4),
                     blur_fwhm_mm=round(float(rng.uniform(4.0, 6.0)), 2),
                     ghost_amplitude=round(float(rng.uniform(0.1, 0.2)), 3),
