@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -49,7 +49,9 @@ def _parse(path: Path, what: str, types: dict[str, pa.DataType]) -> pa.Table:
 
         return pacsv.read_csv(
             path,
-            parse_options=pacsv.ParseOptions(delimiter="," if kind == "CSV" else "\t"),
+            parse_options=pacsv.ParseOptions(
+                delimiter="," if kind == "CSV" else "\t", newlines_in_values=True
+            ),
             convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
         )
     except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
@@ -96,12 +98,7 @@ def read_table(
 
 
 def read_frame(
-    path: str | os.PathLike[str],
-    what: str,
-    columns: Sequence[str] = (),
-    *,
-    schema: pa.Schema | None = None,
-    hint: str = "",
+    path: str | os.PathLike[str], what: str, columns: Sequence[str] = (), **options: Any
 ) -> pd.DataFrame:
-    """`read_table` as a pandas DataFrame."""
-    return read_table(path, what, columns, schema=schema, hint=hint).to_pandas()
+    """`read_table` (the same arguments: `schema`, `hint`) as a pandas DataFrame."""
+    return read_table(path, what, columns, **options).to_pandas()

@@ -10,6 +10,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
+from openmind_curate.errors import InputError
 from openmind_curate.quality import ratings as R
 
 HOSTILE = "<script>alert(1)</script>'; DROP TABLE ratings;-- ../../etc/passwd"
@@ -194,10 +195,27 @@ def test_bad_import_lists_every_bad_row_and_writes_nothing(db, tmp_path):
 
 
 def test_unreadable_file_named(tmp_path):
+    """The one message shape of a user's table: ``<what> <file>: <problem>``."""
     path = tmp_path / "ratings.parquet"
     path.write_bytes(b"not parquet")
-    with pytest.raises(R.RatingsError, match="ratings.parquet: cannot read it"):
-        R.read_table_file(path)
+    with pytest.raises(InputError) as err:
+        R.read_table_file(path, "ratings file")
+    assert str(err.value).startswith(f"ratings file {path}: cannot read it as parquet (")
+    with pytest.raises(InputError, match=r"gold file .*gold\.csv: no column corrupted"):
+        (tmp_path / "gold.csv").write_text("image_id,noisiness\nimg-a,1\n")
+        R.read_table_file(tmp_path / "gold.csv", "gold file", ["image_id", "corrupted"])
+
+
+def test_a_comment_over_two_lines_survives_export_and_import(db, tmp_path):
+    engine, _, _ = db
+    comment = 'two lines,\nthe second "quoted"'
+    R.save_rating(engine, _rating(comment=comment))
+    path = tmp_path / "ratings.csv"
+    assert R.export_ratings(engine, path, all_versions=True) == 1
+    other = R.connect(tmp_path / "other.sqlite")
+    R.add_rater(other, "ann")
+    assert R.import_ratings(other, R.read_table_file(path), {"img-a"}) == 1
+    assert R.read_ratings(other)["comment"].tolist() == [comment]
 
 
 def test_queue_resumes_at_first_unrated_and_skip_moves_to_end(db):

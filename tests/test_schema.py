@@ -143,6 +143,17 @@ def test_user_tables_are_read_typed_and_checked(tmp_path):
     assert tables.read_table(pq_path, "IQS table", ("image_id", "iqs")).num_rows == 2
 
 
+def test_user_tables_keep_a_quoted_newline_anywhere_in_a_large_file(tmp_path):
+    """A text cell over two lines (a rater's comment) is valid CSV wherever it
+    stands; Arrow parses a file over 1 MB in blocks, so the reader says so."""
+    from openmind_curate import tables
+
+    rows = "".join(f'img-{i},"line one\nline two {i}"\n' for i in range(60_000))
+    path = _write(tmp_path / "c.csv", "image_id,comment\n" + rows)
+    got = tables.read_frame(path, "ratings file", ("image_id", "comment"))
+    assert len(got) == 60_000 and got["comment"].iloc[-1] == "line one\nline two 59999"
+
+
 @pytest.mark.parametrize(
     ("name", "content", "problem"),
     [

@@ -18,7 +18,7 @@ import hmac
 import os
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from openmind_curate import __version__, schema
+from openmind_curate import __version__, schema, tables
 from openmind_curate.preflight import InputError
 from openmind_curate.schema import ITEM_KINDS, RATINGS
 
@@ -464,19 +464,13 @@ def latest(df: pd.DataFrame, kinds: Iterable[str] = ITEM_KINDS) -> pd.DataFrame:
 # --- import and export -------------------------------------------------------------------
 
 
-def read_table_file(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """A CSV or parquet file as a frame (the user's file: errors name it)."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path)
-        if path.suffix.lower() in (".csv", ".tsv"):
-            return pd.read_csv(
-                path, sep="\t" if path.suffix.lower() == ".tsv" else ",", keep_default_na=True
-            )
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise RatingsError(f"{path}: cannot read it: {exc}") from None
-    raise RatingsError(f"{path}: use a .csv, .tsv or .parquet file")
+def read_table_file(
+    path: str | os.PathLike[str], what: str = "table", columns: Sequence[str] = ()
+) -> pd.DataFrame:
+    """A user's CSV, TSV or parquet file (a ratings import, a gold file) as a
+    frame, through the one reader of user tables: a file that is missing,
+    unreadable or without `columns` is an `InputError` naming it and the problem."""
+    return tables.read_frame(path, what, columns)
 
 
 def export_ratings(engine: Engine, path: str | os.PathLike[str], *, all_versions: bool) -> int:
