@@ -17,104 +17,29 @@ from openmind_curate.synth.head import BIT_BRAIN, BIT_FACE, BIT_HEAD, LAYERS, He
 
 # Tissue order: gm, wm, csf, then the non-brain layers in LAYERS order.
 _TISSUES = ("gm", "wm", "csf", *[k for k in LAYERS if k != "intracranial"])
-CONTRASTS: dict[str, dict[str, float]] = {
-    "T1w": dict(
-        gm=0.55,
-        wm=0.85,
-        csf=0.15,
-        air=0,
-        skull=0.05,
-        marrow=0.6,
-        scalp=0.95,
-        muscle=0.4,
-        eye=0.12,
-        sinus=0,
-    ),
-    "T2w": dict(
-        gm=0.6,
-        wm=0.42,
-        csf=1.0,
-        air=0,
-        skull=0.04,
-        marrow=0.45,
-        scalp=0.65,
-        muscle=0.3,
-        eye=0.95,
-        sinus=0,
-    ),
-    "FLAIR": dict(
-        gm=0.7,
-        wm=0.5,
-        csf=0.06,
-        air=0,
-        skull=0.04,
-        marrow=0.5,
-        scalp=0.75,
-        muscle=0.35,
-        eye=0.05,
-        sinus=0,
-    ),
-    "PDw": dict(
-        gm=0.85,
-        wm=0.7,
-        csf=0.92,
-        air=0,
-        skull=0.05,
-        marrow=0.7,
-        scalp=0.85,
-        muscle=0.55,
-        eye=0.9,
-        sinus=0,
-    ),
-    "T2starw": dict(
-        gm=0.6,
-        wm=0.5,
-        csf=0.85,
-        air=0,
-        skull=0.03,
-        marrow=0.3,
-        scalp=0.6,
-        muscle=0.35,
-        eye=0.8,
-        sinus=0,
-    ),
-    "angio": dict(
-        gm=0.25,
-        wm=0.2,
-        csf=0.1,
-        air=0,
-        skull=0.03,
-        marrow=0.3,
-        scalp=0.4,
-        muscle=0.2,
-        eye=0.1,
-        sinus=0,
-    ),
-    "UNIT1": dict(
-        gm=0.45,
-        wm=0.7,
-        csf=0.15,
-        air=0,
-        skull=0.1,
-        marrow=0.5,
-        scalp=0.6,
-        muscle=0.4,
-        eye=0.15,
-        sinus=0,
-    ),
-    "b0": dict(
-        gm=0.65,
-        wm=0.5,
-        csf=1.0,
-        air=0,
-        skull=0.02,
-        marrow=0.05,
-        scalp=0.08,
-        muscle=0.25,
-        eye=0.9,
-        sinus=0,
-    ),
-}
+#: Relative intensity of each tissue (column) in each contrast (row).
+_INTENSITIES = """
+contrast  gm    wm    csf   air  skull  marrow  scalp  muscle  eye   sinus
+T1w       0.55  0.85  0.15  0    0.05   0.6     0.95   0.4     0.12  0
+T2w       0.6   0.42  1.0   0    0.04   0.45    0.65   0.3     0.95  0
+FLAIR     0.7   0.5   0.06  0    0.04   0.5     0.75   0.35    0.05  0
+PDw       0.85  0.7   0.92  0    0.05   0.7     0.85   0.55    0.9   0
+T2starw   0.6   0.5   0.85  0    0.03   0.3     0.6    0.35    0.8   0
+angio     0.25  0.2   0.1   0    0.03   0.3     0.4    0.2     0.1   0
+UNIT1     0.45  0.7   0.15  0    0.1    0.5     0.6    0.4     0.15  0
+b0        0.65  0.5   1.0   0    0.02   0.05    0.08   0.25    0.9   0
+"""
+
+
+def _intensity_table(text: str) -> dict[str, dict[str, float]]:
+    """Contrast -> tissue -> intensity. The table is text so that its columns
+    stay aligned and every contrast reads as one row."""
+    header, *rows = (line.split() for line in text.strip().splitlines())
+    assert tuple(header[1:]) == _TISSUES, header
+    return {row[0]: dict(zip(_TISSUES, map(float, row[1:]), strict=True)) for row in rows}
+
+
+CONTRASTS: dict[str, dict[str, float]] = _intensity_table(_INTENSITIES)
 # MP2RAGE inversions and inplane T2 reuse a close relative.
 CONTRASTS["MP2RAGE_inv1"] = {k: 0.9 - 0.8 * v for k, v in CONTRASTS["T1w"].items()}
 CONTRASTS["MP2RAGE_inv1"].update(air=0, sinus=0)
