@@ -437,6 +437,17 @@ OPENMIND_CSV = pa.schema(
     ]
 )
 
+#: The scanner and sequence columns the OpenMind CSV and the image index share
+#: under one name and type (nnssl's image_info carries them too).
+ACQUISITION_COLUMNS: tuple[str, ...] = (
+    "manufacturer",
+    "model_name",
+    "phase_encoding_direction",
+    "magnetic_field_strength",
+    "repetition_time",
+    "echo_time",
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "image_index": IMAGE_INDEX,
     "ratings": RATINGS,

@@ -113,6 +113,8 @@ def test_every_stored_table_is_defined_here():
     assert {"store_index", "openmind_csv"} <= set(schema.SCHEMAS)
     assert store.STORE_INDEX is schema.STORE_INDEX  # the training store reads the one definition
     assert openmind_csv.COLUMNS == tuple(schema.OPENMIND_CSV.names)
+    for name in schema.ACQUISITION_COLUMNS:  # taken over from the CSV as they are
+        assert schema.OPENMIND_CSV.field(name).type == schema.IMAGE_INDEX.field(name).type
     for name in schema.PATH_COLUMNS:  # stored relative to the table's folder (`paths`)
         assert schema.IMAGE_INDEX.field(name).type == pa.string()
         assert schema.MANIFEST.field(name).equals(schema.IMAGE_INDEX.field(name))

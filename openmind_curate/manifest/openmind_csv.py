@@ -33,25 +33,19 @@ import pyarrow.csv as pacsv
 
 from openmind_curate.errors import InputError
 from openmind_curate.paths import rebase_table, relative_to
-from openmind_curate.schema import IMAGE_INDEX, MODALITIES, OPENMIND_CSV, SchemaError, validate
+from openmind_curate.schema import (
+    ACQUISITION_COLUMNS,
+    IMAGE_INDEX,
+    MODALITIES,
+    OPENMIND_CSV,
+    SchemaError,
+    validate,
+)
 
 #: The release's columns, in its order (`schema.OPENMIND_CSV`).
 COLUMNS: tuple[str, ...] = tuple(OPENMIND_CSV.names)
 #: Columns taken over as they are (cast to the index's type).
-_SAME = (
-    "race",
-    "health_status",
-    "manufacturer",
-    "model_name",
-    "phase_encoding_direction",
-    "magnetic_field_strength",
-    "repetition_time",
-    "echo_time",
-    "age",
-    "weight",
-    "bmi",
-    "derived_from",
-)
+_SAME = ("race", "health_status", *ACQUISITION_COLUMNS, "age", "weight", "bmi", "derived_from")
 _EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".b2nd")
 _SUFFIX = r"_(?P<s>[A-Za-z0-9]+)(?:\.nii\.gz|\.nii|\.nrrd|\.mha|\.b2nd)$"
 

@@ -28,7 +28,7 @@ from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.errors import DataError
 from openmind_curate.manifest import openmind_csv
 from openmind_curate.paths import PATH_COLUMNS, rebase, relative_to, to_absolute
-from openmind_curate.schema import MANIFEST, SchemaError, validate
+from openmind_curate.schema import ACQUISITION_COLUMNS, MANIFEST, SchemaError, validate
 
 FORMATS = ("parquet", "nnssl", "openmind-csv")
 META_KEY = b"openmind_curate.manifest"
@@ -116,16 +116,7 @@ def read_manifest(path: str | os.PathLike[str], *, as_frame: bool = False):
 # -------------------------------------------------------------------- nnssl
 
 SUBJECT_INFO = ("age", "sex", "handedness", "race", "weight", "bmi", "health_status")
-IMAGE_INFO = (
-    "derived_from",
-    "is_brain_extract",
-    "manufacturer",
-    "model_name",
-    "phase_encoding_direction",
-    "magnetic_field_strength",
-    "repetition_time",
-    "echo_time",
-)
+IMAGE_INFO = ("derived_from", "is_brain_extract", *ACQUISITION_COLUMNS)
 DEFAULT_SESSION = "ses-DEFAULT"
 
 
