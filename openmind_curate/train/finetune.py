@@ -20,7 +20,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -581,7 +581,12 @@ def finetune_demo(
     source = segdata.read_source(Path(corpus_dir))
     sp = None if spacing is None else (float(spacing),) * 3
     data = load_data(source, sp, "zscore", 0.2, seed)
-    common = dict(
+    out = Path(out)
+    scratch = FinetuneConfig(
+        corpus_dir,
+        out / "scratch",
+        arch="tiny",
+        schedule="default",
         epochs=epochs,
         patch=patch,
         iters_per_epoch=iters_per_epoch,
@@ -591,21 +596,12 @@ def finetune_demo(
         quiet=quiet,
         device="cpu",
     )
-    out = Path(out)
     result: dict[str, Any] = {"val_cases": data[2], "labels": source.labels}
-    scratch = finetune(
-        FinetuneConfig(corpus_dir, out / "scratch", arch="tiny", schedule="default", **common),  # type: ignore[arg-type]
-        source=source,
-        data=data,
-    )
-    result["scratch"] = _summary(scratch)
+    result["scratch"] = _summary(finetune(scratch, source=source, data=data))
     if pretrained is not None:
-        tuned = finetune(
-            FinetuneConfig(
-                corpus_dir, out / "pretrained", pretrained=pretrained, schedule=schedule, **common
-            ),  # type: ignore[arg-type]
-            source=source,
-            data=data,
+        # the same run but for the encoder, its network and the schedule
+        tuned = replace(
+            scratch, out=out / "pretrained", arch=None, pretrained=pretrained, schedule=schedule
         )
-        result["pretrained"] = _summary(tuned)
+        result["pretrained"] = _summary(finetune(tuned, source=source, data=data))
     return result
