@@ -353,6 +353,31 @@ def test_resume_refuses_a_different_configuration(tmp_path):
         generate(tmp_path, replace(cfg, n_poor_datasets=1))
 
 
+def test_a_file_that_fails_is_named_and_synth_exits_1(tmp_path):
+    """A file that cannot be written fails its item, not the run: `generate`
+    returns the batch result without a truth table, and `curate synth` prints
+    the batch summary naming the file and exits 1 (no internal error)."""
+    from typer.testing import CliRunner
+
+    from openmind_curate.cli.app import app
+    from openmind_curate.synth.corpus import TRUTH_TABLE
+
+    cfg = SynthConfig(n_datasets=1, n_subjects=1, voxel_scale=3.0)
+    blocked = tmp_path / "ds900001" / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+    blocked.mkdir(parents=True)  # a folder where the T2w must go
+    truth, batch = generate(tmp_path, cfg, JobOptions(workers=1, progress=False))
+    assert truth is None and not (tmp_path / TRUTH_TABLE).exists()
+    assert [r.label for r in batch.failed] == ["ds900001/sub-01/anat/sub-01_T2w.nii.gz"]
+    assert len(batch.done) == len(batch.results) - 1 > 0
+
+    args = ["synth", "--out", str(tmp_path), "--datasets", "1", "--subjects", "1"]
+    result = CliRunner().invoke(app, [*args, "--voxel-scale", "3", "-j", "1", "-q"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "1 failed" in result.output
+    assert "FAILED ds900001/sub-01/anat/sub-01_T2w.nii.gz" in result.output
+    assert not (tmp_path / TRUTH_TABLE).exists()
+
+
 def test_poor_datasets_are_added_after_the_cycle_and_degraded_throughout():
     """`n_poor_datasets` appends datasets and leaves the rest of the corpus as
     it was; each of their images is noisy, blurred and ghosted enough that an

@@ -17,6 +17,7 @@ from openmind_curate.cli.common import (
     console,
     error,
     escape,
+    finish_batch,
     legacy_positional,
     out_file,
     out_option,
@@ -68,8 +69,11 @@ def synth(
     out = preflight.output_dir(out, name)
     options = batch.job_options("synth", out)
     start = time.perf_counter()
-    truth, _ = generate(out, cfg, options)
-    _print_corpus_summary(truth.to_pandas(), out, time.perf_counter() - start)
+    truth, result = generate(out, cfg, options)
+    if truth is None:  # a file failed: the batch summary names it, and exit 1
+        finish_batch(result)
+    else:
+        _print_corpus_summary(truth.to_pandas(), out, time.perf_counter() - start)
 
 
 def _print_corpus_summary(truth, out: Path, seconds: float) -> None:

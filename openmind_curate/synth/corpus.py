@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,6 +34,14 @@ from openmind_curate.synth.plan import DatasetPlan, SynthConfig, plan_corpus
 from openmind_curate.synth.write import WriteJob, write_spec
 
 TRUTH_TABLE = "truth/images.parquet"
+
+
+class SynthResult(NamedTuple):
+    """What `generate` made. `truth` is None when a file failed: the truth
+    table describes a whole corpus, so it is written only once every file is."""
+
+    truth: pa.Table | None
+    batch: BatchResult
 
 
 def _participant_truth(plan: DatasetPlan) -> dict[tuple[str, str | None], dict[str, Any]]:
@@ -86,10 +94,11 @@ def _check_config(root: Path, cfg: SynthConfig) -> None:
 
 def generate(
     out: str | Path, cfg: SynthConfig = SynthConfig(), options: JobOptions | None = None
-) -> tuple[pa.Table, BatchResult]:
+) -> SynthResult:
     """Write the corpus under `out`; returns the truth table and the batch result.
 
-    Re-running with the same config skips files already written.
+    Re-running with the same config skips files already written. When a file
+    fails, the batch result names it and no truth table is written.
     """
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -102,7 +111,7 @@ def generate(
     options = options or JobOptions(description="synth")
     result = run_batch(write_spec, jobs, options, outputs=WriteJob.outputs)
     if not result.ok:
-        raise RuntimeError("synth failed for some files:\n" + result.summary())
+        return SynthResult(None, result)
 
     people = {p.dataset_id: _participant_truth(p) for p in plans}
     rows = []
@@ -116,7 +125,7 @@ def generate(
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     write_if_changed(root / TRUTH_TABLE, sink.getvalue().to_pybytes())
-    return table, result
+    return SynthResult(table, result)
 
 
 def load_truth(root: str | Path) -> pa.Table:
