@@ -103,11 +103,8 @@ def _gold_units(path: Path, candidates: pd.DataFrame, engine: Engine) -> pd.Data
 
     from openmind_curate.quality import ratings
 
-    df = ratings.read_table_file(preflight.input_files([path])[0])
     need = ["image_id", *ratings.AXES, *ratings.FLAGS]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    df = ratings.read_table_file(preflight.input_files([path])[0], "gold file", need)
     known = candidates.set_index("image_id")
     bad = [
         f"row {i + 2}: image_id {v!r} is not a unit of the index"
@@ -136,7 +133,7 @@ def import_file(
     from openmind_curate.quality import ratings
 
     (path,) = preflight.input_files([Path(path)])
-    df = ratings.read_table_file(path)
+    df = ratings.read_table_file(path, "ratings file")
     known = set(store.read_frame(index)["image_id"])
     added = ratings.import_ratings(open_db(index, db), df, known, source=str(path))
     return added, len(df)
