@@ -1,4 +1,4 @@
-"""Masks on real heads changed by real tools: the table in the README.
+"""Masks on real heads changed by real tools: the table in docs/benchmarks.md.
 
 The heads are pydeface's average real head, warped, rescaled and resampled
 onto two scanner-like grids with Rician noise, then left intact, defaced with

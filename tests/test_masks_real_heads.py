@@ -9,7 +9,7 @@ from the noise-free warped head (its anatomy: 10% of its 99th percentile,
 holes filled), never from the code under test, and the template the code fits
 is the unwarped mean head, so no case grades the template against itself.
 
-Floors are set a little under the measured figures (README, `curate masks`),
+Floors are set a little under the measured figures (docs/benchmarks.md, masks),
 which `python benchmarks/masks_real_heads.py` prints. The issue's goal of
 anonymization Dice >= 0.9 is met by pydeface and, on one warp of two, by the
 blurred face; quickshear's thin cut (0.85-0.87) and the other blurred face
@@ -29,7 +29,7 @@ from openmind_curate.masks.template import HEAD, pydeface_data, template_labels
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:quickshear")
 
-#: Anonymization Dice floors per case (measured: README).
+#: Anonymization Dice floors per case (measured: docs/benchmarks.md).
 ANON_FLOOR = {"pydeface": 0.9, "quickshear": 0.83, "blurred": 0.86, "skull-stripped": 0.88}
 
 

@@ -66,7 +66,7 @@ def finetune(
         typer.Option(
             "--stage-len",
             help="Epochs per warm-up stage (default: 15 for 150 "
-            "epochs, 50 for 1000; see the README).",
+            "epochs, 50 for 1000; see the finetune guide).",
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed (split, patches, init).")] = 0,
