@@ -133,7 +133,7 @@ def test_batch_commands_share_workers_and_scheduler_options():
             assert opt in result.output, (name, opt)
     assert shared["workers"][0] == ["--workers", "-j"] and shared["quiet"][0] == ["--quiet", "-q"]
     synth = runner.invoke(app, ["synth", "--help"], env={"COLUMNS": "200"}).output
-    for opt in ("--datasets", "--subjects", "--seed"):
+    for opt in ("--n-datasets", "--n-subjects", "--seed"):
         assert opt in synth
 
 
@@ -143,9 +143,9 @@ def test_synth_command_writes_a_corpus_and_prints_a_summary(tmp_path):
             "synth",
             "--out",
             str(tmp_path),
-            "--datasets",
+            "--n-datasets",
             "2",
-            "--subjects",
+            "--n-subjects",
             "1",
             "--seed",
             str(seed),
@@ -217,8 +217,9 @@ def test_demo_runs_the_existing_stages(tmp_path):
     assert not (manifest["dataset_id"] == poor).any()
     assert "The IQS filter (--iqs-max 2.5) dropped" in result.output
     # a validation split of whole subjects, and a minority of them
-    val = manifest[manifest["split"] == "val"]
-    assert 0 < val["subject_id"].nunique() < manifest["subject_id"].nunique() / 2
+    subjects = manifest[["dataset_id", "subject", "split"]].drop_duplicates()
+    assert subjects.groupby(["dataset_id", "subject"])["split"].nunique().eq(1).all()
+    assert 0 < (subjects["split"] == "val").sum() < len(subjects) / 2
     # the last lines say what to open next
     tail = result.output[result.output.index("demo finished") :]
     for what in ("index.html", "iqs-le-2.5.parquet", "iqs-le-2.5.json", "loss.png", "curate rate"):

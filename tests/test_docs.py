@@ -193,7 +193,7 @@ def test_the_snippet_reader_understands_shell():
         "bash",
         "OUT=runs  # set\n"
         "curate synth --out $OUT \\\n"
-        "    --datasets 2 | tee log.txt  # generate\n"
+        "    --n-datasets 2 | tee log.txt  # generate\n"
         "python pipelines/slurm.py --jobs 2 -- curate crawl corpus/ && echo done\n"
         "torchrun --standalone -m openmind_curate.cli train --manifest m.parquet 2>&1\n",
     )
@@ -204,7 +204,7 @@ def test_the_snippet_reader_understands_shell():
         if (args := curate_args(tokens)) is not None
     ]
     assert got == [
-        ["synth", "--out", "$OUT", "--datasets", "2"],
+        ["synth", "--out", "$OUT", "--n-datasets", "2"],
         ["crawl", "corpus/"],
         ["train", "--manifest", "m.parquet"],
     ]

@@ -370,7 +370,7 @@ def test_a_file_that_fails_is_named_and_synth_exits_1(tmp_path):
     assert [r.label for r in batch.failed] == ["ds900001/sub-01/anat/sub-01_T2w.nii.gz"]
     assert len(batch.done) == len(batch.results) - 1 > 0
 
-    args = ["synth", "--out", str(tmp_path), "--datasets", "1", "--subjects", "1"]
+    args = ["synth", "--out", str(tmp_path), "--n-datasets", "1", "--n-subjects", "1"]
     result = CliRunner().invoke(app, [*args, "--voxel-scale", "3", "-j", "1", "-q"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "1 failed" in result.output

@@ -316,7 +316,12 @@ def test_renamed_options_still_work_with_a_deprecation_note(tmp_path, tiny_index
     assert "positional OUT is deprecated, use --out" in text and "is a file" in text
     text = refused(["ratings", "export", str(tmp_path / "r.csv"), "--index", str(tiny_index)])
     assert "positional OUT is deprecated, use --out" in text and "no ratings database" in text
+    # synth's counts are --n-datasets/--n-subjects (the value still goes to the count)
+    text = refused(["synth", "--out", str(a_file), "--datasets", "0"])
+    assert f"--datasets {note} --n-datasets" in text and "--n-datasets" in text
+    assert "0 is not in the range" in text
     # the old names are hidden
+    assert "--datasets" not in help_of(("synth",))
     assert "--modalities" not in help_of(("fetch",))
     assert "--workers" not in help_of(("train",))
 
@@ -375,3 +380,22 @@ def test_iqs_writes_its_table_where_the_vocabulary_says(tiny_index, tmp_path, mo
     assert table["iqs"].tolist() == [2.0]
     assert {"image_id", "iqs", "iqs_image"} <= set(table.columns)
     assert re.search(r"1 index rows? written", result.output)
+
+
+def test_an_option_name_has_one_type_everywhere():
+    """The same word means the same thing: an option name shared by several
+    commands takes the same kind of value in each (`synth --datasets` was a
+    count while `build-manifest --datasets` is a list of ids)."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for path, command in COMMANDS.items():
+        for name, param in options(command).items():
+            if name.startswith("--") and not getattr(param, "is_flag", False):
+                seen.setdefault(name, {}).setdefault(kind(param), []).append(label(path))
+    # --out is a path or a str: both name a file or folder (FILE/FOLDER checked above)
+    mixed = {
+        name: kinds
+        for name, kinds in seen.items()
+        if len(set(kinds) - ({"path", "str"} if name == "--out" else set())) > 1
+    }
+    assert not mixed, mixed
+    assert "--datasets" not in options(COMMANDS[("synth",)])

@@ -36,8 +36,12 @@ def synth(
     out: Annotated[
         Path | None, out_option("FOLDER", "Folder to write the corpus into \\[required].")
     ] = None,
-    datasets: Annotated[int, typer.Option("--datasets", "-d", min=1)] = 4,
-    subjects: Annotated[int, typer.Option("--subjects", "-s", min=1)] = 2,
+    datasets: Annotated[
+        int, typer.Option("--n-datasets", "-d", min=1, help="How many datasets.")
+    ] = 4,
+    subjects: Annotated[
+        int, typer.Option("--n-subjects", "-s", min=1, help="Subjects per dataset.")
+    ] = 2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     voxel_scale: Annotated[
         float,
@@ -46,7 +50,7 @@ def synth(
     poor_datasets: Annotated[
         int,
         typer.Option(
-            "--poor-datasets",
+            "--n-poor-datasets",
             min=0,
             help="Also datasets of an old, poor protocol (every image noisy, blurred, ghosted).",
         ),
@@ -225,7 +229,7 @@ def index_summary(
 
 def register(app: typer.Typer) -> None:
     """Add `synth`, `crawl`, `fetch` and the `index` group to `app`."""
-    app.command()(synth)
+    app.command(context_settings=renamed(datasets="n_datasets", subjects="n_subjects"))(synth)
     app.command()(crawl)
     app.command(context_settings=renamed(modalities="datatypes"))(fetch)
     index_app = typer.Typer(help="Inspect an image index.", no_args_is_help=True)
