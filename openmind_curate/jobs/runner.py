@@ -295,6 +295,28 @@ class _Work:
         return (self.func, self.items[i], self.labels[i], self.stale.get(i, []))
 
 
+def _finished_unreported(
+    items: list[Any],
+    results: list[ItemResult | None],
+    stale: dict[int, list[str]],
+    outputs: Callable[[Any], Sequence[str | os.PathLike[str]]] | None,
+) -> int:
+    """Items a worker finished whose result had not reached this process when
+    the signal came (a Dask result in flight): their outputs exist (written
+    atomically, so complete) and the next run skips them, so they count as
+    finished. Stale items' old outputs do not count."""
+    if outputs is None:
+        return 0
+    return sum(
+        1
+        for i, (item, result) in enumerate(zip(items, results, strict=True))
+        if result is None
+        and i not in stale
+        and (paths := outputs(item))
+        and all(Path(p).exists() for p in paths)
+    )
+
+
 def run_batch(
     func: Callable[[Any], Any],
     items: Iterable[Any],
@@ -348,6 +370,7 @@ def run_batch(
         )
         if stop.signum is not None:
             finished = sum(r.status != "failed" for r in batch.results)
+            finished += _finished_unreported(items, results, stale, outputs)
             raise BatchInterrupted(stop.signum, finished, len(items), batch)
     return batch
 
