@@ -343,3 +343,26 @@ def chromium() -> dict:
         "--no-first-run",
     ]
     return {"executable_path": CHROMIUM, "args": args}
+
+
+def write_one_image_index(path: Path, root: Path) -> Path:
+    """A valid one-image index at `path` (the image under `root` need not
+    exist: a command's checks come before any read). Returns `path`."""
+    from openmind_curate import index as store
+    from openmind_curate.schema import IMAGE_INDEX, rows_to_table
+
+    row = dict(
+        image_id="a",
+        dataset_id="ds",
+        suffix="T1w",
+        extension=".nii.gz",
+        modality="T1w",
+        is_derivative=False,
+        root=str(root),
+        path="sub-01/anat/sub-01_T1w.nii.gz",
+        size_bytes=1,
+        header_status="ok",
+    )
+    with store.locked(path):
+        store.write(path, rows_to_table([row], IMAGE_INDEX))
+    return path

@@ -13,12 +13,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_one_image_index
 from typer.testing import CliRunner
 
 from openmind_curate import cli
 from openmind_curate import index as store
 from openmind_curate.cli import app
-from openmind_curate.schema import IMAGE_INDEX, rows_to_table
+from openmind_curate.schema import IMAGE_INDEX
 
 runner = CliRunner()
 
@@ -31,21 +32,7 @@ def files(tmp_path_factory):
     text.write_text("not a table")
     metrics = d / "metrics.parquet"
     pq.write_table(pa.table({"image_id": ["a"], "snr": [1.0]}), metrics)
-    good = d / "index" / "images.parquet"
-    row = dict(
-        image_id="a",
-        dataset_id="ds",
-        suffix="T1w",
-        extension=".nii.gz",
-        modality="T1w",
-        is_derivative=False,
-        root=str(d / "ds"),
-        path="sub-01/anat/sub-01_T1w.nii.gz",
-        size_bytes=1,
-        header_status="ok",
-    )
-    with store.locked(good):
-        store.write(good, rows_to_table([row], IMAGE_INDEX))
+    good = write_one_image_index(d / "index" / "images.parquet", d / "ds")
     newer = d / "newer.parquet"
     meta = {store.META_KEY: json.dumps({"version": store.INDEX_VERSION + 1})}
     pq.write_table(pq.read_table(good).replace_schema_metadata(meta), newer)

@@ -12,13 +12,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import typer.main
+from conftest import write_one_image_index
 from typer.testing import CliRunner
 
 from openmind_curate import cli
-from openmind_curate import index as store
 from openmind_curate.cli import app
 from openmind_curate.index_input import DEFAULT_INDEX
-from openmind_curate.schema import IMAGE_INDEX, rows_to_table
 
 runner = CliRunner()
 ENV = {"COLUMNS": "300"}  # wide: a choice list is never wrapped
@@ -235,22 +234,7 @@ def test_every_cli_module_registers_its_commands_the_same_way():
 @pytest.fixture
 def tiny_index(tmp_path):
     """A one-image index (the image need not exist: the checks come first)."""
-    path = tmp_path / "index" / "images.parquet"
-    row = dict(
-        image_id="a",
-        dataset_id="ds",
-        suffix="T1w",
-        extension=".nii.gz",
-        modality="T1w",
-        is_derivative=False,
-        root=str(tmp_path / "ds"),
-        path="sub-01/anat/sub-01_T1w.nii.gz",
-        size_bytes=1,
-        header_status="ok",
-    )
-    with store.locked(path):
-        store.write(path, rows_to_table([row], IMAGE_INDEX))
-    return path
+    return write_one_image_index(tmp_path / "index" / "images.parquet", tmp_path / "ds")
 
 
 def refused(args: list[str]) -> str:
