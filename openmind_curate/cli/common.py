@@ -18,7 +18,7 @@ from rich.table import Table
 
 from openmind_curate import preflight
 from openmind_curate.errors import BatchInterrupted, CurateError, InputError
-from openmind_curate.index_input import DEFAULT_INDEX, check_writable, read_images
+from openmind_curate.index_input import DEFAULT_INDEX
 
 if TYPE_CHECKING:
     from openmind_curate.jobs import BatchResult, JobOptions
@@ -186,20 +186,6 @@ def finish_batch(batch: BatchResult) -> None:
     say(batch.summary())
     if batch.failed:
         raise typer.Exit(1)
-
-
-def read_index(index: Path, *, images: bool = True):
-    """The index through the store (absolute paths). A stage given an index
-    without a single image stops here rather than writing an empty result."""
-    from openmind_curate import index as store
-
-    return read_images(index) if images else store.read_frame(index)
-
-
-def writable_index(index: Path) -> None:
-    """A stage that will add to the index checks, before hours of work, that
-    it can write and lock it."""
-    check_writable(index)
 
 
 def file_path(path: str | os.PathLike[str], option: str = "--out") -> Path:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from openmind_curate import index as store
 from openmind_curate import preflight
 from openmind_curate.cli.common import (
     DEFAULT_INDEX,
@@ -23,7 +24,6 @@ from openmind_curate.cli.common import (
     out_option,
     plural,
     print_frame,
-    read_index,
     renamed,
     say,
     user_errors,
@@ -224,7 +224,7 @@ def index_summary(
     """Counts per modality, per dataset and per header status."""
     if legacy_index is not None:
         index, _ = legacy_positional(None, legacy_index, "--index", "INDEX")
-    _print_index_summary(read_index(index, images=False))
+    _print_index_summary(store.read_frame(index))
 
 
 def register(app: typer.Typer) -> None:

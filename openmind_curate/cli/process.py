@@ -21,11 +21,10 @@ from openmind_curate.cli.common import (
     out_file,
     out_option,
     print_frame,
-    read_index,
     say,
     user_errors,
-    writable_index,
 )
+from openmind_curate.index_input import check_writable, read_images
 
 #: Where `curate metrics` writes its table (the demo's layout; `curate iqs --metrics` reads it).
 DEFAULT_METRICS = "metrics/metrics.parquet"
@@ -73,8 +72,8 @@ def dwi(
     if files:
         files = preflight.input_files(files)
     else:
-        table = read_index(index)
-        writable_index(index)
+        table = read_images(index)
+        check_writable(index)
     out = preflight.output_dir(out)
     options = replace(batch, quiet=batch.quiet or as_json).job_options("dwi", out)
     if table is None:
@@ -117,8 +116,8 @@ def masks(
 
     from openmind_curate.masks import stage
 
-    table = read_index(index)
-    writable_index(index)
+    table = read_images(index)
+    check_writable(index)
     out = preflight.output_dir(out)
     options = batch.job_options("masks", out)
     result = stage.run(index, out, options, frame=table)
@@ -151,7 +150,7 @@ def metrics(
     """No-reference quality metrics and corruption checks for every image of the index."""
     from openmind_curate.quality.run import run_metrics
 
-    table = read_index(index)
+    table = read_images(index)
     path = out_file(out)
     options = batch.job_options("metrics", path.parent)
     run, result = run_metrics(table, path, options)
