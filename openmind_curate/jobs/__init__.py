@@ -3,7 +3,8 @@
 `run_batch` maps a function over items on a local process pool (default) or a
 Dask cluster, with a progress bar, a per-item error record, atomic outputs and
 skipping of finished items on re-run (redoing those made with other options),
-and a clean stop on Ctrl-C/SIGTERM (`BatchInterrupted`); it lives in `runner`.
+and a clean stop on Ctrl-C/SIGTERM (`BatchInterrupted`, defined with the
+other errors in `openmind_curate.errors`); `run_batch` lives in `runner`.
 `stage` is the stage pattern on top of it (one item per input file, done
 when its completion marker is current), used by the DWI, masks, metrics and
 preprocess stages.

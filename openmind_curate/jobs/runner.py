@@ -54,7 +54,7 @@ from rich.progress import (
 
 from openmind_curate import __version__
 from openmind_curate.atomic import remove_stale_temps
-from openmind_curate.errors import BatchInterrupted  # noqa: F401 - raised here, defined with the other errors
+from openmind_curate.errors import BatchInterrupted
 
 Status = Literal["done", "skipped", "failed"]
 
