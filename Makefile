@@ -1,14 +1,16 @@
 # Two commands set everything up on a machine with Python 3.11:
 #   make demo   create .venv and run the whole pipeline on a generated corpus
 #   make test   create .venv, lint, build the docs and run the test suite
-# TORCH picks the torch build (pip arguments). The default is the CPU build from
-# PyTorch's CPU wheel index: PyPI's Linux torch is a multi-GB CUDA build. On a
-# GPU machine take the CUDA build (and torchvision, for Primus-M) from PyPI:
-#   make env TORCH="torch==2.13.0 torchvision"     (see README, "Install")
+# TORCH picks the torch build (pip arguments), installed first and on its own.
+# The default is PyPI's: on x86_64 Linux that is PyTorch's CUDA build (a few GB
+# with its nvidia-* wheels), which also runs on a CPU, so a GPU machine and a
+# CPU machine install the same line. A CPU-only machine may take the CPU build
+# instead, to save the GBs (not tested here; see README, "Install"):
+#   make env TORCH="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu"
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
-TORCH  ?= torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
@@ -19,14 +21,10 @@ env: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first and on its own: asked for through another package it would
-	# resolve to a multi-GB CUDA build.
+	# torch first and on its own: the extras then find it installed and pull no
+	# other build (the dev extra holds train and finetune: nnunetv2 and the networks).
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev]" "einops>=0.7"
-	# ResEnc-L needs only torch; --no-deps keeps timm/torchvision (and a second
-	# torch) out. Primus-M users install the full set, see README. Last, so no
-	# later install complains about the dependencies it leaves out on purpose.
-	$(BIN)/python -m pip install -q --no-deps "dynamic-network-architectures>=0.4.4"
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 demo: env
