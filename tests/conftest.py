@@ -16,6 +16,9 @@ from openmind_curate.cli import app
 from openmind_curate.jobs import JobOptions
 from openmind_curate.synth import SynthConfig, generate
 
+# nnU-Net reads its process count once, at import: one process for the test runs
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 BIDS_EXAMPLES = REPO.parent / "shared" / "testdata" / "bids-examples"
 #: Where the test servers' HTTP endpoints listen: loopback, a port the OS picks.

@@ -7,6 +7,7 @@ layer, never a higher one, and never another room of its own layer::
 
     launcher   slurm                      starts the CLI in a child process
     cli        cli                        parses options, calls one function
+    evaluation finetune                   fine-tunes a pre-trained model (nnU-Net)
     products   synth, train, report       a corpus, a model, the index report
     manifest   manifest                   index -> training manifest (reads IQS)
     quality    quality                    metrics, ratings, IQS (uses the masks)
@@ -18,7 +19,8 @@ layer, never a higher one, and never another room of its own layer::
 
 Why this order: each stage reads what the one below it made (the crawl's
 index, the masks, the metrics and ratings, the manifest), so a stage imports
-the helpers of earlier stages and never of later ones. `synth` sits with the
+the helpers of earlier stages and never of later ones. Fine-tuning reads what
+training made (a checkpoint in either layout, `train.nnssl`). `synth` sits with the
 products because it writes DWI series the `dwi` stage will read (the b-vector
 convention of `dwi.gradients`); `report` reads the index and the IQS rule of
 `quality`. Rooms in one layer are independent of each other: the DWI stage
@@ -59,6 +61,7 @@ PACKAGE = "openmind_curate"
 LAYERS: list[tuple[str, set[str]]] = [
     ("launcher", {"slurm"}),
     ("cli", {"cli"}),
+    ("evaluation", {"finetune"}),
     ("products", {"synth", "train", "report"}),
     ("manifest", {"manifest"}),
     ("quality", {"quality"}),

@@ -154,7 +154,7 @@ def _demo_training(
     out: Path, manifest: Path, workers: int | None, quiet: bool, times: dict[str, float]
 ) -> None:
     """Steps 10-12 at toy sizes: 2 mm voxels, the tiny network, 32^3 patches."""
-    from openmind_curate.train.finetune import finetune_demo
+    from openmind_curate.finetune.demo import finetune_demo
 
     store = out / "train" / "store"
     with _step(10, "preprocess: the manifest into a blosc2 store (2 mm, demo size)", times):
@@ -178,13 +178,16 @@ def _demo_training(
         )
     with _step(12, "finetune: tissue segmentation, from scratch and pre-trained", times):
         result = finetune_demo(
-            out / "corpus", run / "encoder.pt", out / "train" / "finetune", quiet=quiet
+            out / "corpus",
+            run / "encoder.pt",
+            out / "train" / "finetune",
+            echo=(lambda _: None) if quiet else say,
         )
     for name in ("scratch", "pretrained"):
         r = result[name]
         dice = ", ".join(f"{k} {v:.3f}" for k, v in r["dice"].items())
         say(
-            f"{name:>10}: mean Dice {r['mean_dice']:.3f} ({dice}); {r['epochs']} "
+            f"{name:>10}: mean Dice {r['mean_dice']:.3f} ({dice}); nnU-Net, {r['epochs']} "
             f"epochs, {r['schedule']}, lr {r['lr']:g}"
         )
     say(

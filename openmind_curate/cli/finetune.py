@@ -1,8 +1,7 @@
-"""`curate finetune`: segmentation fine-tuning of a pre-trained encoder (or from scratch)."""
+"""`curate finetune`: segmentation fine-tuning on nnU-Net v2 (or from scratch)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,8 +13,10 @@ from openmind_curate.errors import InputError
 
 _SCHEDULE_HELP = (
     "default (PolyLR), frozen (decoder only), warmup (linear warm-up, then poly), "
-    "valley (decoder only with decreasing lr, then whole-network warm-up, then poly), "
-    "sawtooth (decoder warm-up, then whole-network warm-up, then poly)."
+    "valley (decoder at a falling rate, whole-network warm-up, poly), sawtooth (decoder "
+    "warm-up, whole-network warm-up, poly). Default: sawtooth with a pre-trained ResEnc-L "
+    "(the paper's best for CNNs, Table 4); default (nnU-Net's PolyLR) from scratch. "
+    "(Primus-M's best is warmup, Table 8.)"
 )
 Schedule = Literal["default", "frozen", "warmup", "valley", "sawtooth"]
 
@@ -30,118 +31,154 @@ def finetune(
             "labelsTr) or a generated corpus (`curate synth`; its tissue labels).",
         ),
     ],
-    out: Annotated[Path, out_option("FOLDER", "Run folder.")],
+    out: Annotated[Path, out_option("FOLDER", "Run folder (nnU-Net's folders live inside).")],
     pretrained: Annotated[
         Path | None,
         typer.Option(
             "--pretrained",
-            help="Encoder exported by `curate train` (encoder.pt). "
-            "Without it the network trains from scratch.",
+            help="Pre-trained checkpoint: encoder.pt or nnssl_checkpoint.pth of "
+            "`curate train`, or an nnssl checkpoint (the released OpenMind weights).",
         ),
     ] = None,
-    schedule: Annotated[Schedule, typer.Option("--schedule", help=_SCHEDULE_HELP)] = "default",
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs.")] = 150,
+    scratch: Annotated[
+        bool,
+        typer.Option("--scratch", help="Train the checkpoint's network from scratch (lr 1e-2)."),
+    ] = False,
     arch: Annotated[
-        Arch | None,
+        Arch, typer.Option("--arch", help="The network without --pretrained.")
+    ] = "resenc-l",
+    schedule: Annotated[Schedule | None, typer.Option("--schedule", help=_SCHEDULE_HELP)] = None,
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Epochs (the paper: 150; Table 5: 1000).")
+    ] = 150,
+    fold: Annotated[
+        str, typer.Option("--fold", help="Cross-validation fold 0..4, several (0,1) or all.")
+    ] = "0",
+    spacing: Annotated[
+        str,
         typer.Option(
-            "--arch",
-            help="The encoder's with --pretrained, else resenc-l (needs a GPU).",
+            "--spacing",
+            help="pretrained (the checkpoint's, 1 mm in the paper), planned "
+            "(nnU-Net's own) or a size in mm.",
         ),
-    ] = None,
+    ] = "pretrained",
     patch: Annotated[
-        int | None, typer.Option("--patch", help="Patch edge (default: the encoder's).")
+        int | None, typer.Option("--patch", help="Patch edge (default: the checkpoint's).")
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Patches per step.")] = 2,
+    batch: Annotated[int, typer.Option("--batch", help="Patches per step (nnU-Net: 2).")] = 2,
     iters_per_epoch: Annotated[
         int, typer.Option("--iters-per-epoch", help="Steps per epoch (nnU-Net: 250).")
     ] = 250,
     lr: Annotated[
         float | None,
-        typer.Option(
-            "--lr", help="Peak learning rate (default 1e-3 fine-tuning, 1e-2 from scratch)."
-        ),
+        typer.Option("--lr", help="Peak learning rate (default 1e-3 pre-trained, 1e-2 scratch)."),
     ] = None,
     stage_len: Annotated[
         int | None,
         typer.Option(
             "--stage-len",
-            help="Epochs per warm-up stage (default: 15 for 150 "
-            "epochs, 50 for 1000; see the finetune guide).",
+            help="Epochs per warm-up stage W (default: 15 for 150 epochs, 50 for 1000).",
         ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed (split, patches, init).")] = 0,
-    spacing: Annotated[
-        str | None,
+    reference_param_groups: Annotated[
+        bool,
         typer.Option(
-            "--spacing",
-            help="Isotropic target spacing in mm (default: the encoder's, 1 mm from scratch).",
+            "--reference-param-groups",
+            help="Decoder-only stages train what the authors' code trains (the "
+            "encoder too), not the paper's frozen encoder.",
         ),
-    ] = None,
-    val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Fraction of cases held out (at least 1).")
-    ] = 0.2,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch lines.")] = False,
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--continue", help="Continue from the run's last checkpoint.")
+    ] = False,
+    tta: Annotated[
+        bool,
+        typer.Option("--tta/--no-tta", help="Test-time mirroring in validation (nnU-Net's)."),
+    ] = True,
 ) -> None:
-    """Fine-tune for segmentation (Dice + CE) with one of the paper's schedules.
+    """Fine-tune for segmentation with nnU-Net v2 and one of the paper's schedules.
 
-    Reports the validation Dice per class and writes RUN/metrics.json,
-    RUN/log.jsonl and RUN/model.pt.
+    nnU-Net plans the data for the checkpoint's network (its architecture and
+    patch size, 1 mm and z-score unless told otherwise), preprocesses,
+    trains, validates by sliding window and writes its summary.json; this
+    prints the Dice per class and fold and writes RUN/finetune.json.
     """
-    from rich.table import Table
+    from openmind_curate.cli.common import require_extra
 
-    from openmind_curate.train.finetune import FinetuneConfig
-    from openmind_curate.train.finetune import finetune as run_finetune
-    from openmind_curate.train.finetune import preflight as check
+    require_extra(
+        "curate finetune", "finetune", ("torch", "dynamic_network_architectures", "nnunetv2")
+    )
+    from openmind_curate.finetune.run import FinetuneConfig
+    from openmind_curate.finetune.run import finetune as run_finetune
 
     config = FinetuneConfig(
         data=data,
-        out=out,
+        out=preflight.output_dir(out),
         pretrained=pretrained,
+        scratch=scratch,
+        arch=arch,
         schedule=schedule,
         epochs=epochs,
-        arch=arch,
-        patch=patch,
+        stage_len=stage_len,
+        lr=lr,
+        folds=parse_folds(fold),
+        spacing=parse_spacing(spacing),
+        patch=None if patch is None else (patch,) * 3,
         batch=batch,
         iters_per_epoch=iters_per_epoch,
-        lr=lr,
-        stage_len=stage_len,
-        seed=seed,
-        spacing=_spacing_mm(spacing),
-        val_fraction=val_fraction,
-        quiet=quiet,
+        reference_param_groups=reference_param_groups,
+        resume=resume,
+        test_time_mirroring=tta,
     )
-    source = check(config)
-    config = replace(config, out=preflight.output_dir(out))
-    out = config.out
-    result = run_finetune(config, source=source, echo=say)
-    table = Table(title=f"Validation Dice ({len(result.per_case)} case(s))", title_justify="left")
-    table.add_column("case")
+    result = run_finetune(config, echo=say)
+    print_dice(result)
+    say(f"wrote {result.summary}; nnU-Net's summary.json per fold under {config.out}")
+
+
+def print_dice(result) -> None:
+    """The Dice per class of each fold, and the mean."""
+    from rich.table import Table
+
     names = list(result.dice)
-    for name in names:
+    table = Table(title="Validation Dice (nnU-Net's summary.json)", title_justify="left")
+    table.add_column("fold")
+    for name in [*names, "mean"]:
         table.add_column(escape(name), justify="right")
 
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    for case, dice in result.per_case.items():
-        table.add_row(escape(case), *[fmt(dice[n]) for n in names])
-    table.add_row("mean", *[fmt(result.dice[n]) for n in names], style="bold")
+    for f in result.folds:
+        table.add_row(str(f.fold), *[fmt(f.dice.get(n)) for n in names], fmt(f.mean))
+    if len(result.folds) > 1:
+        table.add_row("mean", *[fmt(result.dice[n]) for n in names], fmt(result.mean))
     console.print(table)
-    say(
-        f"mean Dice over classes: {fmt(result.mean_dice)}; wrote {out / 'metrics.json'}, "
-        f"{out / 'log.jsonl'} and {out / 'model.pt'}"
-    )
 
 
-def _spacing_mm(text: str | None) -> float | None:
-    """--spacing as a size in mm (None: the encoder's); 'native' is preprocess's only."""
-    from openmind_curate.train.preprocess import parse_spacing
+def parse_folds(text: str) -> tuple[int | str, ...]:
+    """``0``..``4``, a comma list, or ``all``."""
+    if text.strip() == "all":
+        return ("all",)
+    try:
+        folds = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise InputError(f"--fold {text}: give 0..4, a list such as 0,1, or all") from None
+    bad = [f for f in folds if not 0 <= f < 5]
+    if bad or not folds:
+        raise InputError(f"--fold {text}: folds are 0..4 (or all)")
+    return folds
 
-    if text is None:
-        return None
-    value = parse_spacing(text)
-    if value is None:
-        raise InputError(f"--spacing {text}: fine-tuning resamples every case; give a size in mm")
+
+def parse_spacing(text: str) -> str | float:
+    """``pretrained``, ``planned`` or a positive size in mm."""
+    if text in ("pretrained", "planned"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise InputError(f"--spacing {text}: give pretrained, planned or a size in mm")
     return value
 
 

@@ -1,5 +1,4 @@
-"""Labelled segmentation data for fine-tuning: nnU-Net's raw layout or the
-generated corpus's tissue labels, resampled and normalized like pre-training.
+"""Labelled segmentation data for fine-tuning, as an nnU-Net raw dataset.
 
 Two sources, told apart by what the folder holds:
 
@@ -10,22 +9,20 @@ Two sources, told apart by what the folder holds:
   of kind "label" is paired with the image of the same dataset, subject,
   session, datatype and contrast (kind "image", same shape and spacing).
 
-Each case is read as `curate preprocess` reads pre-training images (its
-helpers): reoriented to LPS, resampled with SimpleITK to the target spacing on
-a grid centred on the field of view (linear for images, nearest neighbour for
-labels), and z-scored over its nonzero voxels (zero stays zero).
+`write_raw` lays either out as an nnU-Net raw dataset inside the run folder
+(links to the input files, and a ``dataset.json``); nnU-Net then checks,
+resamples and normalizes the cases itself.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from openmind_curate.preflight import InputError
+from openmind_curate.errors import InputError
 
 SYNTH_TISSUE_LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM"}
 
@@ -45,18 +42,15 @@ class SegSource:
     root: Path
     cases: list[CaseFiles]
     labels: dict[int, str]
-    channels: int = 1
+    channel_names: tuple[str, ...] = ("T1w",)
+
+    @property
+    def channels(self) -> int:
+        return len(self.channel_names)
 
     @property
     def n_classes(self) -> int:
         return max(self.labels) + 1
-
-
-@dataclass
-class SegCase:
-    case_id: str
-    image: np.ndarray  # float32 (C, D, H, W), LPS-oriented
-    label: np.ndarray  # uint8 (D, H, W)
 
 
 def _nnunet_labels(doc: dict, path: Path) -> dict[int, str]:
@@ -89,7 +83,11 @@ def read_nnunet_raw(root: Path) -> SegSource:
     channels = doc.get("channel_names") or doc.get("modality")
     if not isinstance(channels, dict) or not channels:
         raise InputError(f"{path}: 'channel_names' must be a non-empty mapping")
-    n_ch = len(channels)
+    try:
+        names = tuple(str(channels[k]) for k in sorted(channels, key=int))
+    except ValueError:
+        raise InputError(f"{path}: 'channel_names' keys must be 0, 1, ...") from None
+    n_ch = len(names)
     ending = str(doc.get("file_ending", ".nii.gz"))
     images, labels_dir = root / "imagesTr", root / "labelsTr"
     for d in (images, labels_dir):
@@ -105,7 +103,7 @@ def read_nnunet_raw(root: Path) -> SegSource:
         cases.append(CaseFiles(case, files, label))
     if not cases:
         raise InputError(f"{labels_dir}: no label files ending in {ending}")
-    return SegSource("nnunet", root, cases, labels, n_ch)
+    return SegSource("nnunet", root, cases, labels, names)
 
 
 def _synth_label_names(root: Path, dataset_ids: Sequence[str]) -> dict[int, str]:
@@ -148,7 +146,7 @@ def read_synth_corpus(root: Path) -> SegSource:
     if not cases:
         raise InputError(f"{root}: the corpus's truth table has no label map with its image")
     names = _synth_label_names(root, sorted({c.case_id.split("_")[0] for c in cases}))
-    return SegSource("synth", root, cases, names, 1)
+    return SegSource("synth", root, cases, names)
 
 
 def read_source(root: Path) -> SegSource:
@@ -166,107 +164,56 @@ def read_source(root: Path) -> SegSource:
     )
 
 
-def _read(path: Path):
-    """The volume as an LPS-oriented SimpleITK image (as `curate preprocess` does)."""
-    from openmind_curate.nifti_io import NiftiReadError, load_nifti
-    from openmind_curate.train.preprocess import _oriented
-
-    try:
-        data, affine = load_nifti(path)
-    except NiftiReadError as exc:
-        raise InputError(str(exc)) from None
-    if data.ndim == 4:
-        data = data[..., 0]
-    return _oriented(data, affine)
+FILE_ENDING = ".nii.gz"
 
 
-def _on_grid(img, spacing: Sequence[float] | None, *, linear: bool) -> np.ndarray:
-    """`img` resampled to `spacing` mm isotropic on pre-training's grid (same
-    direction, centred on the field of view); None keeps its own grid."""
-    from openmind_curate.train.preprocess import _reference, _resample
-
-    if spacing is not None and len(set(spacing)) != 1:
-        raise InputError(f"spacing {tuple(spacing)}: only isotropic spacings are supported")
-    return _resample(img, _reference(img, None if spacing is None else spacing[0]), linear)
-
-
-def normalize(data: np.ndarray, method: str = "zscore") -> np.ndarray:
-    """Z-score over the nonzero voxels (pre-training's normalization); zero stays zero."""
-    if method != "zscore":
-        raise InputError(f"normalization {method!r} is not supported (only 'zscore')")
-    data = np.nan_to_num(data.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    fg = data != 0
-    vals = data[fg] if fg.any() else data.ravel()
-    mean, std = float(vals.mean()), float(vals.std())
-    out = (data - mean) / max(std, 1e-8)
-    out[~fg] = 0.0
-    return out.astype(np.float32)
+def dataset_folder_name(root: Path, dataset_id: int) -> str:
+    """``DatasetNNN_Name``: the input's own name when it is one, else the folder's."""
+    m = re.fullmatch(r"Dataset(\d{3})_([A-Za-z0-9_\-]+)", root.name)
+    if m:
+        return root.name
+    name = re.sub(r"[^A-Za-z0-9]+", "", root.name.title()) or "Data"
+    return f"Dataset{dataset_id:03d}_{name}"
 
 
-def load_case(
-    files: CaseFiles,
-    spacing: Sequence[float] | None,
-    normalization: str = "zscore",
-    n_classes: int | None = None,
-) -> SegCase:
-    """One case as pre-training saw its images: reoriented to LPS, resampled to
-    `spacing` mm (None: native; linear for images, nearest neighbour for the
-    label map) and normalized."""
-    label_img = _read(files.label)
-    channels = []
-    for path in files.images:
-        img = _read(path)
-        if img.GetSize() != label_img.GetSize():
-            raise InputError(
-                f"{path}: size {img.GetSize()} differs from its label map's "
-                f"{label_img.GetSize()} ({files.label})"
-            )
-        channels.append(normalize(_on_grid(img, spacing, linear=True), normalization))
-    label = np.rint(_on_grid(label_img, spacing, linear=False))
-    if label.min() < 0 or (n_classes is not None and label.max() >= n_classes):
-        raise InputError(
-            f"{files.label}: label values {int(label.min())}..{int(label.max())} "
-            f"outside 0..{(n_classes or 256) - 1}"
-        )
-    return SegCase(files.case_id, np.stack(channels).astype(np.float32), label.astype(np.uint8))
+def write_raw(source: SegSource, dest: Path) -> Path:
+    """`source` as an nnU-Net raw dataset at `dest` (``imagesTr``, ``labelsTr``,
+    ``dataset.json``), its files linked, not copied; returns `dest`."""
+    from openmind_curate.atomic import atomic_write_text
+
+    images, labels = dest / "imagesTr", dest / "labelsTr"
+    for folder in (images, labels):
+        folder.mkdir(parents=True, exist_ok=True)
+    for case in source.cases:
+        for c, image in enumerate(case.images):
+            _link(image, images / f"{case.case_id}_{c:04d}{FILE_ENDING}")
+        _link(case.label, labels / f"{case.case_id}{FILE_ENDING}")
+    doc = {
+        "channel_names": {str(i): name for i, name in enumerate(source.channel_names)},
+        # nnU-Net insists that label 0 is called "background"
+        "labels": {
+            ("background" if index == 0 else name): index
+            for index, name in sorted(source.labels.items())
+        },
+        "numTraining": len(source.cases),
+        "file_ending": FILE_ENDING,
+        "source": str(source.root),
+    }
+    atomic_write_text(dest / "dataset.json", json.dumps(doc, indent=2))
+    return dest
 
 
-def split_cases(case_ids: Sequence[str], fraction: float = 0.2, seed: int = 0):
-    """A fixed (seeded) validation split: at least one case each side."""
-    ids = sorted(case_ids)
-    if len(ids) < 2:
-        raise InputError(f"need at least 2 labelled cases (one to validate on), found {len(ids)}")
-    n_val = min(len(ids) - 1, max(1, int(round(fraction * len(ids)))))
-    order = np.random.default_rng(seed).permutation(len(ids))
-    val = sorted(ids[i] for i in order[:n_val])
-    return [c for c in ids if c not in val], val
+def _link(src: Path, dst: Path) -> None:
+    """A symbolic link to `src` (absolute), replacing a stale one; a gzip'd
+    copy when `src` is an uncompressed NIfTI (nnU-Net wants one file ending)."""
+    src = Path(src).resolve()
+    if dst.is_symlink() or dst.exists():
+        if dst.is_symlink() and dst.resolve() == src:
+            return
+        dst.unlink()
+    if src.name.endswith(FILE_ENDING):
+        dst.symlink_to(src)
+        return
+    import nibabel as nib
 
-
-def random_patch(
-    case: SegCase, patch: Sequence[int], rng: np.random.Generator, fg_prob: float = 0.33
-) -> tuple[np.ndarray, np.ndarray]:
-    """A random patch (zero-padded where the case is smaller); with `fg_prob`
-    centred on a random foreground voxel (nnU-Net's foreground oversampling)."""
-    shape = case.label.shape
-    fg_centre = None
-    if rng.random() < fg_prob:
-        idx = np.flatnonzero(case.label)
-        if idx.size:
-            fg_centre = np.unravel_index(idx[rng.integers(idx.size)], shape)
-    starts = []
-    for ax, (n, p) in enumerate(zip(shape, patch, strict=True)):
-        lo, hi = min(0, n - p), max(0, n - p)
-        if fg_centre is not None:
-            s = int(np.clip(fg_centre[ax] - p // 2, lo, hi))
-        else:
-            s = int(rng.integers(lo, hi + 1))
-        starts.append(s)
-    image = np.zeros((case.image.shape[0], *patch), np.float32)
-    label = np.zeros(tuple(patch), np.uint8)
-    src = tuple(
-        slice(max(s, 0), min(s + p, n)) for s, p, n in zip(starts, patch, shape, strict=True)
-    )
-    dst = tuple(slice(a.start - s, a.stop - s) for a, s in zip(src, starts, strict=True))
-    image[(slice(None), *dst)] = case.image[(slice(None), *src)]
-    label[dst] = case.label[src]
-    return image, label
+    nib.save(nib.load(src), dst)
