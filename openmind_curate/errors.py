@@ -35,6 +35,11 @@ class RemoteError(CurateError, RuntimeError):
     """A remote service refused or failed (OpenNeuro, a Dask scheduler)."""
 
 
+class MissingExtra(CurateError, ImportError):
+    """An optional dependency set (an extra, such as ``openmind-curate[train]``)
+    is not installed: the message names the extra and the pip line that installs it."""
+
+
 class BatchInterrupted(Exception):
     """A batch stopped by SIGINT (Ctrl-C) or SIGTERM.
 

@@ -4,6 +4,7 @@ shared options and the checks of option values."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import os
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from openmind_curate import preflight
-from openmind_curate.errors import BatchInterrupted, CurateError, InputError
+from openmind_curate.errors import BatchInterrupted, CurateError, InputError, MissingExtra
 from openmind_curate.index_input import DEFAULT_INDEX
 
 if TYPE_CHECKING:
@@ -56,6 +57,27 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported, found without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it, a parent that is missing
+        return False
+
+
+def require_extra(command: str, extra: str, modules: tuple[str, ...]) -> None:
+    """Refuse `command` (``"curate train"``) when a module of the optional
+    dependency set `extra` is not installed, naming the extra and the pip line
+    (`MissingExtra`: exit 2), before any work; nothing is imported to check."""
+    missing = [m for m in modules if not _installed(m)]
+    if missing:
+        raise MissingExtra(
+            f"{command} needs the optional dependencies of openmind-curate[{extra}] "
+            f"(missing: {', '.join(missing)}); install them with: "
+            f"pip install 'openmind-curate[{extra}]' (torch first: see README, Install)"
+        )
 
 
 def plural(n: int, word: str) -> str:
