@@ -22,9 +22,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("dynamic_network_architectures")
 
+from openmind_curate.errors import InputError  # noqa: E402
 from openmind_curate.train import models  # noqa: E402
 from openmind_curate.train.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from openmind_curate.train.trainer import TrainConfig, train  # noqa: E402
+from openmind_curate.train.trainer import TrainConfig, auto_accumulate, train  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -195,7 +196,9 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     5.9e-5). The residue is not DDP's: a Conv3d weight gradient summed over a
     batch of 4 differs in float32 rounding from the sum of two batches of 2 (the
     same 1.4e-5 appears in one process). Against that mean of per-share
-    gradients, DDP agrees to <= 1e-6 * max |grad|.
+    gradients, DDP agrees to <= 1e-6 * max |grad|. The ranks then run a global
+    batch of 8 with --accumulate 2 (DDP's no_sync for the first micro-batch of
+    2 on each rank): the mean of the 4 micro-batches' gradients, to the same 1e-6.
     """
     one: dict[str, torch.Tensor] = {}
 
@@ -218,6 +221,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
         from test_trainer import FakeBatches, tiny
         from openmind_curate.train import models
         from openmind_curate.train.trainer import train
+        dist.init_process_group("gloo")  # one group for both runs (train leaves it open)
         got = {{}}
         def keep(step, net):
             assert isinstance(net, torch.nn.parallel.DistributedDataParallel)
@@ -228,6 +232,12 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
                        iters_per_epoch=1), FakeBatches(4), after_backward=keep)
         if os.environ["RANK"] == "0":
             torch.save(got, {str(grads)!r})
+        got.clear()
+        r = train(tiny({str(tmp_path / "acc")!r}, global_batch=8, epochs=1,
+                       iters_per_epoch=1, accumulate=2), FakeBatches(8), after_backward=keep)
+        if os.environ["RANK"] == "0":
+            torch.save(got, {str(tmp_path / "acc-grads.pt")!r})
+        dist.destroy_process_group()
     """,
         torchrun=2,
         script_dir=tmp_path,
@@ -243,6 +253,79 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     assert max(float((two[k] - shares[k]).abs().max()) for k in one) <= 1e-6 * scale
     # the logged loss is the mean over the ranks: the one-process batch loss
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    acc = torch.load(tmp_path / "acc-grads.pt")
+    assert int(acc.pop("__world__")) == 2
+    micro = half_batch_grads(FakeBatches(8), world=4)  # shares of 2: the micro-batches
+    assert max(float((acc[k] - micro[k]).abs().max()) for k in one) <= 1e-6 * scale
+
+
+def test_accumulated_step_equals_the_whole_batch_step(tmp_path):
+    """Global batch 4 in 2 micro-batches of 2 against one batch of 4: the
+    gradient is the mean of the two halves' gradients (a known answer,
+    `half_batch_grads`: the halves are the micro-batches), the whole batch's
+    to float32 summation order (the tolerance of the DDP test), and the
+    parameters after the step agree to 1e-6."""
+    grads: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keeper(n: int):
+        def keep(step, net):
+            params = models.unwrap(net).named_parameters()
+            grads[n] = {k: p.grad.detach().clone() for k, p in params if p.requires_grad}
+
+        return keep
+
+    for n in (1, 2):
+        config = tiny(
+            tmp_path / f"acc{n}", global_batch=4, epochs=1, iters_per_epoch=1, accumulate=n
+        )
+        result = train(config, FakeBatches(4), after_backward=keeper(n))
+        assert result.accumulate == n
+    one, two = grads[1], grads[2]
+    scale = max(float(g.abs().max()) for g in one.values())
+    halves = half_batch_grads(FakeBatches(4), world=2)
+    assert two.keys() == one.keys() == halves.keys()
+    assert max(float((two[k] - halves[k]).abs().max()) for k in one) <= 1e-6 * scale
+    assert max(float((two[k] - one[k]).abs().max()) for k in one) <= 2e-4 * scale
+    a = load_checkpoint(tmp_path / "acc1" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "acc2" / "checkpoint.pt")["model"]
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # two code paths, really taken
+    assert losses(tmp_path / "acc2") == pytest.approx(losses(tmp_path / "acc1"), rel=1e-6)
+
+
+def test_accumulated_resume_is_bit_exact(tmp_path):
+    """The resume pattern above with 2 micro-batches of 2 a step, stopped
+    mid-epoch (in this process: the fresh process is the test above's)."""
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    acc = dict(global_batch=4, accumulate=2, epochs=1, iters_per_epoch=4)
+    train(tiny(straight, **acc), FakeBatches(4))
+    first = train(tiny(halves, stop_after=2, **acc), FakeBatches(4))
+    assert first.steps == 2 and first.accumulate == 2
+    done = train(tiny(halves, resume=True, **acc), FakeBatches(4))
+    assert done.resumed_from == 2 and done.complete
+    a = load_checkpoint(straight / "checkpoint.pt")
+    b = load_checkpoint(halves / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    mom_a, mom_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(mom_a[k]["momentum_buffer"], mom_b[k]["momentum_buffer"]) for k in mom_a)
+    assert losses(straight) == losses(halves) and len(losses(halves)) == 4
+
+
+def test_accumulate_auto_rule_and_refusals(tmp_path):
+    gib = 2**30
+    # ResEnc-L at 160^3 (16 GiB a sample, 4 GiB fixed, 90% of the free memory usable)
+    assert auto_accumulate(8, 80 * gib, "resenc-l", 160) == 2  # 68 GiB: 4 a micro-batch
+    assert auto_accumulate(8, 40 * gib, "resenc-l", 160) == 4  # 32 GiB: 2
+    assert auto_accumulate(8, 24 * gib, "resenc-l", 160) == 8  # 17.6 GiB: 1
+    assert auto_accumulate(8, 10 * gib, "resenc-l", 160) == 8  # nothing fits: 1 a micro-batch
+    assert auto_accumulate(6, 40 * gib, "resenc-l", 160) == 3  # a divisor of the batch
+    assert auto_accumulate(8, 24 * gib, "resenc-l", 80) == 1  # 2 GiB a sample at 80^3
+    assert auto_accumulate(8, 1 * gib, "tiny", 32) == 1  # not in the table: fits
+    auto = train(tiny(tmp_path / "auto", epochs=1, iters_per_epoch=1), FakeBatches(2))
+    assert auto.accumulate == 1  # auto on a CPU
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["accumulate"] == 1
+    with pytest.raises(InputError, match=r"--accumulate 3 does not divide the batch of each rank"):
+        train(tiny(tmp_path / "three", accumulate=3), FakeBatches(2))
 
 
 def test_checkpoint_atomic_on_failure_and_config_mismatch_refused(tmp_path, monkeypatch):
@@ -345,6 +428,9 @@ def test_cli_input_errors(tmp_path, monkeypatch):
     base = ["--manifest", str(manifest), "--arch", "tiny", "--out", str(tmp_path / "run")]
     bad_patch = cli([*base, "--patch", "30"])
     assert bad_patch.exit_code == 2 and "multiple of 4" in bad_patch.output
+    for bad in ("0", "x"):
+        refused = cli([*base, "--patch", "32", "--accumulate", bad])
+        assert refused.exit_code == 2 and "whole number >= 1, or auto" in refused.output
     no_store = cli([*base, "--patch", "32", "--store", str(tmp_path / "nostore")])
     assert no_store.exit_code == 2 and "curate preprocess" in no_store.output
     (tmp_path / "run").mkdir(exist_ok=True)
@@ -442,7 +528,7 @@ def test_cli_trains_on_the_default_store(tmp_path, monkeypatch):
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 1, 2] and "val_loss" in log[-1]
     assert all(np.isfinite(r["loss"]) for r in log)
-    for name in ("checkpoint.pt", "encoder.pt", "loss.png", "config.json"):
+    for name in ("checkpoint.pt", "encoder.pt", "nnssl_checkpoint.pth", "loss.png", "config.json"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["amp"] == "bf16" and config["anon_aware"] and config["data"]

@@ -14,8 +14,13 @@ from openmind_curate.cli.common import (
     escape,
     out_option,
     renamed,
+    require_extra,
     user_errors,
 )
+from openmind_curate.errors import InputError
+
+#: What `curate train` imports from the train extra (checked before any work).
+TRAIN_MODULES = ("torch", "dynamic_network_architectures")
 
 
 def _cuda() -> bool:
@@ -49,6 +54,16 @@ def train_cmd(
     ] = "resenc-l",
     patch: Annotated[int, typer.Option("--patch", help="Patch edge in voxels.")] = 160,
     batch: Annotated[int, typer.Option("--batch", help="Global batch (split over ranks).")] = 8,
+    accumulate: Annotated[
+        str,
+        typer.Option(
+            "--accumulate",
+            metavar="N|auto",
+            help="Micro-batches per optimizer step (gradient accumulation; the gradient is "
+            "the un-accumulated one). auto: 1 on a CPU; on a GPU the fewest that fit its "
+            "free memory by a conservative, not yet measured rule (docs: Pre-training).",
+        ),
+    ] = "auto",
     epochs: Annotated[int, typer.Option("--epochs")] = 1000,
     iters_per_epoch: Annotated[int, typer.Option("--iters-per-epoch")] = 250,
     out: Annotated[
@@ -99,12 +114,15 @@ def train_cmd(
 
     The paper's recipe by default: ResEnc-L, 160^3 patches, global batch 8,
     75% of 16^3 blocks masked, SGD Nesterov 0.99, lr 1e-2, PolyLR, 1000 x 250
-    steps. Writes RUN/checkpoint.pt, log.jsonl, loss.png and encoder.pt.
+    steps. Writes RUN/checkpoint.pt, log.jsonl, loss.png, encoder.pt and
+    nnssl_checkpoint.pth (the encoder in nnssl's layout, for the authors' nnU-Net).
     """
+    require_extra("curate train", "train", TRAIN_MODULES)
     from openmind_curate import preflight
     from openmind_curate.train.pretrain import default_out, pretrain
     from openmind_curate.train.trainer import TrainConfig
 
+    n_micro = _accumulate(accumulate)
     (manifest,) = preflight.input_files([manifest])
     config = TrainConfig(
         out=str(out if out is not None else default_out(manifest, method, arch)),
@@ -112,6 +130,7 @@ def train_cmd(
         method=method,
         patch=patch,
         global_batch=batch,
+        accumulate=n_micro,
         epochs=epochs,
         iters_per_epoch=iters_per_epoch,
         lr=lr,
@@ -141,11 +160,22 @@ def train_cmd(
     _report(result, config.total_steps)
 
 
+def _accumulate(value: str) -> int:
+    """--accumulate as the trainer takes it: N >= 1, or 0 for auto."""
+    if value == "auto":
+        return 0
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"--accumulate {value!r}: give a whole number >= 1, or auto")
+    return int(value)
+
+
 def _report(result, total_steps: int) -> None:
     state = "done" if result.complete else "stopped"
     loss = "" if result.loss is None else f", loss {result.loss:.4g}"
     val = "" if result.val_loss is None else f", validation loss {result.val_loss:.4g}"
     _say(f"{state}: {result.steps} of {total_steps} steps{loss}{val}; run folder {result.out}")
+    if result.accumulate > 1:
+        _say(f"  each step in {result.accumulate} micro-batches (--accumulate)")
     for name, path in result.files.items():
         _say(f"  {name}: {path}")
     if result.signal is not None:

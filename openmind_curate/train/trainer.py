@@ -18,10 +18,21 @@ bit-exact.
 DDP: when WORLD_SIZE > 1 (torchrun) the process group starts from the
 environment (gloo on the CPU, NCCL on GPUs); `global_batch` is split evenly
 over the ranks; rank 0 logs, validates and writes checkpoints.
+
+Gradient accumulation (`accumulate` N): each rank's share of the global batch
+is cut into N equal micro-batches (slices of the step's batch, so the batch
+stays a pure function of the step), each micro-batch's loss is weighted by its
+share of the rank's samples (1/N) and back-propagated, and one optimizer step
+follows. The MAE loss averages each sample over its own masked voxels, then
+the samples (`mae.mae_loss`), and the network normalizes per sample
+(InstanceNorm), so the accumulated gradient is the un-accumulated one up to
+float rounding; N = 1 is the plain step, bit for bit. Under DDP only the last
+micro-batch all-reduces. 0 means auto (`auto_accumulate`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -43,7 +54,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.errors import InputError
-from openmind_curate.train import models
+from openmind_curate.train import models, nnssl
 from openmind_curate.train.checkpoint import (
     CheckpointError,
     config_hash,
@@ -70,8 +81,20 @@ UNHASHED = frozenset(
         "progress",
         "compile",
         "device",
+        "accumulate",  # the gradient is the same up to float rounding
     }
 )
+
+#: Per-GPU memory that `auto_accumulate` assumes, in GiB: (one sample's
+#: activations at a 160^3 patch under bf16 autocast, what does not grow with
+#: the batch: weights, gradients, momentum, cuDNN workspace). UNMEASURED: no
+#: GPU has run this code yet (benchmarks/train_gpu.py's batch-8 probe measures
+#: it). ResEnc-L's values are conservative guesses: nnU-Net plans its ResEnc-L
+#: preset for a 24 GB card at batch 2 (about 12 GB a sample with its own patch
+#: size), rounded up to 16; 102 M float32 parameters are 0.4 GB each for the
+#: weights, gradients and momentum, rounded up to 4 with the workspace. An
+#: architecture not listed is assumed to fit (N = 1).
+ACCUMULATE_COST_GIB: dict[str, tuple[float, float]] = {"resenc-l": (16.0, 4.0)}
 
 
 @dataclass
@@ -103,6 +126,7 @@ class TrainConfig:
     data: str = ""  # a fingerprint of the training data (part of the hash)
     progress: bool = True
     device: str = ""  # "" = cuda:LOCAL_RANK when CUDA is available, else cpu
+    accumulate: int = 0  # micro-batches per optimizer step; 0 = auto (auto_accumulate)
 
     @property
     def total_steps(self) -> int:
@@ -123,6 +147,8 @@ class TrainConfig:
         for name in ("global_batch", "epochs", "iters_per_epoch", "mask_block"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.accumulate < 0:
+            raise InputError(f"--accumulate must be >= 1 (or auto), got {self.accumulate}")
         if self.amp not in AMP_MODES:
             raise InputError(f"--amp {self.amp!r}: choose one of {', '.join(AMP_MODES)}")
         if not 0.0 < self.mask_ratio < 1.0:
@@ -140,6 +166,7 @@ class RunResult:
     resumed_from: int = 0
     files: dict[str, Path] = field(default_factory=dict)
     signal: int | None = None  # SIGINT/SIGTERM that stopped the run (checkpoint written)
+    accumulate: int = 1  # the micro-batches per step this run used
 
 
 class PolyLR(LRScheduler):
@@ -193,6 +220,58 @@ def _dist_setup() -> _Dist:
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         created=created,
     )
+
+
+def _ddp(net: nn.Module) -> nn.parallel.DistributedDataParallel | None:
+    """The DDP wrapper inside `net` (under torch.compile), if any."""
+    while True:
+        if isinstance(net, nn.parallel.DistributedDataParallel):
+            return net
+        if not hasattr(net, "_orig_mod"):
+            return None
+        net = net._orig_mod
+
+
+def _sync_unless(net: nn.Module, skip: bool):
+    """DDP's `no_sync` while `skip` (a micro-batch that is not the step's last):
+    the gradients add up locally and the last backward all-reduces them."""
+    ddp = _ddp(net)
+    return ddp.no_sync() if skip and ddp is not None else nullcontext()
+
+
+def auto_accumulate(per_rank_batch: int, free_bytes: int, arch: str, patch: int) -> int:
+    """The fewest micro-batches N (a divisor of `per_rank_batch`) whose
+    micro-batch fits 90% of `free_bytes` on the rank's GPU, by the
+    `ACCUMULATE_COST_GIB` rule: the fixed cost plus the per-sample cost,
+    scaled by the patch volume (patch / 160)^3, times the micro-batch. One
+    sample per micro-batch when nothing fits (the run then tries it)."""
+    cost = ACCUMULATE_COST_GIB.get(arch)
+    if cost is None:
+        return 1
+    per_sample, fixed = (c * 2**30 for c in cost)
+    per_sample *= (patch / 160) ** 3
+    usable = 0.9 * free_bytes - fixed
+    for n in range(1, per_rank_batch + 1):
+        if per_rank_batch % n == 0 and (per_rank_batch // n) * per_sample <= usable:
+            return n
+    return per_rank_batch
+
+
+def _accumulate(config: TrainConfig, ctx: _Dist, device: torch.device) -> int:
+    """`config.accumulate`, auto resolved (1 on a CPU), checked to divide the rank's batch."""
+    per_rank = config.global_batch // ctx.world
+    n = config.accumulate
+    if n == 0:
+        n = 1
+        if device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+            n = auto_accumulate(per_rank, free, config.arch, config.patch)
+    if per_rank % n:
+        raise InputError(
+            f"--accumulate {n} does not divide the batch of each rank ({per_rank}: "
+            f"--batch {config.global_batch} over {ctx.world} rank(s))"
+        )
+    return n
 
 
 def _mean_over_ranks(value: torch.Tensor, ctx: _Dist) -> torch.Tensor:
@@ -444,7 +523,8 @@ class _Run:
         )
 
     def step(self, batch: Batch, step: int, after_backward) -> float:
-        """One optimizer step on `batch`; returns the loss, averaged over the ranks."""
+        """One optimizer step on `batch`, in `config.accumulate` micro-batches
+        (module docstring); returns the loss, averaged over the ranks."""
         config, device, opt, scaler = self.config, self.device, self.opt, self.scaler
         image = _to(batch["image"], device)
         mask = batch_masks(
@@ -457,15 +537,23 @@ class _Run:
             device=device,
         )
         anon = _to(batch["anon"], device) if config.anon_aware else None
-        with _autocast(config, device):
-            pred = self.net(apply_mask(image, mask))
-        loss = mae_loss(pred.float(), image, mask, anon)
+        n = config.accumulate
+        if image.shape[0] % n:
+            raise ValueError(f"a batch of {image.shape[0]} does not split into {n} micro-batches")
+        size = image.shape[0] // n
         opt.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=device)
+        for k in range(n):
+            part = slice(k * size, (k + 1) * size)
+            with _sync_unless(self.net, skip=k < n - 1):
+                with _autocast(config, device):
+                    pred = self.net(apply_mask(image[part], mask[part]))
+                weight = None if anon is None else anon[part]
+                micro = mae_loss(pred.float(), image[part], mask[part], weight) / n
+                (scaler.scale(micro) if scaler is not None else micro).backward()
+            loss += micro.detach()
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.unscale_(opt)
-        else:
-            loss.backward()
         if after_backward is not None:
             after_backward(step, self.net)
         if config.grad_clip:
@@ -486,6 +574,7 @@ class _Run:
 
 def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResult:
     run, blob = _setup(config, ctx)
+    config = run.config  # auto options resolved
     start = _restore(run, blob)
     records = [r for r in _read_log(run.log_path) if r["step"] < start] if blob else []
     if run.main:
@@ -518,6 +607,7 @@ def _train(config, batches, val, stream, after_backward, ctx: _Dist) -> RunResul
         resumed_from=start,
         files={"checkpoint": run.ckpt_path, "log": run.log_path, **files},
         signal=stopper.signum,
+        accumulate=config.accumulate,
     )
 
 
@@ -534,6 +624,7 @@ def _setup(config: TrainConfig, ctx: _Dist) -> tuple[_Run, dict[str, Any] | None
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed patch size: autotune the convolutions
+    config = dataclasses.replace(config, accumulate=_accumulate(config, ctx, device))
     hashed = config.hashed()
     chash = config_hash(hashed)
     if ckpt_path.exists() and not config.resume:
@@ -668,4 +759,6 @@ def _save_outputs(run: _Run, records: list[dict[str, Any]], steps: int) -> dict[
         },
     )
     files["encoder"] = models.save_encoder(run.net, run.out / "encoder.pt", meta)
+    # the same weights in nnssl's layout: the authors' nnU-Net fork fine-tunes from it
+    files["nnssl"] = nnssl.save_checkpoint(run.net, run.out / "nnssl_checkpoint.pth", meta)
     return files
