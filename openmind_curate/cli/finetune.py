@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 
 import typer
 
-from openmind_curate import preflight
 from openmind_curate.cli.common import Arch, console, escape, out_option, say, user_errors
 from openmind_curate.errors import InputError
 
@@ -113,7 +112,7 @@ def finetune(
 
     config = FinetuneConfig(
         data=data,
-        out=preflight.output_dir(out),
+        out=out,
         pretrained=pretrained,
         scratch=scratch,
         arch=arch,

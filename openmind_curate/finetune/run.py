@@ -21,10 +21,11 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from openmind_curate import preflight
 from openmind_curate.errors import InputError
 from openmind_curate.finetune import dataset, plans, schedules
 from openmind_curate.train.nnssl import Pretrained, architecture, read_pretrained
@@ -354,6 +355,6 @@ def finetune(config: FinetuneConfig, echo: Echo) -> FinetuneResult:
     """`check`, `prepare` and `train`: the whole run."""
     set_processes()
     checked = check(config)
-    Path(config.out).mkdir(parents=True, exist_ok=True)
+    config = replace(config, out=preflight.output_dir(Path(config.out)))
     prepared = prepare(config, checked, echo)
     return train(config, prepared, echo)
