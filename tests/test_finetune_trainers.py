@@ -161,3 +161,10 @@ def test_frozen_encoder_stays_bit_identical_and_run_learns(prepared, tmp_path):
     ]
     assert any(changed)
     assert (Path(trainer.output_folder) / "checkpoint_final.pth").exists()
+
+
+def test_trainer_names_match_the_classes():
+    """nnU-Net names a run's folder after the trainer class; DDP runs find it by name."""
+    from openmind_curate.finetune.trainers import SCHEDULE_TRAINERS
+
+    assert {k: v.__name__ for k, v in SCHEDULE_TRAINERS.items()} == run.SCHEDULE_TRAINER_NAMES

@@ -12,7 +12,14 @@ from typing import Annotated
 import typer
 
 from openmind_curate import preflight
-from openmind_curate.cli.common import Quiet, Workers, console, say, user_errors
+from openmind_curate.cli.common import (
+    Quiet,
+    Workers,
+    console,
+    require_extra,
+    say,
+    user_errors,
+)
 from openmind_curate.cli.corpus import crawl, synth
 from openmind_curate.cli.manifest import build_manifest
 from openmind_curate.cli.preprocess import preprocess
@@ -60,6 +67,8 @@ def demo(
     It ends with what to open next: the report, the manifest and its sidecar,
     the loss curve, and the command that serves the rater app.
     """
+    # steps 10-12 need the training stack: refuse now, not after the curation steps
+    require_extra("curate demo", "finetune", ("torch", "dynamic_network_architectures", "nnunetv2"))
     out = preflight.output_dir(out)
     index = out / "index" / "images.parquet"
     started = time.perf_counter()

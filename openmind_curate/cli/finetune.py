@@ -90,6 +90,12 @@ def finetune(
     resume: Annotated[
         bool, typer.Option("--continue", help="Continue from the run's last checkpoint.")
     ] = False,
+    gpus: Annotated[
+        int,
+        typer.Option(
+            "--gpus", help="GPUs: more than 1 runs nnU-Net's DDP (NCCL; not verified in CI)."
+        ),
+    ] = 1,
     tta: Annotated[
         bool,
         typer.Option("--tta/--no-tta", help="Test-time mirroring in validation (nnU-Net's)."),
@@ -128,6 +134,7 @@ def finetune(
         reference_param_groups=reference_param_groups,
         resume=resume,
         test_time_mirroring=tta,
+        gpus=gpus,
     )
     result = run_finetune(config, echo=say)
     print_dice(result)

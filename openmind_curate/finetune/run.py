@@ -35,6 +35,15 @@ FOLDS = 5
 DATASET_ID = 501  # inside RUN/ only; an input named DatasetNNN_Name keeps its own
 #: The paper's defaults (appendix C.1): pre-trained encoders at lr 1e-3, from scratch 1e-2.
 LR_PRETRAINED, LR_SCRATCH = 1e-3, 1e-2
+#: The trainer class of each schedule (`finetune.trainers`), by name: nnU-Net
+#: names a run's folder after it.
+SCHEDULE_TRAINER_NAMES = {
+    "default": "DefaultTrainer",
+    "frozen": "FrozenTrainer",
+    "warmup": "WarmUpTrainer",
+    "valley": "ValleyTrainer",
+    "sawtooth": "SawtoothTrainer",
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class FinetuneConfig:
     test_time_mirroring: bool = True
     resume: bool = False  # nnU-Net's --c
     device: str | None = None  # cuda when available
+    gpus: int = 1  # > 1: nnU-Net's DDP, one process per GPU (NCCL; unverified here)
 
     @property
     def loads_weights(self) -> bool:
@@ -162,6 +172,8 @@ def check(config: FinetuneConfig) -> Checked:
     for name, value in (("--batch", config.batch), ("--iters-per-epoch", config.iters_per_epoch)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, not {value}")
+    if config.gpus < 1:
+        raise InputError(f"--gpus must be at least 1, not {config.gpus}")
     if config.scratch and config.pretrained is None:
         raise InputError("--scratch needs --pretrained (whose network it trains from scratch)")
     pretrained = read_pretrained(config.pretrained) if config.pretrained is not None else None
@@ -276,7 +288,10 @@ def train(
         if results is not None:
             os.environ["nnUNet_results"] = str(results)
         for fold in config.folds:
-            folds.append(_train_fold(config, prepared, settings, fold, echo))
+            if config.gpus > 1:
+                folds.append(_train_fold_ddp(config, prepared, settings, fold, echo))
+            else:
+                folds.append(_train_fold(config, prepared, settings, fold, echo))
     return _summarise(folds, results or prepared.run / "nnUNet_results", prepared)
 
 
@@ -295,6 +310,48 @@ def _train_fold(config, prepared: Prepared, settings, fold, echo: Echo) -> FoldR
     trainer.perform_actual_validation(False)
     names = {str(v): k for k, v in prepared.dataset_json["labels"].items()}
     return _fold_result(fold, out, names)
+
+
+def _train_fold_ddp(config, prepared: Prepared, settings, fold, echo: Echo) -> FoldResult:
+    """nnU-Net's multi-GPU training: one process per GPU, NCCL, as
+    ``nnUNetv2_train -num_gpus`` starts it. Not verified: no GPU in CI."""
+    import torch
+    import torch.multiprocessing as mp
+    from nnunetv2.run.run_training import find_free_network_port
+
+    if torch.cuda.device_count() < config.gpus:
+        raise InputError(f"--gpus {config.gpus}: {torch.cuda.device_count()} CUDA device(s) here")
+    os.environ.setdefault("MASTER_ADDR", "localhost")
+    os.environ["MASTER_PORT"] = str(find_free_network_port())
+    echo(f"fold {fold}: nnU-Net DDP on {config.gpus} GPUs")
+    args = (config.gpus, config, prepared, settings, fold)
+    mp.spawn(_ddp_rank, args=args, nprocs=config.gpus, join=True)
+    names = {str(v): k for k, v in prepared.dataset_json["labels"].items()}
+    trainer = (
+        f"{SCHEDULE_TRAINER_NAMES[settings.schedule]}__{plans.PLANS_NAME}__{plans.CONFIGURATION}"
+    )
+    out = Path(os.environ["nnUNet_results"]) / prepared.name / trainer / f"fold_{fold}"
+    return _fold_result(fold, out, names)
+
+
+def _ddp_rank(rank: int, world: int, config, prepared: Prepared, settings, fold) -> None:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl", rank=rank, world_size=world)
+    torch.cuda.set_device(torch.device("cuda", rank))
+    trainer = make_trainer(prepared, settings, fold, "cuda")
+    if rank == 0:
+        trainer.echo = print
+    if config.resume:
+        _continue(trainer, Path(trainer.output_folder), print if rank == 0 else _silent)
+    trainer.run_training()
+    trainer.perform_actual_validation(False)
+    dist.destroy_process_group()
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def _continue(trainer, out: Path, echo: Echo) -> None:
