@@ -1,41 +1,51 @@
-"""MAE pre-training throughput on one GPU, in at most ~5 minutes.
+"""MAE pre-training on one GPU as `curate train` runs it, in at most ~5 minutes.
 
-Reports, for ResEnc-L at 160^3, global batch 2, bf16 autocast (the trainer's
-step: block masking, zero fill, forward, masked L2, backward, grad clip 12,
-SGD Nesterov):
+NOT YET RUN ON A GPU in this version (written and run on a CPU-only machine,
+where it prints "no CUDA device" and exits 0).
 
-1. steps/s without torch.compile (data already on the GPU) and the peak GPU
-   memory of those steps;
-2. the patch loader's patches/s with 8 worker processes (`make_loader` on a
-   store this script makes: synthetic 1 mm heads run through `curate
-   preprocess`'s function), each worker's host memory (peak RSS, which
-   counts the pages shared with the parent after fork, and the largest
-   private resident memory seen) and the first batch's latency (worker start);
-3. the same training step fed by that loader: the fraction of the step time
-   the GPU waits on data (time blocked in the loader plus the host-to-device
-   copy, over the whole step time);
+ResEnc-L at 160^3, bf16 autocast, the trainer's own step (`trainer.make_step`:
+block masking, zero fill, forward, masked L2, backward, grad clip 12, SGD
+Nesterov), at global batch 8: what a single-GPU `curate train` puts on one card.
+
+1. Memory probe: the peak GPU memory of one step at batch 8 with --accumulate
+   1, 2 and 4 (OOM reported as such), the per-sample and fixed costs that
+   follow from them (to check `trainer.ACCUMULATE_COST_GIB`, a guess until
+   this runs) and what --accumulate auto picks on this card.
+2. steps/s at batch 8 with the fewest micro-batches that fit (the headline),
+   data already on the GPU, without torch.compile.
+3. The patch loader's patches/s with 8 worker processes (`make_loader` on a
+   store this script makes: synthetic 1 mm heads through `curate
+   preprocess`'s function), each worker's host memory and the first batch's
+   latency; then the training step fed by it: the fraction of the step the
+   GPU waits on data.
 4. steps/s with torch.compile (inductor), in a child process given what is
-   left of the time budget: its warm-up (compilation) is timed and counted
-   inside the budget; a warm-up that does not fit is reported as such.
+   left of the budget (its warm-up counted inside it).
+5. nnU-Net fine-tuning steps/s (`finetune_steps_per_s`; a stub for now).
 
-Without a CUDA device it prints "no CUDA device" and exits 0 (nothing measured).
+Bare GPU hosts: the host may have Python and torch and nothing else, and no
+network. Bring the wheels along in a folder that travels with the repository
+(kept out of git), made on a machine with network for the host's Python
+(here 3.11) and platform. The ResEnc-L path imports blosc2 (which needs
+ndindex, msgpack, pydantic, rich, threadpoolctl and httpx[http2] since 4.x),
+dynamic-network-architectures, nibabel, SimpleITK, pandas, pyarrow, scipy and
+rich; let pip resolve their dependencies for the target, and add the network
+package without its (torch-pulling) dependencies::
 
-The GPU machine has no network and may lack blosc2, dynamic-network-
-architectures and einops. Bring their wheels along, made on a machine with
-network for the GPU machine's Python version (here 3.11) and platform::
-
-    pip download blosc2 dynamic-network-architectures einops --no-deps -d wheels/ \\
+    pip download blosc2 nibabel SimpleITK pandas pyarrow scipy rich -d wheels/ \\
         --python-version 3.11 --platform manylinux2014_x86_64 --only-binary=:all:
-    # if blosc2's own dependencies are missing there too, add:
-    pip download ndindex msgpack numexpr py-cpuinfo --no-deps -d wheels/ \\
-        --python-version 3.11 --platform manylinux2014_x86_64 --only-binary=:all:
+    pip download "dynamic-network-architectures>=0.4.4,<0.5" einops --no-deps \\
+        -d wheels/ --python-version 3.11 --platform manylinux2014_x86_64 \\
+        --only-binary=:all:
 
 then run from the repository root::
 
     python benchmarks/train_gpu.py --wheels wheels/ [--budget 300] [--json out.json]
 
-`--wheels` installs (`pip install --no-index --no-deps`) every wheel in the
-folder whose module is missing. The results are printed and, with `--json` (or
+`--wheels` installs the folder's wheels one at a time (`pip install
+--no-index --no-deps`), skipping those already installed, and reports each
+(installed / already present / failed: reason) and goes on. Before measuring,
+every import the script needs is tried, and what is missing is reported on one
+line (exit 1 on a GPU host). The results are printed and, with `--json` (or
 when $OUT is set: $OUT/train_gpu.json), written as JSON.
 """
 
@@ -43,9 +53,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
+import gc
+import importlib
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -56,89 +69,186 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PATCH, BATCH, WORKERS = 160, 2, 8
-NEEDED = {
-    "blosc2": "blosc2",
-    "dynamic_network_architectures": "dynamic_network_architectures",
-    "einops": "einops",
-}
+PATCH, BATCH, WORKERS = 160, 8, 8
+PROBE_ACCUMULATE = (1, 2, 4)
+#: Every import the measurements make: third-party first, then this package's
+#: modules (whose own imports, such as rich through `atomic`, are tried with them).
+NEEDED = (
+    "torch",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "nibabel",
+    "SimpleITK",
+    "rich",
+    "blosc2",
+    "dynamic_network_architectures",
+    "openmind_curate.train.trainer",
+    "openmind_curate.train.loader",
+    "openmind_curate.train.preprocess",
+    "openmind_curate.train.store",
+    "openmind_curate.nifti_io",
+)
 
 
 def say(text: str) -> None:
     print(text, flush=True)
 
 
-def install_wheels(folder: Path) -> None:
-    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
-    if not missing:
-        say("wheels: blosc2, dynamic-network-architectures and einops already installed")
-        return
-    wheels = sorted(str(p) for p in folder.glob("*.whl"))
+# --- what the host lacks ----------------------------------------------------------
+
+
+def _wheel_name(wheel: Path) -> tuple[str, str]:
+    """(distribution name, version) from a wheel's file name."""
+    name, version = wheel.name.split("-")[:2]
+    return re.sub(r"[-_.]+", "-", name).lower(), version
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def install_wheels(folder: Path) -> dict[str, str]:
+    """Each wheel of `folder` not installed yet, one `pip install --no-index
+    --no-deps` at a time: one that does not fit this host fails alone. Returns
+    {wheel: "installed" | "already present (version)" | "failed: reason"}."""
+    report: dict[str, str] = {}
+    wheels = sorted(folder.glob("*.whl"))
     if not wheels:
-        raise SystemExit(f"missing {', '.join(missing)} and no wheels in {folder}")
-    say(f"wheels: installing {len(wheels)} from {folder} (missing: {', '.join(missing)})")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-index",
-            "--no-deps",
-            "--find-links",
-            str(folder),
-            *wheels,
-        ],
-        check=True,
-    )
+        say(f"wheels: none in {folder}")
+    for wheel in wheels:
+        name, _ = _wheel_name(wheel)
+        have = _installed_version(name)
+        if have is not None:
+            report[wheel.name] = f"already present ({have})"
+        else:
+            cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
+            done = subprocess.run([*cmd, str(wheel)], capture_output=True, text=True)
+            lines = [x for x in (done.stderr or done.stdout).splitlines() if x.strip()]
+            reason = lines[-1].strip() if lines else f"exit {done.returncode}"
+            report[wheel.name] = "installed" if done.returncode == 0 else f"failed: {reason}"
+        say(f"wheel {wheel.name}: {report[wheel.name]}")
     importlib.invalidate_caches()
+    return report
+
+
+def missing_imports(modules: tuple[str, ...] = NEEDED) -> list[str]:
+    """The modules whose import fails, once each: the module a failed import
+    lacks, with the one that needed it when that is not itself in `modules`
+    (``httpx (for blosc2)``)."""
+    lacking: dict[str, str] = {}
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            lacks = getattr(exc, "name", None) or str(exc)
+            lacking.setdefault(lacks, module)
+    return [m if m == by or m in modules else f"{m} (for {by})" for m, by in lacking.items()]
 
 
 # --- the training step ------------------------------------------------------------
 
 
-def make_step(compile_backend: str | None):
-    """(model, step(image, index, step_no) -> loss tensor) for ResEnc-L on cuda."""
+def make_step(accumulate: int, compile_backend: str = ""):
+    """The trainer's step for ResEnc-L at PATCH^3 and global batch BATCH on this
+    GPU (bf16): (resolved config, step(batch, step_no) -> loss)."""
+    from openmind_curate.train.trainer import TrainConfig, make_step
+
+    out = tempfile.mkdtemp(prefix="omc-train-bench-run-")
+    config = TrainConfig(
+        out=out,
+        arch="resenc-l",
+        patch=PATCH,
+        global_batch=BATCH,
+        amp="bf16",
+        compile=compile_backend,
+        accumulate=accumulate,
+        progress=False,
+    )
+    return make_step(config)
+
+
+def gpu_batch(step_no: int = 0) -> dict:
     import torch
 
-    from openmind_curate.train import models
-    from openmind_curate.train.mae import apply_mask, batch_masks, mae_loss
+    image = torch.randn(BATCH, 1, PATCH, PATCH, PATCH, device="cuda")
+    return {"image": image, "anon": torch.zeros_like(image), "index": list(range(BATCH))}
 
-    torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = True
-    model = models.build("resenc-l").cuda()
-    opt = torch.optim.SGD(
-        model.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5
-    )
-    net = torch.compile(model, backend=compile_backend) if compile_backend else model
 
-    def step(image, index, step_no):
-        mask = batch_masks(image.shape[2:], index, step_no, 0, 16, 0.75, device=image.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            pred = net(apply_mask(image, mask))
-        loss = mae_loss(pred.float(), image, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-        opt.step()
-        return loss
+def _free_gpu() -> None:
+    import torch
 
-    return model, step
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def probe_one(accumulate: int) -> dict:
+    """Peak memory of the first step (cuDNN's autotuning included) and of the
+    second (steady state: momentum buffers exist) at batch BATCH."""
+    import torch
+
+    _free_gpu()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        _, step = make_step(accumulate)
+        batch = gpu_batch()
+        t0 = time.perf_counter()
+        step(batch, 0)
+        first = torch.cuda.max_memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(batch, 1)
+        torch.cuda.synchronize()
+        return {
+            "first_step_peak_gib": round(first / 2**30, 2),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "two_steps_s": round(time.perf_counter() - t0, 2),
+        }
+    except torch.cuda.OutOfMemoryError as exc:
+        return {"oom": str(exc).splitlines()[0][:200]}
+    finally:
+        step = batch = None  # noqa: F841 - drop the model before the next probe
+        _free_gpu()
+
+
+def phase_probe() -> dict:
+    """`probe_one` for each of PROBE_ACCUMULATE; the costs they imply; auto's pick."""
+    import torch
+
+    from openmind_curate.train.trainer import ACCUMULATE_COST_GIB, auto_accumulate
+
+    out: dict = {f"accumulate_{n}": probe_one(n) for n in PROBE_ACCUMULATE}
+    peaks = {n: out[f"accumulate_{n}"].get("peak_gib") for n in PROBE_ACCUMULATE}
+    fit = [n for n in PROBE_ACCUMULATE if peaks[n] is not None]
+    if len(fit) >= 2:  # peak = fixed + (BATCH / n) * per_sample: two points give both
+        a, b = fit[0], fit[1]
+        per_sample = (peaks[a] - peaks[b]) / (BATCH / a - BATCH / b)
+        out["per_sample_gib"] = round(per_sample, 2)
+        out["fixed_gib"] = round(peaks[a] - BATCH / a * per_sample, 2)
+    per_sample_assumed, fixed_assumed = ACCUMULATE_COST_GIB["resenc-l"]
+    out["assumed_gib"] = {"per_sample": per_sample_assumed, "fixed": fixed_assumed}
+    free, total = torch.cuda.mem_get_info()
+    out["auto_picks"] = auto_accumulate(BATCH, free, "resenc-l", PATCH)
+    out["fits"] = fit[0] if fit else None
+    out["gpu_total_gib"] = round(total / 2**30, 1)
+    return out
 
 
 def time_steps(step, warmup: int, steps: int, max_s: float) -> dict:
     import torch
 
-    image = torch.randn(BATCH, 1, PATCH, PATCH, PATCH, device="cuda")
-    index = list(range(BATCH))
+    batch = gpu_batch()
     t0 = time.perf_counter()
     for i in range(warmup):
-        step(image, index, i)
+        step(batch, i)
     torch.cuda.synchronize()
     warm = time.perf_counter() - t0
     t0, n = time.perf_counter(), 0
     while n < steps and (n < 3 or time.perf_counter() - t0 < max_s):
-        step(image, index, warmup + n)
+        step(batch, warmup + n)
         n += 1
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
@@ -150,24 +260,27 @@ def time_steps(step, warmup: int, steps: int, max_s: float) -> dict:
     }
 
 
-def phase_eager() -> dict:
+def phase_eager(accumulate: int) -> dict:
     import torch
 
+    _free_gpu()
     torch.cuda.reset_peak_memory_stats()
-    _, step = make_step(None)
-    out = time_steps(step, warmup=3, steps=15, max_s=30)
+    _, step = make_step(accumulate)
+    out = time_steps(step, warmup=2, steps=15, max_s=30)
+    out["accumulate"] = accumulate
     out["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out
 
 
-def phase_compile_child(budget: float) -> None:
+def phase_compile_child(budget: float, accumulate: int) -> None:
     """Run in a child process: print one JSON line."""
     import torch
 
     t0 = time.perf_counter()
     torch.cuda.reset_peak_memory_stats()
-    _, step = make_step("inductor")
+    _, step = make_step(accumulate, "inductor")
     out = time_steps(step, warmup=2, steps=15, max_s=max(5.0, budget - 60))  # warm-up: compile
+    out["accumulate"] = accumulate
     out["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     out["total_s"] = round(time.perf_counter() - t0, 1)
     print("RESULT " + json.dumps(out), flush=True)
@@ -314,7 +427,7 @@ def phase_loader(store_path: Path, seconds: float) -> dict:
     }
 
 
-def phase_fed(store_path: Path, steps: int, max_s: float) -> dict:
+def phase_fed(store_path: Path, accumulate: int, steps: int, max_s: float) -> dict:
     import torch
 
     from openmind_curate.train.loader import LoaderConfig, make_loader
@@ -322,7 +435,8 @@ def phase_fed(store_path: Path, steps: int, max_s: float) -> dict:
 
     store = open_store(store_path)
     cfg = LoaderConfig(patch=PATCH, global_batch=BATCH, seed=0)
-    _, step = make_step(None)
+    _free_gpu()
+    _, step = make_step(accumulate)
     it = make_loader(store, cfg, 0, 0, 1, WORKERS, pin_memory=True)
     wait = total = 0.0
     n = 0
@@ -330,11 +444,10 @@ def phase_fed(store_path: Path, steps: int, max_s: float) -> dict:
     for i in range(3 + steps):
         t0 = time.perf_counter()
         batch = next(it)
-        image = batch["image"].cuda(non_blocking=True)
+        batch["image"] = batch["image"].cuda(non_blocking=True)
         torch.cuda.synchronize()
         t1 = time.perf_counter()
-        step(image, batch["index"], i)
-        torch.cuda.synchronize()
+        step(batch, i)  # the loss is read back: the step has finished
         t2 = time.perf_counter()
         if i >= 3:  # after the workers' start and cudnn's autotuning
             wait, total, n = wait + (t1 - t0), total + (t2 - t0), n + 1
@@ -348,45 +461,40 @@ def phase_fed(store_path: Path, steps: int, max_s: float) -> dict:
     }
 
 
+# --- fine-tuning ------------------------------------------------------------------
+
+
+def finetune_steps_per_s(budget_s: float) -> dict:
+    """nnU-Net v2 fine-tuning steps/s of the pre-trained ResEnc-L on this GPU.
+
+    STUB, to be filled by the fine-tuning work (openmind_curate/finetune/):
+    return {"steps_per_s": ..., ...} measured within `budget_s` seconds (what
+    is left of --budget: the compile phase leaves about 60 s for it)."""
+    return {"skipped": "not written yet (the nnU-Net fine-tuning steps/s goes here)"}
+
+
 # --- main -------------------------------------------------------------------------
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--wheels", type=Path, help="folder of wheels to install when missing")
-    ap.add_argument("--budget", type=float, default=300, help="seconds in all (default 300)")
-    ap.add_argument("--json", type=Path, help="write the results here")
-    ap.add_argument("--phase", choices=["compile"], help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    t_start = time.perf_counter()
+def run_compile(budget: float, accumulate: int) -> dict:
+    """`phase_compile_child` in a child process, within `budget` seconds."""
+    if budget < 60:
+        return {"skipped": f"only {budget:.0f} s left"}
+    cmd = [sys.executable, __file__, "--phase", "compile", "--budget", str(budget)]
+    try:
+        done = subprocess.run(
+            [*cmd, "--accumulate", str(accumulate)],
+            capture_output=True,
+            text=True,
+            timeout=budget,
+        )
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"warm-up and steps exceeded {budget:.0f} s"}
+    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    return json.loads(lines[-1][7:]) if lines else {"error": (done.stderr or done.stdout)[-1500:]}
 
-    import torch
 
-    if not torch.cuda.is_available():
-        say("no CUDA device: this benchmark needs a GPU; nothing measured")
-        return 0
-    if args.phase == "compile":
-        phase_compile_child(args.budget)
-        return 0
-    if args.wheels:
-        install_wheels(args.wheels)
-    results: dict = {
-        "device": torch.cuda.get_device_name(0),
-        "torch": torch.__version__,
-        "patch": PATCH,
-        "batch": BATCH,
-        "amp": "bf16",
-    }
-    left = lambda: args.budget - (time.perf_counter() - t_start)  # noqa: E731
-
-    say(
-        f"{results['device']}, torch {torch.__version__}: ResEnc-L MAE, {PATCH}^3, "
-        f"batch {BATCH}, bf16; budget {args.budget:.0f} s"
-    )
-    results["eager"] = phase_eager()
-    say(f"eager: {results['eager']}")
-    torch.cuda.empty_cache()
-
+def run_loader_phases(results: dict, accumulate: int, left) -> None:
     with tempfile.TemporaryDirectory(prefix="omc-train-bench-") as tmp:
         try:
             t0 = time.perf_counter()
@@ -394,37 +502,34 @@ def main() -> int:
             results["store_s"] = round(time.perf_counter() - t0, 1)
             results["loader"] = phase_loader(store, seconds=min(20, max(5, left() - 200)))
             say(f"loader: {results['loader']}")
-            results["fed"] = phase_fed(store, steps=30, max_s=min(30, max(5, left() - 160)))
+            max_s = min(30, max(5, left() - 160))
+            results["fed"] = phase_fed(store, accumulate, steps=30, max_s=max_s)
             say(f"fed by the loader: {results['fed']}")
         except Exception as exc:  # noqa: BLE001 - report and go on to compile
             results["loader_error"] = f"{type(exc).__name__}: {exc}"
             say(f"loader phases failed: {results['loader_error']}")
-    torch.cuda.empty_cache()
 
-    budget = left() - 10
-    if budget < 60:
-        results["compile"] = {"skipped": f"only {budget:.0f} s left"}
-    else:
-        cmd = [sys.executable, __file__, "--phase", "compile", "--budget", str(budget)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
-            lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-            results["compile"] = (
-                json.loads(lines[-1][7:])
-                if lines
-                else {"error": (done.stderr or done.stdout)[-1500:]}
-            )
-        except subprocess.TimeoutExpired:
-            results["compile"] = {"skipped": f"warm-up and steps exceeded {budget:.0f} s"}
-    say(f"compile: {results['compile']}")
-    results["total_s"] = round(time.perf_counter() - t_start, 1)
 
-    eager, comp = results["eager"], results["compile"]
+def summary(results: dict) -> None:
+    probe, eager, comp = results["probe"], results.get("eager", {}), results["compile"]
     say("\nsummary")
-    say(
-        f"  steps/s eager     {eager['steps_per_s']}  (peak GPU memory "
-        f"{eager['peak_gpu_mem_gib']} GiB)"
-    )
+    for n in PROBE_ACCUMULATE:
+        p = probe[f"accumulate_{n}"]
+        say(
+            f"  batch {BATCH}, accumulate {n}: "
+            + (f"OOM ({p['oom']})" if "oom" in p else f"peak {p['peak_gib']} GiB")
+        )
+    say(f"  --accumulate auto picks {probe['auto_picks']}; fewest that fit {probe['fits']}")
+    if "per_sample_gib" in probe:
+        say(
+            f"  measured {probe['per_sample_gib']} GiB a sample + {probe['fixed_gib']} GiB "
+            f"fixed (assumed {probe['assumed_gib']})"
+        )
+    if "steps_per_s" in eager:
+        say(
+            f"  steps/s eager     {eager['steps_per_s']}  (batch {BATCH}, accumulate "
+            f"{eager['accumulate']}, peak {eager['peak_gpu_mem_gib']} GiB)"
+        )
     if "steps_per_s" in comp:
         say(f"  steps/s compiled  {comp['steps_per_s']}  (warm-up {comp['warmup_s']} s)")
     if "loader" in results:
@@ -435,7 +540,75 @@ def main() -> int:
         )
     if "fed" in results:
         say(f"  GPU waits on data {results['fed']['gpu_waits_on_data_fraction']:.1%} of the step")
+    say(f"  fine-tuning       {results['finetune']}")
     say(f"  total             {results['total_s']} s")
+
+
+def preflight_host(args) -> int | None:
+    """Wheels, imports and the GPU: an exit code when nothing can be measured."""
+    if args.wheels:
+        install_wheels(args.wheels)
+    missing = missing_imports()
+    if "torch" in missing:
+        say(f"missing imports: {', '.join(missing)}; nothing measured")
+        return 1
+    import torch
+
+    if not torch.cuda.is_available():
+        note = f" (missing imports: {', '.join(missing)})" if missing else ""
+        say(f"no CUDA device: this benchmark needs a GPU; nothing measured{note}")
+        return 0
+    if missing:
+        say(f"missing imports: {', '.join(missing)}; bring their wheels (--wheels, see --help)")
+        return 1
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--wheels", type=Path, help="folder of wheels to install when missing")
+    ap.add_argument("--budget", type=float, default=300, help="seconds in all (default 300)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--phase", choices=["compile"], help=argparse.SUPPRESS)
+    ap.add_argument("--accumulate", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    if args.phase == "compile":
+        phase_compile_child(args.budget, args.accumulate)
+        return 0
+    code = preflight_host(args)
+    if code is not None:
+        return code
+    import torch
+
+    results: dict = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "patch": PATCH,
+        "batch": BATCH,
+        "amp": "bf16",
+    }
+    left = lambda: args.budget - (time.perf_counter() - t_start)  # noqa: E731
+    say(
+        f"{results['device']}, torch {torch.__version__}: ResEnc-L MAE, {PATCH}^3, "
+        f"batch {BATCH}, bf16; budget {args.budget:.0f} s"
+    )
+    results["probe"] = phase_probe()
+    say(f"memory probe: {results['probe']}")
+    accumulate = results["probe"]["fits"]
+    if accumulate is None:
+        results["compile"] = {"skipped": "batch 8 does not fit at accumulate 4"}
+    else:
+        results["eager"] = phase_eager(accumulate)
+        say(f"eager: {results['eager']}")
+        _free_gpu()
+        run_loader_phases(results, accumulate, left)
+        _free_gpu()
+        results["compile"] = run_compile(left() - 70, accumulate)
+        say(f"compile: {results['compile']}")
+    results["finetune"] = finetune_steps_per_s(max(0.0, left() - 10))
+    results["total_s"] = round(time.perf_counter() - t_start, 1)
+    summary(results)
     path = args.json or (
         Path(os.environ["OUT"]) / "train_gpu.json" if os.environ.get("OUT") else None
     )

@@ -25,7 +25,12 @@ pytest.importorskip("dynamic_network_architectures")
 from openmind_curate.errors import InputError  # noqa: E402
 from openmind_curate.train import models  # noqa: E402
 from openmind_curate.train.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from openmind_curate.train.trainer import TrainConfig, auto_accumulate, train  # noqa: E402
+from openmind_curate.train.trainer import (  # noqa: E402
+    TrainConfig,
+    auto_accumulate,
+    make_step,
+    train,
+)
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -326,6 +331,16 @@ def test_accumulate_auto_rule_and_refusals(tmp_path):
     assert json.loads((tmp_path / "auto" / "config.json").read_text())["accumulate"] == 1
     with pytest.raises(InputError, match=r"--accumulate 3 does not divide the batch of each rank"):
         train(tiny(tmp_path / "three", accumulate=3), FakeBatches(2))
+
+
+def test_make_step_is_the_trainers_step(tmp_path):
+    """The benchmark's step (`make_step`) is the one `train` runs: the same first loss."""
+    config, step = make_step(tiny(tmp_path / "bench"))
+    assert config.accumulate == 1  # auto on a CPU
+    first = step(FakeBatches(2)(0), 0)
+    train(tiny(tmp_path / "run", epochs=1, iters_per_epoch=1), FakeBatches(2))
+    assert first == losses(tmp_path / "run")[0]
+    assert not (tmp_path / "bench" / "checkpoint.pt").exists()  # no run files
 
 
 def test_checkpoint_atomic_on_failure_and_config_mismatch_refused(tmp_path, monkeypatch):

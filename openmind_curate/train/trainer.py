@@ -670,6 +670,18 @@ def _restore(run: _Run, blob: dict[str, Any] | None) -> int:
     return int(blob["step"])
 
 
+def make_step(config: TrainConfig) -> tuple[TrainConfig, Callable[[Batch, int], float]]:
+    """One process's training step as `train` takes it (the model, optimizer,
+    AMP, accumulation and compile of `config`), without the run's files or
+    checkpoints: for benchmarks (benchmarks/train_gpu.py). Returns the config
+    with its auto options resolved and ``step(batch, step_number) -> loss``."""
+    config.check()
+    run, _ = _setup(dataclasses.replace(config, resume=False), _Dist())
+    run.net = _wrap(run.model, run.config, run.ctx, run.device)
+    run.net.train()
+    return run.config, lambda batch, step: run.step(batch, step, None)
+
+
 def _wrap(model: nn.Module, config: TrainConfig, ctx: _Dist, device: torch.device) -> nn.Module:
     """The model as trained: under DDP with several ranks, compiled on request."""
     net: nn.Module = model
