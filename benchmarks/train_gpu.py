@@ -20,7 +20,8 @@ Nesterov), at global batch 8: what a single-GPU `curate train` puts on one card.
    GPU waits on data.
 4. steps/s with torch.compile (inductor), in a child process given what is
    left of the budget (its warm-up counted inside it).
-5. nnU-Net fine-tuning steps/s (`finetune_steps_per_s`; a stub for now).
+5. nnU-Net fine-tuning steps/s (`finetune_steps_per_s`): `curate finetune`'s Sawtooth trainer on
+   ResEnc-L at batch 2 and 160^3, with nnU-Net's own data loading and augmentation.
 
 Bare GPU hosts: the host may have Python and torch and nothing else, and no
 network. Bring the wheels along in a folder that travels with the repository
@@ -56,6 +57,7 @@ import contextlib
 import gc
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -464,13 +466,104 @@ def phase_fed(store_path: Path, accumulate: int, steps: int, max_s: float) -> di
 # --- fine-tuning ------------------------------------------------------------------
 
 
-def finetune_steps_per_s(budget_s: float) -> dict:
-    """nnU-Net v2 fine-tuning steps/s of the pre-trained ResEnc-L on this GPU.
+def _toy_raw(root: Path, n_cases: int, n: int) -> Path:
+    """An nnU-Net raw dataset of `n_cases` synthetic n^3 volumes at 1 mm: a
+    bright ball (label 1) and a dark box (label 2) in noise."""
+    import json
 
-    STUB, to be filled by the fine-tuning work (openmind_curate/finetune/):
-    return {"steps_per_s": ..., ...} measured within `budget_s` seconds (what
-    is left of --budget: the compile phase leaves about 60 s for it)."""
-    return {"skipped": "not written yet (the nnU-Net fine-tuning steps/s goes here)"}
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    grid = np.indices((n, n, n))
+    for i in range(n_cases):
+        centre = rng.uniform(n / 4, 3 * n / 4, 3)
+        label = np.zeros((n, n, n), np.uint8)
+        label[((grid - centre[:, None, None, None]) ** 2).sum(0) < (n / 6) ** 2] = 1
+        box = tuple(slice(a, a + n // 5) for a in rng.integers(n // 8, n // 2, 3))
+        label[box] = np.where(label[box] == 0, 2, label[box])
+        image = 100.0 + np.select([label == 1, label == 2], [60.0, -60.0], 0.0)
+        image = (image + rng.normal(0, 10, image.shape)).astype(np.float32)
+        for folder, name, data in (
+            ("imagesTr", f"case_{i:03d}_0000.nii.gz", image),
+            ("labelsTr", f"case_{i:03d}.nii.gz", label),
+        ):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, np.eye(4)), str(root / folder / name))
+    doc = {
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "ball": 1, "box": 2},
+        "numTraining": n_cases,
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(doc))
+    return root
+
+
+def finetune_steps_per_s(
+    budget_s: float, arch: str = "resenc-l", patch: int = 160, device: str = "cuda"
+) -> dict:
+    """nnU-Net v2 fine-tuning steps/s of a pre-trained ResEnc-L on this GPU.
+
+    What `curate finetune` runs: the Sawtooth trainer at nnU-Net's batch 2 and
+    the checkpoint's recommended 160^3 patch, bf16 autocast, nnU-Net's data
+    loading and augmentation in its worker processes, torch.compile off (its
+    warm-up would eat the budget). The data: 2 synthetic 192^3 volumes laid
+    out as an nnU-Net raw dataset, planned and preprocessed for a random-weight
+    ResEnc-L checkpoint in nnssl's layout. Steps are timed after 5 warm-up
+    steps, for at most half of `budget_s`; the peak GPU memory is reported.
+    (`arch`, `patch`, `device`: a CPU smoke run at toy sizes.)"""
+    import shutil
+    import tempfile
+
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    if importlib.util.find_spec("nnunetv2") is None:
+        return {"skipped": "nnunetv2 is not installed (bring its wheels with --wheels)"}
+    os.environ["nnUNet_compile"] = "f"
+    from openmind_curate.finetune import run
+    from openmind_curate.train import models, nnssl
+
+    work = Path(tempfile.mkdtemp(prefix="finetune-bench-"))
+    try:
+        data = _toy_raw(work / "Dataset777_Bench", 2, max(96, patch + patch // 5))
+        ckpt = work / "nnssl_checkpoint.pth"
+        meta = models.EncoderMeta(arch, (patch,) * 3, (1.0, 1.0, 1.0))
+        nnssl.save_checkpoint(models.build(arch), ckpt, meta)
+        config = run.FinetuneConfig(data=data, out=work / "run", pretrained=ckpt, folds=("all",))
+        run.set_processes()
+        prepared = run.prepare(config, run.check(config), lambda _: None)
+        settings = run.settings_for(config, prepared.pretrained)
+        with run.nnunet_env(prepared.run, None if device == "cuda" else 0):
+            trainer = run.make_trainer(prepared, settings, "all", device)
+            trainer.on_train_start()
+            trainer.on_train_epoch_start()
+            for _ in range(5):
+                trainer.train_step(next(trainer.dataloader_train))
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start, steps = time.perf_counter(), 0
+            while time.perf_counter() - start < budget_s / 2 and steps < 200:
+                trainer.train_step(next(trainer.dataloader_train))
+                steps += 1
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+            trainer.on_train_end()
+        return {
+            "steps_per_s": round(steps / seconds, 3),
+            "steps": steps,
+            "batch": trainer.batch_size,
+            "patch": patch,
+            "peak_gib": None if peak is None else round(peak, 2),
+            "trainer": type(trainer).__name__,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --- main -------------------------------------------------------------------------

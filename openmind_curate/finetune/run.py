@@ -132,6 +132,20 @@ def _augmentation_workers(config: FinetuneConfig) -> int | None:
     return None if on_gpu else 0
 
 
+def _log(run: Path) -> Path:
+    return Path(run) / "nnunet.log"
+
+
+@contextmanager
+def quiet(run: Path) -> Iterator[None]:
+    """nnU-Net's own prints (plans, devices, warnings of its predictor) into
+    RUN/nnunet.log; our progress lines stay on the console."""
+    from contextlib import redirect_stdout
+
+    with open(_log(run), "a") as fh, redirect_stdout(fh):
+        yield
+
+
 @contextmanager
 def nnunet_env(run: Path, augmentation_workers: int | None = None) -> Iterator[None]:
     """nnU-Net's folder variables pointing into `run`, and with
@@ -197,17 +211,18 @@ def prepare(config: FinetuneConfig, checked: Checked, echo: Echo) -> Prepared:
         if existing.exists() and config.resume:
             planned = json.loads(existing.read_text())
         else:
-            echo("nnU-Net: fingerprint, plans for the network, preprocessing ...")
-            planned = plans.plan_and_preprocess(
-                _dataset_id(name),
-                folder.parent,
-                checked.network,
-                config.spacing,
-                config.batch,
-                checked.pretrained,
-                dataset_json,
-                int(os.environ.get("nnUNet_def_n_proc", "1")),
-            )
+            echo(f"nnU-Net: fingerprint, plans for the network, preprocessing (log: {_log(run)})")
+            with quiet(run):
+                planned = plans.plan_and_preprocess(
+                    _dataset_id(name),
+                    folder.parent,
+                    checked.network,
+                    config.spacing,
+                    config.batch,
+                    checked.pretrained,
+                    dataset_json,
+                    int(os.environ.get("nnUNet_def_n_proc", "1")),
+                )
     case_ids = sorted(c.case_id for c in source.cases)
     split = splits(case_ids, config.folds)
     if split is not None:
@@ -268,13 +283,14 @@ def make_trainer(prepared: Prepared, settings, fold: int | str, device: str | No
 
     cls = SCHEDULE_TRAINERS[settings.schedule]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return cls(
-        plans={**settings.to_plans(prepared.plans), "continue_training": False},
-        configuration=plans.CONFIGURATION,
-        fold=fold,
-        dataset_json=prepared.dataset_json,
-        device=dev,
-    )
+    with quiet(prepared.run):
+        return cls(
+            plans={**settings.to_plans(prepared.plans), "continue_training": False},
+            configuration=plans.CONFIGURATION,
+            fold=fold,
+            dataset_json=prepared.dataset_json,
+            device=dev,
+        )
 
 
 def train(
@@ -307,7 +323,8 @@ def _train_fold(config, prepared: Prepared, settings, fold, echo: Echo) -> FoldR
     if config.resume:
         _continue(trainer, out, echo)
     trainer.run_training()
-    trainer.perform_actual_validation(False)
+    with quiet(prepared.run):
+        trainer.perform_actual_validation(False)
     names = {str(v): k for k, v in prepared.dataset_json["labels"].items()}
     return _fold_result(fold, out, names)
 

@@ -232,10 +232,11 @@ def _nnssl(path: Path, blob: dict[str, Any]) -> Pretrained:
         )
     spacing = config.get("spacing")
     norms = config.get("normalization_schemes") or ["ZScoreNormalization"]
+    ours = blob.get("openmind_curate")  # written by `save_checkpoint`: our name for it
     return Pretrained(
         path=path,
         layout="nnssl",
-        arch=name,
+        arch=str(ours["arch"]) if isinstance(ours, dict) and "arch" in ours else name,
         architecture=arch,
         encoder=encoder,
         in_channels=int(channels),
