@@ -466,40 +466,6 @@ def phase_fed(store_path: Path, accumulate: int, steps: int, max_s: float) -> di
 # --- fine-tuning ------------------------------------------------------------------
 
 
-def _toy_raw(root: Path, n_cases: int, n: int) -> Path:
-    """An nnU-Net raw dataset of `n_cases` synthetic n^3 volumes at 1 mm: a
-    bright ball (label 1) and a dark box (label 2) in noise."""
-    import json
-
-    import nibabel as nib
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    grid = np.indices((n, n, n))
-    for i in range(n_cases):
-        centre = rng.uniform(n / 4, 3 * n / 4, 3)
-        label = np.zeros((n, n, n), np.uint8)
-        label[((grid - centre[:, None, None, None]) ** 2).sum(0) < (n / 6) ** 2] = 1
-        box = tuple(slice(a, a + n // 5) for a in rng.integers(n // 8, n // 2, 3))
-        label[box] = np.where(label[box] == 0, 2, label[box])
-        image = 100.0 + np.select([label == 1, label == 2], [60.0, -60.0], 0.0)
-        image = (image + rng.normal(0, 10, image.shape)).astype(np.float32)
-        for folder, name, data in (
-            ("imagesTr", f"case_{i:03d}_0000.nii.gz", image),
-            ("labelsTr", f"case_{i:03d}.nii.gz", label),
-        ):
-            (root / folder).mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(data, np.eye(4)), str(root / folder / name))
-    doc = {
-        "channel_names": {"0": "MRI"},
-        "labels": {"background": 0, "ball": 1, "box": 2},
-        "numTraining": n_cases,
-        "file_ending": ".nii.gz",
-    }
-    (root / "dataset.json").write_text(json.dumps(doc))
-    return root
-
-
 def finetune_steps_per_s(
     budget_s: float, arch: str = "resenc-l", patch: int = 160, device: str = "cuda"
 ) -> dict:
@@ -523,12 +489,13 @@ def finetune_steps_per_s(
     if importlib.util.find_spec("nnunetv2") is None:
         return {"skipped": "nnunetv2 is not installed (bring its wheels with --wheels)"}
     os.environ["nnUNet_compile"] = "f"
-    from openmind_curate.finetune import run
+    from openmind_curate.finetune import dataset, run
     from openmind_curate.train import models, nnssl
 
     work = Path(tempfile.mkdtemp(prefix="finetune-bench-"))
     try:
-        data = _toy_raw(work / "Dataset777_Bench", 2, max(96, patch + patch // 5))
+        size = max(96, patch + patch // 5)
+        data = dataset.write_toy_dataset(work / "Dataset777_Bench", n_cases=2, n=size)
         ckpt = work / "nnssl_checkpoint.pth"
         meta = models.EncoderMeta(arch, (patch,) * 3, (1.0, 1.0, 1.0))
         nnssl.save_checkpoint(models.build(arch), ckpt, meta)

@@ -249,7 +249,7 @@ def test_index_summary_and_clear_errors(tmp_path, corpus):
 
 
 def test_train_extra_builds_a_resenc_unet_on_cpu():
-    """The CPU install path (torch + dynamic-network-architectures --no-deps) works."""
+    """The train extra builds a ResidualEncoderUNet on the CPU."""
     torch = pytest.importorskip("torch", reason="the train extra is not installed")
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 

@@ -4,54 +4,23 @@ learns - on a toy nnU-Net raw dataset (5 cases of 24^3, a ball and a box)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
-from openmind_curate.finetune import run, schedules
+from openmind_curate.finetune import dataset, run, schedules
 from openmind_curate.train import models, nnssl
 from openmind_curate.train.models import unwrap
 
 E, W = 9, 3  # stages: decoder 0-2 (H = 1), whole-network warm-up 3-5, poly 6-8
 
 
-def _save(path: Path, data: np.ndarray, dtype=np.float32) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data.astype(dtype), np.eye(4)), str(path))
-
-
-def toy_dataset(root: Path, n_cases: int = 5, n: int = 24) -> Path:
-    """Label 1: a bright ball, label 2: a dark box, plainly visible in the image."""
-    rng = np.random.default_rng(0)
-    grid = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"))
-    for i in range(n_cases):
-        centre = rng.uniform(7, n - 7, 3)
-        label = np.zeros((n, n, n), np.uint8)
-        label[((grid - centre[:, None, None, None]) ** 2).sum(0) < rng.uniform(9, 25)] = 1
-        box = tuple(slice(a, a + 6) for a in rng.integers(2, n - 9, 3))
-        label[box] = np.where(label[box] == 0, 2, label[box])
-        image = 100.0 + np.select([label == 1, label == 2], [60.0, -60.0], 0.0)
-        _save(root / "imagesTr" / f"toy_{i:03d}_0000.nii.gz", image + rng.normal(0, 4, image.shape))
-        _save(root / "labelsTr" / f"toy_{i:03d}.nii.gz", label, dtype=np.uint8)
-    doc = {
-        "channel_names": {"0": "T1"},
-        "labels": {"background": 0, "ball": 1, "box": 2},
-        "numTraining": n_cases,
-        "file_ending": ".nii.gz",
-    }
-    (root / "dataset.json").write_text(json.dumps(doc))
-    return root
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """The toy dataset planned and preprocessed for the tiny network (16^3)."""
     base = tmp_path_factory.mktemp("ft")
-    data = toy_dataset(base / "Dataset007_Toy")
+    data = dataset.write_toy_dataset(base / "Dataset007_Toy")
     torch.manual_seed(11)
     encoder = base / "encoder.pt"
     models.save_encoder(

@@ -217,3 +217,38 @@ def _link(src: Path, dst: Path) -> None:
     import nibabel as nib
 
     nib.save(nib.load(src), dst)
+
+
+def write_toy_dataset(root: Path, n_cases: int = 5, n: int = 24, seed: int = 0) -> Path:
+    """A known-answer nnU-Net raw dataset at `root`: `n_cases` volumes of n^3
+    at 1 mm, each a bright ball (label 1, "ball") and a dark box (label 2,
+    "box") in noise, plainly visible. For tests and benchmarks."""
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    grid = np.indices((n, n, n))
+    for i in range(n_cases):
+        centre = rng.uniform(0.3 * n, 0.7 * n, 3)
+        label = np.zeros((n, n, n), np.uint8)
+        radius2 = rng.uniform(0.12, 0.2) * n * n * 0.5
+        label[((grid - centre[:, None, None, None]) ** 2).sum(0) < radius2] = 1
+        edge = max(2, n // 4)
+        box = tuple(slice(a, a + edge) for a in rng.integers(1, n - edge - 1, 3))
+        label[box] = np.where(label[box] == 0, 2, label[box])
+        image = 100.0 + np.select([label == 1, label == 2], [60.0, -60.0], 0.0)
+        image = (image + rng.normal(0, 4, image.shape)).astype(np.float32)
+        for folder, name, data in (
+            ("imagesTr", f"toy_{i:03d}_0000{FILE_ENDING}", image),
+            ("labelsTr", f"toy_{i:03d}{FILE_ENDING}", label),
+        ):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, np.eye(4)), str(root / folder / name))
+    doc = {
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "ball": 1, "box": 2},
+        "numTraining": n_cases,
+        "file_ending": FILE_ENDING,
+    }
+    (root / "dataset.json").write_text(json.dumps(doc, indent=2))
+    return root

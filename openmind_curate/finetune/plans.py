@@ -149,10 +149,13 @@ def plan_and_preprocess(
     pretrained: Pretrained | None,
     dataset_json: dict[str, Any],
     processes: int,
+    check_integrity: bool = True,
 ) -> dict[str, Any]:
     """Fingerprint, nnU-Net's plans, our plans (saved as ``openmindPlans.json``)
     and nnU-Net's preprocessing; returns our plans. Needs the nnU-Net
-    environment variables set (`finetune.run.nnunet_env`)."""
+    environment variables set (`finetune.run.nnunet_env`). `check_integrity`:
+    nnU-Net's dataset check (geometry of every image against its labels; 5 s
+    for two cases on a CPU), which a corpus our generator wrote can skip."""
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import (
         ExperimentPlanner,
     )

@@ -222,6 +222,7 @@ def prepare(config: FinetuneConfig, checked: Checked, echo: Echo) -> Prepared:
                     checked.pretrained,
                     dataset_json,
                     int(os.environ.get("nnUNet_def_n_proc", "1")),
+                    check_integrity=source.kind != "synth",
                 )
     case_ids = sorted(c.case_id for c in source.cases)
     split = splits(case_ids, config.folds)
