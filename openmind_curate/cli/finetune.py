@@ -62,7 +62,10 @@ def finetune(
         ),
     ] = "pretrained",
     patch: Annotated[
-        int | None, typer.Option("--patch", help="Patch edge (default: the checkpoint's).")
+        int | None,
+        typer.Option(
+            "--patch", help="Patch edge (default: the checkpoint's; 160 for resenc-l from scratch)."
+        ),
     ] = None,
     batch: Annotated[int, typer.Option("--batch", help="Patches per step (nnU-Net: 2).")] = 2,
     iters_per_epoch: Annotated[

@@ -35,6 +35,8 @@ FOLDS = 5
 DATASET_ID = 501  # inside RUN/ only; an input named DatasetNNN_Name keeps its own
 #: The paper's defaults (appendix C.1): pre-trained encoders at lr 1e-3, from scratch 1e-2.
 LR_PRETRAINED, LR_SCRATCH = 1e-3, 1e-2
+#: The patch without a checkpoint to take it from: the paper's 160^3 for ResEnc-L.
+SCRATCH_PATCH = {"resenc-l": (160, 160, 160), "tiny": (32, 32, 32)}
 #: The trainer class of each schedule (`finetune.trainers`), by name: nnU-Net
 #: names a run's folder after it.
 SCHEDULE_TRAINER_NAMES = {
@@ -192,7 +194,8 @@ def check(config: FinetuneConfig) -> Checked:
         raise InputError("--scratch needs --pretrained (whose network it trains from scratch)")
     pretrained = read_pretrained(config.pretrained) if config.pretrained is not None else None
     source = dataset.read_source(config.data)
-    network = plans.network_of(pretrained, architecture(config.arch), config.patch)
+    patch = config.patch or (None if pretrained else SCRATCH_PATCH.get(config.arch))
+    network = plans.network_of(pretrained, architecture(config.arch), patch)
     splits(sorted(c.case_id for c in source.cases), config.folds)
     return Checked(pretrained, source, network)
 
