@@ -103,3 +103,18 @@ def test_refusals_name_the_problem(corpus, encoder, tmp_path):
         assert r.exit_code == 2 and message in r.output, (args, r.output)
         assert "Traceback" not in r.output
     assert not out.exists()  # nothing written before the checks pass
+
+
+def test_interrupt_exits_130_and_says_how_to_continue(corpus, encoder, tmp_path, monkeypatch):
+    """Ctrl-C inside nnU-Net's run: exit 130, no traceback, the --continue hint."""
+    from openmind_curate.finetune import run as run_module
+
+    def interrupted(config, echo):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "finetune", interrupted)
+    root, _ = corpus
+    args = ["finetune", "--data", str(root), "--pretrained", str(encoder)]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert r.exit_code == 130, r.output
+    assert "--continue" in r.output and "Traceback" not in r.output

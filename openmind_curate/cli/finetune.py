@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -139,9 +142,36 @@ def finetune(
         test_time_mirroring=tta,
         gpus=gpus,
     )
-    result = run_finetune(config, echo=say)
+    with _signals_interrupt() as caught:
+        try:
+            result = run_finetune(config, echo=say)
+        except KeyboardInterrupt:
+            say(
+                f"interrupted ({caught[-1] if caught else 'SIGINT'}): nnU-Net's checkpoints "
+                f"(checkpoint_latest.pth every 50 epochs, checkpoint_best.pth) are under "
+                f"{config.out}; run the same command with --continue to go on"
+            )
+            raise typer.Exit(143 if caught and caught[-1] == "SIGTERM" else 130) from None
     print_dice(result)
     say(f"wrote {result.summary}; nnU-Net's summary.json per fold under {config.out}")
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[list[str]]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so nnU-Net's run ends
+    the same way (its data-loading workers stop with it); yields the names of
+    the signals caught."""
+    caught: list[str] = []
+
+    def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
+        caught.append("SIGTERM")
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def print_dice(result) -> None:

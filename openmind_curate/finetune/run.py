@@ -8,8 +8,8 @@
         checkpoint_{latest,best,final}.pth, training log, validation/summary.json
     RUN/finetune.json                      the Dice per class and fold, and their mean
 
-`prepare` lays out the raw dataset, plans and preprocesses (once; a second
-call with the same plans reuses the preprocessed data). `train` trains and
+`prepare` lays out the raw dataset, plans and preprocesses (with
+``--continue`` it reuses the plans and the preprocessed cases). `train` trains and
 validates each fold with the schedule's trainer and reads nnU-Net's
 ``summary.json``. nnU-Net reads ``nnUNet_def_n_proc`` when it is imported, so
 `set_processes` runs before the first import.
@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,6 @@ class FinetuneResult:
     dice: dict[str, float | None]  # per class, mean over folds
     mean: float | None
     summary: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def set_processes(processes: int | None = None) -> None:
