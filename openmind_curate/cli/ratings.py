@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -246,10 +248,49 @@ def rate(
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_file())]
     cmd += ["--server.port", str(port), "--server.address", address]
     cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    raise typer.Exit(_serve(cmd, env))
+
+
+def _serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the Streamlit child until it ends or we are told to stop.
+
+    The child has its own process group, so a terminal's Ctrl-C reaches it
+    once, through us; SIGINT and SIGTERM are passed on (a plain `kill` of
+    `curate rate` must not leave the app serving, re-parented to PID 1). The
+    child gets 10 s to stop before it is killed. Exit 130/143 as a shell would.
+    """
+    child = subprocess.Popen(cmd, env=env, process_group=0)
+    stopped: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        code = _wait(child, stopped)
+        return 128 + stopped[0] if stopped else code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _wait(child: subprocess.Popen, stopped: list[int], grace: float = 10.0) -> int:
+    """The child's exit status; once a stop signal came, at most `grace` seconds."""
+    deadline = None
+    while True:
+        try:
+            return child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if stopped and deadline is None:
+                deadline = time.monotonic() + grace
+            if deadline is not None and time.monotonic() > deadline:
+                child.kill()
+                return child.wait()
 
 
 @user_errors
