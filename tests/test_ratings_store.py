@@ -241,3 +241,29 @@ def test_newer_store_refused(tmp_path):
 def test_postgres_url_uses_psycopg():
     assert R.db_url("postgresql://u:pw@h:5/db") == "postgresql+psycopg://u:pw@h:5/db"
     assert "pw" not in R.describe("postgresql://u:pw@h:5/db")
+
+
+def test_new_sqlite_file_is_private_and_an_old_one_keeps_its_mode(tmp_path):
+    fresh = tmp_path / "new" / "ratings.sqlite"
+    R.connect(fresh).dispose()
+    assert fresh.stat().st_mode & 0o777 == 0o600
+    old = tmp_path / "old.sqlite"
+    R.connect(old).dispose()
+    old.chmod(0o640)  # the lab chose to share it with its group
+    R.connect(old).dispose()
+    assert old.stat().st_mode & 0o777 == 0o640
+
+
+def test_sign_in_hashes_once_for_known_and_unknown_lookup_keys(db, monkeypatch):
+    engine, tokens, _ = db
+    calls = []
+    real = R._hash
+    monkeypatch.setattr(R, "_hash", lambda *a: calls.append(a) or real(*a))
+    lookup, _, secret = tokens["ann"].partition(".")
+    attempts = [tokens["ann"], f"{lookup}.wrong-secret", f"{'0' * 16}.{secret}"]
+    for token in attempts:
+        try:
+            R.authenticate(engine, token)
+        except R.RatingsError:
+            pass
+    assert len(calls) == 3  # one PBKDF2 of the same rounds each, known key or not

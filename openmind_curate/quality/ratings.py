@@ -40,6 +40,7 @@ AXES = ("noisiness", "blurriness", "artifact_level")
 FLAGS = ("fov_suboptimal", "corrupted")
 _PBKDF2_ROUNDS = 120_000
 _SAVE_ATTEMPTS = 50
+_DUMMY_SALT = secrets.token_hex(16)  # for the hash of a sign-in with an unknown lookup key
 
 
 class RatingsError(InputError):
@@ -151,6 +152,7 @@ def connect(db: str | os.PathLike[str], *, create: bool = True) -> Engine:
                 f"{path}: no ratings database here (make one with `curate raters add`)"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(path)
         engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
@@ -167,6 +169,17 @@ def connect(db: str | os.PathLike[str], *, create: bool = True) -> Engine:
         where = describe(db)
         raise RatingsError(f"{where}: cannot open the ratings database: {exc.orig}") from None
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Create a new SQLite file readable by its owner only (0600): it names the
+    raters and holds their token hashes. An existing file keeps its mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise RatingsError(f"{path}: cannot create the ratings database: {exc.strerror}") from None
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -257,7 +270,10 @@ def authenticate(engine: Engine, token: str) -> Rater:
         raise RatingsError("that is not a rater token")
     with engine.connect() as conn:
         row = conn.execute(sa.select(raters).where(raters.c.token_lookup == lookup)).first()
-    if row is None or not hmac.compare_digest(_hash(secret, row.token_salt), row.token_hash):
+    if row is None:  # hash anyway: an unknown lookup costs what a known one does
+        hmac.compare_digest(_hash(secret, _DUMMY_SALT), _DUMMY_SALT)
+        raise RatingsError("unknown token")
+    if not hmac.compare_digest(_hash(secret, row.token_salt), row.token_hash):
         raise RatingsError("unknown token")
     if row.revoked_at is not None:
         raise RatingsError(f"the token of {row.rater_id!r} was revoked")
