@@ -267,3 +267,21 @@ def test_sign_in_hashes_once_for_known_and_unknown_lookup_keys(db, monkeypatch):
         except R.RatingsError:
             pass
     assert len(calls) == 3  # one PBKDF2 of the same rounds each, known key or not
+
+
+def test_plain_csv_of_another_tool_imports_with_defaults(db, tmp_path):
+    """image_id, rater_id and the five answers are enough (docs/guide/ratings.md)."""
+    engine, _, _ = db
+    path = tmp_path / "plain.csv"
+    path.write_text(
+        "image_id,rater_id,noisiness,blurriness,artifact_level,fov_suboptimal,corrupted\n"
+        "img-a,ann,2,3,1,false,false\n"
+        "img-b,bob,4,4,,true,false\n"
+    )
+    before = pd.Timestamp(R.now())
+    assert R.import_ratings(engine, R.read_table_file(path), {"img-a", "img-b"}) == 2
+    got = R.read_ratings(engine).sort_values("rater_id").reset_index(drop=True)
+    assert list(got["kind"]) == ["regular", "regular"] and list(got["version"]) == [1, 1]
+    assert list(got["noisiness"]) == [2, 4] and bool(got["fov_suboptimal"][1])
+    assert (got["created_at"] >= before).all()  # the import time
+    assert R.import_ratings(engine, R.read_table_file(path), {"img-a", "img-b"}) == 0

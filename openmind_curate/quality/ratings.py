@@ -505,22 +505,17 @@ def export_ratings(engine: Engine, path: str | os.PathLike[str], *, all_versions
     return len(df)
 
 
-def import_ratings(
-    engine: Engine, df: pd.DataFrame, known_images: set[str], source: str = "the file"
-) -> int:
-    """Validate every row, then store them all in one transaction, or none.
-
-    Rows keep their versions and submission ids, so importing an export
-    again adds nothing; a row whose submission id exists is skipped.
-    """
+def _with_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """A file from another tool needs only image_id, rater_id and the answers:
+    kind is regular, version 1, created_at the import time (also for empty
+    cells), and the submission id is derived from the row's identity."""
     df = df.copy()
     if "kind" not in df.columns:
         df["kind"] = "regular"
     if "version" not in df.columns:
         df["version"] = 1
     if "submission_id" not in df.columns and {"rater_id", "image_id"} <= set(df.columns):
-        # a file from another tool: one id per (rater, image, kind, version), stable
-        # across re-imports of the same file
+        # one id per (rater, image, kind, version), stable across re-imports of the file
         df["submission_id"] = [
             hashlib.sha1(f"import/{r}/{i}/{k}/{v}".encode()).hexdigest()
             for r, i, k, v in zip(
@@ -532,8 +527,24 @@ def import_ratings(
             df[field.name] = None
     if "submission_id" in df.columns:
         df["submission_id"] = df["submission_id"].where(df["submission_id"].notna(), None)
-    if "created_at" in df.columns:
-        df["created_at"] = pd.to_datetime(df["created_at"], utc=True, errors="coerce")
+    stamp = pd.Timestamp(now())
+    if "created_at" not in df.columns:
+        df["created_at"] = stamp
+    empty = df["created_at"].isna()
+    created = pd.to_datetime(df["created_at"], utc=True, errors="coerce").dt.as_unit("us")
+    df["created_at"] = created.mask(empty, stamp)  # an unreadable time stays an error
+    return df
+
+
+def import_ratings(
+    engine: Engine, df: pd.DataFrame, known_images: set[str], source: str = "the file"
+) -> int:
+    """Validate every row, then store them all in one transaction, or none.
+
+    Rows keep their versions and submission ids, so importing an export
+    again adds nothing; a row whose submission id exists is skipped.
+    """
+    df = _with_defaults(df)
     problems = [(r, c, m) for r, c, m in schema.row_problems(df, RATINGS)]
     with engine.connect() as conn:
         known_raters = {r for (r,) in conn.execute(sa.select(raters.c.rater_id))}
