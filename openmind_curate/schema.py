@@ -309,6 +309,12 @@ METRICS = pa.schema(
         _f("constant_slices", _I, min=0),
         _f("mask_source", _S, allowed=("index", "computed"), doc="where the anatomy mask came"),
         _f("seconds", _F, min=0),
+        _f(
+            "source_mtime_ns",
+            _I,
+            doc="the image file's mtime when measured; build-manifest treats a row "
+            "whose file has another mtime now as unchecked",
+        ),
     ]
 )
 

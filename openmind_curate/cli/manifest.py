@@ -126,6 +126,28 @@ def build_manifest(
     collection_name: Annotated[
         str, typer.Option("--collection-name", help="nnssl collection_name.")
     ] = "Dataset001_OpenMind",
+    metrics: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics",
+            help="Metrics table (from `curate metrics`): drop images it flags as broken "
+            "\\[default: <index folder>/../metrics/metrics.parquet, when it exists].",
+        ),
+    ] = None,
+    keep_flagged: Annotated[
+        bool,
+        typer.Option(
+            "--keep-flagged",
+            help="Keep images flagged unreadable, nonfinite, all_zero or constant.",
+        ),
+    ] = False,
+    require_metrics: Annotated[
+        bool,
+        typer.Option(
+            "--require-metrics",
+            help="Drop images without a current metrics row \\[default: kept, counted].",
+        ),
+    ] = False,
 ) -> None:
     """Filter the index into a pre-training manifest with a subject-level train/val split.
 
@@ -133,7 +155,9 @@ def build_manifest(
     JSON sidecar beside it (filters, counts per filter, input checksums,
     version). Images without a score are dropped by --iqs-max unless
     --keep-unrated; 4D series (raw DWI) are dropped unless --keep-4d (DWI
-    enters as its 3D FA/MD/T2w maps).
+    enters as its 3D FA/MD/T2w maps). Images the metrics table flags
+    unreadable, nonfinite, all_zero or constant are dropped unless
+    --keep-flagged.
     """
     from openmind_curate.manifest import build as B
     from openmind_curate.manifest.filters import Filters
@@ -150,6 +174,8 @@ def build_manifest(
         max_spacing=max_spacing,
         require_masks=require_masks,
         keep_4d=keep_4d,
+        keep_flagged=keep_flagged,
+        require_metrics=require_metrics,
     )
     result = B.build(
         index,
@@ -164,6 +190,7 @@ def build_manifest(
         allow_empty=allow_empty,
         collection_name=collection_name,
         command=["curate", *sys.argv[1:]],
+        metrics_file=metrics,
     )
     _summary(result)
 
@@ -184,6 +211,7 @@ def _summary(result) -> None:
             f"IQS: {plural(d['above_threshold'], 'image')} above the threshold; "
             f"{plural(d['unrated'], 'unrated image')} {kept}"
         )
+    _metrics_line(data["metrics_check"])
     rows = [
         [m, v["images"], v["subjects"], v["datasets"], v["val_images"]]
         for m, v in c["per_modality"].items()
@@ -199,6 +227,27 @@ def _summary(result) -> None:
     )
     say(f"sidecar: {result.sidecar}")
     print(result.out)  # plain stdout, last line: a script can capture the path
+
+
+def _metrics_line(check: dict) -> None:
+    """What the metrics check did, in one line (or why it did not run)."""
+    if check["metrics"] is None:
+        console.print(
+            f"[yellow]note[/yellow] no metrics table at {escape(check['looked_for'])}: "
+            "no image checked for corruption (run `curate metrics`, or give --metrics)",
+            soft_wrap=True,
+        )
+        return
+    codes = ", ".join(f"{k} {v}" for k, v in check["by_problem"].items())
+    flagged = plural(check["flagged"], "flagged image") + (f" ({codes})" if codes else "")
+    done = (
+        "kept (--keep-flagged)" if check["flagged"] and not check["flagged_dropped"] else "dropped"
+    )
+    unchecked = "dropped (--require-metrics)" if check["unchecked_dropped"] else "kept"
+    console.print(
+        f"metrics: {flagged} {done}; {plural(check['unchecked'], 'unchecked image')} "
+        f"{unchecked} ({check['no_metrics_row']} without a row, {check['stale']} changed since)"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 from openmind_curate import __version__, preflight, tables
 from openmind_curate import index as store
 from openmind_curate.errors import InputError
+from openmind_curate.manifest import corruption, openmind_csv, split, writers
 from openmind_curate.manifest import filters as F
-from openmind_curate.manifest import openmind_csv, split, writers
 from openmind_curate.paths import rebase_table
 from openmind_curate.schema import IMAGE_INDEX, MANIFEST, validate
 
@@ -101,6 +101,10 @@ def default_name(
         parts.append("hdr-" + ("any" if f.header_status is None else "-".join(f.header_status)))
     if f.keep_4d:
         parts.append("with-4d")
+    if f.keep_flagged:
+        parts.append("with-flagged")
+    if f.require_metrics:
+        parts.append("checked")
     if val_subjects is not None:
         parts.append(f"val-{val_subjects}-subjects")
     elif val_fraction != 0.01:
@@ -265,11 +269,14 @@ def build(
     allow_empty: bool = False,
     collection_name: str = "Dataset001_OpenMind",
     command: list[str] | None = None,
+    metrics_file: Path | None = None,
 ) -> BuildResult:
     """Build and write one manifest (`fmt`: parquet, nnssl or openmind-csv)
     and its JSON sidecar, from an index or the OpenMind CSV at `index_path`;
     raises `InputError` for a user mistake. The validation split takes
-    `val_subjects` subjects when given, else `val_fraction` of them."""
+    `val_subjects` subjects when given, else `val_fraction` of them. The
+    metrics table (`metrics_file`, else `corruption.default_path` when it
+    exists) drops the images `curate metrics` found broken."""
     started = time.perf_counter()
     if fmt not in writers.FORMATS:
         raise InputError(f"--format {fmt!r}: use one of {', '.join(writers.FORMATS)}")
@@ -281,9 +288,11 @@ def build(
     total = source.table.num_rows
     if f.iqs_max is not None:
         _check_scored(source.table, f, source.inputs)
+    metrics = _read_metrics(index_path, metrics_file, f, source.inputs)
     # checked once the inputs are: a refused build makes no folder
     out = preflight.output_file(resolve_out(out, f, fmt, val_fraction, seed, val_subjects))
     keep, steps = F.select(source.table, f)
+    keep, checked = _check_metrics(source, metrics, f, keep, steps, index_path)
     kept = rebase_table(source.rows(keep), source.base)
     if kept.num_rows == 0 and not allow_empty:
         raise EmptyManifestError(_empty_message(steps, total))
@@ -304,6 +313,7 @@ def build(
         "filters": f.to_json(),
         "steps": [s.to_json() for s in steps],
         "unrated_dropped": sum(s.detail.get("unrated_dropped", 0) for s in steps),
+        "metrics_check": checked,
         "split": split_counts.to_json(),
         "counts": {"input_images": total, **counts(manifest)},
         "paths": paths,
@@ -311,6 +321,66 @@ def build(
     }
     side = writers.write_sidecar(out, data)
     return BuildResult(manifest, out, side, steps, split_counts, total, data)
+
+
+def _read_metrics(
+    index_path: Path, given: Path | None, f: F.Filters, inputs: dict[str, Any]
+) -> corruption.MetricsTable | None:
+    """The metrics table to check the images against (None: none found), and
+    its entry in the sidecar's ``inputs``."""
+    path = corruption.find(index_path, given)
+    if path is None:
+        if f.require_metrics:
+            raise corruption.no_table(index_path)
+        inputs["metrics"] = None
+        return None
+    table = corruption.MetricsTable.read(path)
+    inputs["metrics"] = {
+        "path": str(path),
+        "sha256": sha256(path),
+        "rows": table.table.num_rows,
+        "found": "--metrics" if given is not None else "default (beside the index)",
+    }
+    return table
+
+
+def _check_metrics(
+    source: Source,
+    metrics: corruption.MetricsTable | None,
+    f: F.Filters,
+    keep: np.ndarray,
+    steps: list[F.Step],
+    index_path: Path,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The metrics step after the filters (appended to `steps` when there is
+    a table), the rows it keeps, and the sidecar's ``metrics_check``."""
+    if metrics is None:
+        return keep, corruption.not_found(index_path, keep)
+    step, keep = corruption.step(
+        source.table.column("image_id"),
+        keep,
+        metrics,
+        lambda rows: _mtimes(source, rows),
+        require=f.require_metrics,
+        keep_flagged=f.keep_flagged,
+    )
+    steps.append(step)
+    return keep, {"filter": step.name, **step.detail}
+
+
+def _mtimes(source: Source, rows: np.ndarray) -> np.ndarray:
+    """The mtime_ns of the files of `rows` (-1 where one cannot be read)."""
+    mask = np.zeros(source.table.num_rows, bool)
+    mask[rows] = True
+    table = rebase_table(source.rows(mask), source.base)
+    out = np.full(rows.size, -1, np.int64)
+    roots, paths = table.column("root").to_pylist(), table.column("path").to_pylist()
+    for i, (root, path) in enumerate(zip(roots, paths, strict=True)):
+        try:
+            out[i] = os.stat(os.path.join(root, path)).st_mtime_ns
+        except (OSError, TypeError):
+            pass
+    return out
 
 
 def _check_scored(table: pa.Table, f: F.Filters, inputs: dict[str, Any]) -> None:

@@ -6,7 +6,8 @@ Each filter is a boolean mask computed in Arrow: a 113,921-row index filters
 in milliseconds.
 
 Order: header status, 4D images, modality, excluded modalities, datasets,
-excluded datasets, voxel spacing, masks, IQS. 4D images (``n_volumes > 1``,
+excluded datasets, voxel spacing, masks, IQS; then `build` runs the
+metrics check (`manifest.corruption`). 4D images (``n_volumes > 1``,
 e.g. raw DWI series) are dropped by default: they are not pre-training
 images; DWI enters the corpus as its 3D maps (FA, MD, mean-b0 T2w), as in the
 OpenMind paper (appendix B). An image whose ``n_volumes`` is unknown (the
@@ -50,6 +51,9 @@ class Filters:
     max_spacing: float | None = None
     require_masks: bool = False
     keep_4d: bool = False
+    # the metrics step (`manifest.corruption`), which `build` runs after these
+    keep_flagged: bool = False
+    require_metrics: bool = False
 
     def __post_init__(self) -> None:
         check_threshold(self.iqs_max, "--iqs-max")
@@ -171,7 +175,7 @@ class Step:
     rule: str
     before: int
     after: int
-    detail: dict[str, int] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dropped(self) -> int:
