@@ -86,7 +86,7 @@ def test_plan_rate_export_import_agreement(corpus, private_index, tmp_path):
     )
     assert "0 new assignments" in again
 
-    assert simulate(engine, truth) == len(plan)
+    assert simulate(engine, truth, ["ana", "ben", "cho"]) == len(plan)
     out = _ok(["ratings", "agreement", *idx, "--out", str(tmp_path / "agree")])
     assert "Krippendorff" in out and (tmp_path / "agree" / "agreement_axes.csv").is_file()
     assert "Accuracy on gold items" in out
@@ -156,3 +156,21 @@ def test_simulated_scores_follow_the_truth(corpus):
         steps = images[images["ladder"] == ladder].sort_values("ladder_level")
         scores = [latent_scores(row)[axis] for _, row in steps.iterrows()]
         assert len(scores) >= 3 and scores == sorted(scores) and scores[-1] > scores[0], ladder
+
+
+def test_demo_ratings_never_write_under_a_real_raters_name(corpus, private_index, tmp_path):
+    """A user adds a rater and a plan in the demo's folder, then re-runs the demo."""
+    from openmind_curate.cli.ratings import demo_ratings
+
+    _, truth = corpus
+    truth_path = tmp_path / "truth.parquet"
+    truth.to_parquet(truth_path)
+    idx = ["--index", str(private_index)]
+    _ok(["raters", "add", "newbie", *idx])
+    _ok(["ratings", "plan", "--raters", "1", *idx])
+    engine = ratings.connect(ratings.default_db(private_index))
+    assert len(ratings.read_assignments(engine, "newbie")) > 0
+    demo_ratings(private_index, truth_path)
+    done = ratings.read_ratings(engine)
+    assert len(done) > 0 and set(done["rater_id"]) <= {f"simulated-{i}" for i in (1, 2, 3)}
+    assert ratings.read_ratings(engine, rater_id="newbie").empty

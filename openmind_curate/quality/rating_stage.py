@@ -198,8 +198,9 @@ def simulated_ratings(
 ) -> tuple[PlanOutcome, int]:
     """The demo's rating step: `n_raters` simulated raters (``simulated-1``,
     ...) get a plan (2 units per group, 2 raters each, 10% repeats) and fill it
-    from a `curate synth` truth table, with noise and a bias per rater.
-    Returns the plan and the number of ratings saved. Demo only."""
+    from a `curate synth` truth table, with noise and a bias per rater. Only
+    their queues are filled, never a real rater's. Returns the plan and the
+    number of ratings saved. Demo only."""
     import pandas as pd
 
     from openmind_curate.quality import ratings
@@ -214,4 +215,4 @@ def simulated_ratings(
             ratings.add_rater(engine, name)
     config = PlanConfig(per_group=2, raters=2, seed=0, repeat_fraction=0.1)
     outcome = plan(index, config, raters=names)
-    return outcome, simulate(engine, pd.read_parquet(truth))
+    return outcome, simulate(engine, pd.read_parquet(truth), names)

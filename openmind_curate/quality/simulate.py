@@ -10,6 +10,7 @@ per-rating noise. These are NOT human ratings; every one carries
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,12 +58,18 @@ def _num(value, default: float = 0.0) -> float:
 
 
 def simulate(
-    engine: Engine, truth: pd.DataFrame, config: SimulatedRaters = SimulatedRaters()
+    engine: Engine,
+    truth: pd.DataFrame,
+    raters: Collection[str],
+    config: SimulatedRaters = SimulatedRaters(),
 ) -> int:
-    """Rate every assignment not yet rated, as its (simulated) rater would.
+    """Rate every assignment of `raters` not yet rated, as a simulated rater
+    would; other raters' queues are never touched (a real rater added to the
+    demo's store must not find simulated ratings under their name).
     Returns the number of ratings saved."""
     by_id = truth.drop_duplicates("image_id").set_index("image_id")
     items = ratings.read_assignments(engine)
+    items = items[items["rater_id"].isin(list(raters))]
     done = ratings.read_ratings(engine)[["rater_id", "image_id", "kind"]]
     todo = items.merge(done, how="left", indicator=True)
     todo = todo[todo["_merge"] == "left_only"]
