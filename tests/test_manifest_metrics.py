@@ -133,6 +133,9 @@ def test_no_table_checks_nothing_and_says_so(work):
         InputError, match="--require-metrics: no metrics table at .*metrics.parquet"
     ):
         _build(work, require_metrics=True)
+    index, out = work / "index" / "images.parquet", work / "cli.parquet"
+    said = runner.invoke(app, ["build-manifest", "--index", str(index), "-o", str(out)], env=ENV)
+    assert said.exit_code == 0 and "no metrics table at" in said.output, said.output
 
 
 def test_a_bad_metrics_table_names_the_file(work):

@@ -74,11 +74,10 @@ def find(index_path: str | os.PathLike[str], given: str | os.PathLike[str] | Non
 
 
 def _rule(require: bool, keep_flagged: bool) -> str:
-    flagged = (
-        "flagged images kept (--keep-flagged)" if keep_flagged else f"drop {', '.join(CORRUPT)}"
-    )
+    """E.g. ``no unreadable/nonfinite/all_zero/constant; unchecked kept``."""
+    flagged = "flagged kept (--keep-flagged)" if keep_flagged else f"no {'/'.join(CORRUPT)}"
     unchecked = "unchecked dropped (--require-metrics)" if require else "unchecked kept"
-    return f"curate metrics problems: {flagged}; {unchecked}"
+    return f"{flagged}; {unchecked}"
 
 
 def _has_problem(problems: pa.Array, code: str) -> np.ndarray:
