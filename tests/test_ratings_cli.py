@@ -90,6 +90,7 @@ def test_plan_rate_export_import_agreement(corpus, private_index, tmp_path):
     out = _ok(["ratings", "agreement", *idx, "--out", str(tmp_path / "agree")])
     assert "Krippendorff" in out and (tmp_path / "agree" / "agreement_axes.csv").is_file()
     assert "Accuracy on gold items" in out
+    assert "* on fewer than 5 items: read with care" in out  # one gold item per rater
 
     _ok(["ratings", "export", "--out", str(tmp_path / "all.parquet"), *idx, "--all-versions"])
     exported = pd.read_parquet(tmp_path / "all.parquet")

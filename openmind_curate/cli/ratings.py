@@ -187,6 +187,7 @@ def ratings_agreement(
     """Inter-rater agreement per axis (weighted kappa, Krippendorff's alpha, ICC(2,k)),
     per-rater bias, intra-rater agreement on repeats and accuracy on gold items."""
     from openmind_curate.quality import rating_stage
+    from openmind_curate.quality.agreement import MIN_ITEMS, few_items
 
     if out is not None:
         out = preflight.output_dir(out)
@@ -194,11 +195,34 @@ def ratings_agreement(
     for name in rating_stage.AGREEMENT_TABLES:
         table = getattr(report, name)
         if len(table):
-            print_frame(table.round(3), _TITLES[name], 30)
+            print_frame(_marked(table), _TITLES[name], 30)
+            if few_items(table).any():
+                console.print(f"  * on fewer than {MIN_ITEMS} items: read with care")
     for warning in report.warnings:
         console.print(f"[yellow]note[/yellow] {escape(warning)}", soft_wrap=True)
     if out is not None:
         say(f"tables -> {out}")
+
+
+def _marked(table):
+    """The table to print, 3 decimals; a statistic on too few items gets a '*'."""
+    import pandas as pd
+
+    from openmind_curate.quality.agreement import few_items
+
+    shown = table.round(3)
+    few = few_items(table)
+    if not few.any():
+        return shown
+    counts = {"n_items", "n_raters", "icc_k"}
+    for col in [c for c in shown.columns if c not in counts]:
+        if pd.api.types.is_float_dtype(shown[col]):
+            cells = [
+                None if pd.isna(v) else f"{v:.3f}" + ("*" if f else "")
+                for v, f in zip(shown[col], few, strict=True)
+            ]
+            shown[col] = pd.Series(cells, index=shown.index, dtype=object)
+    return shown
 
 
 _TITLES = {

@@ -30,6 +30,9 @@ FLAGS = ("fov_suboptimal", "corrupted")  # binary
 _SCALE = [1, 2, 3, 4, 5]
 _KEYS = ["rater_id", "image_id", "kind"]
 _MIN_ICC_ITEMS = 5
+#: Statistics on fewer items are shown with a caveat: a kappa of -1.0 on two
+#: repeat items says almost nothing about the rater.
+MIN_ITEMS = 5
 _COLUMNS = {
     "axes": [
         "axis",
@@ -227,6 +230,24 @@ def _table(rows: list[dict] | list[pd.DataFrame], name: str) -> pd.DataFrame:
     return df.reindex(columns=_COLUMNS[name]).reset_index(drop=True)
 
 
+def few_items(table: pd.DataFrame, min_items: int = MIN_ITEMS) -> pd.Series:
+    """True for the rows of an agreement table whose statistics rest on fewer
+    than `min_items` items (every table has n_items)."""
+    return pd.to_numeric(table["n_items"], errors="coerce").fillna(0) < min_items
+
+
+def _few_items_notes(tables: dict[str, pd.DataFrame]) -> list[str]:
+    notes = []
+    for name, table in tables.items():
+        few = int(few_items(table).sum()) if len(table) else 0
+        if few:
+            notes.append(
+                f"{name}: {few} of {len(table)} rows rest on fewer than {MIN_ITEMS} "
+                "items; read those statistics with care"
+            )
+    return notes
+
+
 def agreement(ratings: pd.DataFrame, gold: pd.DataFrame | None = None) -> AgreementReport:
     """Agreement tables for the latest ratings: inter-rater (regular items), intra-rater
     (repeat vs regular) and accuracy against ``gold`` (image_id + the five axis columns).
@@ -257,11 +278,11 @@ def agreement(ratings: pd.DataFrame, gold: pd.DataFrame | None = None) -> Agreem
         intra += _intra(by_kind["regular"], by_kind["repeat"], axis)
         if gold is not None and axis in gold:
             golds += _gold(by_kind["gold"], gold, axis)
-    return AgreementReport(
-        axes=_table(axes, "axes"),
-        pairs=_table(pairs, "pairs"),
-        bias=_table(bias, "bias"),
-        intra=_table(intra, "intra"),
-        gold=_table(golds, "gold"),
-        warnings=warn,
-    )
+    tables = {
+        "axes": _table(axes, "axes"),
+        "pairs": _table(pairs, "pairs"),
+        "bias": _table(bias, "bias"),
+        "intra": _table(intra, "intra"),
+        "gold": _table(golds, "gold"),
+    }
+    return AgreementReport(**tables, warnings=warn + _few_items_notes(tables))
