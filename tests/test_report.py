@@ -18,6 +18,7 @@ from openmind_curate import index as store
 from openmind_curate.cli import app
 from openmind_curate.report import builders as report
 from openmind_curate.report import write_report
+from openmind_curate.report.page import MetricsInput
 from openmind_curate.schema import IMAGE_INDEX, rows_to_table
 
 HEADINGS = (
@@ -27,6 +28,7 @@ HEADINGS = (
     "Metadata",
     "Image quality (IQS)",
     "Top 3 datasets by image count",
+    "Automatic quality checks",
 )
 runner = CliRunner()
 ENV = {"COLUMNS": "200"}
@@ -195,6 +197,77 @@ def test_manifest_marks_kept_images(tmp_path):
     assert "kept in the manifest" in text
 
 
+CORRUPT = ("unreadable", "nonfinite", "all_zero", "constant")
+# Metrics rows: img1 nonfinite, img3 all_zero + fov_cut, img5 fov_cut only,
+# img6 no problem, img9 none; "gone" is not in the index.
+METRICS_ROWS = {
+    "img1": ["nonfinite"],
+    "img3": ["all_zero", "fov_cut"],
+    "img5": ["fov_cut"],
+    "img6": [],
+    "gone": ["constant"],
+}
+
+
+def metrics_frame() -> pd.DataFrame:
+    return pd.DataFrame({"image_id": list(METRICS_ROWS), "problems": list(METRICS_ROWS.values())})
+
+
+def test_flagged_images_and_problem_table_known_answer():
+    index = make_index()
+    kept = index["image_id"].isin(["img1", "img5", "img7"])
+    flagged = report.flagged_images(index, metrics_frame(), kept, CORRUPT)
+    # broken first, by dataset and path (img3's sub-1/... before img1's sub-2/...),
+    # then img5; img6 (no problem) and "gone" (not in the index) left out
+    assert flagged["image_id"].tolist() == ["img3", "img1", "img5"]
+    assert flagged["corrupt"].tolist() == [True, True, False]
+    assert flagged["in_manifest"].tolist() == [False, True, True]
+    assert flagged["problems"].tolist() == [["all_zero", "fov_cut"], ["nonfinite"], ["fov_cut"]]
+    table = report.problem_table(flagged, CORRUPT)
+    assert table.to_dict("list") == {
+        "problem": ["nonfinite", "all_zero", "fov_cut"],  # broken codes first, in CORRUPT order
+        "dropped": ["yes", "yes", "no"],
+        "images": [1, 1, 2],
+        "in_manifest": [1, 0, 1],
+    }
+    plain = report.problem_table(report.flagged_images(index, metrics_frame()))
+    assert "in_manifest" not in plain and plain["images"].sum() == 4
+    none = report.flagged_images(index, metrics_frame().iloc[[3]], kept, CORRUPT)
+    assert none.empty and report.problem_table(none, CORRUPT).empty
+
+
+def test_checks_section_counts_and_no_table(tmp_path):
+    index = make_index()
+    manifest = index.loc[[1, 5, 7]]
+    metrics = MetricsInput(metrics_frame(), "/m/metrics.parquet", CORRUPT)
+    text = write_report(index, tmp_path / "a", manifest=manifest, metrics=metrics).read_text()
+    assert "Automatic quality checks" in text
+    assert "4 of 10 images measured, 3 images with a problem, 2 of them broken" in text
+    assert "Broken images in the manifest: 1." in text
+    row = "<tr><td>{}</td><td>{}</td>" + '<td class="num">{}</td><td class="num">{}</td></tr>'
+    assert row.format("nonfinite", "yes", 1, 1) in text
+    assert row.format("all_zero", "yes", 1, 0) in text
+    assert row.format("fov_cut", "no", 2, 1) in text
+    path1 = html.escape(index.loc[1, "path"])
+    assert f"<tr><td>ds-a</td><td>{path1}</td><td>nonfinite</td><td>yes</td></tr>" in text
+    path3 = html.escape(index.loc[3, "path"])
+    assert f"<td>{path3}</td><td>all_zero, fov_cut</td><td>no</td></tr>" in text
+    missing = MetricsInput(None, "/w/metrics/metrics.parquet", CORRUPT)
+    text = write_report(index, tmp_path / "b", metrics=missing).read_text()
+    assert "No metrics table was found (looked for /w/metrics/metrics.parquet)" in text
+    assert "`curate metrics`" in text and "Flagged images per problem code" not in text
+
+
+def test_flagged_list_is_capped(tmp_path, monkeypatch):
+    from openmind_curate.report import page
+
+    monkeypatch.setattr(page, "FLAGGED_SHOWN", 2)
+    metrics = MetricsInput(metrics_frame(), "m.parquet", CORRUPT)
+    text = write_report(make_index(), tmp_path, metrics=metrics).read_text()
+    assert "2 shown)" in text and "... and 1 more flagged images." in text
+    assert "<td>fov_cut</td></tr>" not in text  # img5, the third, is not listed
+
+
 def _index_file(tmp_path: Path) -> Path:
     path = tmp_path / "index" / "images.parquet"
     with store.locked(path):
@@ -229,6 +302,28 @@ def test_cli_writes_the_page(tmp_path):
     assert '>unrated (no IQS)</td><td class="num">8</td>' in text
 
 
+def test_cli_finds_the_metrics_beside_the_index(tmp_path):
+    index = _index_file(tmp_path)
+    metrics = tmp_path / "metrics" / "metrics.parquet"
+    metrics.parent.mkdir()
+    metrics_frame().to_parquet(metrics)
+    args = ["report", "--index", str(index), "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, args, env=ENV)
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "out" / "index.html").read_text()
+    assert "3 images with a problem, 2 of them broken" in text and str(metrics) in text
+    other = tmp_path / "other.parquet"
+    metrics_frame().iloc[[0]].to_parquet(other)  # img1: nonfinite only
+    result = runner.invoke(app, [*args, "--metrics", str(other)], env=ENV)
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "out" / "index.html").read_text()
+    assert "1 image with a problem, 1 of them broken" in text
+    metrics.unlink()
+    assert runner.invoke(app, args, env=ENV).exit_code == 0
+    text = (tmp_path / "out" / "index.html").read_text()
+    assert f"No metrics table was found (looked for {metrics})" in text
+
+
 @pytest.mark.parametrize(
     ("option", "content", "message"),
     [
@@ -239,6 +334,7 @@ def test_cli_writes_the_page(tmp_path):
         ("--iqs", b"image_id,iqs\nimg0,7\n", "column 'iqs', row 0: value 7.0 is above 5"),
         ("--iqs", b"image_id,iqs\nimg0,good\n", "cannot read it as CSV"),
         ("--manifest", b"\x00garbage", "cannot read it as parquet"),
+        ("--metrics", None, "file not found (make it with `curate metrics`"),
     ],
 )
 def test_cli_bad_input_names_the_file(tmp_path, option, content, message):
@@ -254,7 +350,8 @@ def test_cli_bad_input_names_the_file(tmp_path, option, content, message):
     result = runner.invoke(app, args, env=ENV)
     assert result.exit_code == 2, result.output
     if option != "--index":  # a user's table: one shape, <what> <file>: <problem>
-        assert f"{'IQS table' if option == '--iqs' else 'manifest'} {bad}: " in result.output
+        what = {"--iqs": "IQS table", "--manifest": "manifest"}.get(option, option)
+        assert f"{what} {bad}: " in result.output
     assert message in result.output and str(bad) in result.output
     assert "Traceback" not in result.output
 

@@ -29,6 +29,14 @@ def report(
             help="A manifest (parquet or CSV with image_id): marks the images it kept.",
         ),
     ] = None,
+    metrics: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics",
+            help="Metrics table of `curate metrics` (default: metrics/metrics.parquet beside "
+            "the index folder, as build-manifest uses, when it exists): the flagged images.",
+        ),
+    ] = None,
     out: Annotated[
         Path,
         typer.Option(
@@ -37,10 +45,11 @@ def report(
     ] = Path("report"),
 ) -> None:
     """Write a static HTML overview of the index: images per modality, the
-    cumulative images over datasets, metadata, the IQS and the top datasets."""
+    cumulative images over datasets, metadata, the IQS, the top datasets and
+    the images the automatic checks flagged."""
     from openmind_curate.report.run import run
 
-    done = run(index, out, iqs=iqs, manifest=manifest)
+    done = run(index, out, iqs=iqs, manifest=manifest, metrics=metrics)
     console.print(
         f"report of {plural(done.images, 'image')} from {plural(done.datasets, 'dataset')} written:"
     )

@@ -14,7 +14,10 @@ the images it kept), the way the OpenMind paper describes its corpus:
 - the IQS distribution and the images kept at each IQS threshold (Table 6),
   counted with the rule `curate iqs` and `build-manifest` use
   (`openmind_curate.quality.threshold.kept_at`);
-- the top datasets by image count (Table 9).
+- the top datasets by image count (Table 9);
+- the automatic quality checks: the images `curate metrics` flagged, per
+  problem code, and whether each is in the manifest (the codes
+  `manifest.corruption.CORRUPT` that `build-manifest` drops come first).
 
 Four modules: `builders` (the tables: pure, vectorized functions of the
 index DataFrame, so a 113,921-row index takes seconds), `figures` (drawn with

@@ -225,3 +225,55 @@ def top_datasets(
     for col in ("images", "subjects", *(["kept"] if kept is not None else [])):
         table[col] = table[col].astype("int64")
     return table
+
+
+def flagged_images(
+    index: pd.DataFrame,
+    metrics: pd.DataFrame,
+    kept: pd.Series | None = None,
+    corrupt: Sequence[str] = (),
+) -> pd.DataFrame:
+    """The index's images whose metrics row lists a problem: image_id,
+    dataset, path, problems (list), corrupt (any code of `corrupt`, what
+    `build-manifest` drops) and, with `kept`, in_manifest. Broken first,
+    then by dataset and path. Rows of images not in the index are left out."""
+    rows = metrics.drop_duplicates("image_id", keep="last")
+    codes = rows.set_index("image_id")["problems"].map(
+        lambda p: [] if p is None else [str(c) for c in p]
+    )
+    problems = index["image_id"].map(codes)
+    has = problems.map(lambda p: isinstance(p, list) and len(p) > 0).astype(bool)
+    table = pd.DataFrame(
+        {
+            "image_id": index["image_id"].astype(str),
+            "dataset": index["dataset_id"].astype(str),
+            "path": index["path"].astype(str),
+            "problems": problems,
+        }
+    )
+    table["corrupt"] = problems.map(lambda p: isinstance(p, list) and bool(set(p) & set(corrupt)))
+    if kept is not None:
+        table["in_manifest"] = kept.to_numpy(bool)
+    table = table.loc[has.to_numpy(bool)]
+    table = table.sort_values(
+        ["corrupt", "dataset", "path"], ascending=[False, True, True], kind="stable"
+    )
+    return table.reset_index(drop=True)
+
+
+def problem_table(flagged: pd.DataFrame, corrupt: Sequence[str] = ()) -> pd.DataFrame:
+    """Per problem code, the flagged images (`flagged_images`): problem,
+    dropped ("yes" for a code of `corrupt`), images and, when `flagged` has
+    in_manifest, in_manifest. Codes of `corrupt` first in their order, then
+    the others by name; an image with two codes counts under each."""
+    per = flagged.explode("problems").rename(columns={"problems": "problem"})
+    found = sorted(set(per["problem"].dropna().astype(str)))
+    order = [c for c in corrupt if c in found] + [c for c in found if c not in corrupt]
+    groups = per.groupby("problem")
+    table = pd.DataFrame({"problem": order})
+    table["dropped"] = ["yes" if c in corrupt else "no" for c in order]
+    table["images"] = table["problem"].map(groups.size()).fillna(0).astype("int64")
+    if "in_manifest" in flagged.columns:
+        inside = per.loc[per["in_manifest"].astype(bool)].groupby("problem").size()
+        table["in_manifest"] = table["problem"].map(inside).fillna(0).astype("int64")
+    return table

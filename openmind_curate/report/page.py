@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,12 @@ from openmind_curate.report.builders import (
     availability_table,
     cumulative_curve,
     cumulative_marks,
+    flagged_images,
     iqs_threshold_table,
     iqs_values,
     kept_mask,
     modality_table,
+    problem_table,
     subject_keys,
     top_datasets,
 )
@@ -142,7 +145,7 @@ def _summary(index: pd.DataFrame, kept, manifest, sources) -> list[str]:
     parts.append(
         '<nav><a href="#modalities">Modalities</a><a href="#datasets">Datasets</a>'
         '<a href="#metadata">Metadata</a><a href="#iqs">Image quality</a>'
-        '<a href="#top">Top datasets</a></nav>'
+        '<a href="#top">Top datasets</a><a href="#checks">Automatic checks</a></nav>'
     )
     return parts
 
@@ -267,6 +270,82 @@ def _top_section(index: pd.DataFrame, kept) -> Sections:
     return parts, {}
 
 
+#: Rows of the flagged-images list; the rest are counted.
+FLAGGED_SHOWN = 50
+
+
+@dataclass(frozen=True)
+class MetricsInput:
+    """The automatic metrics for the report: the table (image_id, problems)
+    or None, where it was (or was looked for), and the problem codes that
+    `build-manifest` drops."""
+
+    table: pd.DataFrame | None
+    path: str
+    corrupt: tuple[str, ...] = ()
+
+
+def _no_metrics(path: str) -> list[str]:
+    return [
+        _p(
+            f"No metrics table was found (looked for {path}). Make one with "
+            "`curate metrics` (it writes metrics/metrics.parquet beside the index "
+            "folder), or pass --metrics FILE."
+        )
+    ]
+
+
+def _flagged_list(flagged: pd.DataFrame) -> list[str]:
+    """The first `FLAGGED_SHOWN` flagged images, and how many are not shown."""
+    shown = flagged.head(FLAGGED_SHOWN)
+    table = pd.DataFrame(
+        {
+            "dataset": shown["dataset"],
+            "path": shown["path"],
+            "problems": shown["problems"].map(", ".join),
+        }
+    )
+    if "in_manifest" in shown.columns:
+        table["in manifest"] = shown["in_manifest"].map({True: "yes", False: "no"})
+    caption = f"Flagged images (broken first; {min(len(flagged), FLAGGED_SHOWN):,} shown)"
+    parts = [html_table(table, caption)]
+    if len(flagged) > FLAGGED_SHOWN:
+        parts.append(_p(f"... and {len(flagged) - FLAGGED_SHOWN:,} more flagged images."))
+    return parts
+
+
+def _checks_section(index: pd.DataFrame, kept, metrics: MetricsInput | None) -> Sections:
+    """The problem codes of `curate metrics`: images per code, and which are
+    in the manifest."""
+    parts = ['<h2 id="checks">Automatic quality checks</h2>']
+    if metrics is None or metrics.table is None:
+        return parts + _no_metrics(metrics.path if metrics else "none given"), {}
+    flagged = flagged_images(index, metrics.table, kept, metrics.corrupt)
+    codes = problem_table(flagged, metrics.corrupt)
+    measured = int(index["image_id"].isin(metrics.table["image_id"]).sum())
+    broken = int(flagged["corrupt"].sum())
+    text = (
+        f"From the metrics table of `curate metrics`: {measured:,} of {len(index):,} "
+        f"images measured, {_plural(len(flagged), 'image')} with a problem, {broken:,} "
+        f"of them broken ({', '.join(metrics.corrupt)}: `curate build-manifest` drops "
+        "these by default)."
+    )
+    if "in_manifest" in flagged.columns:
+        inside = int((flagged["corrupt"] & flagged["in_manifest"]).sum())
+        text += f" Broken images in the manifest: {inside:,}."
+    parts.append(_p(text))
+    if flagged.empty:
+        return parts, {}
+    headers = {
+        "problem": "problem code",
+        "dropped": "dropped by build-manifest",
+        "images": "flagged images",
+        "in_manifest": "of them in the manifest",
+    }
+    parts.append(html_table(codes, "Flagged images per problem code", headers))
+    return parts + _flagged_list(flagged), {}
+
+
 def write_report(
     index: pd.DataFrame,
     out_dir: str | Path,
@@ -274,13 +353,15 @@ def write_report(
     iqs: pd.DataFrame | None = None,
     manifest: pd.DataFrame | None = None,
     sources: Mapping[str, str] | None = None,
+    metrics: MetricsInput | None = None,
 ) -> Path:
     """Write ``index.html`` and its PNG figures into `out_dir`; return the page's path.
 
     `index` is an image index as `index.read_frame` returns it; `iqs`, an IQS
     table whose ``iqs`` replaces the index's (by image_id; an image it lacks
     is unrated); `manifest`, a manifest whose image_ids mark the images it
-    kept; `sources`, the inputs to name at the top (label -> path).
+    kept; `sources`, the inputs to name at the top (label -> path);
+    `metrics`, the automatic checks (without it the section says none was found).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +374,7 @@ def write_report(
         _metadata_section(index),
         _iqs_section(index, iqs),
         _top_section(index, kept),
+        _checks_section(index, kept, metrics),
     ):
         parts += section_parts
         figures.update(section_figures)
