@@ -20,7 +20,18 @@ from openmind_curate.cli import app
 from openmind_curate.quality import ratings
 
 runner = CliRunner()
-STAGES = ["bids", "dwi", "masks", "quality", "manifest", "report", "jobs", "train", "synth"]
+STAGES = [
+    "bids",
+    "dwi",
+    "masks",
+    "quality",
+    "manifest",
+    "report",
+    "jobs",
+    "train",
+    "finetune",
+    "synth",
+]
 
 
 #: Phrases of a placeholder docstring, not a description of what is there.

@@ -16,8 +16,8 @@ the images it kept), the way the OpenMind paper describes its corpus:
   (`openmind_curate.quality.threshold.kept_at`);
 - the top datasets by image count (Table 9);
 - the automatic quality checks: the images `curate metrics` flagged, per
-  problem code, and whether each is in the manifest (the codes
-  `manifest.corruption.CORRUPT` that `build-manifest` drops come first).
+  problem code, and whether each is in the manifest (the codes that
+  `build-manifest` drops, manifest.corruption.CORRUPT, come first).
 
 Four modules: `builders` (the tables: pure, vectorized functions of the
 index DataFrame, so a 113,921-row index takes seconds), `figures` (drawn with
