@@ -162,3 +162,81 @@ def test_plan_and_iqs_share_one_dwi_unit_rule(index):
     assert rows.loc["dwi-4", "is_dwi_unit"] and not rows.loc["dwi-3", "is_dwi_unit"]
     unit, is_dwi = P.unit_of(index)  # the rule itself, the one both go through
     assert list(unit[is_dwi].unique()) == ["dwi-1", "dwi-2", "dwi-4"]
+
+
+def _many_units(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        dict(
+            image_id=[f"u{i:03d}" for i in range(n)],
+            dataset_id="dsA",
+            group_name="T1w",
+            secondary=False,
+        )
+    )
+
+
+def _repeat_gaps(queue: pd.DataFrame) -> list[tuple[int, int]]:
+    """(original position, repeat position) for each repeat of one rater's queue."""
+    first = queue[queue["kind"] == "regular"].set_index("image_id")["position"]
+    repeats = queue[queue["kind"] == "repeat"]
+    return [(int(first[r.image_id]), int(r.position)) for r in repeats.itertuples()]
+
+
+@pytest.mark.parametrize("with_gold", [False, True])
+def test_repeats_come_at_least_ten_items_after_their_original_in_a_long_queue(with_gold):
+    gold = _many_units(3).assign(image_id=["g1", "g2", "g3"]) if with_gold else None
+    cfg = P.PlanConfig(raters=2, seed=7, repeat_fraction=0.3)
+    plan = P.assign(_many_units(60), ["r1", "r2", "r3"], cfg, gold)
+    assert P.MIN_REPEAT_GAP == 10
+    for _, queue in plan.groupby("rater_id"):  # 40 regular items each
+        assert queue["position"].tolist() == list(range(len(queue)))
+        gaps = _repeat_gaps(queue)
+        assert len(gaps) == 12  # 0.3 of 40
+        assert all(rep - orig >= 10 for orig, rep in gaps), gaps
+        assert len(set(queue.loc[queue["kind"] == "repeat", "image_id"])) == 12
+        assert (queue["kind"] == "gold").sum() == (3 if with_gold else 0)
+    again = P.assign(_many_units(60), ["r1", "r2", "r3"], cfg, gold)
+    assert again.equals(plan)  # reproducible from the seed
+    other = P.assign(_many_units(60), ["r1", "r2", "r3"], P.PlanConfig(2, 2, 8, 0.3), gold)
+    assert not other.equals(plan)
+
+
+def test_gold_items_never_bring_a_repeat_closer_than_ten():
+    # many gold items in a queue just long enough: every repeat still has its gap
+    gold = _many_units(8).assign(image_id=[f"g{i}" for i in range(8)])
+    for seed in range(20):
+        cfg = P.PlanConfig(raters=1, seed=seed, repeat_fraction=0.5)
+        plan = P.assign(_many_units(12), ["r1"], cfg, gold)
+        gaps = _repeat_gaps(plan)
+        assert len(gaps) == 6
+        kinds = plan["kind"].tolist()
+        for orig, rep in gaps:  # a gap of 10, or at the tail: only repeats after it
+            assert rep - orig >= 10 or set(kinds[rep:]) == {"repeat"}, (seed, gaps)
+        assert sum(rep - orig >= 10 for orig, rep in gaps) >= 1
+
+
+def test_in_a_short_queue_repeats_go_after_every_other_item():
+    cfg = P.PlanConfig(raters=1, seed=3, repeat_fraction=0.5)
+    plan = P.assign(_many_units(6), ["r1"], cfg)  # 6 items: no room for a gap of 10
+    assert plan["kind"].tolist() == ["regular"] * 6 + ["repeat"] * 3
+    for orig, rep in _repeat_gaps(plan):
+        assert rep > orig and rep >= 6
+    gold = _many_units(2).assign(image_id=["g1", "g2"])
+    with_gold = P.assign(_many_units(6), ["r1"], cfg, gold)
+    kinds = with_gold["kind"].tolist()
+    assert kinds[-3:] == ["repeat"] * 3 and "repeat" not in kinds[:-3]
+    assert sorted(kinds[:-3]) == ["gold"] * 2 + ["regular"] * 6
+
+
+def test_a_queue_with_room_for_some_repeats_puts_only_the_rest_at_the_tail():
+    cfg = P.PlanConfig(raters=1, seed=0, repeat_fraction=1.0)
+    plan = P.assign(_many_units(14), ["r1"], cfg)  # 4 originals have room, 10 do not
+    gaps = _repeat_gaps(plan)
+    assert len(gaps) == 14
+    roomy = [(o, r) for o, r in gaps if r - o >= 10]
+    assert len(roomy) >= 4
+    kinds = plan["kind"].tolist()
+    last_regular = max(i for i, k in enumerate(kinds) if k == "regular")
+    cramped = [(o, r) for o, r in gaps if r - o < 10]
+    assert all(r > last_regular for _, r in cramped)
+    assert all(k == "repeat" for k in kinds[last_regular + 1 :])

@@ -31,8 +31,24 @@ MAP_ORDER = ("FA", "MD", "T2w")
 _SECONDARY_FLAGS = ("phase", "imag", "real", "inversion")
 
 
+#: A hidden repeat comes at least this many queue positions after its original,
+#: so that the rater does not recognise it.
+MIN_REPEAT_GAP = 10
+
+
 @dataclass(frozen=True)
 class PlanConfig:
+    """How many units per group, raters per unit, the seed of every random
+    choice, and the hidden repeats.
+
+    Hidden repeats: `repeat_fraction` of each rater's regular items come back
+    once more, as `kind="repeat"`, at least MIN_REPEAT_GAP positions after
+    their original in that rater's queue (gold items included in the count).
+    Originals with that much room after them are drawn first; when the queue
+    is too short, a repeat goes at the end of the queue, after every other
+    item. The same seed gives the same queues.
+    """
+
     per_group: int = 2  # units per dataset x modality group
     raters: int = 2  # raters per unit
     seed: int = 0
@@ -155,8 +171,9 @@ def assign(
     picked: pd.DataFrame, raters: list[str], config: PlanConfig, gold: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Give each unit to `config.raters` raters, balancing their loads, then
-    order each rater's queue randomly, add hidden repeats (placed after the
-    original) and gold items (for every rater). Columns: rater_id, image_id,
+    order each rater's queue randomly, add gold items (for every rater) and
+    hidden repeats (MIN_REPEAT_GAP after the original, or at the end of a
+    short queue: see `PlanConfig`). Columns: rater_id, image_id,
     kind, position, dataset_id, group_name."""
     if config.raters > len(raters):
         raise InputError(
@@ -204,16 +221,43 @@ def _with_extras(
     gold: pd.DataFrame | None,
     rng: np.random.Generator,
 ) -> pd.DataFrame:
-    items = mine.to_dict("records")
-    n_repeat = int(round(config.repeat_fraction * len(items)))
-    for original in rng.permutation(len(items))[:n_repeat]:
-        src = mine.iloc[int(original)]
-        after = items.index(next(i for i in items if i["image_id"] == src["image_id"]))
-        at = int(rng.integers(after + 1, len(items) + 1))
-        items.insert(at, {**src.to_dict(), "kind": "repeat"})
+    """`mine` (regular items, in queue order) with gold items at random places,
+    then hidden repeats placed by `_repeat_slots` (gold first, so that no later
+    insertion can bring a repeat closer to its original)."""
+    body = mine.to_dict("records")
     if gold is not None:
         for g in gold.itertuples():
-            items.insert(int(rng.integers(0, len(items) + 1)), _item(rater, g, "gold"))
-    out = pd.DataFrame(items)
+            body.insert(int(rng.integers(0, len(body) + 1)), _item(rater, g, "gold"))
+    regular = [i for i, item in enumerate(body) if item["kind"] == "regular"]
+    n_repeat = int(round(config.repeat_fraction * len(regular)))
+    slots = _repeat_slots(regular, len(body), n_repeat, rng)
+    before: dict[int, list[dict[str, Any]]] = {}
+    for original, slot in slots:
+        before.setdefault(slot, []).append({**body[original], "kind": "repeat"})
+    items = []
+    for at in range(len(body) + 2):
+        items += before.get(at, [])
+        items += body[at : at + 1]
+    out = pd.DataFrame(items, columns=_ITEM_COLUMNS)
     out["position"] = np.arange(len(out))
     return out
+
+
+def _repeat_slots(
+    regular: list[int], n_body: int, n_repeat: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """(original, slot) for each hidden repeat: the repeat goes just before
+    body item `slot` (`n_body`: after every body item). Originals with room
+    for a slot at least MIN_REPEAT_GAP after them are drawn first; a repeat
+    whose original has no such room goes to the tail (`n_body + 1`, after
+    every other item, tail repeats in random order)."""
+    roomy = [i for i in regular if i + MIN_REPEAT_GAP <= n_body]
+    cramped = [i for i in regular if i + MIN_REPEAT_GAP > n_body]
+    originals = list(rng.permutation(roomy)) + list(rng.permutation(cramped))
+    slots = []
+    for original in (int(i) for i in originals[:n_repeat]):
+        if original + MIN_REPEAT_GAP <= n_body:
+            slots.append((original, int(rng.integers(original + MIN_REPEAT_GAP, n_body + 1))))
+        else:
+            slots.append((original, n_body + 1))
+    return slots
