@@ -4,7 +4,8 @@ Automatic: `metrics` (no-reference metrics and corruption checks of one
 image) and `run` (`curate metrics` over an index). Human ratings: `plan`
 (who rates which unit, in which order), `ratings` (the SQL store),
 `rating_flow` and `viewer` (the rater app's logic and its three views),
-`agreement` (inter-rater statistics), `simulate` (simulated raters for the
+`agreement` (inter-rater statistics), `display` (the progress and agreement
+tables with readable names and units), `simulate` (simulated raters for the
 demo) and `rating_stage` (the Python API behind `curate raters`, `curate
 ratings` and `curate rate`). The score: `iqs` (the paper's rules),
 `iqs_model` (a per-image score predicted from the metrics), `threshold` (the
