@@ -187,51 +187,95 @@ def ratings_agreement(
     """Inter-rater agreement per axis (weighted kappa, Krippendorff's alpha, ICC(2,k)),
     per-rater bias, intra-rater agreement on repeats and accuracy on gold items."""
     from openmind_curate.quality import rating_stage
-    from openmind_curate.quality.agreement import MIN_ITEMS, few_items
 
     if out is not None:
         out = preflight.output_dir(out)
     report = rating_stage.agreement(index, db=db, out=out)
-    for name in rating_stage.AGREEMENT_TABLES:
-        table = getattr(report, name)
-        if len(table):
-            print_frame(_marked(table), _TITLES[name], 30)
-            if few_items(table).any():
-                console.print(f"  * on fewer than {MIN_ITEMS} items: read with care")
-    for warning in report.warnings:
-        console.print(f"[yellow]note[/yellow] {escape(warning)}", soft_wrap=True)
+    _print_agreement(report)
     if out is not None:
         say(f"tables -> {out}")
 
 
-def _marked(table):
-    """The table to print, 3 decimals; a statistic on too few items gets a '*'."""
-    import pandas as pd
+#: Printed under the agreement tables: where the numbers are explained.
+INTERPRET_POINTER = (
+    "How to read kappa, alpha, ICC and the '*': the docs, Rating > Agreement >\n"
+    "How to interpret (docs/guide/ratings.md in the repository)."
+)
+#: Widest table printed, whatever the terminal; a cell longer than this many
+#: characters (a long rater name) is shortened with "…" (the CSV files keep it).
+_WIDTH, _CELL = 80, 16
 
+
+def _print_agreement(report) -> None:
+    """The report's tables with readable names (`quality.display`), each cut into
+    column groups that fit 80 columns, the '*' note, the warnings, the pointer."""
+    from rich.text import Text
+
+    from openmind_curate.quality import display
     from openmind_curate.quality.agreement import few_items
 
-    shown = table.round(3)
-    few = few_items(table)
-    if not few.any():
-        return shown
-    counts = {"n_items", "n_raters", "icc_k"}
-    for col in [c for c in shown.columns if c not in counts]:
-        if pd.api.types.is_float_dtype(shown[col]):
-            cells = [
-                None if pd.isna(v) else f"{v:.3f}" + ("*" if f else "")
-                for v, f in zip(shown[col], few, strict=True)
-            ]
-            shown[col] = pd.Series(cells, index=shown.index, dtype=object)
-    return shown
+    width = min(console.width, _WIDTH)
+    tables = display.agreement_tables(report)
+    for name, title in display.AGREEMENT_TITLES.items():
+        if title not in tables:
+            continue
+        table = tables[title]
+        console.print(Text(title, style="bold"), width=width)
+        for columns in _column_groups(table.head(30), width):
+            console.print(_rich_table(table.head(30)[columns]), width=width)
+        if len(table) > 30:
+            console.print(f"  ... and {len(table) - 30} more", width=width)
+        if few_items(getattr(report, name)).any():
+            console.print("  " + escape(display.few_items_note()), width=width)
+    for warning in report.warnings:
+        console.print(f"[yellow]note[/yellow] {escape(warning)}", width=width)
+    console.print(escape(INTERPRET_POINTER), width=width)
 
 
-_TITLES = {
-    "axes": "Agreement per axis (Krippendorff's alpha, ICC(2,k) with 95% CI)",
-    "pairs": "Weighted Cohen's kappa per rater pair",
-    "bias": "Per-rater bias (score minus the other raters' mean)",
-    "intra": "Intra-rater agreement on repeat items",
-    "gold": "Accuracy on gold items",
-}
+def _column_groups(table, width: int) -> list[list[str]]:
+    """The table's columns in groups whose printed table fits `width`; every
+    group starts with the row's key columns (rater, axis)."""
+    from openmind_curate.quality.display import KEY_COLUMNS
+
+    keys = [c for c in table.columns if c in KEY_COLUMNS]
+    groups, current = [], list(keys)
+    for col in [c for c in table.columns if c not in keys]:
+        if len(current) > len(keys) and _printed_width(table[[*current, col]]) > width:
+            groups.append(current)
+            current = [*keys, col]
+        else:
+            current.append(col)
+    return [*groups, current]
+
+
+def _printed_width(table) -> int:
+    import io
+
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    wide = Console(width=10_000, file=io.StringIO(), color_system=None)
+    wide.print(_rich_table(table))
+    return max(cell_len(line) for line in wide.file.getvalue().splitlines())
+
+
+def _rich_table(df):
+    """Keys left-aligned, numbers right; headers never broken inside a word."""
+    from rich.table import Table
+
+    from openmind_curate.quality.display import KEY_COLUMNS
+
+    table = Table()
+    for col in df.columns:
+        key = col in KEY_COLUMNS
+        table.add_column(escape(str(col)), justify="left" if key else "right", no_wrap=True)
+    for row in df.itertuples(index=False):
+        table.add_row(*[escape(_short(str(v))) for v in row])
+    return table
+
+
+def _short(cell: str) -> str:
+    return cell if len(cell) <= _CELL else cell[: _CELL - 1] + "…"
 
 
 def app_file() -> Path:
