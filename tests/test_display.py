@@ -136,7 +136,7 @@ def test_agreement_tables_titles_names_rounding_and_marks():
     assert intra.iloc[0].tolist() == ["a", "Artifact level", 2, "-1.00*", "0.50*"]
     assert intra.iloc[1].tolist() == ["b", "Artifact level", 7, "0.46", "0.86"]  # 7 items: plain
     assert intra["Repeats (n)"].dtype.kind == "i"  # counts stay numbers, never marked
-    assert D.few_items_note() == "* computed on fewer than 5 items: read with care"
+    assert D.few_items_note() == "* on fewer than 5 items: read with care"
 
 
 def test_agreement_tables_of_a_real_report_have_no_raw_names():

@@ -150,7 +150,7 @@ def few_items_note() -> str:
     """The line shown under a table with marked statistics."""
     from openmind_curate.quality.agreement import MIN_ITEMS
 
-    return f"{FEW_ITEMS_MARK} computed on fewer than {MIN_ITEMS} items: read with care"
+    return f"{FEW_ITEMS_MARK} on fewer than {MIN_ITEMS} items: read with care"
 
 
 def _readable(table: pd.DataFrame, names: Mapping[str, str], few: pd.Series) -> pd.DataFrame:
