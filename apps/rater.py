@@ -6,39 +6,63 @@ Started by ``curate rate --index INDEX --db DB``, which runs
 
 - ``OPENMIND_RATER_INDEX``: the image index (parquet);
 - ``OPENMIND_RATER_DB``: the ratings database (a SQLite path or a URL);
-- ``OPENMIND_RATER_SHOW_DATASETS``: ``1`` shows dataset names (hidden by default).
+- ``OPENMIND_RATER_SHOW_DATASETS``: ``1`` shows dataset names (hidden by default);
+- ``OPENMIND_RATER_SESSION_KEY``: optional, hex; the key sessions are signed
+  with (a random one per server process otherwise: a restarted app asks raters
+  to sign in again).
 
-UI only: where the rater is, what a save stores and what is shown live in
-``openmind_curate.quality.rating_flow`` and ``openmind_curate.quality.viewer``.
-Nothing the browser sends names a file: the item comes from the rater's queue
-in the database and its files from the index.
+UI only. The viewer and the form are one component drawn in the browser
+(``rater_panel.js``): slicing, windowing and zoom never reach the server, and
+the only round trips are Save, Skip and Back. Where the rater is, what a save
+stores and what is shown live in ``openmind_curate.quality.rating_flow`` and
+``openmind_curate.quality.viewer``; sessions and sign-in throttling in
+``openmind_curate.quality.rater_session``. Nothing the browser sends names a
+file: the item comes from the rater's queue in the database and its files
+from the index, and images travel inside the signed-in session only.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from openmind_curate.index import read_frame
+from openmind_curate.quality import rater_session, viewer
 from openmind_curate.quality import rating_flow as flow
 from openmind_curate.quality import ratings as store
-from openmind_curate.quality import viewer
 from openmind_curate.quality.plan import DWI_GROUP
-from openmind_curate.quality.ratings import AXES, FLAGS, RatingsError
+from openmind_curate.quality.ratings import FLAGS, RatingsError
 
 INDEX = os.environ.get("OPENMIND_RATER_INDEX", "")
 DB = os.environ.get("OPENMIND_RATER_DB", "")
 SHOW_DATASETS = os.environ.get("OPENMIND_RATER_SHOW_DATASETS", "") == "1"
 CACHE_UNITS = 6
-VIEW_NAMES = ("Sagittal (nose left)", "Coronal (L | R)", "Axial (L | R, anterior up)")
+RETRY_SECONDS = 3
+PANEL = "panel"
+UNREACHABLE = (
+    "The ratings database cannot be reached. Your answers are kept in this page; "
+    f"saving again every {RETRY_SECONDS} s."
+)
+DWI_TITLE = "DWI-derived maps (FA, MD, T2w)"
+HERE = Path(__file__).resolve().parent
 
 ss = st.session_state
 LOG = logging.getLogger("openmind_curate.rater")
+
+rater_panel = st.components.v2.component(
+    "openmind_rater_panel",
+    js=(HERE / "rater_panel.js").read_text(),
+    css=(HERE / "rater_panel.css").read_text(),
+)
 
 
 # --- shared resources (one per server process) ---------------------------------------------
@@ -59,74 +83,207 @@ def get_cache(path: str, stamp: int) -> viewer.UnitCache:
     return viewer.UnitCache(get_index(path, stamp), maxsize=CACHE_UNITS, workers=2)
 
 
+@st.cache_resource(show_spinner=False)
+def session_key() -> bytes:
+    given = os.environ.get("OPENMIND_RATER_SESSION_KEY", "")
+    return bytes.fromhex(given) if given else secrets.token_bytes(32)
+
+
+@st.cache_resource(show_spinner=False)
+def throttle() -> rater_session.Throttle:
+    return rater_session.Throttle()
+
+
+@st.cache_resource(show_spinner=False)
+def ended_sessions() -> set[str]:
+    """Nonces of sessions signed out on this server: their tokens no longer work."""
+    return set()
+
+
 def index_stamp(path: str) -> int:
     """The index file's mtime: a rewritten index is read again."""
     return Path(path).stat().st_mtime_ns
 
 
-# --- callbacks (they run before the script, with the values of the showing they belong to) --
+def client_id() -> str:
+    """Who a failed sign-in is counted against: the client address (behind a
+    reverse proxy, the proxy's; see the README's remote-rating section)."""
+    return str(getattr(st.context, "ip_address", None) or "unknown")
+
+
+# --- sessions -----------------------------------------------------------------------------
+
+
+def start_session(rater: store.Rater) -> None:
+    token = rater_session.issue(session_key(), rater.rater_id, rater.is_admin, time.time())
+    st.query_params["session"] = token  # a reload keeps it: F5 does not sign out
+    ss["rater"], ss["session"], ss["back"] = rater, token, 0
+    ss["page"] = "Admin" if rater.is_admin else "Rate"  # a lead lands on the admin page
+
+
+def restore_session() -> bool:
+    """Sign in again from the page's session token (after a reload); False if none is valid."""
+    token = st.query_params.get("session")
+    if not token:
+        return False
+    found = rater_session.verify(session_key(), token, time.time(), frozenset(ended_sessions()))
+    if found is None:
+        del st.query_params["session"]
+        ss["sign_in_error"] = "Your session ended; sign in again."
+        return False
+    ss["rater"], ss["session"] = store.Rater(found.rater_id, found.is_admin), token
+    ss.setdefault("back", 0)
+    ss.setdefault("page", "Admin" if found.is_admin else "Rate")
+    return True
 
 
 def on_sign_in() -> None:
     token = ss.get("token_input", "")
     ss["token_input"] = ""  # the token does not stay in the session
+    client, now = client_id(), time.time()
+    wait = throttle().wait(client, now)
+    if wait > 0:
+        ss["sign_in_error"] = f"Too many failed sign-ins: try again in {math.ceil(wait)} s."
+        return
     try:
         rater = store.authenticate(get_engine(DB), token)
     except RatingsError as exc:
+        throttle().failed(client, now)
         ss["sign_in_error"] = f"Sign-in refused: {exc}"
         return
-    ss["rater"] = rater
-    ss["back"] = 0
+    except Exception as exc:
+        if not flow.is_unreachable(exc):
+            raise
+        ss["sign_in_error"] = "The ratings database cannot be reached; try again in a moment."
+        return
+    throttle().succeeded(client)
     ss.pop("sign_in_error", None)
+    start_session(rater)
 
 
 def on_sign_out() -> None:
+    token = ss.get("session")
+    if token:
+        found = rater_session.verify(session_key(), token, time.time())
+        if found is not None:
+            ended_sessions().add(found.nonce)
     for key in list(ss.keys()):
         del ss[key]
+    st.query_params.clear()
 
 
-def on_save(
-    rater_id: str, item: flow.Item, sid: str, shown_at: float, checksum: str | None
-) -> None:
-    values = {name: ss.get(f"{sid}-{name}") for name in (*AXES, *FLAGS, "comment")}
+# --- the panel's actions (a callback: it runs before the script, once per click) ------------
+
+
+def panel_action() -> dict[str, Any] | None:
+    value = ss.get(PANEL)
+    if isinstance(value, Mapping):
+        return value.get("action")
+    return getattr(value, "action", None)
+
+
+def on_sync() -> None:
+    """The panel's own messages: "ready" (the item is painted: send the next unit's
+    voxels now) and "need" (the browser lost a unit's voxels: send them again)."""
+    value = ss.get(PANEL)
+    sync = value.get("sync") if isinstance(value, Mapping) else getattr(value, "sync", None)
+    shown = ss.get("shown")
+    if not isinstance(sync, dict) or shown is None or sync.get("sid") != shown["sid"]:
+        return
+    if sync.get("type") == "ready":
+        ss["ready_for"] = shown["sid"]
+    elif sync.get("type") == "need":
+        ss.setdefault("sent", set()).discard(sync.get("key"))
+
+
+def on_action() -> None:
+    action, shown = panel_action(), ss.get("shown")
+    if not isinstance(action, dict) or shown is None or action.get("sid") != shown["sid"]:
+        return  # a click on an item no longer shown
+    if action.get("nonce") == ss.get("last_nonce"):
+        return
+    ss["last_nonce"] = action.get("nonce")
+    kind = action.get("type")
+    if kind == "back":
+        ss["back"] = ss.get("back", 0) + 1
+    elif kind == "return":
+        ss["back"] = 0
+    elif kind == "skip":
+        skip(shown["item"])
+    elif kind == "save":
+        save(shown, action)
+
+
+def skip(item: flow.Item) -> None:
+    try:
+        store.skip(get_engine(DB), ss["rater"].rater_id, item.image_id, item.kind)
+    except Exception as exc:
+        ss["status"] = status_of(exc)
+        return
+    ss["status"] = ("info", f"Skipped item {item.number}: it comes back after the rest.")
+
+
+def save(shown: dict[str, Any], action: dict[str, Any]) -> None:
+    item: flow.Item = shown["item"]
+    answers = action.get("answers") or {}
     try:
         rating = flow.make_rating(
             item,
-            values,
-            rater_id=rater_id,
-            submission_id=sid,
-            image_checksum=checksum,
-            seconds_spent=time.time() - shown_at,
-            window_settings=ss.get(f"{sid}-window"),
+            {k: answers.get(k) for k in (*item.axes, *FLAGS, "comment")},
+            rater_id=ss["rater"].rater_id,
+            submission_id=shown["sid"],
+            image_checksum=shown["checksum"],
+            seconds_spent=time.time() - shown["shown_at"],
+            window_settings=action.get("window"),
         )
-        saved = flow.submit(get_engine(DB), rating)
     except RatingsError as exc:
-        ss["flash"] = ("error", str(exc))
+        ss["status"] = ("error", f"Not saved: {exc}.")
         return
-    if saved.duplicate:
-        ss["flash"] = ("info", f"Already saved (version {saved.version}); nothing new stored.")
-        return
-    what = "Correction saved" if saved.version > 1 else "Saved"
-    ss["flash"] = ("success", f"{what} (version {saved.version}).")
-    if ss.get("back", 0) > 0:
-        ss["back"] -= 1
+    submit(rating, item)
 
 
-def on_skip(rater_id: str, item: flow.Item) -> None:
+def submit(rating: dict[str, Any], item: flow.Item) -> bool:
+    """Save; on an outage keep the rating to retry (same submission id: saved once)."""
     try:
-        store.skip(get_engine(DB), rater_id, item.image_id, item.kind)
-    except RatingsError as exc:
-        ss["flash"] = ("error", str(exc))
+        saved = flow.submit(get_engine(DB), rating)
+    except Exception as exc:
+        if flow.is_unreachable(exc):
+            ss["pending"] = (rating, item)
+        ss["status"] = status_of(exc)
+        return False
+    ss.pop("pending", None)
+    what = "Correction saved" if saved.version > 1 else "Saved"
+    ss["status"] = ("success", f"{what}: item {item.number}.")
+    if ss.get("back", 0) > 0 and not saved.duplicate:
+        ss["back"] -= 1
+    return True
+
+
+def status_of(exc: Exception) -> tuple[str, str]:
+    if isinstance(exc, RatingsError):
+        return ("error", f"Not saved: {exc}.")
+    if flow.is_unreachable(exc):
+        LOG.warning("ratings database unreachable: %s", exc)
+        return ("error", UNREACHABLE)
+    raise exc
+
+
+@st.fragment(run_every=RETRY_SECONDS)
+def retry_outage() -> None:
+    """While the database is unreachable: retry a kept save, or just look; when
+    it answers again, rerun the whole page (the rater goes on, still signed in)."""
+    pending = ss.get("pending")
+    if pending is not None:
+        if submit(*pending):
+            st.rerun(scope="app")
         return
-    ss["flash"] = ("info", "Skipped: the item comes back after the rest of your queue.")
-
-
-def on_back() -> None:
-    ss["back"] = ss.get("back", 0) + 1
-
-
-def on_return() -> None:
-    ss["back"] = 0
+    try:
+        flow.place(get_engine(DB), ss["rater"].rater_id)
+    except Exception as exc:
+        if flow.is_unreachable(exc):
+            return
+        raise
+    st.rerun(scope="app")
 
 
 # --- pages ------------------------------------------------------------------------------------
@@ -141,195 +298,225 @@ def sign_in_page() -> None:
         st.error(ss["sign_in_error"])
 
 
-def show_flash() -> None:
-    flash = ss.pop("flash", None)
-    if flash is None:
+def panel_header(item: flow.Item, sid: str, unit: viewer.Unit | None, where: flow.Place) -> dict:
+    """What the browser panel draws for one showing (see rater_panel.js), without voxels."""
+    latest = item.latest or {}
+    correction = (
+        f"Correcting your saved rating of item {item.number}: saving replaces it "
+        "(the earlier one is kept in the history)."
+        if item.latest
+        else ""
+    )
+    return dict(
+        item=dict(
+            sid=sid,
+            label=item.label(SHOW_DATASETS),
+            group=DWI_TITLE if item.group_name == DWI_GROUP else item.group_name,
+            axes=list(item.axes),
+            is_dwi=item.is_dwi,
+            latest={k: latest.get(k) for k in (*item.axes, *FLAGS, "comment")} if latest else None,
+            correction=correction,
+        ),
+        scale=list(flow.SCALE),
+        axis_labels=flow.AXIS_LABELS,
+        axis_hints=flow.AXIS_HINTS,
+        flag_labels=flow.FLAG_LABELS,
+        presets=viewer.PRESET_HELP,
+        default_preset=viewer.DEFAULT_PRESET,
+        unit=None if unit is None else dict(key=unit_key(unit), volumes=unit.encoded[0]),
+        missing=""
+        if unit is not None
+        else "This image cannot be shown (its file could not "
+        "be read). Skip it, or rate it as corrupted.",
+        nav=dict(
+            can_back=where.back < where.history,
+            can_skip=not where.back,
+            can_return=bool(where.back),
+        ),
+        status=None,
+        in_body=[],  # unit keys whose voxels follow the header, in order
+        ask_ready="",  # "painted"/"later": say when ready, the server then sends the next unit
+    )
+
+
+def unit_key(unit: viewer.Unit) -> str:
+    """How the browser's cache names a unit's voxels (a changed file is a new key)."""
+    return f"{unit.unit_id}:{unit.checksum[:16]}"
+
+
+def with_voxels(header: dict, units: list[viewer.Unit]) -> bytes:
+    """The header, then the voxels of `units` (the browser keeps them by key);
+    each volume's offset is shifted to its place in the joined body."""
+    parts, offset = [], 0
+    header = {**header, "in_body": [], "bodies": {}}
+    for unit in units:
+        metas, body = unit.encoded
+        header["in_body"].append(unit_key(unit))
+        header["bodies"][unit_key(unit)] = [{**m, "offset": m["offset"] + offset} for m in metas]
+        parts.append(body)
+        offset += len(body)
+    return viewer.pack_payload(header, b"".join(parts))
+
+
+def show_panel(
+    header: dict, units: list[viewer.Unit], status: tuple[str, str] | None = None
+) -> None:
+    if status is None:
+        status = ss.pop("status", None)
+    header = {**header, "status": None if status is None else dict(level=status[0], text=status[1])}
+    payload = with_voxels(header, units)
+    rater_panel(key=PANEL, data=payload, on_action_change=on_action, on_sync_change=on_sync)
+
+
+def progress_line(rater: store.Rater, where: flow.Place | None) -> None:
+    if where is None:
+        st.caption(f"{rater.rater_id} · progress unknown while the database is unreachable")
         return
-    level, text = flash
-    {"error": st.error, "info": st.info, "success": st.success}[level](text)
+    text = f"{rater.rater_id} · {where.done} of {where.total} rated"
+    if where.median_seconds is not None:
+        text += f" · median {where.median_seconds:.0f} s per rating"
+    st.progress(where.done / where.total if where.total else 0.0, text=text)
 
 
 @st.fragment
-def viewer_panel(unit: viewer.Unit, sid: str) -> None:
-    """Three orthogonal views of each volume. A fragment: a slider or preset
-    change reruns only this panel (no database reads), redrawing from the
-    cached arrays; what was used is kept for the save."""
-    first = unit.volumes[0]
-    controls = st.columns([2, 1, 1, 1])
-    preset = controls[0].radio("Window", list(viewer.PRESETS), horizontal=True, key=f"{sid}-preset")
-    ijk = []
-    for col, name, n, c in zip(
-        controls[1:], ("Sagittal", "Coronal", "Axial"), first.shape, first.center, strict=True
-    ):
-        ijk.append(col.slider(f"{name} slice", 0, n - 1, c, key=f"{sid}-slice-{name}"))
-    used = {"preset": preset, "slices": ijk, "maps": {}}
-    for vol in unit.volumes:
-        level, width = viewer.window(vol, preset)
-        used["maps"][vol.label] = {"level": round(level, 6), "width": round(width, 6)}
-        pics = viewer.slices(vol, tuple(ijk), level, width)
-        cols = st.columns(3)
-        for col, pic, name in zip(cols, pics, VIEW_NAMES, strict=True):
-            col.image(
-                pic, caption=f"{vol.label} · {name}", width="stretch", output_format="PNG"
-            )  # lossless: JPEG would add artifacts to rate
-    ss[f"{sid}-window"] = used
-
-
-def rating_form(
-    rater_id: str, item: flow.Item, sid: str, shown_at: float, checksum: str | None
-) -> None:
-    latest = item.latest or {}
-    with st.form(f"rate-{sid}", enter_to_submit=False):
-        for axis in item.axes:
-            value = latest.get(axis)
-            st.radio(
-                f"**{flow.AXIS_LABELS[axis]}**",
-                [1, 2, 3, 4, 5],
-                horizontal=True,
-                index=None if value is None else int(value) - 1,
-                key=f"{sid}-{axis}",
-                help=flow.AXIS_HELP[axis],
-            )
-            st.caption(flow.AXIS_HELP[axis])
-        if item.is_dwi:
-            st.caption("Artifact level is not rated for DWI-derived maps.")
-        for flag in FLAGS:
-            st.checkbox(
-                flow.FLAG_LABELS[flag], value=bool(latest.get(flag) or False), key=f"{sid}-{flag}"
-            )
-        st.text_area(
-            "Comment (optional)",
-            value=latest.get("comment") or "",
-            key=f"{sid}-comment",
-            max_chars=4000,
-        )
-        label = "Save correction" if item.latest else "Save and next"
-        st.form_submit_button(
-            label,
-            type="primary",
-            shortcut="Ctrl+Enter",
-            key=f"{sid}-save",
-            on_click=on_save,
-            args=(rater_id, item, sid, shown_at, checksum),
-        )
-
-
 def rate_page(rater: store.Rater) -> None:
+    """A fragment: Save, Skip and Back rerun only this part of the page."""
     engine = get_engine(DB)
     rid = rater.rater_id
-    done, total, median = flow.progress(engine, rid)
-    text = f"{done} of {total} rated"
-    if median is not None:
-        text += f" · median {median:.0f} s per rating"
-    st.progress(done / total if total else 1.0, text=text)
-    show_flash()
-
-    back = ss.get("back", 0)
-    item = flow.previous_item(engine, rid, back) if back else None
-    if back and item is None:
-        ss["back"] = back = 0
-    if not back:
-        item = flow.current_item(engine, rid)
-    history = flow.history_length(engine, rid)
-    nav = st.columns([1, 1, 1, 3])
-    nav[0].button(
-        "Back",
-        shortcut="Alt+B",
-        on_click=on_back,
-        disabled=back >= history,
-        help="Show the item before: saving it stores a correction",
-    )
-    if back:
-        nav[1].button("Return to current item", on_click=on_return)
-    if item is None:
-        st.success("Your queue is done. Thank you!" if total else "Your queue is empty.")
-        return
-    if not back:
-        nav[1].button(
-            "Skip",
-            shortcut="Alt+S",
-            on_click=on_skip,
-            args=(rid, item),
-            help="Move this item to the end of your queue",
-        )
-
-    shown = ss.get("shown")
-    if shown is None or shown["key"] != item.key:  # a new showing: one submission id for it
-        shown = {"key": item.key, "sid": store.new_submission_id(), "shown_at": time.time()}
-        ss["shown"] = shown
-    sid = shown["sid"]
-
-    group = "DWI-derived maps (FA, MD, T2w)" if item.group_name == DWI_GROUP else item.group_name
-    st.subheader(item.label(SHOW_DATASETS))
-    st.caption(group)
-    if item.latest:
-        st.info(
-            f"Correcting your rating (saved version {item.latest['version']}): "
-            f"saving stores version {item.latest['version'] + 1}."
-        )
-        if item.latest.get("comment"):
-            st.caption("Your saved comment, as typed:")
-            st.text(item.latest["comment"])
-
-    cache = get_cache(INDEX, index_stamp(INDEX))
     try:
-        with st.spinner("Loading the image..."):
-            unit = cache.get(item.image_id)
-    except viewer.ViewerError as exc:  # the reason goes to the server log: it names files
-        LOG.warning("rater %s, unit %s: %s", rid, item.image_id, exc)
-        st.error(
-            "This image cannot be shown (its file could not be read). "
-            "Skip it, or rate it as corrupted."
-        )
-        rating_form(rid, item, sid, shown["shown_at"], None)
+        where = flow.place(engine, rid, ss.get("back", 0))
+    except Exception as exc:
+        if not flow.is_unreachable(exc):
+            raise
+        outage_page(rater)
         return
-    if not back:
-        after = flow.next_after(engine, rid, item)
-        cache.prefetch(after.image_id if after else None)
+    ss["back"] = where.back
+    progress_line(rater, where)
+    item = where.item
+    if item is None:
+        st.success("Your queue is done. Thank you!" if where.total else "Your queue is empty.")
+        return
+    shown = ss.get("shown")
+    if shown is None or shown["item"].key != item.key:  # a new showing: one submission id
+        shown = {"item": item, "sid": store.new_submission_id(), "shown_at": time.time()}
+    shown["item"] = item  # the same showing, with fresh numbers (after a skip, say)
+    cache = get_cache(INDEX, index_stamp(INDEX))
+    unit = load(cache, rid, item)
+    shown["checksum"] = unit.checksum if unit is not None else None
+    ss["shown"] = shown
+    header = panel_header(item, shown["sid"], unit, where)
+    ss["last_header"] = header
+    show_panel(header, voxels_to_send(cache, rid, unit, where, shown["sid"], header))
 
-    left, right = st.columns([3, 1])
-    with left:
-        viewer_panel(unit, sid)
-    with right:
-        rating_form(rid, item, sid, shown["shown_at"], unit.checksum)
+
+def load(cache: viewer.UnitCache, rater_id: str, item: flow.Item | None) -> viewer.Unit | None:
+    if item is None:
+        return None
+    try:
+        return cache.get(item.image_id)
+    except viewer.ViewerError as exc:  # the reason goes to the server log: it names files
+        LOG.warning("rater %s, unit %s: %s", rater_id, item.image_id, exc)
+        return None
+
+
+def voxels_to_send(
+    cache: viewer.UnitCache,
+    rater_id: str,
+    unit: viewer.Unit | None,
+    where: flow.Place,
+    sid: str,
+    header: dict,
+) -> list[viewer.Unit]:
+    """The units whose voxels go with this showing: the current one unless the
+    browser already holds it; once the browser has painted it (a "ready" from
+    the panel), the next one, so that Save only sends a header."""
+    sent: set[str] = ss.setdefault("sent", set())  # unit keys this browser page holds
+    out = []
+    if unit is not None and unit_key(unit) not in sent:
+        out.append(unit)
+    after = where.after
+    if after is not None and not any(k.startswith(f"{after.image_id}:") for k in sent):
+        if ss.pop("ready_for", None) == sid:  # painted: load the next unit now
+            cache.prefetch(after.image_id)  # not earlier: it would compete with this paint
+            nxt = load(cache, rater_id, after) if cache.loaded(after.image_id) else None
+            if nxt is not None:
+                out.append(nxt)
+            else:
+                header["ask_ready"] = "later"  # still loading: ask again in a moment
+        else:
+            header["ask_ready"] = "painted"
+    sent.update(unit_key(u) for u in out)
+    return out
+
+
+def outage_page(rater: store.Rater) -> None:
+    """The database is unreachable: keep the item and the typed answers on screen
+    (the same panel, same key: the browser keeps its form) and retry."""
+    progress_line(rater, None)
+    header = ss.get("last_header")
+    status = ss.pop("status", None) or ("error", UNREACHABLE)
+    if header is not None:
+        show_panel(header, [], status)
+    else:
+        st.warning("The ratings database cannot be reached; this page retries by itself.")
+    retry_outage()
 
 
 def admin_page() -> None:
+    from openmind_curate.quality import display
+
     engine = get_engine(DB)
     st.header("Progress per rater")
-    st.dataframe(flow.all_progress(engine), hide_index=True)
+    st.dataframe(display.progress_table(flow.all_progress(engine)), hide_index=True)
     st.header("Agreement")
-    try:
-        from openmind_curate.quality.agreement import agreement
-    except Exception as exc:  # noqa: BLE001 - the page works without the statistics
-        st.info(f"Agreement statistics are not available: {type(exc).__name__}: {exc}")
-        return
     all_versions = store.read_ratings(engine)
     if all_versions.empty:
         st.info("No ratings yet.")
         return
-    gold = store.read_gold(engine)
     try:
+        from openmind_curate.quality.agreement import agreement
+
+        gold = store.read_gold(engine)
         report = agreement(all_versions, None if gold.empty else gold)
-    except Exception as exc:  # noqa: BLE001 - show the failure, keep the page
-        st.error(f"Cannot compute agreement: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - the page works without the statistics
+        LOG.warning("agreement failed: %s", exc)
+        st.error(f"Cannot compute agreement: {type(exc).__name__}. The server log has details.")
         return
     for warning in report.warnings:
         st.text(f"Warning: {warning}")
-    titles = {
-        "axes": "Per axis",
-        "pairs": "Per rater pair",
-        "bias": "Rater bias",
-        "intra": "Intra-rater (hidden repeats)",
-        "gold": "Gold items",
-    }
-    for name, title in titles.items():
+    for title, table in display.agreement_tables(report).items():
         st.subheader(title)
-        st.dataframe(getattr(report, name), hide_index=True)
+        st.dataframe(table, hide_index=True)
+    st.caption("How to read kappa, alpha and ICC: see the ratings guide in the documentation.")
+
+
+STYLE = """<style>
+[data-testid="stMainBlockContainer"] {padding: 2.4rem 1.2rem 0.5rem 1.2rem; max-width: 100%;}
+[data-testid="stHeader"] {height: 2.2rem;}
+</style>"""
+
+
+def top_bar(rater: store.Rater) -> str:
+    """One row: who is signed in, the lead's page switch, sign out."""
+    left, mid, right = st.columns([6, 2, 1], vertical_alignment="center")
+    left.caption(f"Signed in as {rater.rater_id}" + (" (lead)" if rater.is_admin else ""))
+    with right:
+        st.button("Sign out", on_click=on_sign_out)
+    page = "Rate"
+    if rater.is_admin:
+        with mid:
+            page = st.segmented_control(
+                "Page", ["Admin", "Rate"], key="page", label_visibility="collapsed"
+            )
+            page = page or "Admin"
+    return page
 
 
 def main() -> None:
-    st.set_page_config(page_title="Image quality rating", layout="wide")
+    st.set_page_config(
+        page_title="Image quality rating", layout="wide", initial_sidebar_state="collapsed"
+    )
+    st.markdown(STYLE, unsafe_allow_html=True)
     if not INDEX or not DB:
         st.error("Start the app with `curate rate --index INDEX --db DB`.")
         st.stop()
@@ -339,29 +526,42 @@ def main() -> None:
     except (RatingsError, OSError) as exc:
         st.error(f"Cannot start: {exc}")
         st.stop()
-    if "rater" not in ss:
+    if "rater" not in ss and not restore_session():
         sign_in_page()
         st.stop()
     rater: store.Rater = ss["rater"]
-    raters = store.list_raters(engine)
-    mine = raters[raters["rater_id"] == rater.rater_id]
-    if mine.empty or pd.notna(mine["revoked_at"].iloc[0]):  # revoked since signing in
-        flash = ss.get("flash")  # a save refused in the same click says why
+    if revoked(engine, rater):
         on_sign_out()
-        if flash is not None and flash[0] == "error":
-            st.error(flash[1])
         ss["sign_in_error"] = "Your token was revoked; sign in with a new one."
         sign_in_page()
         st.stop()
-    with st.sidebar:
-        st.text(f"Signed in as {rater.rater_id}")
-        page = st.radio("Page", ["Rate", "Admin"], key="page") if rater.is_admin else "Rate"
-        st.button("Sign out", on_click=on_sign_out)
-        st.caption("Shortcuts: Ctrl+Enter save · Alt+S skip · Alt+B back")
-    if page == "Admin":
+    if top_bar(rater) == "Admin":
         admin_page()
     else:
         rate_page(rater)
 
 
-main()
+def revoked(engine, rater: store.Rater) -> bool:
+    """Whether the rater was revoked since signing in (during an outage: not known, so no)."""
+    try:
+        raters = store.list_raters(engine)
+    except Exception as exc:
+        if flow.is_unreachable(exc):
+            return False
+        raise
+    mine = raters[raters["rater_id"] == rater.rater_id]
+    return bool(mine.empty or pd.notna(mine["revoked_at"].iloc[0]))
+
+
+def run() -> None:
+    """main(), with no traceback ever reaching the browser: the server log has it."""
+    st.set_option("client.showErrorDetails", "none")
+    st.set_option("client.toolbarMode", "minimal")  # no "Deploy" button for raters
+    try:
+        main()
+    except Exception:
+        LOG.exception("rater app error")
+        st.error("Something went wrong on the server (it is in the server's log). Reload the page.")
+
+
+run()

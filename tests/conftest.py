@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -169,142 +168,28 @@ def masked(corpus, tmp_path_factory):
 # --- a throw-away PostgreSQL server (the shared ratings store's other backend) -------------
 
 
-def _postgres_bin() -> Path | None:
-    """The folder holding `initdb` and `pg_ctl` of one PostgreSQL install, or None.
-
-    PATH first (symlinks followed, so /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin
-    finds that version's pg_ctl), then Debian's /usr/lib/postgresql/<version>/bin,
-    newest first.
-    """
-    folders = []
-    found = shutil.which("initdb")
-    if found:
-        folders += [Path(found).resolve().parent, Path(found).parent]
-    versions = Path("/usr/lib/postgresql").glob("*/bin")
-    folders += sorted(
-        versions, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1, reverse=True
-    )
-    for folder in folders:
-        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
-            return folder
-    return None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A PostgreSQL server started once per run on 127.0.0.1 (trust auth, user
-    `postgres`, data in a fresh folder under /tmp); yields its base URL
-    ``postgresql://postgres@127.0.0.1:<port>`` (no database). Skips only when
-    no server binaries exist; a server that fails to start is an error that
-    quotes its log. Run as root (CI), initdb and pg_ctl run as the `postgres`
-    user, since initdb refuses root."""
-    import pwd
-    import subprocess
-    import tempfile
+    """A PostgreSQL server started once per run (tests/pgserver.py); yields its
+    base URL ``postgresql://postgres@127.0.0.1:<port>`` (no database). Skips
+    only when no server binaries exist; a server that fails to start is an
+    error that quotes its log."""
+    from pgserver import NoPostgres, ThrowawayPostgres
 
-    bindir = _postgres_bin()
-    if bindir is None:
-        pytest.skip(
-            "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in "
-            "/usr/lib/postgresql/*/bin: install Debian's `postgresql` package"
-        )
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            raise RuntimeError(
-                "running as root, and initdb refuses root, but there is no "
-                "`postgres` user to run the test server as"
-            ) from None
-        prefix = ["runuser", "-u", "postgres", "--"]
-    base = Path(tempfile.mkdtemp(prefix="omc-postgres-", dir="/tmp"))
-    base.chmod(0o755)  # the server user must reach the data folder
-    if prefix:
-        os.chown(base, user.pw_uid, user.pw_gid)
-    data, log = base / "data", base / "server.log"
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([*prefix, *args], cwd=base, capture_output=True, text=True)
-        if check and done.returncode != 0:
-            server_log = log.read_text(errors="replace") if log.exists() else "(no log)"
-            raise RuntimeError(
-                f"{' '.join(args)} failed ({done.returncode}):\n"
-                f"{done.stdout}{done.stderr}\n"
-                f"--- server log {log} ---\n{server_log}"
-            )
-        return done
-
-    pg_ctl = str(bindir / "pg_ctl")
-    # a test server: durability off (a crash loses nothing that matters), room for the
-    # concurrency tests' clients
-    options = (
-        f"-c listen_addresses=127.0.0.1 -c unix_socket_directories={data} "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-        "-c max_connections=100"
-    )
     try:
-        run(
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        )
-        for attempt in range(3):
-            port = _free_port()
-            started = run(
-                pg_ctl,
-                "-D",
-                str(data),
-                "-l",
-                str(log),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                f"{options} -p {port}",
-                "start",
-                check=False,
-            )
-            # a free port can be taken between asking and binding: only that is retried
-            taken = log.exists() and "could not bind" in log.read_text(errors="replace")
-            if started.returncode == 0 or not taken or attempt == 2:
-                break
-            log.unlink()
-        if started.returncode != 0:
-            server_log = log.read_text(errors="replace") if log.exists() else "(no log)"
-            raise RuntimeError(
-                f"the test PostgreSQL server did not start (pg_ctl "
-                f"{started.returncode}):\n{started.stdout}{started.stderr}\n"
-                f"--- server log {log} ---\n{server_log}"
-            )
-        yield f"postgresql://postgres@127.0.0.1:{port}"
-    finally:  # also after a failed or timed-out start; harmless when no server runs
-        run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop", check=False)
-        shutil.rmtree(base, ignore_errors=True)
+        server = ThrowawayPostgres()
+    except NoPostgres as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server.start()
+    finally:  # also after a failed or timed-out start
+        server.remove()
 
 
 def _create_database(server: str, name: str) -> str:
-    import psycopg
+    from pgserver import create_database
 
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{server}/{name}"
+    return create_database(server, name)
 
 
 @pytest.fixture(scope="session")

@@ -17,18 +17,28 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from openmind_curate.quality import ratings as store
 from openmind_curate.quality.plan import DWI_GROUP
 from openmind_curate.quality.ratings import AXES, FLAGS, RatingsError
 
-#: The paper's rating scale (appendix B.1), written beside each axis.
-AXIS_HELP = {
-    "noisiness": "1 = clean, no visible noise ... 5 = noise so strong the image is unusable",
-    "blurriness": "1 = clear and sharp ... 5 = so blurred the image is unusable",
-    "artifact_level": "1 = no artifact ... 5 = artifacts (motion, ghosting, ringing, "
-    "wrap-around, ...) badly compromise the image",
+#: The rating scale, one line per level, shown once above the axes. The paper
+#: (appendix B.1) defines the ends: 1 "clear and sharp imagery", 5 "highly
+#: compromised image quality". Levels 2-4 are this project's anchors, in the same style.
+SCALE = (
+    "Clear and sharp: nothing to see",
+    "Slight: visible only on close inspection; every structure clear",
+    "Moderate: plainly visible; fine detail (cortical ribbon, small vessels) harder to see",
+    "Strong: much of the image degraded; only coarse anatomy reliable",
+    "Highly compromised: the image is unusable for this",
+)
+#: What to look at for each axis (one short line beside its name).
+AXIS_HINTS = {
+    "noisiness": "grain in tissue and in the air around the head",
+    "blurriness": "sharpness of edges: grey/white boundary, sulci",
+    "artifact_level": "motion, ghosting, ringing, signal voids, wrap-around, equipment",
 }
 AXIS_LABELS = {
     "noisiness": "Noisiness",
@@ -84,7 +94,10 @@ def _items(queue: pd.DataFrame) -> list[Item]:
 
 def current_item(engine: Engine, rater_id: str) -> Item | None:
     """The first unrated item in queue order, or None when the rater is done."""
-    q = store.queue(engine, rater_id)
+    return _current(store.queue(engine, rater_id))
+
+
+def _current(q: pd.DataFrame) -> Item | None:
     for item, rated in zip(_items(q), q["rated_at"].isna(), strict=True):
         if rated:
             return item
@@ -95,7 +108,10 @@ def next_after(engine: Engine, rater_id: str, item: Item | None) -> Item | None:
     """The unrated item after `item` in queue order (what to prefetch), or None."""
     if item is None:
         return None
-    q = store.queue(engine, rater_id)
+    return _next_after(store.queue(engine, rater_id), item)
+
+
+def _next_after(q: pd.DataFrame, item: Item) -> Item | None:
     unrated = [i for i, r in zip(_items(q), q["rated_at"].isna(), strict=True) if r]
     keys = [(i.image_id, i.kind) for i in unrated]
     here = (item.image_id, item.kind)
@@ -120,13 +136,14 @@ def previous_item(engine: Engine, rater_id: str, steps: int = 1) -> Item | None:
     if steps < 1:
         raise ValueError("steps counts back from 1")
     mine = store.read_ratings(engine, rater_id=rater_id)
-    if mine.empty:
-        return None
+    return _previous(store.queue(engine, rater_id), mine, steps) if not mine.empty else None
+
+
+def _previous(q: pd.DataFrame, mine: pd.DataFrame, steps: int) -> Item | None:
     order = _rated_order(mine)
     if steps > len(order):
         return None
     row = order.iloc[len(order) - steps]
-    q = store.queue(engine, rater_id)
     for item in _items(q):
         if (item.image_id, item.kind) == (row["image_id"], row["kind"]):
             values = {
@@ -140,6 +157,35 @@ def history_length(engine: Engine, rater_id: str) -> int:
     """How many distinct items the rater has scored (how far back can go)."""
     mine = store.read_ratings(engine, rater_id=rater_id)
     return 0 if mine.empty else len(mine.groupby(["image_id", "kind"]))
+
+
+@dataclass(frozen=True)
+class Place:
+    """Everything one showing of the rate page needs, from two reads of the store
+    (the rater's ratings and their queue)."""
+
+    done: int
+    total: int
+    median_seconds: float | None
+    history: int  # items scored: how far Back can go
+    back: int  # steps back actually shown (0: the current item)
+    item: Item | None  # None: the queue is done (or empty)
+    after: Item | None  # the next unrated item, to prefetch
+
+
+def place(engine: Engine, rater_id: str, back: int = 0) -> Place:
+    """Where the rater is: the current item, or the item `back` steps back
+    (falling back to the current item when there is none that far back)."""
+    mine = store.read_ratings(engine, rater_id=rater_id)
+    q = store.queue(engine, rater_id, done=mine)
+    history = 0 if mine.empty else len(mine.groupby(["image_id", "kind"]))
+    item = _previous(q, mine, back) if back and history else None
+    back = back if item is not None else 0
+    if item is None:
+        item = _current(q)
+    after = _next_after(q, item) if item is not None and not back else None
+    done = int(q["rated_at"].notna().sum())
+    return Place(done, len(q), _median_seconds(mine), history, back, item, after)
 
 
 def _plain(value: Any) -> Any:
@@ -243,6 +289,14 @@ def make_rating(
         window_settings = json.dumps(window_settings, sort_keys=True)
     out["window_settings"] = window_settings
     return out
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a store call failed because the database could not be reached
+    (a server down or restarting, a network cut), not because of what was sent."""
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
+        isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+    )
 
 
 def submit(engine: Engine, rating: dict[str, Any]) -> store.Saved:

@@ -361,14 +361,16 @@ def read_assignments(engine: Engine, rater_id: str | None = None) -> pd.DataFram
         return pd.DataFrame(conn.execute(q).all(), columns=assignments.c.keys())
 
 
-def queue(engine: Engine, rater_id: str) -> pd.DataFrame:
+def queue(engine: Engine, rater_id: str, *, done: pd.DataFrame | None = None) -> pd.DataFrame:
     """The rater's items in queue order, each with its latest rating time (or NaT).
 
     The next item is the first without a rating, which is what makes the app
-    resume exactly where the rater left off, on any machine.
+    resume exactly where the rater left off, on any machine. `done`: the
+    rater's ratings, when the caller has just read them (one read fewer).
     """
     items = read_assignments(engine, rater_id)
-    done = read_ratings(engine, rater_id=rater_id)
+    if done is None:
+        done = read_ratings(engine, rater_id=rater_id)
     if done.empty:
         items["rated_at"] = pd.NaT
         return items

@@ -1,12 +1,15 @@
-"""What the rater app shows: a unit's volumes as three orthogonal slices.
+"""What the rater app shows: a unit's volumes, prepared for the browser viewer.
 
 Pure functions plus a small cache, so the app only draws. `load_unit` reads
 a unit's files once (the file bytes give the checksum stored with a rating),
-reorients each volume to the closest canonical RAS grid and precomputes the
-intensity percentiles the window presets use. `slices` cuts and windows three
-2D uint8 images from the cached array: moving a slider never re-reads a file.
-`UnitCache` keeps the last few units and loads the next one in a background
-thread while the rater scores the current one.
+reorients each volume to the closest canonical RAS grid, precomputes the
+intensity percentiles the window presets use and encodes the volumes for the
+browser (`encode_unit`: 16-bit codes, zlib): the rater app's panel
+(``apps/rater_panel.js``) slices, windows and zooms them in the page, so a
+slider step never reaches the server. `slices` cuts the same three views in
+Python (the reference the browser's slicing is tested against, and the
+server-side benchmark). `UnitCache` keeps the last few units and loads the
+next one in a background thread while the rater scores the current one.
 
 Display convention (neurological, as nilearn and MRIQC reports): every view
 is upright (superior, or anterior for the axial view, at the top); coronal
@@ -17,11 +20,14 @@ an anisotropic volume is resampled (bilinear, 2D only) to the finest spacing.
 
 from __future__ import annotations
 
+import json
+import struct
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -32,14 +38,22 @@ from PIL import Image
 from openmind_curate.errors import DataError
 from openmind_curate.quality.plan import unit_checksum, unit_images
 
-#: Window presets: name -> (low percentile, high percentile) of the nonzero voxels.
+#: Window presets, named by what they show: name -> (low, high) percentile of the
+#: finite nonzero voxels. "Background noise" puts the darkest third (air, and the
+#: noise in it) on the whole grey scale, where noise is easiest to judge.
 PRESETS: dict[str, tuple[float, float]] = {
-    "Auto (1-99%)": (1.0, 99.0),
-    "Narrow (5-95%)": (5.0, 95.0),
-    "Wide (0.5-99.5%)": (0.5, 99.5),
+    "Tissue": (1.0, 99.0),
+    "High contrast": (5.0, 95.0),
+    "Background noise": (0.0, 30.0),
     "Full range": (0.0, 100.0),
 }
-DEFAULT_PRESET = "Auto (1-99%)"
+PRESET_HELP = {
+    "Tissue": "percentiles 1-99 of the nonzero voxels: the usual view",
+    "High contrast": "percentiles 5-95: grey/white contrast, blur at edges",
+    "Background noise": "percentiles 0-30: the air around the head, where noise shows",
+    "Full range": "minimum to maximum: bright spikes and clipping",
+}
+DEFAULT_PRESET = "Tissue"
 VIEWS = ("sagittal", "coronal", "axial")
 _PERCENTILES = sorted({p for pair in PRESETS.values() for p in pair})
 _SAMPLE_VOXELS = 2_000_000  # percentiles from a strided subsample above this size
@@ -73,6 +87,8 @@ class Unit:
     volumes: list[Volume]
     checksum: str  # sha256 of the files' bytes, in the order shown
     files: tuple[str, ...] = field(default=())
+    #: the volumes as the browser viewer gets them (`encode_unit`), made once per load
+    encoded: tuple[list[dict], bytes] | None = field(default=None, repr=False)
 
     @property
     def labels(self) -> list[str]:
@@ -124,7 +140,8 @@ def load_unit(index_df: pd.DataFrame, unit_id: str) -> Unit:
         volumes.append(volume)
         raws.append(raw)
         files.append(str(path))
-    return Unit(unit_id, volumes, unit_checksum(raws), tuple(files))
+    unit = Unit(unit_id, volumes, unit_checksum(raws), tuple(files))
+    return replace(unit, encoded=encode_unit(unit))  # in the prefetch thread, not on Save
 
 
 def window(volume_stats: Volume | Mapping[float, float], preset: str) -> tuple[float, float]:
@@ -189,6 +206,71 @@ def slices(
     )
 
 
+def encode_volume(volume: Volume) -> tuple[dict, bytes]:
+    """A volume for the browser viewer: uint16 codes over [min, max] of the data
+    (x fastest), zlib-compressed, and the metadata that maps codes back to values.
+
+    Integer-valued volumes with a range under 65536 (most scanners' int16) are
+    sent exactly; others keep a window as narrow as 1/65535 of their range free
+    of banding. The browser can then window and level without the server.
+    """
+    data = volume.data
+    lo, hi = float(data.min()), float(data.max())
+    if hi - lo <= 65535 and np.array_equal(data, np.rint(data)):
+        step = 1.0  # integer voxels (most scanners' int16): the codes are exact
+    else:
+        step = (hi - lo) / 65535.0 if hi > lo else 1.0
+    codes = np.rint((data - np.float32(lo)) / np.float32(step)).astype("<u2")
+    packed = zlib.compress(np.asfortranarray(codes).tobytes(order="F"), 1)
+    windows = {name: _window_bounds(volume, name) for name in PRESETS}
+    meta = dict(
+        label=volume.label,
+        shape=list(volume.shape),
+        spacing=[round(s, 6) for s in volume.spacing],
+        lo=lo,  # the value of code 0 (and the minimum)
+        step=step,  # value per code
+        hi=hi,  # the maximum
+        windows=windows,
+    )
+    return meta, packed
+
+
+def _window_bounds(volume: Volume, preset: str) -> list[float]:
+    level, width = window(volume, preset)
+    return [level - width / 2, level + width / 2]
+
+
+def encode_unit(unit: Unit) -> tuple[list[dict], bytes]:
+    """Every volume of a unit, encoded: their metadata (with each volume's byte
+    offset and length in the body) and the concatenated body."""
+    metas, parts, offset = [], [], 0
+    for volume in unit.volumes:
+        meta, packed = encode_volume(volume)
+        metas.append({**meta, "offset": offset, "nbytes": len(packed)})
+        parts.append(packed)
+        offset += len(packed)
+    return metas, b"".join(parts)
+
+
+def pack_payload(header: dict, body: bytes = b"") -> bytes:
+    """One binary message: little-endian uint32 header length, JSON header, body."""
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    return struct.pack("<I", len(text)) + text + body
+
+
+def unpack_payload(payload: bytes) -> tuple[dict, bytes]:
+    """The inverse of `pack_payload` (what the browser does; used by the tests)."""
+    (n,) = struct.unpack_from("<I", payload)
+    return json.loads(payload[4 : 4 + n]), payload[4 + n :]
+
+
+def decode_volume(meta: dict, body: bytes) -> np.ndarray:
+    """The values the browser sees for one encoded volume (x, y, z order)."""
+    raw = zlib.decompress(body[meta["offset"] : meta["offset"] + meta["nbytes"]])
+    codes = np.frombuffer(raw, dtype="<u2").reshape(meta["shape"], order="F")
+    return (meta["lo"] + codes.astype(np.float64) * meta["step"]).astype(np.float32)
+
+
 class UnitCache:
     """The last `maxsize` units, loaded once each; `prefetch` loads in the background.
 
@@ -244,6 +326,12 @@ class UnitCache:
                 if self._futures.get(unit_id) is fut and fut.done():
                     del self._futures[unit_id]
             raise
+
+    def loaded(self, unit_id: str) -> bool:
+        """Whether `unit_id` is loaded (or failed): `get` would not wait."""
+        with self._lock:
+            fut = self._futures.get(unit_id)
+        return fut is not None and fut.done()
 
     def __contains__(self, unit_id: str) -> bool:
         with self._lock:
