@@ -108,7 +108,8 @@ def index_stamp(path: str) -> int:
 def client_id() -> str:
     """Who a failed sign-in is counted against: the client address (behind a
     reverse proxy, the proxy's; see the README's remote-rating section)."""
-    return str(getattr(st.context, "ip_address", None) or "unknown")
+    address = getattr(st.context, "ip_address", None)
+    return address if isinstance(address, str) and address else "unknown"
 
 
 # --- sessions -----------------------------------------------------------------------------
@@ -243,14 +244,17 @@ def save(shown: dict[str, Any], action: dict[str, Any]) -> None:
 
 
 def submit(rating: dict[str, Any], item: flow.Item) -> bool:
-    """Save; on an outage keep the rating to retry (same submission id: saved once)."""
+    """Save; False if the database cannot be reached, and then the rating is kept
+    to retry (with its submission id: however many tries, it is saved once)."""
     try:
         saved = flow.submit(get_engine(DB), rating)
     except Exception as exc:
+        ss["status"] = status_of(exc)
         if flow.is_unreachable(exc):
             ss["pending"] = (rating, item)
-        ss["status"] = status_of(exc)
-        return False
+            return False
+        ss.pop("pending", None)  # refused (a revoked token, say): the status says why
+        return True
     ss.pop("pending", None)
     what = "Correction saved" if saved.version > 1 else "Saved"
     ss["status"] = ("success", f"{what}: item {item.number}.")
@@ -272,9 +276,8 @@ def status_of(exc: Exception) -> tuple[str, str]:
 def retry_outage() -> None:
     """While the database is unreachable: retry a kept save, or just look; when
     it answers again, rerun the whole page (the rater goes on, still signed in)."""
-    pending = ss.get("pending")
-    if pending is not None:
-        if submit(*pending):
+    if "pending" in ss:
+        if submit(*ss["pending"]):
             st.rerun(scope="app")
         return
     try:
@@ -383,6 +386,9 @@ def rate_page(rater: store.Rater) -> None:
     """A fragment: Save, Skip and Back rerun only this part of the page."""
     engine = get_engine(DB)
     rid = rater.rater_id
+    if "pending" in ss and not submit(*ss["pending"]):  # a save kept through an outage
+        outage_page(rater)
+        return
     try:
         where = flow.place(engine, rid, ss.get("back", 0))
     except Exception as exc:

@@ -20,10 +20,12 @@ import pytest
 from openmind_curate import index as index_store
 from openmind_curate.quality import rating_flow as flow
 from openmind_curate.quality import ratings as store
+from openmind_curate.quality import viewer
 from openmind_curate.quality.plan import DWI_GROUP
 from openmind_curate.schema import IMAGE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
+IMG_A = "sub-01/anat/sub-01_T1w.nii.gz"
 APP = str(REPO / "apps" / "rater.py")
 HOSTILE = "<script>alert(1)</script>'; DROP TABLE ratings;-- ../../etc/passwd"
 
@@ -54,13 +56,29 @@ def _row(
     return row
 
 
+MARK = 1000.0  # the orientation markers' value, far above the noise (50-150)
+
+
 def _volume(shape=(20, 24, 16), seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (rng.random(shape) * 100 + 50).astype(np.float32)
 
 
-def build_site(folder: Path) -> dict:
-    """Files, index, store, raters and assignments; returns paths and tokens."""
+def _with_markers(data: np.ndarray) -> np.ndarray:
+    """Three bright bars along the left-anterior, left-superior and anterior-superior
+    edges (RAS voxel axes): whatever the slice, each view's top-left corner is
+    bright when the views are drawn the right way round (axial: L left, A up;
+    coronal: L left, S up; sagittal: A left, S up)."""
+    out = data.copy()
+    out[:3, -4:, :] = MARK  # left-anterior: the axial view's top-left
+    out[:3, :, -3:] = MARK  # left-superior: the coronal view's top-left
+    out[:, -4:, -3:] = MARK  # anterior-superior: the sagittal view's top-left
+    return out
+
+
+def build_site(folder: Path, db: str | None = None) -> dict:
+    """Files, index, store, raters and assignments; returns paths and tokens.
+    The store is a SQLite file in `folder` unless `db` names another (a URL)."""
     root = folder / "ds"
     files = {
         "img-a": ("sub-01/anat/sub-01_T1w.nii.gz", "T1w", None),
@@ -74,6 +92,8 @@ def build_site(folder: Path) -> dict:
     for n, (image_id, (rel, modality, source)) in enumerate(files.items()):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         data = _volume(seed=n)
+        if image_id == "img-a":
+            data = _with_markers(data)
         if modality == "DWI":
             data = np.stack([data, data], axis=-1)
         nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), root / rel)
@@ -81,7 +101,7 @@ def build_site(folder: Path) -> dict:
     index_path = folder / "images.parquet"
     table = pa.Table.from_pylist(rows, schema=IMAGE_INDEX)
     index_store.update(index_path, lambda _current: table)
-    db = folder / "ratings.sqlite"
+    db = db or folder / "ratings.sqlite"
     engine = store.connect(db)
     tokens = {name: store.add_rater(engine, name) for name in ("alice", "bob")}
     tokens["boss"] = store.add_rater(engine, "boss", admin=True)
@@ -140,10 +160,13 @@ def _keep_main_module():
     sys.modules["__main__"] = main
 
 
-def _app():
+def _app(query: dict | None = None):
     from streamlit.testing.v1 import AppTest
 
-    return AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    return at.run()
 
 
 def _sign_in(at, token: str):
@@ -168,58 +191,98 @@ def _texts(at) -> str:
         "warning",
     ):
         parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [e.proto.text for e in at.get("progress")]
     return "\n".join(parts)
 
 
-def _sid(at) -> str:
-    return at.session_state["shown"]["sid"]
+def _panel(at) -> tuple[dict, bytes]:
+    """The header and voxel body the browser panel was sent (apps/rater_panel.js)."""
+    found = at.get("bidi_component")
+    assert len(found) == 1, f"{len(found)} panels on the page"
+    return viewer.unpack_payload(found[0].proto.bytes)
 
 
-def _rate(at, noisiness=2, blurriness=3, artifact=4, comment=None, corrupted=False):
-    sid = _sid(at)
-    at.radio(key=f"{sid}-noisiness").set_value(noisiness)
-    at.radio(key=f"{sid}-blurriness").set_value(blurriness)
-    artifact_keys = [r.key for r in at.radio if r.key == f"{sid}-artifact_level"]
-    if artifact_keys:
-        at.radio(key=f"{sid}-artifact_level").set_value(artifact)
-    if corrupted:
-        at.checkbox(key=f"{sid}-corrupted").check()
-    if comment is not None:
-        at.text_area(key=f"{sid}-comment").input(comment)
-    at.button(key=f"{sid}-save").click()
-    return at.run()
+def _send(at, event: str, value: dict):
+    """What the panel's setTriggerValue(event, value) does in a browser: a rerun
+    carrying the event. AppTest cannot click inside a component, so the trigger
+    goes in through the widget states it sends (an AppTest internal)."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    base = at.get("bidi_component")[0].proto.id
+    states = at._tree.get_widget_states()
+    trigger = f"$$STREAMLIT_INTERNAL_KEY_{base}__events"
+    payload = json.dumps([{"event": event, "value": value}])
+    states.widgets.append(WidgetState(id=trigger, json_trigger_value=payload))
+    return at._run(states)
 
 
-def test_wrong_token_shows_nothing_but_sign_in(site):
+def _act(at, kind: str, **extra):
+    header, _ = _panel(at)
+    nonce = f"{kind}-{extra.pop('nonce', id(extra))}"
+    return _send(
+        at, "action", {"type": kind, "sid": header["item"]["sid"], "nonce": nonce, **extra}
+    )
+
+
+def _rate(at, noisiness=2, blurriness=3, artifact=4, comment=None, corrupted=False, **extra):
+    answers = dict(noisiness=noisiness, blurriness=blurriness, artifact_level=artifact)
+    answers.update(fov_suboptimal=False, corrupted=corrupted, comment=comment or "")
+    window = extra.pop("window", {"preset": "Tissue", "slices": [10, 12, 8], "maps": {}})
+    return _act(at, "save", answers=answers, window=window, **extra)
+
+
+def _status(at) -> str:
+    status = _panel(at)[0]["status"]
+    return "" if status is None else status["text"]
+
+
+def test_wrong_token_shows_nothing_but_sign_in_and_is_throttled(site):
+    import streamlit as st
+
+    st.cache_resource.clear()  # a fresh sign-in throttle
     at = _app()
     assert not at.exception
-    assert len(at.image) == 0 and at.text_input(key="token_input")
-    at = _sign_in(at, "0123456789abcdef.forged-secret")
-    assert "Sign-in refused" in at.error[0].value
-    assert len(at.image) == 0 and len(at.radio) == 0 and "rater" not in at.session_state
+    assert len(at.get("bidi_component")) == 0 and at.text_input(key="token_input")
+    for _ in range(5):  # five wrong guesses are answered
+        at = _sign_in(at, "0123456789abcdef.forged-secret")
+        assert "Sign-in refused" in at.error[0].value
+    assert len(at.get("bidi_component")) == 0 and "rater" not in at.session_state
     assert "Item" not in _texts(at)
+    at = _sign_in(at, site["tokens"]["alice"])  # the sixth, even right, must wait
+    assert "Too many failed sign-ins" in at.error[0].value and "rater" not in at.session_state
+    st.cache_resource.clear()
 
 
 def test_revoked_token_is_refused(site):
     store.revoke_rater(site["engine"], "bob")
     at = _sign_in(_app(), site["tokens"]["bob"])
     assert "revoked" in at.error[0].value
-    assert len(at.image) == 0 and "rater" not in at.session_state
+    assert len(at.get("bidi_component")) == 0 and "rater" not in at.session_state
 
 
 def test_rate_save_next_back_and_resume(site):
     engine = site["engine"]
     at = _sign_in(_app(), site["tokens"]["alice"])
     assert not at.exception, at.exception
-    page = _texts(at)
-    assert "Item 1 of 3" in page and "ds-secret-name" not in page  # datasets hidden
-    assert "sub-01" not in page and "/" not in at.subheader[0].value  # no path shown
-    assert len(at.image) >= 1 and "0 of 3 rated" in at.get("progress")[0].proto.text
-    first_sid = _sid(at)
+    header, body = _panel(at)
+    assert header["item"]["label"] == "Item 1 of 3" and "0 of 3 rated" in _texts(at)
+    text = json.dumps(header)
+    assert "ds-secret-name" not in text and "sub-01" not in text  # no dataset, no path
+    # the voxels the browser gets are the file's, on the canonical grid (known answer)
+    (meta,) = header["bodies"][header["unit"]["key"]]
+    img = nib.as_closest_canonical(nib.load(site["index"].parent / "ds" / IMG_A))
+    truth = img.get_fdata(dtype=np.float32)
+    sent = viewer.decode_volume(meta, body)
+    assert sent.shape == truth.shape and np.abs(sent - truth).max() <= meta["step"] / 2 + 1e-3
+    first_sid = header["item"]["sid"]
 
-    # moving a slice slider redraws without a new showing (same submission id)
-    at.slider(key=f"{first_sid}-slice-Axial").set_value(3).run()
-    assert _sid(at) == first_sid
+    # painted: the server sends the next unit's voxels now; Save then sends a header only
+    assert header["ask_ready"] == "painted"
+    for _ in range(20):  # the next unit loads in the background
+        at = _send(at, "sync", {"type": "ready", "sid": first_sid})
+        if _panel(at)[0]["in_body"]:
+            break
+    assert [k.split(":")[0] for k in _panel(at)[0]["in_body"]] == ["dwi-1"]
 
     at = _rate(at, 2, 3, 4, comment="fine")
     assert not at.exception, at.exception
@@ -233,35 +296,53 @@ def test_rate_save_next_back_and_resume(site):
         4,
     )
     assert row["seconds_spent"] > 0 and len(row["image_checksum"]) == 64
-    settings = json.loads(row["window_settings"])
-    assert settings["preset"] == "Auto (1-99%)" and settings["slices"][2] == 3
-    assert set(settings["maps"]) == {"T1w"}
-    assert "Item 2 of 3" in _texts(at) and _sid(at) != first_sid
+    assert json.loads(row["window_settings"])["slices"] == [10, 12, 8]
 
     # item 2 is the DWI unit: three maps, no artifact axis, saved as null
-    labels = [e.proto.imgs[0].caption.split(" · ")[0] for e in at.image]
-    assert labels == ["FA"] * 3 + ["MD"] * 3 + ["T2w"] * 3
-    assert all(e.proto.imgs[0].url.endswith(".png") for e in at.image)  # lossless
-    keys = [r.key for r in at.radio]
-    assert f"{_sid(at)}-artifact_level" not in keys and f"{_sid(at)}-noisiness" in keys
-    at = _rate(at, 1, 1)
+    header, body = _panel(at)
+    assert header["item"]["label"] == "Item 2 of 3" and header["item"]["sid"] != first_sid
+    assert header["in_body"] == [] and body == b""  # the browser already holds the voxels
+    assert [v["label"] for v in header["unit"]["volumes"]] == ["FA", "MD", "T2w"]
+    assert header["item"]["axes"] == ["noisiness", "blurriness"]
+    assert _status(at) == "Saved: item 1."
+    at = _rate(at, 1, 1, window={"preset": "High contrast", "maps": {"FA": {}, "MD": {}}})
     dwi = store.read_ratings(engine, rater_id="alice").iloc[-1]
     assert dwi["image_id"] == "dwi-1" and pd.isna(dwi["artifact_level"])
-    assert set(json.loads(dwi["window_settings"])["maps"]) == {"FA", "MD", "T2w"}
+    assert json.loads(dwi["window_settings"])["preset"] == "High contrast"
 
     # back: the DWI unit again, pre-filled; saving makes version 2
-    at.button[0].click().run()  # Back
-    assert "Correcting your rating" in _texts(at)
-    sid = _sid(at)
-    assert at.radio(key=f"{sid}-noisiness").value == 1
+    at = _act(at, "back")
+    header, _ = _panel(at)
+    assert header["item"]["correction"].startswith("Correcting your saved rating of item 2")
+    assert header["item"]["latest"]["noisiness"] == 1 and header["nav"]["can_return"]
     at = _rate(at, 3, 1)
     versions = store.read_ratings(engine, rater_id="alice").query("image_id == 'dwi-1'")
     assert sorted(versions["version"]) == [1, 2] and versions.iloc[-1]["noisiness"] == 3
-    assert "Item 3 of 3" in _texts(at)
+    assert _panel(at)[0]["item"]["label"] == "Item 3 of 3"
+    assert _status(at) == "Correction saved: item 2."
 
     # a restarted app (new session) resumes at the first unrated item
     again = _sign_in(_app(), site["tokens"]["alice"])
-    assert "Item 3 of 3" in _texts(again) and "2 of 3 rated" in again.get("progress")[0].proto.text
+    assert _panel(again)[0]["item"]["label"] == "Item 3 of 3"
+    assert "2 of 3 rated" in _texts(again)
+
+
+def test_a_reload_keeps_the_session_and_a_forged_one_is_refused(site):
+    at = _sign_in(_app(), site["tokens"]["alice"])
+    token = at.query_params["session"]
+    token = token[0] if isinstance(token, list) else token
+    assert site["tokens"]["alice"].split(".")[1] not in token  # never the rater's secret
+    reloaded = _app({"session": token})  # F5: a new session with the same URL
+    assert not reloaded.exception and _panel(reloaded)[0]["item"]["label"] == "Item 1 of 3"
+    forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    refused = _app({"session": forged})
+    assert len(refused.get("bidi_component")) == 0 and "session ended" in _texts(refused)
+    # signing out ends the session: its token no longer signs in
+    signed_out = _app({"session": token})
+    signed_out.button[0].click().run()  # "Sign out" (the only button when signed in)
+    assert "rater" not in signed_out.session_state
+    after = _app({"session": token})
+    assert len(after.get("bidi_component")) == 0 and "session ended" in _texts(after)
 
 
 def test_isolation_and_dataset_names(site, monkeypatch):
@@ -279,23 +360,22 @@ def test_isolation_and_dataset_names(site, monkeypatch):
         ),
     )
     at = _sign_in(_app(), site["tokens"]["bob"])
-    page = _texts(at)
-    assert "Item 1 of 1" in page and "0 of 1 rated" in at.get("progress")[0].proto.text
-    assert "alice was here" not in page
-    assert at.button[0].label == "Back" and at.button[0].disabled  # bob has rated nothing
+    header, _ = _panel(at)
+    assert header["item"]["label"] == "Item 1 of 1" and "0 of 1 rated" in _texts(at)
+    assert "alice was here" not in json.dumps(header) + _texts(at)
+    assert header["nav"]["can_back"] is False  # bob has rated nothing
     monkeypatch.setenv("OPENMIND_RATER_SHOW_DATASETS", "1")
     shown = _sign_in(_app(), site["tokens"]["bob"])
-    assert "ds-secret-name" in _texts(shown)
+    assert "ds-secret-name" in _panel(shown)[0]["item"]["label"]
 
 
-def test_hostile_comment_is_stored_verbatim_and_shown_as_text(site):
+def test_hostile_comment_is_stored_verbatim_and_sent_back_as_data(site):
     at = _sign_in(_app(), site["tokens"]["alice"])
     at = _rate(at, comment=HOSTILE)
     stored = store.read_ratings(site["engine"], rater_id="alice")
     assert stored.iloc[0]["comment"] == HOSTILE
-    at.button[0].click().run()  # back to it: the comment shows as plain text
-    assert any(t.value == HOSTILE for t in at.text)
-    assert at.text_area(key=f"{_sid(at)}-comment").value == HOSTILE
+    at = _act(at, "back")  # back to it: the comment comes back as a JSON string
+    assert _panel(at)[0]["item"]["latest"]["comment"] == HOSTILE
     assert not any("<script>" in str(m.value) for m in at.markdown)
     assert store.read_ratings(site["engine"]).shape[0] == 1  # the table is still there
 
@@ -303,46 +383,56 @@ def test_hostile_comment_is_stored_verbatim_and_shown_as_text(site):
 def test_double_submit_stores_one_rating(site):
     engine = site["engine"]
     at = _sign_in(_app(), site["tokens"]["alice"])
-    sid = _sid(at)
-    shown = dict(at.session_state["shown"])
-    at = _rate(at)
-    # the same showing submitted again (a second click on the same form)
-    at.session_state["shown"] = shown
-    at.run()
-    assert _sid(at) != sid  # the page moved on: the old form is gone
-    item = flow.previous_item(engine, "alice")
-    again = flow.make_rating(
-        item,
-        dict(noisiness=2, blurriness=3, artifact_level=4),
-        rater_id="alice",
-        submission_id=sid,
-        image_checksum=None,
-        seconds_spent=1.0,
-        window_settings=None,
-    )
-    assert flow.submit(engine, again).duplicate
+    sid = _panel(at)[0]["item"]["sid"]
+    stale = dict(at.session_state["shown"])
+    at = _rate(at, nonce="first")
+    at.session_state["shown"] = stale  # the same showing submitted again (a double click)
+    at = _rate(at, nonce="second")
+    assert _panel(at)[0]["item"]["sid"] != sid  # the page moved on
     assert len(store.read_ratings(engine, rater_id="alice")) == 1
 
 
-def test_save_error_is_shown_and_nothing_saved(site):
+def test_missing_answers_are_all_named_and_nothing_saved(site):
     at = _sign_in(_app(), site["tokens"]["alice"])
-    sid = _sid(at)
-    at.radio(key=f"{sid}-noisiness").set_value(2)
-    at.button(key=f"{sid}-save").click().run()  # blurriness and artifact missing
-    assert "choose a value" in at.error[0].value
-    assert _sid(at) == sid and store.read_ratings(site["engine"]).empty
+    sid = _panel(at)[0]["item"]["sid"]
+    at = _rate(at, 2, None, None)  # blurriness and artifact missing
+    assert "blurriness, artifact level" in _status(at)
+    assert _panel(at)[0]["item"]["sid"] == sid and store.read_ratings(site["engine"]).empty
     store.revoke_rater(site["engine"], "alice")  # revoked mid-session
     at = _rate(at)
     assert store.read_ratings(site["engine"]).empty
-    errors = [e.value for e in at.error]
-    assert any("was revoked" in e for e in errors)  # the save's own error
-    assert any("sign in with a new one" in e for e in errors) and len(at.image) == 0
+    assert "sign in with a new one" in _texts(at) and len(at.get("bidi_component")) == 0
+
+
+def test_an_outage_keeps_the_answers_and_saves_them_once_when_back(site, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    real = flow.submit
+
+    def down(*_args, **_kwargs):
+        raise OperationalError("INSERT ...", {}, ConnectionRefusedError("server closed"))
+
+    at = _sign_in(_app(), site["tokens"]["alice"])
+    sid = _panel(at)[0]["item"]["sid"]
+    monkeypatch.setattr(flow, "submit", down)
+    at = _rate(at, 2, 3, 4, comment="typed during the outage")
+    assert not at.exception, at.exception
+    assert "cannot be reached" in _status(at) and "server closed" not in _texts(at)
+    assert _panel(at)[0]["item"]["sid"] == sid  # the same panel: the browser keeps the form
+    at.run()  # a retry while still down: still kept
+    assert "cannot be reached" in _status(at) and store.read_ratings(site["engine"]).empty
+    monkeypatch.setattr(flow, "submit", real)
+    at.run()  # the database is back: the kept rating is saved, once, and the rater goes on
+    saved = store.read_ratings(site["engine"], rater_id="alice")
+    assert len(saved) == 1 and saved.iloc[0]["comment"] == "typed during the outage"
+    assert saved.iloc[0]["submission_id"] == sid
+    assert _panel(at)[0]["item"]["label"] == "Item 2 of 3"
+    at.run()
+    assert len(store.read_ratings(site["engine"], rater_id="alice")) == 1
 
 
 def test_unshowable_item_says_why_and_can_still_be_rated(site, monkeypatch):
     import streamlit as st
-
-    from openmind_curate.quality import viewer
 
     def broken(_index, unit_id):
         raise viewer.ViewerError(f"cannot show /data/ds-secret-name/{unit_id}.nii.gz: EOFError")
@@ -351,9 +441,11 @@ def test_unshowable_item_says_why_and_can_still_be_rated(site, monkeypatch):
     monkeypatch.setattr(viewer, "load_unit", broken)
     try:
         at = _sign_in(_app(), site["tokens"]["alice"])
-        assert not at.exception and len(at.image) == 0
-        assert "cannot be shown" in at.error[0].value
-        assert "ds-secret-name" not in _texts(at) and ".nii" not in _texts(at)  # no path
+        header, body = _panel(at)
+        assert not at.exception and header["unit"] is None and body == b""
+        assert "cannot be shown" in header["missing"]
+        text = json.dumps(header) + _texts(at)
+        assert "ds-secret-name" not in text and ".nii" not in text  # no path
         at = _rate(at, corrupted=True)  # it can still be rated (as corrupted)
         row = store.read_ratings(site["engine"], rater_id="alice").iloc[0]
         assert row["corrupted"] and pd.isna(row["image_checksum"])
@@ -363,8 +455,9 @@ def test_unshowable_item_says_why_and_can_still_be_rated(site, monkeypatch):
 
 def test_skip_moves_item_to_the_end(site):
     at = _sign_in(_app(), site["tokens"]["alice"])
-    at.button[1].click().run()  # Skip
-    assert "Skipped" in _texts(at)
+    at = _act(at, "skip")
+    assert _status(at).startswith("Skipped item 1")
+    assert _panel(at)[0]["item"]["label"] == "Item 1 of 3"  # the heading names what is shown
     assert flow.current_item(site["engine"], "alice").image_id == "dwi-1"
     assert [i for i in store.queue(site["engine"], "alice")["image_id"]][-1] == "img-a"
 
@@ -386,19 +479,17 @@ def test_admin_page(site):
                 window_settings=None,
             ),
         )
-    at = _sign_in(_app(), site["tokens"]["boss"])
-    at.sidebar.radio(key="page").set_value("Admin").run()
+    at = _sign_in(_app(), site["tokens"]["boss"])  # a lead lands on the admin page
     assert not at.exception, at.exception
-    progress = at.dataframe[0].value.set_index("rater_id")
-    assert progress.loc["alice", "done"] == 1 and progress.loc["alice", "total"] == 3
-    assert progress.loc["bob", "median_seconds"] == 4.0
-    subheads = [h.value for h in at.subheader]
-    if len(at.dataframe) > 1:  # progress + the five agreement tables
-        assert len(at.dataframe) == 6 and "Per rater pair" in subheads
-    else:  # quality.agreement missing or failing: the page says so
-        assert "Agreement statistics are not available" in _texts(at)
+    assert len(at.get("bidi_component")) == 0 and "Progress per rater" in _texts(at)
+    progress = at.dataframe[0].value
+    assert "rater_id" not in progress.columns and "is_admin" not in progress.columns
+    assert any("(s)" in c for c in progress.columns)  # units in the names
+    progress = progress.set_index(progress.columns[0])
+    assert "None" not in progress.astype(str).to_string()
+    assert len(at.dataframe) >= 2 and "How to read" in _texts(at)
     plain = _sign_in(_app(), site["tokens"]["alice"])
-    assert len(plain.sidebar.radio) == 0  # no admin page for a rater
+    assert len(plain.get("segmented_control")) == 0  # no admin page for a rater
 
 
 # --- the logic, without the UI -------------------------------------------------------------

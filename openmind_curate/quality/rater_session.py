@@ -91,8 +91,9 @@ class Throttle:
     def wait(self, client: str, now: float) -> float:
         """Seconds `client` must wait before its next sign-in is checked (0: go)."""
         with self._lock:
-            times = [t for t in self._failures.get(client, []) if now - t < self.window]
-            self._failures[client] = times
+            times = [t for t in self._failures.pop(client, []) if now - t < self.window]
+            if times:
+                self._failures[client] = times
             extra = len(times) - self.free
             if extra < 0:
                 return 0.0

@@ -261,7 +261,7 @@ def make_rating(
 ) -> dict[str, Any]:
     """The dict `ratings.save_rating` stores for a form submission.
 
-    Every asked axis needs a value 1-5 (a RatingsError names the first
+    Every asked axis needs a value 1-5 (a RatingsError names every
     missing one); artifact level is None for a DWI-derived unit whatever the
     form held; the comment is kept verbatim (None if blank).
     """
@@ -272,14 +272,17 @@ def make_rating(
         submission_id=submission_id,
         image_checksum=image_checksum,
     )
+    missing = []
     for axis in AXES:
+        value = form_values.get(axis)
         if axis not in item.axes:
             out[axis] = None
-            continue
-        value = form_values.get(axis)
-        if value is None or isinstance(value, bool) or not 1 <= int(value) <= 5:
-            raise RatingsError(f"choose a value 1-5 for {AXIS_LABELS[axis].lower()}")
-        out[axis] = int(value)
+        elif value is None or isinstance(value, bool) or not 1 <= int(value) <= 5:
+            missing.append(AXIS_LABELS[axis].lower())
+        else:
+            out[axis] = int(value)
+    if missing:
+        raise RatingsError(f"choose a value 1-5 for {', '.join(missing)}")
     for flag in FLAGS:
         out[flag] = bool(form_values.get(flag, False))
     comment = form_values.get("comment")
