@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -116,24 +117,54 @@ def test_unreadable_file_is_a_viewer_error(tmp_path):
 def test_window_presets():
     stats = {
         0.0: -10.0,
-        0.5: 1.0,
         1.0: 2.0,
         5.0: 10.0,
+        30.0: 20.0,
         95.0: 90.0,
         99.0: 98.0,
-        99.5: 99.0,
         100.0: 110.0,
     }
-    assert viewer.window(stats, "Auto (1-99%)") == (50.0, 96.0)
-    assert viewer.window(stats, "Narrow (5-95%)") == (50.0, 80.0)
-    assert viewer.window(stats, "Wide (0.5-99.5%)") == (50.0, 98.0)
+    assert viewer.window(stats, "Tissue") == (50.0, 96.0)
+    assert viewer.window(stats, "High contrast") == (50.0, 80.0)
+    assert viewer.window(stats, "Background noise") == (5.0, 30.0)
     assert viewer.window(stats, "Full range") == (50.0, 120.0)
-    level, width = viewer.window(dict.fromkeys(stats, 7.0), "Auto (1-99%)")  # a flat image
+    assert set(viewer.PRESET_HELP) == set(viewer.PRESETS)  # every preset says what it shows
+    level, width = viewer.window(dict.fromkeys(stats, 7.0), "Tissue")  # a flat image
     assert level == 7.0 and width > 0
     with pytest.raises(ValueError, match="unknown window preset"):
         viewer.window(stats, "Bone")
     plane = np.array([[2.0, 50.0, 98.0, 200.0, -5.0]])
     np.testing.assert_array_equal(viewer.to_uint8(plane, 50.0, 96.0), [[0, 127, 255, 255, 0]])
+
+
+def _unit(data: np.ndarray, spacing=(1.0, 1.0, 2.0)) -> viewer.Unit:
+    vol = viewer.Volume("T1w", data, spacing, viewer._percentiles(data))
+    return viewer.Unit("u", [vol, vol], "c")
+
+
+def test_what_the_browser_gets_is_the_volume():
+    """Integer voxels travel exactly; float voxels within half a code step; the
+    layout (x fastest) and each volume's offset are what rater_panel.js reads."""
+    rng = np.random.default_rng(0)
+    ints = rng.integers(-100, 3000, (7, 5, 3)).astype(np.float32)
+    floats = rng.normal(0.3, 0.1, (7, 5, 3)).astype(np.float32)
+    for data, exact in ((ints, True), (floats, False)):
+        metas, body = viewer.encode_unit(_unit(data))
+        header, back = viewer.unpack_payload(viewer.pack_payload({"volumes": metas}, body))
+        assert header["volumes"][1]["offset"] == metas[0]["nbytes"]
+        for meta in header["volumes"]:
+            out = viewer.decode_volume(meta, back)
+            assert out.shape == data.shape and meta["spacing"] == [1.0, 1.0, 2.0]
+            error = np.abs(out - data).max()
+            assert error == 0 if exact else error <= meta["step"] / 2 + 1e-6
+            raw = zlib.decompress(back[meta["offset"] : meta["offset"] + meta["nbytes"]])
+            codes = np.frombuffer(raw, "<u2")
+            # x fastest: the second code is voxel (1, 0, 0)
+            assert codes[1] == round((data[1, 0, 0] - meta["lo"]) / meta["step"])
+            lo, hi = meta["windows"]["Tissue"]
+            assert (lo + hi) / 2 == pytest.approx(
+                viewer.window(_unit(data).volumes[0], "Tissue")[0]
+            )
 
 
 def test_percentiles_ignore_background(bright):
