@@ -8,12 +8,13 @@ over the files, each its own image_id), a SQLite store with two raters who
 both have every unit in their queue.
 
 Ours, per item: `save_rating` of the item shown + `rating_flow.current_item` +
-`UnitCache.get` of the next unit (prefetched in the background while the rater
-was scoring) + `window` + `slices` + PNG encoding (what st.image sends); then
-the prefetch of the item after it and `--think` seconds of "rater scoring"
-(not timed). Peer: the same save and queue read, then the next item's NIfTI
-re-read from disk with nibabel (``get_fdata``), its 1-99 % window (the same
-subsampled percentiles as ours), three slices and their PNGs: no cache, no
+`UnitCache.get` of the next unit (loaded and encoded for the browser in the
+background while the rater was scoring) + the header the app sends (the
+browser draws the views itself: benchmarks/rater_browser.py measures that
+part, in Chromium); then the prefetch of the item after it and `--think`
+seconds of "rater scoring" (not timed). Peer: the same save and queue read,
+then the next item's NIfTI re-read from disk with nibabel (``get_fdata``),
+its 1-99 % window (the same subsampled percentiles as ours), three slices and their PNGs: no cache, no
 prefetch (what a simple viewer does per click). Both in one process, files in
 the page cache (decompression, not the disk, is what a re-read costs). Also
 printed: the background load of one unit (it must fit in a rater's time per
@@ -120,7 +121,7 @@ def rating(item: flow.Item, rater: str, checksum: str | None) -> dict:
 
 
 def png(images) -> None:
-    """Encode as the app sends them (st.image, lossless PNG)."""
+    """Encode as a server-rendered viewer sends them (st.image, lossless PNG)."""
     for img in images:
         Image.fromarray(img).save(io.BytesIO(), format="PNG")
 
@@ -139,9 +140,8 @@ def run_ours(engine, index_df: pd.DataFrame, think: float) -> list[float]:
         if item is None:
             break
         unit = cache.get(item.image_id)
-        vol = unit.volumes[0]
-        level, width = viewer.window(vol, viewer.DEFAULT_PRESET)
-        png(viewer.slices(vol, vol.center, level, width))
+        # what the app sends on Save: a header (the voxels reached the browser earlier)
+        viewer.pack_payload({"unit": {"key": unit.unit_id, "volumes": unit.encoded[0]}})
         times.append(time.perf_counter() - t0)
         after = flow.next_after(engine, "ours", item)
         cache.prefetch(after.image_id if after else None)
@@ -214,7 +214,7 @@ def main() -> None:
     print(f"  ours (cache + prefetch): median {om:7.1f} ms   p95 {op:7.1f} ms")
     print(f"  peer (nibabel re-read):  median {pm:7.1f} ms   p95 {pp:7.1f} ms")
     print(f"  peer / ours (median): {pm / om:.1f}x")
-    print(f"one unit's background load (read, reorient, percentiles): {load:.0f} ms")
+    print(f"one unit's background load (read, reorient, percentiles, encode): {load:.0f} ms")
     print(f"slider or preset redraw (window + three slices, cached array): {redraw:.2f} ms")
     print(f"target median <= 300 ms: {'met' if om <= 300 else 'NOT met'}")
 
