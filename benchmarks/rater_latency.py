@@ -14,8 +14,8 @@ browser draws the views itself: benchmarks/rater_browser.py measures that
 part, in Chromium); then the prefetch of the item after it and `--think`
 seconds of "rater scoring" (not timed). Peer: the same save and queue read,
 then the next item's NIfTI re-read from disk with nibabel (``get_fdata``),
-its 1-99 % window (the same subsampled percentiles as ours), three slices and their PNGs: no cache, no
-prefetch (what a simple viewer does per click). Both in one process, files in
+its 1-99 % window (the same subsampled percentiles as ours), three slices and
+their PNGs: no cache, no prefetch (what a simple viewer does per click). Both in one process, files in
 the page cache (decompression, not the disk, is what a re-read costs). Also
 printed: the background load of one unit (it must fit in a rater's time per
 item) and a slider redraw from the cached array.
