@@ -9,16 +9,16 @@ both have every unit in their queue.
 
 Ours, per item: `save_rating` of the item shown + `rating_flow.current_item` +
 `UnitCache.get` of the next unit (loaded and encoded for the browser in the
-background while the rater was scoring) + the header the app sends (the
-browser draws the views itself: benchmarks/rater_browser.py measures that
-part, in Chromium); then the prefetch of the item after it and `--think`
-seconds of "rater scoring" (not timed). Peer: the same save and queue read,
-then the next item's NIfTI re-read from disk with nibabel (``get_fdata``),
-its 1-99 % window (the same subsampled percentiles as ours), three slices and
-their PNGs: no cache, no prefetch (what a simple viewer does per click). Both in one process, files in
-the page cache (decompression, not the disk, is what a re-read costs). Also
-printed: the background load of one unit (it must fit in a rater's time per
-item) and a slider redraw from the cached array.
+background while the rater was scoring) + the header the app sends (the browser
+draws the views itself: benchmarks/rater_browser.py measures that part, in
+Chromium); then the prefetch of the item after it and `--think` seconds of
+"rater scoring" (not timed). Peer: the same save and queue read, then the next
+item's NIfTI re-read from disk with nibabel (``get_fdata``), its 1-99 % window
+(the same subsampled percentiles as ours), three slices and their PNGs: no
+cache, no prefetch (what a simple viewer does per click). Both in one process,
+files in the page cache (decompression, not the disk, is what a re-read costs).
+Also printed: the background load of one unit (it must fit in a rater's time
+per item) and a slider redraw from the cached array.
 
     python benchmarks/rater_latency.py [--items 16] [--files 4] [--think 1.5]
 """
