@@ -296,7 +296,11 @@ def rate(
     db: DbOpt = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8501,
     address: Annotated[
-        str, typer.Option(help="Address to listen on (0.0.0.0 to serve a lab network).")
+        str,
+        typer.Option(
+            help="Address to listen on. Serve other machines through a reverse proxy "
+            "with TLS (README: rating from other machines), not 0.0.0.0 in clear text."
+        ),
     ] = "127.0.0.1",
     show_datasets: Annotated[
         bool, typer.Option("--show-datasets", help="Show dataset names to raters.")
@@ -316,6 +320,7 @@ def rate(
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_file())]
     cmd += ["--server.port", str(port), "--server.address", address]
     cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    cmd += ["--client.showErrorDetails", "none", "--client.toolbarMode", "minimal"]
     raise typer.Exit(_serve(cmd, env))
 
 
