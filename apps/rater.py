@@ -47,6 +47,7 @@ DB = os.environ.get("OPENMIND_RATER_DB", "")
 SHOW_DATASETS = os.environ.get("OPENMIND_RATER_SHOW_DATASETS", "") == "1"
 CACHE_UNITS = 6
 RETRY_SECONDS = 3
+PREFETCH_DELAY = 0.3  # s: the next unit loads once this one is drawn, not against it
 PANEL = "panel"
 UNREACHABLE = (
     "The ratings database cannot be reached. Your answers are kept in this page; "
@@ -176,19 +177,16 @@ def on_sign_out() -> None:
 # --- the panel's actions (a callback: it runs before the script, once per click) ------------
 
 
-def panel_action() -> dict[str, Any] | None:
+def panel_event(name: str) -> Any:
+    """The value the panel sent with its trigger `name` (in the callback of that trigger)."""
     value = ss.get(PANEL)
-    if isinstance(value, Mapping):
-        return value.get("action")
-    return getattr(value, "action", None)
+    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
 
 
 def on_sync() -> None:
     """The panel's own messages: "ready" (the item is painted: send the next unit's
     voxels now) and "need" (the browser lost a unit's voxels: send them again)."""
-    value = ss.get(PANEL)
-    sync = value.get("sync") if isinstance(value, Mapping) else getattr(value, "sync", None)
-    shown = ss.get("shown")
+    sync, shown = panel_event("sync"), ss.get("shown")
     if not isinstance(sync, dict) or shown is None or sync.get("sid") != shown["sid"]:
         return
     if sync.get("type") == "ready":
@@ -198,7 +196,7 @@ def on_sync() -> None:
 
 
 def on_action() -> None:
-    action, shown = panel_action(), ss.get("shown")
+    action, shown = panel_event("action"), ss.get("shown")
     if not isinstance(action, dict) or shown is None or action.get("sid") != shown["sid"]:
         return  # a click on an item no longer shown
     if action.get("nonce") == ss.get("last_nonce"):
@@ -442,8 +440,8 @@ def voxels_to_send(
         out.append(unit)
     after = where.after
     if after is not None and not any(k.startswith(f"{after.image_id}:") for k in sent):
-        if ss.pop("ready_for", None) == sid:  # painted: load the next unit now
-            cache.prefetch(after.image_id)  # not earlier: it would compete with this paint
+        if ss.pop("ready_for", None) == sid:  # painted: send the next unit once loaded
+            cache.prefetch(after.image_id)  # (again, if the server cache dropped it)
             nxt = load(cache, rater_id, after) if cache.loaded(after.image_id) else None
             if nxt is not None:
                 out.append(nxt)
@@ -451,6 +449,7 @@ def voxels_to_send(
                 header["ask_ready"] = "later"  # still loading: ask again in a moment
         else:
             header["ask_ready"] = "painted"
+            cache.prefetch(after.image_id, delay=PREFETCH_DELAY)  # after this item's paint
     sent.update(unit_key(u) for u in out)
     return out
 
@@ -542,7 +541,12 @@ def main() -> None:
         sign_in_page()
         st.stop()
     if top_bar(rater) == "Admin":
-        admin_page()
+        try:
+            admin_page()
+        except Exception as exc:
+            if not flow.is_unreachable(exc):
+                raise
+            st.warning("The ratings database cannot be reached; reload the page in a moment.")
     else:
         rate_page(rater)
 

@@ -179,6 +179,7 @@ class Panel {
     const fresh = header.item.sid !== this.sid;
     this.header = header;
     if (fresh) {
+      this.freshBytes = bytes.byteLength; // what this item's message weighed (benchmarks)
       this.sid = header.item.sid;
       this.pending = false;
       this.buildForm(header);
@@ -493,7 +494,8 @@ class Panel {
     requestAnimationFrame(() =>
       setTimeout(() => {
         const t = performance.timeOrigin + performance.now();
-        window.__omcPainted = { sid, t, n: (window.__omcPainted?.n || 0) + 1 };
+        const n = (window.__omcPainted?.n || 0) + 1;
+        window.__omcPainted = { sid, t, n, bytes: this.freshBytes };
         this.root.host?.setAttribute("data-painted", sid);
       }, 0),
     );

@@ -158,7 +158,7 @@ def sign_in(page, url: str, token: str) -> None:
 def run_ours(page, url: str, token: str, items: int) -> tuple[list[float], list[float]]:
     sign_in(page, url, token)
     page.wait_for_function("() => window.__omcPainted && window.__omcPainted.sid")
-    saves, steps = [], []
+    saves, steps, sizes = [], [], []
     for _ in range(items - 1):
         for _ in range(3):  # three slider steps per item
             n, t0 = page.evaluate(OURS_SLIDER)
@@ -167,7 +167,10 @@ def run_ours(page, url: str, token: str, items: int) -> tuple[list[float], list[
         time.sleep(THINK)  # the rater scores; the next unit reaches the browser meanwhile
         before, t0 = page.evaluate(OURS_SAVE)
         page.wait_for_function(f"() => window.__omcPainted.sid !== {before!r}", timeout=30_000)
-        saves.append(page.evaluate("() => window.__omcPainted.t") - t0)
+        painted = page.evaluate("() => window.__omcPainted")
+        saves.append(painted["t"] - t0)
+        sizes.append(painted["bytes"])
+    print(f"  ours: the message Save brought, median {np.median(sizes) / 1e3:.1f} kB")
     return saves, steps
 
 
@@ -222,6 +225,7 @@ def measure(backend: str, db: str, index: Path, folder: Path, items: int, chromi
         saves, steps = results[who]
         print(summary(f"{who}: save to next", saves))
         print(summary(f"{who}: slider step", steps))
+        print(f"  {who} save to next, each item (ms):", " ".join(f"{t:.0f}" for t in saves))
     ratio = np.median(results["peer"][0]) / np.median(results["ours"][0])
     step_ratio = np.median(results["peer"][1]) / np.median(results["ours"][1])
     print(f"peer/ours (median): save to next {ratio:.1f}x, slider step {step_ratio:.1f}x")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -300,21 +301,27 @@ class UnitCache:
         self._futures: OrderedDict[str, Future[Unit]] = OrderedDict()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unit-prefetch")
 
-    def _future(self, unit_id: str) -> Future[Unit]:
+    def _future(self, unit_id: str, delay: float = 0.0) -> Future[Unit]:
         with self._lock:
             fut = self._futures.get(unit_id)
             if fut is None:
-                fut = self._pool.submit(self._loader, unit_id)
+                fut = self._pool.submit(self._load, unit_id, delay)
                 self._futures[unit_id] = fut
             self._futures.move_to_end(unit_id)
             while len(self._futures) > self._maxsize:
                 self._futures.popitem(last=False)
             return fut
 
-    def prefetch(self, unit_id: str | None) -> None:
-        """Start loading `unit_id` in the background (nothing if cached or None)."""
+    def _load(self, unit_id: str, delay: float) -> Unit:
+        if delay > 0:
+            time.sleep(delay)
+        return self._loader(unit_id)
+
+    def prefetch(self, unit_id: str | None, delay: float = 0.0) -> None:
+        """Start loading `unit_id` in the background (nothing if cached or None),
+        after `delay` seconds (so that it does not compete with drawing the current one)."""
         if unit_id is not None:
-            self._future(unit_id)
+            self._future(unit_id, delay)
 
     def get(self, unit_id: str, timeout: float | None = None) -> Unit:
         """The unit, waiting for a pending load; raises the load's error."""
