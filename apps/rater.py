@@ -301,6 +301,25 @@ def sign_in_page() -> None:
 
 def panel_header(item: flow.Item, sid: str, unit: viewer.Unit | None, where: flow.Place) -> dict:
     """What the browser panel draws for one showing (see rater_panel.js), without voxels."""
+    return dict(
+        **showing(item, sid, unit, back=where.back, history=where.history),
+        scale=list(flow.SCALE),
+        axis_labels=flow.AXIS_LABELS,
+        axis_hints=flow.AXIS_HINTS,
+        flag_labels=flow.FLAG_LABELS,
+        presets=viewer.PRESET_HELP,
+        default_preset=viewer.DEFAULT_PRESET,
+        status=None,
+        in_body=[],  # unit keys whose voxels follow the header, in order
+        ask_ready="",  # "painted"/"later": say when ready, the server then sends the next unit
+        next=None,  # the next item, once the browser holds its voxels: Save shows it at once
+    )
+
+
+def showing(
+    item: flow.Item, sid: str, unit: viewer.Unit | None, *, back: int, history: int
+) -> dict:
+    """The parts of the header that change from item to item."""
     latest = item.latest or {}
     correction = (
         f"Correcting your saved rating of item {item.number}: saving replaces it "
@@ -318,25 +337,12 @@ def panel_header(item: flow.Item, sid: str, unit: viewer.Unit | None, where: flo
             latest={k: latest.get(k) for k in (*item.axes, *FLAGS, "comment")} if latest else None,
             correction=correction,
         ),
-        scale=list(flow.SCALE),
-        axis_labels=flow.AXIS_LABELS,
-        axis_hints=flow.AXIS_HINTS,
-        flag_labels=flow.FLAG_LABELS,
-        presets=viewer.PRESET_HELP,
-        default_preset=viewer.DEFAULT_PRESET,
         unit=None if unit is None else dict(key=unit_key(unit), volumes=unit.encoded[0]),
         missing=""
         if unit is not None
-        else "This image cannot be shown (its file could not "
-        "be read). Skip it, or rate it as corrupted.",
-        nav=dict(
-            can_back=where.back < where.history,
-            can_skip=not where.back,
-            can_return=bool(where.back),
-        ),
-        status=None,
-        in_body=[],  # unit keys whose voxels follow the header, in order
-        ask_ready="",  # "painted"/"later": say when ready, the server then sends the next unit
+        else "This image cannot be shown (its file could not be read). "
+        "Skip it, or rate it as corrupted.",
+        nav=dict(can_back=back < history, can_skip=not back, can_return=bool(back)),
     )
 
 
@@ -365,6 +371,7 @@ def show_panel(
     if status is None:
         status = ss.pop("status", None)
     header = {**header, "status": None if status is None else dict(level=status[0], text=status[1])}
+    header["handled"] = ss.get("last_nonce")  # the last action this answers (rater_panel.js)
     payload = with_voxels(header, units)
     rater_panel(key=PANEL, data=payload, on_action_change=on_action, on_sync_change=on_sync)
 
@@ -451,6 +458,10 @@ def voxels_to_send(
             header["ask_ready"] = "painted"
             cache.prefetch(after.image_id, delay=PREFETCH_DELAY)  # after this item's paint
     sent.update(unit_key(u) for u in out)
+    if after is not None and not where.back and cache.loaded(after.image_id):
+        nxt = load(cache, rater_id, after)
+        if nxt is not None and unit_key(nxt) in sent:  # Save can show it before the answer
+            header["next"] = showing(after, "", nxt, back=0, history=where.history + 1)
     return out
 
 

@@ -176,57 +176,117 @@ class Panel {
     this.setTrigger = setTrigger;
     const { header, body } = parsePayload(bytes);
     for (const key of header.in_body) remember(key, decodeAll(header.bodies[key], body));
-    const fresh = header.item.sid !== this.sid;
-    this.header = header;
-    if (fresh) {
-      this.freshBytes = bytes.byteLength; // what this item's message weighed (benchmarks)
-      this.sid = header.item.sid;
-      this.pending = false;
-      this.buildForm(header);
-      const unit = header.unit;
-      let volumes = [];
-      if (unit) {
-        if (!CACHE.has(unit.key)) {
-          // the browser lost these voxels (a reload, an evicted entry): ask again
-          this.setTrigger("sync", { type: "need", sid: this.sid, key: unit.key });
-          this.sid = null;
-          return;
-        }
-        volumes = (await CACHE.get(unit.key)).map((data, n) => ({ ...unit.volumes[n], data }));
-        remember(unit.key, CACHE.get(unit.key)); // most recently used
+    const early = this.early;
+    if (early) {
+      if (header.handled !== early.nonce) return; // an answer to an earlier message
+      this.early = null;
+      if (header.item.sid !== early.before.header.item.sid && header.unit?.key === early.key) {
+        this.adopt(header); // saved: the item already on screen is the server's next one
+        return;
       }
-      if (this.sid !== header.item.sid) return; // a newer item arrived while inflating
-      this.volumes = volumes;
-      const first = volumes[0];
-      this.view = {
-        at: first ? first.shape.map((n) => Math.floor(n / 2)) : [0, 0, 0],
-        preset: header.default_preset,
-        manual: null,
-        zoom: 1,
-        crosshair: this.dom.cross.checked,
-        mosaic: this.dom.mosaic.checked,
-      };
-      this.dom.zoom.value = "1";
-      this.buildPresets(header);
-      this.showHead(header);
-      this.layout();
-      this.root.host?.scrollIntoView?.({ block: "start" });
-      window.scrollTo(0, 0);
-    } else {
-      this.pending = false;
-      this.showHead(header);
+      await this.show(header, bytes.byteLength); // not saved: back to the item, answers and all
+      if (header.item.sid === early.before.header.item.sid) this.restore(early.before);
+      return;
     }
+    if (header.item.sid !== this.sid) await this.show(header, bytes.byteLength);
+    else this.adopt(header);
+  }
+
+  // the same item, newer facts (a status, the next item's header, a confirmed save)
+  adopt(header) {
+    this.header = header;
+    this.sid = header.item.sid;
+    this.pending = false;
+    this.showHead(header);
     this.setButtons(header);
     this.showStatus(header.status);
-    if (header.ask_ready) {
-      // painted: now the server loads and sends the next unit while the rater scores
-      const sid = this.sid;
-      const ready = () => {
-        if (this.sid === sid && !this.pending) this.setTrigger("sync", { type: "ready", sid });
-      };
-      if (header.ask_ready === "later") setTimeout(ready, 700);
-      else requestAnimationFrame(() => setTimeout(ready, 50));
+    this.askReady(header);
+  }
+
+  async show(header, nbytes) {
+    this.freshBytes = nbytes; // what this item's message weighed (benchmarks)
+    this.header = header;
+    this.sid = header.item.sid;
+    this.pending = false;
+    this.buildForm(header);
+    const unit = header.unit;
+    let volumes = [];
+    if (unit) {
+      if (!CACHE.has(unit.key)) {
+        // the browser lost these voxels (a reload, an evicted entry): ask again
+        this.setTrigger("sync", { type: "need", sid: this.sid, key: unit.key });
+        this.sid = null;
+        return;
+      }
+      volumes = (await CACHE.get(unit.key)).map((data, n) => ({ ...unit.volumes[n], data }));
+      remember(unit.key, CACHE.get(unit.key)); // most recently used
     }
+    if (this.header !== header) return; // a newer item arrived while inflating
+    this.volumes = volumes;
+    const first = volumes[0];
+    this.view = {
+      at: first ? first.shape.map((n) => Math.floor(n / 2)) : [0, 0, 0],
+      preset: header.default_preset,
+      manual: null,
+      zoom: 1,
+      crosshair: this.dom.cross.checked,
+      mosaic: this.dom.mosaic.checked,
+    };
+    this.dom.zoom.value = "1";
+    this.buildPresets(header);
+    this.showHead(header);
+    this.layout();
+    this.root.host?.scrollIntoView?.({ block: "start" });
+    window.scrollTo(0, 0);
+    this.setButtons(header);
+    this.showStatus(header.status);
+    this.askReady(header);
+  }
+
+  askReady(header) {
+    if (!header.ask_ready) return;
+    // painted: now the server loads and sends the next unit while the rater scores
+    const sid = this.sid;
+    const ready = () => {
+      if (this.sid === sid && !this.pending) this.setTrigger("sync", { type: "ready", sid });
+    };
+    if (header.ask_ready === "later") setTimeout(ready, 700);
+    else requestAnimationFrame(() => setTimeout(ready, 50));
+  }
+
+  // Save with the next item's voxels at hand: show it now, before the server answers.
+  // The answer either confirms it (adopt) or brings the rated item back with what was
+  // typed (restore), e.g. when the database cannot be reached.
+  async advance(nonce) {
+    const before = { header: this.header, answers: this.answers(), view: this.view };
+    const next = this.header.next;
+    this.early = { nonce, before, key: next.unit.key };
+    const label = this.header.item.label;
+    const header = {
+      ...this.header,
+      ...next,
+      next: null,
+      ask_ready: "",
+      item: { ...next.item, sid: `early-${nonce}` },
+      status: { level: "info", text: `Saving ${label.toLowerCase().split(" of ")[0]}…` },
+    };
+    await this.show(header, 0);
+    this.pending = true; // no second Save before the server has answered the first
+    this.dom.save.disabled = true;
+  }
+
+  restore(before) {
+    const form = this.dom.form;
+    for (const [name, value] of Object.entries(before.answers)) {
+      if (name === "comment") this.dom.comment.value = value;
+      else if (typeof value === "boolean") form.querySelector(`input[name="${name}"]`).checked = value;
+      else if (value !== null) {
+        const input = form.querySelector(`input[name="${name}"][value="${value}"]`);
+        if (input) input.checked = true;
+      }
+    }
+    this.view = before.view;
+    this.layout();
   }
 
   showHead(h) {
@@ -495,7 +555,8 @@ class Panel {
       setTimeout(() => {
         const t = performance.timeOrigin + performance.now();
         const n = (window.__omcPainted?.n || 0) + 1;
-        window.__omcPainted = { sid, t, n, bytes: this.freshBytes };
+        const label = this.header?.item.label;
+        window.__omcPainted = { sid, label, t, n, bytes: this.freshBytes };
         this.root.host?.setAttribute("data-painted", sid);
       }, 0),
     );
@@ -613,15 +674,19 @@ class Panel {
       this.showStatus({ level: "error", text: `Not saved: choose a value 1–5 for ${names}.` });
       return;
     }
-    this.send("save", { answers, window: this.view ? this.windowSettings() : null });
+    const nonce = this.send("save", { answers, window: this.view ? this.windowSettings() : null });
+    const next = this.header.next;
+    if (nonce && next?.unit && CACHE.has(next.unit.key)) this.advance(nonce);
   }
 
   send(type, extra = {}) {
-    if (this.pending) return;
+    if (this.pending) return null;
     this.pending = true;
     this.dom.save.disabled = true;
     this.showStatus({ level: "info", text: type === "save" ? "Saving…" : "…" });
-    this.setTrigger("action", { type, sid: this.sid, nonce: `${this.sid}-${Date.now()}-${Math.random()}`, ...extra });
+    const nonce = `${this.sid}-${Date.now()}-${Math.random()}`;
+    this.setTrigger("action", { type, sid: this.sid, nonce, ...extra });
+    return nonce;
   }
 
   onKey(e) {

@@ -57,7 +57,7 @@ OURS_SAVE = (
     "() => { const r = (" + FIND_PANEL + ")();"
     " for (const a of ['noisiness', 'blurriness', 'artifact_level']) {"
     "   const i = r.querySelector(`input[name=${a}][value='2']`); if (i) i.checked = true; }"
-    " const before = window.__omcPainted.sid;"
+    " const before = window.__omcPainted.label;"
     " const t0 = performance.timeOrigin + performance.now();"
     " r.querySelector('button.omc-primary').click(); return [before, t0]; }"
 )
@@ -166,7 +166,7 @@ def run_ours(page, url: str, token: str, items: int) -> tuple[list[float], list[
             steps.append(page.evaluate("() => window.__omcPainted.t") - t0)
         time.sleep(THINK)  # the rater scores; the next unit reaches the browser meanwhile
         before, t0 = page.evaluate(OURS_SAVE)
-        page.wait_for_function(f"() => window.__omcPainted.sid !== {before!r}", timeout=30_000)
+        page.wait_for_function(f"() => window.__omcPainted.label !== {before!r}", timeout=30_000)
         painted = page.evaluate("() => window.__omcPainted")
         saves.append(painted["t"] - t0)
         sizes.append(painted["bytes"])

@@ -282,7 +282,11 @@ def test_rate_save_next_back_and_resume(site):
         at = _send(at, "sync", {"type": "ready", "sid": first_sid})
         if _panel(at)[0]["in_body"]:
             break
-    assert [k.split(":")[0] for k in _panel(at)[0]["in_body"]] == ["dwi-1"]
+    header = _panel(at)[0]
+    assert [k.split(":")[0] for k in header["in_body"]] == ["dwi-1"]
+    # and the next item's header, so that Save can show it before the server answers
+    assert header["next"]["item"]["label"] == "Item 2 of 3"
+    assert header["next"]["unit"]["key"] == header["in_body"][0]
 
     at = _rate(at, 2, 3, 4, comment="fine")
     assert not at.exception, at.exception
