@@ -621,7 +621,6 @@ class Panel {
     this.dom.skip.hidden = !nav.can_skip;
     this.dom.back.disabled = !nav.can_back;
     this.dom.ret.hidden = !nav.can_return;
-    for (const b of [this.dom.save, this.dom.skip, this.dom.back, this.dom.ret]) b.disabled ||= false;
     this.dom.save.disabled = false;
   }
 
@@ -690,7 +689,7 @@ class Panel {
   }
 
   onKey(e) {
-    if (!this.root.host?.isConnected) return;
+    if (!this.header || !this.root.host?.isConnected) return;
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
       this.save();
