@@ -37,7 +37,7 @@ def test_short_run_beats_the_untrained_network(corpus, encoder, tmp_path):
     root, _ = corpus
     out = tmp_path / "run"
     args = ["finetune", "--data", str(root), "--pretrained", str(encoder), "--scratch"]
-    args += ["--epochs", "3", "--iters-per-epoch", "5", "--patch", "64", "--spacing", "3"]
+    args += ["--epochs", "2", "--iters-per-epoch", "5", "--patch", "64", "--spacing", "3"]
     args += ["--no-tta"]
     r = runner.invoke(app, [*args, "--out", str(out)])
     assert r.exit_code == 0, r.output
