@@ -131,9 +131,10 @@ def dask_processes(tmp_path_factory):
             client.wait_for_workers(2, timeout=60)
         yield address, cwd
     finally:
+        # Workers first, each waited for, while their scheduler still answers:
+        # a worker whose scheduler is gone retries it before it exits (8 s).
         for p in reversed(procs):
             p.terminate()
-        for p in procs:
             try:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
