@@ -372,6 +372,8 @@ def show_panel(
         status = ss.pop("status", None)
     header = {**header, "status": None if status is None else dict(level=status[0], text=status[1])}
     header["handled"] = ss.get("last_nonce")  # the last action this answers (rater_panel.js)
+    ss["seq"] = header["seq"] = ss.get("seq", 0) + 1  # never the same data twice: a repeat
+    # "later" must reach the browser, and Streamlit does not redraw unchanged data
     payload = with_voxels(header, units)
     rater_panel(key=PANEL, data=payload, on_action_change=on_action, on_sync_change=on_sync)
 
