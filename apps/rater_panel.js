@@ -182,6 +182,7 @@ class Panel {
       this.early = null;
       if (header.item.sid !== early.before.header.item.sid && header.unit?.key === early.key) {
         this.adopt(header); // saved: the item already on screen is the server's next one
+        window.__omcConfirmed = { label: header.item.label, t: performance.timeOrigin + performance.now() };
         return;
       }
       await this.show(header, bytes.byteLength); // not saved: back to the item, answers and all

@@ -3,7 +3,9 @@
 Two figures, each per item over `--items` items, median and 95th percentile:
 
 - Save to next: from the Save click to the next item's views painted (the
-  page's own clock: the click and the paint are both timed inside the page);
+  page's own clock: the click and the paint are both timed inside the page).
+  Ours shows the next item before the server's answer when its voxels are
+  already in the browser; "save to confirmed" is when that answer arrived;
 - slider step: from a slice slider moving one step to the view repainted.
 
 Ours: `apps/rater.py`, whose viewer and form are drawn in the browser
@@ -158,7 +160,7 @@ def sign_in(page, url: str, token: str) -> None:
 def run_ours(page, url: str, token: str, items: int) -> tuple[list[float], list[float]]:
     sign_in(page, url, token)
     page.wait_for_function("() => window.__omcPainted && window.__omcPainted.sid")
-    saves, steps, sizes = [], [], []
+    saves, steps, sizes, confirmed = [], [], [], []
     for _ in range(items - 1):
         for _ in range(3):  # three slider steps per item
             n, t0 = page.evaluate(OURS_SLIDER)
@@ -170,7 +172,14 @@ def run_ours(page, url: str, token: str, items: int) -> tuple[list[float], list[
         painted = page.evaluate("() => window.__omcPainted")
         saves.append(painted["t"] - t0)
         sizes.append(painted["bytes"])
+        if painted["bytes"] == 0:  # shown before the server answered: when did it confirm?
+            label = painted["label"]
+            done = f"() => window.__omcConfirmed && window.__omcConfirmed.label === {label!r}"
+            page.wait_for_function(done)
+            confirmed.append(page.evaluate("() => window.__omcConfirmed.t") - t0)
     print(f"  ours: the message Save brought, median {np.median(sizes) / 1e3:.1f} kB")
+    if confirmed:
+        print("  " + summary("ours: save to confirmed", confirmed).strip())
     return saves, steps
 
 
