@@ -448,22 +448,20 @@ def voxels_to_send(
     if unit is not None and unit_key(unit) not in sent:
         out.append(unit)
     after = where.after
-    if after is not None and not any(k.startswith(f"{after.image_id}:") for k in sent):
-        if ss.pop("ready_for", None) == sid:  # painted: send the next unit once loaded
-            cache.prefetch(after.image_id)  # (again, if the server cache dropped it)
-            nxt = load(cache, rater_id, after) if cache.loaded(after.image_id) else None
-            if nxt is not None:
-                out.append(nxt)
-            else:
-                header["ask_ready"] = "later"  # still loading: ask again in a moment
-        else:
+    loaded = after is not None and cache.loaded(after.image_id)
+    nxt = load(cache, rater_id, after) if loaded else None  # None also if it cannot be read
+    if after is not None and not (loaded and (nxt is None or unit_key(nxt) in sent)):
+        if ss.pop("ready_for", None) != sid:
             header["ask_ready"] = "painted"
             cache.prefetch(after.image_id, delay=PREFETCH_DELAY)  # after this item's paint
+        elif nxt is not None:  # painted, and the next unit is loaded: send it now
+            out.append(nxt)
+        else:
+            cache.prefetch(after.image_id)  # (again, if the server cache dropped it)
+            header["ask_ready"] = "later"  # still loading: ask again in a moment
     sent.update(unit_key(u) for u in out)
-    if after is not None and not where.back and cache.loaded(after.image_id):
-        nxt = load(cache, rater_id, after)
-        if nxt is not None and unit_key(nxt) in sent:  # Save can show it before the answer
-            header["next"] = showing(after, "", nxt, back=0, history=where.history + 1)
+    if nxt is not None and not where.back and unit_key(nxt) in sent:
+        header["next"] = showing(after, "", nxt, back=0, history=where.history + 1)
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -450,6 +451,14 @@ def test_unshowable_item_says_why_and_can_still_be_rated(site, monkeypatch):
         assert "cannot be shown" in header["missing"]
         text = json.dumps(header) + _texts(at)
         assert "ds-secret-name" not in text and ".nii" not in text  # no path
+        # the next unit cannot be read either: the page stops asking for it (no endless
+        # "later" polling), and nothing is sent
+        for _ in range(40):
+            at = _send(at, "sync", {"type": "ready", "sid": header["item"]["sid"]})
+            if not _panel(at)[0]["ask_ready"]:
+                break
+            time.sleep(0.05)
+        assert _panel(at)[0]["ask_ready"] == "" and _panel(at)[0]["in_body"] == []
         at = _rate(at, corrupted=True)  # it can still be rated (as corrupted)
         row = store.read_ratings(site["engine"], rater_id="alice").iloc[0]
         assert row["corrupted"] and pd.isna(row["image_checksum"])

@@ -38,12 +38,6 @@ CORNERS = """(canvas, [w, h]) => {
 }"""
 
 
-def _free_port() -> int:
-    from pgserver import free_port
-
-    return free_port()
-
-
 @pytest.fixture(scope="module")
 def database(tmp_path_factory):
     """A PostgreSQL server for this module alone (the outage test stops it)."""
@@ -62,11 +56,12 @@ def database(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, database):
+    from pgserver import free_port
     from test_rater_app import build_site
 
     folder = tmp_path_factory.mktemp("rater-browser")
     site = build_site(folder, db=database[1])
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "OPENMIND_RATER_INDEX": str(site["index"]),

@@ -153,12 +153,6 @@ def _previous(q: pd.DataFrame, mine: pd.DataFrame, steps: int) -> Item | None:
     return None  # rated, but no longer in the plan
 
 
-def history_length(engine: Engine, rater_id: str) -> int:
-    """How many distinct items the rater has scored (how far back can go)."""
-    mine = store.read_ratings(engine, rater_id=rater_id)
-    return 0 if mine.empty else len(mine.groupby(["image_id", "kind"]))
-
-
 @dataclass(frozen=True)
 class Place:
     """Everything one showing of the rate page needs, from two reads of the store
