@@ -21,11 +21,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from openmind_curate import index as index_store
 from openmind_curate.quality import ratings as store
-from openmind_curate.schema import IMAGE_INDEX
+from openmind_curate.schema import IMAGE_INDEX, rows_to_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,8 +37,7 @@ def build(folder: Path) -> tuple[Path, Path, str]:
     path.parent.mkdir(parents=True)
     img = load_mni152_template(resolution=1)
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine), path)
-    row = {f.name: None for f in IMAGE_INDEX}
-    row.update(
+    row = dict(
         image_id="mni152",
         dataset_id="demo",
         suffix="T1w",
@@ -52,7 +50,7 @@ def build(folder: Path) -> tuple[Path, Path, str]:
         header_status="ok",
     )
     index = folder / "images.parquet"
-    index_store.update(index, lambda _c: pa.Table.from_pylist([row], schema=IMAGE_INDEX))
+    index_store.update(index, lambda _c: rows_to_table([row], IMAGE_INDEX))
     db = folder / "ratings.sqlite"
     engine = store.connect(db)
     token = store.add_rater(engine, "rater")
