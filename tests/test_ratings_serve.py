@@ -52,11 +52,11 @@ def _answers(url: str) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stop_signal_to_curate_rate_stops_the_streamlit_child(tmp_path, signum, code):
+    from pgserver import free_port
     from test_rater_app import build_site
-    from test_rater_browser import _free_port
 
     site = build_site(tmp_path)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "openmind_curate.cli", "rate", "--index", str(site["index"])]
     cmd += ["--port", str(port)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}
