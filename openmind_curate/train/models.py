@@ -1,8 +1,10 @@
-"""The networks: ResEnc-L (nnssl's configuration) and a tiny one of the same class.
+"""The networks: ResEnc-L and Primus-M (nnssl's configurations) and a tiny one of each class.
 
-Both are dynamic-network-architectures' `ResidualEncoderUNet`, so a
-pre-trained encoder and a fine-tuning network are one class and share
-parameter names. An exported encoder carries the metadata a fine-tuning run
+All come from dynamic-network-architectures (`ResidualEncoderUNet`,
+`Primus`), so a pre-trained encoder and a fine-tuning network are one class
+and share parameter names. An architecture belongs to a family ("resenc" or
+"primus", `family`), which decides the method's defaults and what its encoder
+is (`encoder_state`). An exported encoder carries the metadata a fine-tuning run
 needs to rebuild the network that fits it (architecture, patch size, spacing,
 normalization): `save_encoder` / `load_encoder`.
 """
@@ -41,27 +43,62 @@ class ArchConfig:
         return 2 ** (self.n_stages - 1)
 
 
-ARCHS: dict[str, ArchConfig] = {
+@dataclass(frozen=True)
+class PrimusConfig:
+    """One Primus configuration: an EVA transformer on cubic tokens."""
+
+    embed_dim: int
+    depth: int
+    heads: int
+    token: int = 8  # token edge in voxels
+
+    @property
+    def divisor(self) -> int:
+        """A patch edge must be a multiple of the token edge."""
+        return self.token
+
+
+ARCHS: dict[str, ArchConfig | PrimusConfig] = {
     # nnssl's ResEnc-L: 6 stages, features 32-64-128-256-320-320, blocks 1-3-4-6-6-6
     "resenc-l": ArchConfig(features=(32, 64, 128, 256, 320, 320), blocks=(1, 3, 4, 6, 6, 6)),
     # the same class, small enough for CPU tests on 32^3 patches
     "tiny": ArchConfig(features=(8, 16, 32), blocks=(1, 1, 1)),
+    # Primus-M (dynamic-network-architectures' "M": 864 wide, 16 blocks, 12 heads, 8^3 tokens)
+    "primus-m": PrimusConfig(embed_dim=864, depth=16, heads=12),
+    # the same class for CPU tests: 64 tokens on a 32^3 patch
+    "tiny-primus": PrimusConfig(embed_dim=48, depth=2, heads=2),
 }
 
 
-def arch_config(name: str) -> ArchConfig:
+def arch_config(name: str) -> ArchConfig | PrimusConfig:
     try:
         return ARCHS[name]
     except KeyError:
         raise InputError(f"unknown architecture {name!r}; choose one of {sorted(ARCHS)}") from None
 
 
-def build(arch: str, *, in_channels: int = 1, out_channels: int = 1) -> nn.Module:
-    """A ResidualEncoderUNet: InstanceNorm, LeakyReLU, stride-2 stages, decoder
-    output at the input resolution (no deep supervision)."""
+def family(arch: str) -> str:
+    """"resenc" (ResidualEncoderUNet) or "primus" (the transformer)."""
+    return "primus" if isinstance(arch_config(arch), PrimusConfig) else "resenc"
+
+
+def build(
+    arch: str,
+    *,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    patch: int | tuple[int, int, int] = 160,
+    drop_path: float = 0.0,
+) -> nn.Module:
+    """The network of `arch` with `out_channels` outputs at the input
+    resolution. ResidualEncoderUNet: InstanceNorm, LeakyReLU, stride-2 stages,
+    no deep supervision. Primus: its positional embedding is sized for
+    `patch`, with stochastic depth `drop_path`."""
+    cfg = arch_config(arch)
+    if isinstance(cfg, PrimusConfig):
+        return _build_primus(cfg, in_channels, out_channels, patch, drop_path)
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
-    cfg = arch_config(arch)
     n = cfg.n_stages
     return ResidualEncoderUNet(
         input_channels=in_channels,
@@ -80,6 +117,39 @@ def build(arch: str, *, in_channels: int = 1, out_channels: int = 1) -> nn.Modul
         nonlin_kwargs={"inplace": True},
         deep_supervision=False,
     )
+
+
+def _build_primus(
+    cfg: PrimusConfig, in_channels: int, out_channels: int, patch, drop_path: float
+) -> nn.Module:
+    from dynamic_network_architectures.architectures.primus import Primus
+
+    shape = (patch,) * 3 if isinstance(patch, int) else tuple(int(p) for p in patch)
+    return Primus(
+        input_channels=in_channels,
+        embed_dim=cfg.embed_dim,
+        patch_embed_size=(cfg.token,) * 3,
+        num_classes=out_channels,
+        eva_depth=cfg.depth,
+        eva_numheads=cfg.heads,
+        input_shape=shape,
+        drop_path_rate=drop_path,
+    )
+
+
+#: Where a Primus network keeps its encoder (nnssl's `key_to_stem`, `key_to_encoder`).
+PRIMUS_ENCODER = ("down_projection", "eva")
+
+
+def encoder_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder's tensors: a ResidualEncoderUNet's ``encoder`` (keys
+    ``stem.*``, ``stages.*``), or a Primus's patch embedding and transformer
+    (keys ``down_projection.*``, ``eva.*``)."""
+    net = unwrap(net)
+    if hasattr(net, "encoder"):
+        return dict(net.encoder.state_dict())
+    state = net.state_dict()
+    return {k: v for k, v in state.items() if k.split(".", 1)[0] in PRIMUS_ENCODER}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -109,7 +179,7 @@ class EncoderMeta:
 def save_encoder(model: nn.Module, path: str | os.PathLike[str], meta: EncoderMeta) -> Path:
     """Write the encoder's weights with their metadata, atomically."""
     buf = io.BytesIO()
-    encoder = unwrap(model).encoder.state_dict()
+    encoder = encoder_state(model)
     torch.save(
         {
             "format": "openmind-curate-encoder/1",

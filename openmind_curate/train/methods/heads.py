@@ -1,0 +1,75 @@
+"""What several methods share: global features of either family, projection
+heads, and gathering embeddings over DDP ranks.
+
+Global features follow the paper's Fig. 7: on ResEnc-L every encoder stage's
+output (the skips) is adaptive-average-pooled and the results concatenated;
+on Primus the transformer's tokens are averaged. Both end in a vector per
+sample that a projection head maps to the latent space.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from openmind_curate.train import models
+
+
+def encoder_only(arch: str, patch: int, drop_path: float = 0.0) -> nn.Module:
+    """The network of `arch` without what a global-feature method never uses:
+    a ResidualEncoderUNet keeps only its ``encoder`` (the decoder would get no
+    gradient, which DDP refuses), a Primus keeps its patch embedding and
+    transformer. Exports and checkpoints see the same keys as the full
+    network's encoder."""
+    net = models.build(arch, patch=patch, drop_path=drop_path)
+    if models.family(arch) == "resenc":
+        holder = nn.Module()
+        holder.encoder = net.encoder
+        return holder
+    del net.up_projection
+    return net
+
+
+def feature_width(arch: str) -> int:
+    """The length of `global_features`' vector for `arch`."""
+    cfg = models.arch_config(arch)
+    if isinstance(cfg, models.PrimusConfig):
+        return cfg.embed_dim
+    return sum(cfg.features)
+
+
+def global_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(b, F) features of `x` (b, C, D, H, W) from an `encoder_only` backbone."""
+    if hasattr(backbone, "encoder"):
+        encoder = backbone.encoder
+        keep = encoder.return_skips
+        encoder.return_skips = True
+        try:
+            skips = encoder(x)
+        finally:
+            encoder.return_skips = keep
+        return torch.cat([s.mean(dim=(2, 3, 4)) for s in skips], dim=1)
+    return token_features(backbone, x).mean(dim=1)
+
+
+def token_features(primus: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A Primus's transformer output (b, N, C) for `x`, all tokens kept."""
+    t = primus.down_projection(x)
+    t = t.flatten(2).transpose(1, 2)  # (b, N, C), tokens in (D, H, W) order
+    out, _ = primus.eva(t)
+    return out
+
+
+def projection(width: int, hidden: int = 2048, out: int = 128) -> nn.Sequential:
+    """A 2-layer MLP head (SimCLR's): Linear, BatchNorm-free ReLU, Linear."""
+    return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+
+
+def gather(x: torch.Tensor, world: int) -> torch.Tensor:
+    """`x` (b, ...) from every rank concatenated in rank order (b * world, ...),
+    with gradients flowing back to each rank's own part (one process: `x`)."""
+    if world <= 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)

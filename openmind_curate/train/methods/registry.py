@@ -1,0 +1,70 @@
+"""Method names to classes, imported only when asked for (help stays light).
+
+The summaries say when to use each method, from the paper's findings
+(reconstruction wins for segmentation; contrastive methods for
+classification and frozen encoders).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from openmind_curate.errors import InputError
+
+if TYPE_CHECKING:
+    from openmind_curate.train.methods.base import Method
+
+#: name -> (module:class, one line for --help)
+METHODS: dict[str, tuple[str, str]] = {
+    "mae": (
+        "mae:MAE",
+        "masked auto-encoding; the best for segmentation on ResEnc-L and Primus-M (the default)",
+    ),
+    "s3d": (
+        "s3d:S3D",
+        "sparse masking for CNNs (SparK); close to MAE for segmentation, better for classification",
+    ),
+    "simmim": (
+        "simmim:SimMIM",
+        "Primus only: mask tokens at the input, no decoder; second to MAE on Primus-M",
+    ),
+    "models-genesis": (
+        "genesis:ModelsGenesis",
+        "restore distorted images; moderate for segmentation and classification",
+    ),
+    "volume-fusion": (
+        "volume_fusion:VolumeFusion",
+        "segment how two volumes were fused; good segmentation on Primus-M, fair on CNNs",
+    ),
+    "swinunetr": (
+        "swinunetr:SwinUNETR",
+        "in-painting, rotation and contrastive coding; little gain for segmentation",
+    ),
+    "simclr": (
+        "simclr:SimCLR",
+        "contrastive; the best for classification and for a frozen CNN encoder",
+    ),
+    "voco": (
+        "voco:VoCo",
+        "volume contrast; for classification, weak for segmentation fine-tuning",
+    ),
+}
+
+
+def names() -> list[str]:
+    return list(METHODS)
+
+
+def summary(name: str) -> str:
+    return METHODS[name][1]
+
+
+def method_class(name: str) -> type[Method]:
+    """The class of method `name` (InputError for an unknown name)."""
+    try:
+        target = METHODS[name][0]
+    except KeyError:
+        raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(f"openmind_curate.train.methods.{module}"), cls)
