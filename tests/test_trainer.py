@@ -76,7 +76,7 @@ def tiny(out: Path, **kw) -> TrainConfig:
         global_batch=2,
         epochs=2,
         iters_per_epoch=4,
-        mask_block=8,
+        params={"mask_block": 8},
         progress=False,
     )
     return TrainConfig(**{**base, **kw})

@@ -125,7 +125,7 @@ ManifestPath = Annotated[
     Path, typer.Option("--manifest", "-m", help="Manifest (from `curate build-manifest`).")
 ]
 #: The networks `train` and `finetune` build.
-Arch = Literal["resenc-l", "tiny"]
+Arch = Literal["resenc-l", "tiny", "primus-m", "tiny-primus"]
 
 
 def out_option(kind: Literal["FILE", "FOLDER"], help: str) -> Any:

@@ -1,4 +1,4 @@
-"""`curate train`: MAE pre-training of ResEnc-L (or the tiny network) on a store."""
+"""`curate train`: pre-training of ResEnc-L or Primus-M (or a tiny network) by eight methods."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ from openmind_curate.cli.common import (
     user_errors,
 )
 from openmind_curate.errors import InputError
+from openmind_curate.train.methods.registry import METHODS
+
+MethodName = Literal[
+    "mae",
+    "s3d",
+    "simmim",
+    "models-genesis",
+    "volume-fusion",
+    "swinunetr",
+    "simclr",
+    "voco",
+]
 
 #: What `curate train` imports from the train extra (checked before any work).
 TRAIN_MODULES = ("torch", "dynamic_network_architectures")
@@ -48,12 +60,33 @@ def train_cmd(
             "<manifest folder>/<manifest stem>.store, preprocessed first].",
         ),
     ] = None,
-    method: Annotated[Literal["mae"], typer.Option("--method", help="SSL method.")] = "mae",
+    method: Annotated[
+        MethodName, typer.Option("--method", help="Pre-training method (listed above).")
+    ] = "mae",
     arch: Annotated[
-        Arch, typer.Option("--arch", help="resenc-l (the paper's) or tiny (a CPU-sized network).")
+        Arch,
+        typer.Option(
+            "--arch",
+            help="resenc-l (the paper's CNN), primus-m (its transformer), or tiny / "
+            "tiny-primus (CPU-sized networks of the same classes).",
+        ),
     ] = "resenc-l",
-    patch: Annotated[int, typer.Option("--patch", help="Patch edge in voxels.")] = 160,
-    batch: Annotated[int, typer.Option("--batch", help="Global batch (split over ranks).")] = 8,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="NAME=VALUE",
+            help="Override one of the method's own parameters (repeatable), e.g. "
+            "--set temperature=0.1; a wrong name lists the method's parameters.",
+        ),
+    ] = None,
+    patch: Annotated[
+        int | None, typer.Option("--patch", help="Patch edge in voxels \\[default: the method's].")
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option("--batch", help="Global batch, split over ranks \\[default: the method's]."),
+    ] = None,
     accumulate: Annotated[
         str,
         typer.Option(
@@ -85,7 +118,23 @@ def train_cmd(
         bool, typer.Option("--compile", help="torch.compile the network (inductor).")
     ] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    lr: Annotated[float, typer.Option("--lr", help="Initial learning rate (PolyLR).")] = 1e-2,
+    optimizer: Annotated[
+        Literal["sgd", "adamw"] | None,
+        typer.Option("--optimizer", help="\\[default: sgd on ResEnc, adamw on Primus]."),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option("--lr", help="Peak learning rate (PolyLR) \\[default: the method's]."),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option("--weight-decay", help="\\[default: the method's].")
+    ] = None,
+    warmup_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--warmup-epochs", help="Linear warm-up epochs \\[default: 0 on ResEnc, 50 on Primus]."
+        ),
+    ] = None,
     val_every: Annotated[
         int, typer.Option("--val-every", help="Validate every N epochs (0: only at the end).")
     ] = 1,
@@ -97,9 +146,15 @@ def train_cmd(
         ),
     ] = 16,
     mask_block: Annotated[
-        int, typer.Option("--mask-block", help="MAE mask block edge (8 for 32^3 patches).")
-    ] = 16,
-    mask_ratio: Annotated[float, typer.Option("--mask-ratio")] = 0.75,
+        int | None,
+        typer.Option(
+            "--mask-block", help="MAE: mask block edge (= --set mask_block=N).", hidden=True
+        ),
+    ] = None,
+    mask_ratio: Annotated[
+        float | None,
+        typer.Option("--mask-ratio", help="MAE: masked share (= --set mask_ratio=R).", hidden=True),
+    ] = None,
     loader_workers: Annotated[
         int | None,
         typer.Option(
@@ -110,13 +165,7 @@ def train_cmd(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line.")] = False,
 ) -> None:
-    """MAE pre-training of an encoder on a manifest's images (runs under torchrun for DDP).
-
-    The paper's recipe by default: ResEnc-L, 160^3 patches, global batch 8,
-    75% of 16^3 blocks masked, SGD Nesterov 0.99, lr 1e-2, PolyLR, 1000 x 250
-    steps. Writes RUN/checkpoint.pt, log.jsonl, loss.png, encoder.pt and
-    nnssl_checkpoint.pth (the encoder in nnssl's layout, for the authors' nnU-Net).
-    """
+    """Pre-train an encoder on a manifest's images (runs under torchrun for DDP)."""
     require_extra("curate train", "train", TRAIN_MODULES)
     from openmind_curate import preflight
     from openmind_curate.train.pretrain import default_out, pretrain
@@ -124,18 +173,23 @@ def train_cmd(
 
     n_micro = _accumulate(accumulate)
     (manifest,) = preflight.input_files([manifest])
+    overrides = list(set_ or [])
+    overrides += [f"mask_block={mask_block}"] if mask_block is not None else []
+    overrides += [f"mask_ratio={mask_ratio}"] if mask_ratio is not None else []
     config = TrainConfig(
         out=str(out if out is not None else default_out(manifest, method, arch)),
         arch=arch,
         method=method,
+        params=_params(method, overrides),
         patch=patch,
         global_batch=batch,
         accumulate=n_micro,
         epochs=epochs,
         iters_per_epoch=iters_per_epoch,
+        optimizer=optimizer,
         lr=lr,
-        mask_block=mask_block,
-        mask_ratio=mask_ratio,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
         anon_aware=anon_aware,
         amp=amp,
         compile="inductor" if compile_ else "",
@@ -158,6 +212,39 @@ def train_cmd(
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     _report(result, config.total_steps)
+
+
+def _params(method: str, overrides: list[str]) -> dict:
+    """--set NAME=VALUE pairs as the method's parameters (checked by name and type)."""
+    import dataclasses
+
+    from openmind_curate.train.methods.base import parse_params
+    from openmind_curate.train.methods.registry import method_class
+
+    if not overrides:
+        return {}
+    params = parse_params(method_class(method).Params, overrides, method)
+    given = {item.partition("=")[0].strip().replace("-", "_") for item in overrides}
+    return {k: v for k, v in dataclasses.asdict(params).items() if k in given}
+
+
+def _help() -> str:
+    """The command's help: what it writes, then one line per method (a
+    paragraph Click keeps as written: the lines are not re-wrapped)."""
+    intro = (
+        "Pre-train an encoder on a manifest's images (runs under torchrun for DDP).\n\n"
+        "Each method's defaults are the paper's (appendix D): ResEnc-L at 160^3, global batch "
+        "8, SGD Nesterov 0.99, lr 1e-2, PolyLR; Primus-M with AdamW 3e-4 and 50 warm-up "
+        "epochs; 1000 x 250 steps. Writes RUN/checkpoint.pt, log.jsonl, loss.png, encoder.pt "
+        "and nnssl_checkpoint.pth (nnssl's layout, for the authors' nnU-Net); heads are "
+        "never exported."
+    )
+    width = max(len(name) for name in METHODS)
+    rows = [f"  {name:<{width}}  {summary}" for name, (_, summary) in METHODS.items()]
+    return intro + "\n\nMethods (--method):\n\n\b\n" + "\n".join(rows)
+
+
+train_cmd.__doc__ = _help()
 
 
 def _accumulate(value: str) -> int:

@@ -112,8 +112,10 @@ def pretrain(
         import torch
 
         cuda = torch.cuda.is_available()
-    config = _device_checked(Path(manifest), config, cuda)
+    config = _device_checked(Path(manifest), config.resolved(), cuda)
     config.check()
+    if cuda:
+        config = fit_contrastive_batch(config, say)
     out = preflight.output_dir(Path(config.out))
     if (out / "checkpoint.pt").exists() and not config.resume:
         raise InputError(
@@ -131,16 +133,45 @@ def pretrain(
 
 
 def _device_checked(manifest: Path, config: TrainConfig, cuda: bool) -> TrainConfig:
-    """ResEnc-L needs a GPU (a clear message with a CPU command instead); "auto" AMP resolved."""
-    if config.arch == "resenc-l" and not cuda:
+    """ResEnc-L and Primus-M need a GPU (a clear message with a CPU command
+    instead); "auto" AMP resolved."""
+    if config.arch in ("resenc-l", "primus-m") and not cuda:
+        tiny = "tiny-primus" if config.arch == "primus-m" else "tiny"
         raise InputError(
-            "ResEnc-L pre-training needs a CUDA GPU, and this machine has none. For a CPU "
-            f"run use the tiny network: curate train --manifest {manifest} --arch tiny "
-            "--patch 32 --batch 2 --mask-block 8 --epochs 2 --iters-per-epoch 10"
+            f"{config.arch} pre-training needs a CUDA GPU, and this machine has none. For a "
+            f"CPU run use the tiny network: curate train --manifest {manifest} --method "
+            f"{config.method} --arch {tiny} --patch 32 --batch 2 --epochs 2 --iters-per-epoch 10"
         )
     if config.amp == "auto":
         return dataclasses.replace(config, amp="bf16" if cuda else "none")
     return config
+
+
+def fit_contrastive_batch(config: TrainConfig, say: Say, free: int | None = None) -> TrainConfig:
+    """A contrastive method's global batch, shrunk to what one GPU holds.
+
+    Accumulation cannot stand in for a contrastive batch (the negatives must
+    share one loss), so with ``--accumulate auto`` a batch that the memory
+    rule (`trainer.fits_per_rank`) says does not fit is reduced to the
+    largest that does, and the run says so. Other methods are unchanged.
+    """
+    from openmind_curate.train.methods import registry
+    from openmind_curate.train.trainer import fits_per_rank
+
+    if not registry.method_class(config.method).contrastive or config.accumulate != 0:
+        return config
+    rank_world = world()[1]
+    per_rank = config.global_batch // rank_world
+    fit = fits_per_rank(config, per_rank, free)
+    if fit >= per_rank:
+        return config
+    smaller = fit * rank_world
+    say(
+        f"{config.method}: a global batch of {config.global_batch} does not fit this GPU by "
+        f"the memory rule; training with {smaller} (fewer negatives per step). More GPUs "
+        "under torchrun keep the full batch."
+    )
+    return dataclasses.replace(config, global_batch=smaller)
 
 
 def open_or_preprocess(manifest: Path, store: str | os.PathLike[str] | None, say: Say) -> Store:
@@ -199,7 +230,8 @@ def _loader(data: Store, config: TrainConfig, workers: int | None, val_patches: 
         from openmind_curate.train import loader as L
     except ImportError as exc:
         raise InputError(f"the patch loader is not available ({exc})") from None
-    lcfg = L.LoaderConfig(patch=config.patch, global_batch=config.global_batch, seed=config.seed)
+    crop = config.method_object().crop()
+    lcfg = L.LoaderConfig(patch=crop, global_batch=config.global_batch, seed=config.seed)
     n_workers = min(8, os.cpu_count() or 1) if workers is None else workers
 
     def stream(start: int, rank: int, world: int):

@@ -1,13 +1,21 @@
-"""The MAE pre-training loop: single process or DDP under torchrun, exact resume.
+"""The one pre-training loop: any method, single process or DDP under torchrun, exact resume.
 
-Recipe (the paper's, after nnssl): SGD with Nesterov momentum 0.99, lr 1e-2,
-weight decay 3e-5, PolyLR (exponent 0.9, stepped per epoch as nnssl does),
-gradient norm clipped at 12 (nnssl), 1000 epochs of 250 steps, global batch 8.
+The method (`train.methods`, chosen by ``TrainConfig.method``) builds the
+network and computes the loss; this loop does the rest for every method:
+the optimizer and schedule, AMP, accumulation, DDP, signals, checkpoints,
+logs, validation and export. Options left unset (None) take the method's
+recipe for the architecture's family (`methods.base.Recipe`): on ResEnc-L
+the paper's SGD with Nesterov momentum 0.99, lr 1e-2, weight decay 3e-5; on
+Primus-M AdamW at 3e-4, wd 5e-2, with 50 warm-up epochs. The schedule is a
+linear warm-up (per step) then PolyLR (exponent 0.9, stepped per epoch as
+nnssl does); the gradient norm is clipped at 12 (nnssl); 1000 epochs of 250
+steps.
 
 The data come through an abstraction, so tests pass an in-memory fake and the
 CLI the store's loader: `batches(step, rank, world) -> dict` (the loader
 contract's `sample_batch`, partially applied: a dict with `image` (b,1,p,p,p),
-`anon` (b,1,p,p,p) and `index`, the global sample indices), or `stream(start,
+`anon` (b,1,p,p,p) and `index`, the global sample indices; the crop is the
+method's `crop()`), or `stream(start,
 rank, world) -> Iterator[dict]` (the same batches from `make_loader`, with
 worker processes). A batch is a pure function of its step, and masks are
 seeded by (seed, step, global sample index): a resumed run sees the very
@@ -27,7 +35,11 @@ follows. The MAE loss averages each sample over its own masked voxels, then
 the samples (`mae.mae_loss`), and the network normalizes per sample
 (InstanceNorm), so the accumulated gradient is the un-accumulated one up to
 float rounding; N = 1 is the plain step, bit for bit. Under DDP only the last
-micro-batch all-reduces. 0 means auto (`auto_accumulate`).
+micro-batch all-reduces. 0 means auto (`auto_accumulate`). Contrastive
+methods need every negative of the step in one loss, so they take no
+accumulation: under DDP they gather the projections over the ranks instead,
+and where the batch does not fit a GPU, the run takes the largest global
+batch that does and says so in the log.
 """
 
 from __future__ import annotations
@@ -63,13 +75,28 @@ from openmind_curate.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from openmind_curate.train.mae import VAL_STREAM, apply_mask, batch_masks, mae_loss
+from openmind_curate.train.mae import VAL_STREAM
+from openmind_curate.train.methods import registry
+from openmind_curate.train.methods.base import Method, Recipe, StepContext, parse_params
 
 Batch = dict[str, Any]
 BatchFn = Callable[[int, int, int], Batch]
 StreamFn = Callable[[int, int, int], Iterator[Batch]]
 
 AMP_MODES = ("none", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adamw")
+#: TrainConfig options a method's `Recipe` supplies when left None.
+RECIPE_FIELDS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "betas",
+    "eps",
+    "warmup_epochs",
+    "patch",
+    "global_batch",
+)
 #: Options that do not change the trajectory: a resume may change them.
 UNHASHED = frozenset(
     {
@@ -99,20 +126,27 @@ ACCUMULATE_COST_GIB: dict[str, tuple[float, float]] = {"resenc-l": (16.0, 4.0)}
 
 @dataclass
 class TrainConfig:
+    """One run. None means the method's default for the architecture
+    (`resolved`); `params` overrides the method's own parameters by name
+    (``curate train --set name=value``)."""
+
     out: str
     arch: str = "resenc-l"
     method: str = "mae"
-    patch: int = 160
-    global_batch: int = 8
+    params: dict[str, Any] = field(default_factory=dict)
+    patch: int | None = None
+    global_batch: int | None = None
     epochs: int = 1000
     iters_per_epoch: int = 250
-    lr: float = 1e-2
-    momentum: float = 0.99
-    weight_decay: float = 3e-5
+    optimizer: str | None = None  # "sgd" (Nesterov) | "adamw"
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    betas: tuple[float, float] | None = None
+    eps: float | None = None
+    warmup_epochs: int | None = None
     poly_exponent: float = 0.9
     grad_clip: float = 12.0  # max gradient norm (nnssl); 0 = off
-    mask_block: int = 16
-    mask_ratio: float = 0.75
     anon_aware: bool = False
     amp: str = "none"  # none | bf16 | fp16 (fp16 with a GradScaler, CUDA only)
     compile: str = ""  # "" or a torch.compile backend ("inductor")
@@ -137,22 +171,66 @@ class TrainConfig:
         kept = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in UNHASHED}
         return json.loads(json.dumps(kept, default=str))
 
+    def recipe(self) -> Recipe:
+        """The method's defaults for this architecture's family."""
+        return registry.method_class(self.method).recipe(models.family(self.arch))
+
+    def resolved(self) -> TrainConfig:
+        """Every None filled from the method's recipe and `params` completed
+        with the method's defaults (unknown names refused). Idempotent."""
+        cls = registry.method_class(self.method)
+        recipe = self.recipe()
+        filled = {
+            name: getattr(recipe, name) for name in RECIPE_FIELDS if getattr(self, name) is None
+        }
+        params = dataclasses.asdict(parse_params(cls.Params, dict(self.params), self.method))
+        return dataclasses.replace(self, params=params, **filled)
+
+    def method_object(self) -> Method:
+        """The method of this (resolved) config, its parameters applied."""
+        cls = registry.method_class(self.method)
+        params = parse_params(cls.Params, dict(self.params), self.method)
+        return cls(params, self.arch, int(self.patch or self.recipe().patch))
+
     def check(self) -> None:
+        """Refuse a config that cannot run (after `resolved`)."""
         models.arch_config(self.arch)
-        if self.method != "mae":
-            raise InputError(f"unknown method {self.method!r}; only 'mae' is implemented")
+        cls = registry.method_class(self.method)
+        fam = models.family(self.arch)
+        if fam not in cls.families:
+            raise InputError(
+                f"--method {self.method} does not train {self.arch} ({fam}); it trains "
+                + " and ".join(cls.families)
+            )
+        unset = [name for name in RECIPE_FIELDS if getattr(self, name) is None]
+        if unset:
+            raise ValueError(f"unresolved options {unset}: call resolved() first")
         div = models.arch_config(self.arch).divisor
         if self.patch < div or self.patch % div:
             raise InputError(f"--patch {self.patch}: {self.arch} needs a multiple of {div}")
-        for name in ("global_batch", "epochs", "iters_per_epoch", "mask_block"):
+        for name in ("global_batch", "epochs", "iters_per_epoch"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.accumulate < 0:
             raise InputError(f"--accumulate must be >= 1 (or auto), got {self.accumulate}")
+        if cls.contrastive and self.accumulate > 1:
+            raise InputError(
+                f"--method {self.method} is contrastive: its negatives come from the step's "
+                "batch, which accumulation does not give; use --accumulate 1 (or auto) and "
+                "more GPUs, or a smaller --batch"
+            )
+        if self.anon_aware and not cls.reconstruction:
+            raise InputError(
+                f"--anon-aware drops defaced voxels from a reconstruction loss; "
+                f"--method {self.method} has none"
+            )
         if self.amp not in AMP_MODES:
             raise InputError(f"--amp {self.amp!r}: choose one of {', '.join(AMP_MODES)}")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise InputError(f"mask ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer {self.optimizer!r}: choose one of {OPTIMIZERS}")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= max(self.epochs, 1) + 1:
+            raise InputError(f"--warmup-epochs {self.warmup_epochs}: give 0 .. --epochs")
+        self.method_object().check()
 
 
 @dataclass
@@ -170,8 +248,11 @@ class RunResult:
 
 
 class PolyLR(LRScheduler):
-    """lr = base * (1 - epoch / epochs) ** exponent, stepped once per training step
-    (the epoch is step // iters_per_epoch, so the lr changes at epoch starts)."""
+    """A linear warm-up over `warmup` epochs (per step, from base / steps to
+    base), then lr = base * (1 - e / E) ** exponent with e the epochs since the
+    warm-up and E the epochs after it, stepped once per training step (e is
+    step // iters_per_epoch - warmup, so the lr changes at epoch starts).
+    Without warm-up this is nnssl's PolyLR."""
 
     def __init__(
         self,
@@ -180,13 +261,20 @@ class PolyLR(LRScheduler):
         iters_per_epoch: int,
         exponent: float = 0.9,
         last_epoch: int = -1,
+        warmup: int = 0,
     ) -> None:
         self.epochs, self.iters_per_epoch, self.exponent = epochs, iters_per_epoch, exponent
+        self.warmup = warmup
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        epoch = min(max(step, 0) // self.iters_per_epoch, self.epochs)
-        return (1.0 - epoch / self.epochs) ** self.exponent
+        step = max(step, 0)
+        ramp = self.warmup * self.iters_per_epoch
+        if step < ramp:
+            return (step + 1) / ramp
+        span = max(self.epochs - self.warmup, 1)
+        epoch = min(step // self.iters_per_epoch - self.warmup, span)
+        return (1.0 - epoch / span) ** self.exponent
 
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
@@ -257,6 +345,21 @@ def auto_accumulate(per_rank_batch: int, free_bytes: int, arch: str, patch: int)
     return per_rank_batch
 
 
+def fits_per_rank(config: TrainConfig, per_rank: int, free: int | None = None) -> int:
+    """The largest per-rank batch (at most `per_rank`, at least 1) that the
+    `ACCUMULATE_COST_GIB` rule fits in `free` bytes (default: the current
+    GPU's free memory), the patch volume taken as the method's crop."""
+    cost = ACCUMULATE_COST_GIB.get(config.arch)
+    if cost is None:
+        return per_rank
+    if free is None:
+        free = torch.cuda.mem_get_info()[0]
+    per_sample, fixed = (c * 2**30 for c in cost)
+    per_sample *= math.prod(config.method_object().crop()) / 160**3
+    usable = 0.9 * free - fixed
+    return max(1, min(per_rank, int(usable // per_sample)))
+
+
 def _accumulate(config: TrainConfig, ctx: _Dist, device: torch.device) -> int:
     """`config.accumulate`, auto resolved (1 on a CPU), checked to divide the rank's batch."""
     per_rank = config.global_batch // ctx.world
@@ -301,7 +404,7 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def plot_losses(records: list[dict[str, Any]], path: Path) -> Path | None:
+def plot_losses(records: list[dict[str, Any]], path: Path, method: str = "mae") -> Path | None:
     """The loss curve (per step, per-epoch mean, validation) as a PNG."""
     if not records:
         return None
@@ -325,7 +428,7 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> Path | None:
     if np.all(losses > 0):
         ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("MAE loss (masked MSE)")
+    ax.set_ylabel(f"{method} loss")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -384,34 +487,42 @@ def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+def _on(batch: Batch, device: torch.device) -> Batch:
+    """The batch with every tensor on `device`."""
+    return {k: _to(v, device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _part(batch: Batch, part: slice) -> Batch:
+    """Samples `part` of a batch (tensors and lists alike)."""
+    return {
+        k: v[part] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in batch.items()
+    }
+
+
 def validate(
-    model: nn.Module, val: list[Batch], config: TrainConfig, device: torch.device
+    model: nn.Module,
+    val: list[Batch],
+    config: TrainConfig,
+    device: torch.device,
+    method: Method | None = None,
 ) -> float:
-    """Mean MAE loss over fixed validation patches with fixed masks."""
+    """The method's mean loss over fixed validation batches, with the
+    validation stream's fixed draws (masks, transforms)."""
+    method = method or config.method_object()
     net = models.unwrap(model)
     was_training = net.training
     net.eval()
     losses = []
     offset = 0
+    ctx = StepContext(0, config.seed, device, config.anon_aware, stream=VAL_STREAM)
     with torch.no_grad():
         for batch in val:
-            image = _to(batch["image"], device)
-            n = image.shape[0]
-            mask = batch_masks(
-                image.shape[2:],
-                range(offset, offset + n),
-                0,
-                config.seed,
-                config.mask_block,
-                config.mask_ratio,
-                stream=VAL_STREAM,
-                device=device,
-            )
+            n = len(batch["index"])
+            batch = {**batch, "index": list(range(offset, offset + n))}
             offset += n
-            anon = _to(batch["anon"], device) if config.anon_aware else None
+            batch = _on(method.prepare(batch, ctx), device)
             with _autocast(config, device):
-                pred = net(apply_mask(image, mask))
-            losses.append(float(mae_loss(pred.float(), image, mask, anon)))
+                losses.append(float(method.loss(net, batch, ctx)))
     net.train(was_training)
     return float(np.mean(losses)) if losses else float("nan")
 
@@ -460,9 +571,10 @@ def train(
     stream: StreamFn | None = None,
     after_backward: Callable[[int, nn.Module], None] | None = None,
 ) -> RunResult:
-    """Run (or resume) MAE pre-training; see the module docstring."""
+    """Run (or resume) pre-training; see the module docstring."""
     if (batches is None) == (stream is None):
         raise ValueError("give exactly one of `batches` and `stream`")
+    config = config.resolved()
     config.check()
     ctx = _dist_setup()
     try:
@@ -486,6 +598,7 @@ class _Run:
     model: nn.Module
     opt: torch.optim.Optimizer
     sched: PolyLR
+    method: Method
     scaler: Any = None  # a GradScaler with --amp fp16
     net: nn.Module | None = None  # the model as trained (DDP, compiled)
 
@@ -526,30 +639,22 @@ class _Run:
         """One optimizer step on `batch`, in `config.accumulate` micro-batches
         (module docstring); returns the loss, averaged over the ranks."""
         config, device, opt, scaler = self.config, self.device, self.opt, self.scaler
-        image = _to(batch["image"], device)
-        mask = batch_masks(
-            image.shape[2:],
-            batch["index"],
-            step,
-            config.seed,
-            config.mask_block,
-            config.mask_ratio,
-            device=device,
+        ctx = StepContext(
+            step, config.seed, device, config.anon_aware, rank=self.ctx.rank, world=self.ctx.world
         )
-        anon = _to(batch["anon"], device) if config.anon_aware else None
+        batch = _on(self.method.prepare(batch, ctx), device)
+        b = len(batch["index"])
         n = config.accumulate
-        if image.shape[0] % n:
-            raise ValueError(f"a batch of {image.shape[0]} does not split into {n} micro-batches")
-        size = image.shape[0] // n
+        if b % n:
+            raise ValueError(f"a batch of {b} does not split into {n} micro-batches")
+        size = b // n
         opt.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=device)
         for k in range(n):
-            part = slice(k * size, (k + 1) * size)
+            part = _part(batch, slice(k * size, (k + 1) * size))
             with _sync_unless(self.net, skip=k < n - 1):
                 with _autocast(config, device):
-                    pred = self.net(apply_mask(image[part], mask[part]))
-                weight = None if anon is None else anon[part]
-                micro = mae_loss(pred.float(), image[part], mask[part], weight) / n
+                    micro = self.method.loss(self.net, part, ctx).float() / n
                 (scaler.scale(micro) if scaler is not None else micro).backward()
             loss += micro.detach()
         if scaler is not None:
@@ -639,22 +744,44 @@ def _setup(config: TrainConfig, ctx: _Dist) -> tuple[_Run, dict[str, Any] | None
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)  # noqa: NPY002 - for code using the global RNG
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = models.build(config.arch).to(device)
-    _freeze_unused_heads(model)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=True,
-        weight_decay=config.weight_decay,
+    method = config.method_object()
+    model = method.build().to(device)
+    for module in model.modules():
+        _freeze_unused_heads(module)
+    opt = _optimizer(model, config)
+    sched = PolyLR(
+        opt,
+        config.epochs,
+        config.iters_per_epoch,
+        config.poly_exponent,
+        warmup=config.warmup_epochs,
     )
-    sched = PolyLR(opt, config.epochs, config.iters_per_epoch, config.poly_exponent)
     scaler = None
     if config.amp == "fp16":
         if device.type != "cuda":
             raise InputError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
         scaler = torch.amp.GradScaler("cuda")
-    return _Run(config, ctx, device, hashed, chash, model, opt, sched, scaler), blob
+    return _Run(config, ctx, device, hashed, chash, model, opt, sched, method, scaler), blob
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (ResEnc-L's recipe) or AdamW (Primus-M's)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(
+            params,
+            lr=config.lr,
+            betas=tuple(config.betas),
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+    )
 
 
 def _restore(run: _Run, blob: dict[str, Any] | None) -> int:
@@ -675,6 +802,7 @@ def make_step(config: TrainConfig) -> tuple[TrainConfig, Callable[[Batch, int], 
     AMP, accumulation and compile of `config`), without the run's files or
     checkpoints: for benchmarks (benchmarks/train_gpu.py). Returns the config
     with its auto options resolved and ``step(batch, step_number) -> loss``."""
+    config = config.resolved()
     config.check()
     run, _ = _setup(dataclasses.replace(config, resume=False), _Dist())
     run.net = _wrap(run.model, run.config, run.ctx, run.device)
@@ -729,7 +857,7 @@ def _loop(
             }
             due = config.val_every and epoch_end and (epoch + 1) % config.val_every == 0
             if val and run.main and (due or done == total):
-                rec["val_loss"] = validate(run.net, val, config, run.device)
+                rec["val_loss"] = validate(run.net, val, config, run.device, run.method)
             if log is not None:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -751,7 +879,7 @@ def _save_outputs(run: _Run, records: list[dict[str, Any]], steps: int) -> dict[
     """The loss curve and the encoder with its metadata (rank 0)."""
     config = run.config
     files: dict[str, Path] = {}
-    png = plot_losses(records, run.out / "loss.png")
+    png = plot_losses(records, run.out / "loss.png", config.method)
     if png is not None:
         files["loss_png"] = png
     spacing = config.spacing if isinstance(config.spacing, str) else tuple(config.spacing)
@@ -765,12 +893,12 @@ def _save_outputs(run: _Run, records: list[dict[str, Any]], steps: int) -> dict[
             "config_hash": run.chash,
             "steps": steps,
             "complete": steps >= config.total_steps,
-            "mask_block": config.mask_block,
-            "mask_ratio": config.mask_ratio,
+            "params": dict(config.params),
             "anon_aware": config.anon_aware,
         },
     )
-    files["encoder"] = models.save_encoder(run.net, run.out / "encoder.pt", meta)
+    backbone = run.method.export(models.unwrap(run.net))  # heads are never exported
+    files["encoder"] = models.save_encoder(backbone, run.out / "encoder.pt", meta)
     # the same weights in nnssl's layout: the authors' nnU-Net fork fine-tunes from it
-    files["nnssl"] = nnssl.save_checkpoint(run.net, run.out / "nnssl_checkpoint.pth", meta)
+    files["nnssl"] = nnssl.save_checkpoint(backbone, run.out / "nnssl_checkpoint.pth", meta)
     return files
