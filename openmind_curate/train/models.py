@@ -78,7 +78,7 @@ def arch_config(name: str) -> ArchConfig | PrimusConfig:
 
 
 def family(arch: str) -> str:
-    """"resenc" (ResidualEncoderUNet) or "primus" (the transformer)."""
+    """The family of `arch`: "resenc" (ResidualEncoderUNet) or "primus" (the transformer)."""
     return "primus" if isinstance(arch_config(arch), PrimusConfig) else "resenc"
 
 

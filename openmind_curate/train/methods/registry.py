@@ -35,7 +35,7 @@ METHODS: dict[str, tuple[str, str]] = {
     ),
     "volume-fusion": (
         "volume_fusion:VolumeFusion",
-        "segment how two volumes were fused; good segmentation on Primus-M, fair on CNNs",
+        "segment how two volumes were fused; third for segmentation on Primus-M (Table 8)",
     ),
     "swinunetr": (
         "swinunetr:SwinUNETR",
