@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from openmind_curate.errors import InputError
 from openmind_curate.train import models
 from openmind_curate.train.methods import primus_mae, tokens
 from openmind_curate.train.methods.base import PRIMUS_RECIPE, StepContext
@@ -207,6 +208,14 @@ def _all_grads_finite(net: nn.Module) -> None:
     for name, p in net.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
+
+
+def test_mae_refuses_a_decoder_dna_cannot_build():
+    with pytest.raises(InputError, match="decoder_heads"):
+        primus_mae.check(MAEParams(decoder_width=48, decoder_heads=12))  # head width 4
+    with pytest.raises(InputError, match="decoder_depth"):
+        primus_mae.check(MAEParams(decoder_depth=0))
+    primus_mae.check(MAEParams(decoder_width=864, decoder_heads=12))
 
 
 def test_mae_finite_loss_and_gradients_deterministic_and_export():

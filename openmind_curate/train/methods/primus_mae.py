@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from openmind_curate.errors import InputError
 from openmind_curate.train import models
 from openmind_curate.train.mae import mae_loss
 from openmind_curate.train.methods import tokens
@@ -97,9 +98,28 @@ class PrimusMAE(nn.Module):
         return self.primus.up_projection(volume)
 
 
+def check(params: Any) -> None:
+    """Refuse a decoder dna's Eva cannot build (InputError naming the option):
+    its rotary embedding needs a head width that is a multiple of 6."""
+    width, heads = params.decoder_width, params.decoder_heads
+    if params.decoder_depth < 1:
+        raise InputError(f"--set decoder_depth: must be >= 1, got {params.decoder_depth}")
+    if heads < 1 or width % heads or (width // heads) % 6:
+        raise InputError(
+            f"--set decoder_width={width} decoder_heads={heads}: the head width "
+            "(width / heads) must be a whole multiple of 6 (864 / 12 = 72)"
+        )
+    if not 0.0 <= params.drop_path < 1.0:
+        raise InputError(f"--set drop_path: must be in [0, 1), got {params.drop_path}")
+    if not 0.0 < params.mask_ratio < 1.0:
+        raise InputError(f"--set mask_ratio: must be in (0, 1), got {params.mask_ratio}")
+
+
 def build(params: Any, arch: str, patch: int) -> nn.Module:
     """The network MAE trains on a Primus `arch`: the Primus (stochastic
-    depth `params.drop_path`) and the decoder of `params.decoder_*`."""
+    depth `params.drop_path`) and the decoder of `params.decoder_*`
+    (checked first: `check`)."""
+    check(params)
     cfg = models.arch_config(arch)
     primus = models.build(arch, patch=patch, drop_path=params.drop_path)
     return PrimusMAE(
