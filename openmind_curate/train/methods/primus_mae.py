@@ -11,14 +11,18 @@ loss is the squared error on the dropped tokens' voxels only (times
 1 - anon with ``--anon-aware``).
 
 Differences from nnssl, on purpose: the token order is dna Primus's
-(D, H, W) flatten, the one fine-tuning uses (nnssl's MAE module flattens
-(H, W, D) and so transposes the positional embedding between pre-training
-and fine-tuning); the kept tokens' rotary embeddings get a heads axis
-(dna's Eva with patch drop broadcasts them against the heads, which only
-works for a batch of one). The decoder's width may differ from the
-encoder's (then linear maps join them; at the defaults on Primus-M both are
-864 and the maps are identities, as in nnssl). Stochastic depth (0.2) is in
-encoder and decoder alike, as nnssl.
+``flatten(2)`` (D, H, W), the order fine-tuning uses (nnssl's MAE module
+flattens the first two spatial axes swapped, which transposes its
+positional embedding between pre-training and fine-tuning); the kept
+tokens' rotary embeddings get a heads axis (dna's Eva with patch drop
+broadcasts them against the heads, right only for a batch of one). The
+decoder's width may differ from the encoder's (then linear maps join them;
+at the defaults on Primus-M both are 864 and the maps are identities, as in
+nnssl). Stochastic depth (0.2) is in encoder and decoder alike, as nnssl;
+it draws from torch's global generator, whose state the trainer
+checkpoints. Not followed: nnssl's Primus trainers also turn on layer scale
+(init 0.1) and an inner attention norm; the Primus here is `models.build`'s
+(dna's defaults), the network fine-tuning rebuilds.
 
 Only the Primus is exported (``down_projection.*``, ``eva.*``,
 ``up_projection.*``): the decoder and the mask token are not.
