@@ -26,7 +26,8 @@ Optimisation: ResEnc-L trains with lr 1e-3 and wd 3e-5 (appendix D.2, the
 tuned values) with nnssl's SGD (Nesterov, momentum 0.99, `AbstractBaseTrainer`);
 Primus-M with nnssl's `VolumeFusionEvaTrainer` recipe (AdamW 3e-4, wd 5e-2,
 50 warm-up epochs, drop-path 0.2). The paper samples centre crops
-(appendix D.2); `centre_crop` asks the loader for them.
+(appendix D.2); `centre_crop` says so to the trainer (until its loader can
+centre a crop, crops are placed at random).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class VolumeFusion(Method):
     Params = VolumeFusionParams
     families = ("resenc", "primus")
     reconstruction = False
-    #: The paper samples centre crops (appendix D.2), for the trainer's loader.
+    #: The paper samples centre crops (appendix D.2); not yet read by the trainer.
     centre_crop: ClassVar[bool] = True
 
     @classmethod
