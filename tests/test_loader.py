@@ -125,6 +125,18 @@ def test_anatomy_sampling_centres_patches_in_the_mask(store):
     assert (centres == 0).any()
 
 
+def test_centre_crops_are_the_volumes_centre(store):
+    """Volume Fusion's crops: the middle of each volume, whatever the step."""
+    cfg = replace(CFG, centre=True, spatial_prob=0.0, flip_prob=0.0, global_batch=8)
+    for step in range(3):
+        b = sample_batch(store, cfg, step)
+        for i, case in enumerate(b["case_id"]):
+            shape = np.asarray(store.shape(case))
+            first = (shape - PATCH) // 2
+            want = store.read_patch(case, tuple(int(v) for v in first), (PATCH,) * 3).image
+            assert np.array_equal(b["image"][i, 0].numpy(), want), case
+
+
 def test_small_volume_is_padded(store):
     # c2 is 9 x 12 x 10 (z, y, x) after LPS: smaller than the patch on every axis
     assert store.shape("c2") == (9, 12, 10)

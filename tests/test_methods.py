@@ -27,7 +27,7 @@ from openmind_curate.train.methods.base import parse_params  # noqa: E402
 from openmind_curate.train.trainer import PolyLR, TrainConfig, train  # noqa: E402
 
 #: Per method, parameters that shrink its crops to CPU size (the defaults are the paper's).
-TINY: dict[str, dict] = {}
+TINY = registry.TINY_PARAMS
 TINY_ARCH = {"resenc": "tiny", "primus": "tiny-primus"}
 
 

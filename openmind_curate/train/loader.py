@@ -11,9 +11,9 @@ of 1 rank x 2b.
 A sample: a case drawn uniformly from the split's ok cases; a patch placed
 uniformly (a volume smaller than the patch is placed at random inside it and
 padded with 0), or, with ``anatomy_sampling``, centred (voxel ``patch // 2``)
-on a random anatomy voxel; then the CPU augmentation of `augment` (the input
-region read is the one the rotation/zoom needs, so no corner is empty inside
-the volume).
+on a random anatomy voxel, or, with ``centre``, centred on the volume; then
+the CPU augmentation of `augment` (the input region read is the one the
+rotation/zoom needs, so no corner is empty inside the volume).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class LoaderConfig:
     global_batch: int = 2
     seed: int = 0
     anatomy_sampling: bool = False
+    centre: bool = False  # crops centred on the volume (Volume Fusion's), not placed at random
     spatial_prob: float = 0.2
     flip_prob: float = 0.5
     rotation_deg: float = 15.0
@@ -69,6 +70,8 @@ def split_cases(store: Store, split: str) -> list[str]:
 def _start(rng: np.random.Generator, store: Store, case: str, config: LoaderConfig):
     patch = np.asarray(config.patch_size)
     shape = np.asarray(store.shape(case))
+    if config.centre:
+        return (shape - patch) // 2
     if config.anatomy_sampling:
         pts = store.anat_points(case)
         if len(pts):

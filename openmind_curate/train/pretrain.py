@@ -230,8 +230,13 @@ def _loader(data: Store, config: TrainConfig, workers: int | None, val_patches: 
         from openmind_curate.train import loader as L
     except ImportError as exc:
         raise InputError(f"the patch loader is not available ({exc})") from None
-    crop = config.method_object().crop()
-    lcfg = L.LoaderConfig(patch=crop, global_batch=config.global_batch, seed=config.seed)
+    method = config.method_object()
+    lcfg = L.LoaderConfig(
+        patch=method.crop(),
+        global_batch=config.global_batch,
+        seed=config.seed,
+        centre=method.centre_crop,
+    )
     n_workers = min(8, os.cpu_count() or 1) if workers is None else workers
 
     def stream(start: int, rank: int, world: int):

@@ -112,6 +112,8 @@ class Method:
     #: Needs negatives from the same step: no gradient accumulation (under DDP
     #: the projections are gathered over the ranks instead).
     contrastive: ClassVar[bool] = False
+    #: The loader centres each crop on its volume instead of placing it at random.
+    centre_crop: ClassVar[bool] = False
 
     def __init__(self, params: Any, arch: str, patch: int) -> None:
         self.params, self.arch, self.patch = params, arch, patch

@@ -46,6 +46,10 @@ class MAE(Method):
 
     def check(self) -> None:
         p = self.params
+        if self.primus:
+            from openmind_curate.train.methods import primus_mae
+
+            primus_mae.check(p)
         if not 0.0 < p.mask_ratio < 1.0:
             raise InputError(f"mask ratio must be in (0, 1), got {p.mask_ratio}")
         if p.mask_block < 1:

@@ -68,3 +68,16 @@ def method_class(name: str) -> type[Method]:
         raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(f"openmind_curate.train.methods.{module}"), cls)
+
+
+#: Parameters that shrink a method's crops and heads to CPU size at --patch 32
+#: on the tiny networks (the tests' and the GPU benchmark's smoke run; the
+#: paper's defaults are untouched).
+TINY_PARAMS: dict[str, dict] = {
+    "mae": {"mask_block": 8, "decoder_width": 48, "decoder_heads": 2},
+    "s3d": {"block": 8},
+    "simclr": {"crop": (48, 48, 32), "proj_hidden": 64, "proj_out": 32},
+    "voco": {"grid": (2, 2, 1), "proj_hidden": 64, "proj_out": 32},
+    "swinunetr": {"contrast_dim": 32},
+    "models-genesis": {"local_blocks": 100, "curve_points": 1000},
+}

@@ -25,9 +25,9 @@ the batch; a batch of one fuses a crop with itself mirrored along all axes.
 Optimisation: ResEnc-L trains with lr 1e-3 and wd 3e-5 (appendix D.2, the
 tuned values) with nnssl's SGD (Nesterov, momentum 0.99, `AbstractBaseTrainer`);
 Primus-M with nnssl's `VolumeFusionEvaTrainer` recipe (AdamW 3e-4, wd 5e-2,
-50 warm-up epochs, drop-path 0.2). The paper samples centre crops
-(appendix D.2); `centre_crop` says so to the trainer (until its loader can
-centre a crop, crops are placed at random).
+50 warm-up epochs, drop-path 0.2). The paper fuses centre crops
+(appendix D.2): `centre_crop` makes the loader centre each crop on its
+volume (the loader's augmentation still varies it).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class VolumeFusion(Method):
     Params = VolumeFusionParams
     families = ("resenc", "primus")
     reconstruction = False
-    #: The paper samples centre crops (appendix D.2); not yet read by the trainer.
+    #: The paper fuses centre crops (appendix D.2); the loader centres them.
     centre_crop: ClassVar[bool] = True
 
     @classmethod
