@@ -115,6 +115,12 @@ def test_intensity_curve_is_monotone_with_fixed_end_points(invert):
         mapped = apply_curve(grid, xs, ys)
         assert np.allclose(mapped, np.interp(grid, xs, ys), atol=1e-6)
         assert apply_curve(np.array([-3.0, 4.0]), xs, ys).tolist() == [ys[0], ys[-1]]  # clamped
+        # the original's curve: sorted x against y in curve order (inverted), or both sorted
+        cx, cy = bezier_curve(
+            np.array([[0.0, 0.0], *np.random.default_rng(seed).random((2, 2)), [1.0, 1.0]]), 100000
+        )
+        original = np.interp(grid, np.sort(cx), cy if invert else np.sort(cy))
+        assert np.allclose(mapped, original, atol=1e-6)
         assert np.all(np.diff(mapped) <= 0) if invert else np.all(np.diff(mapped) >= 0)
 
 

@@ -26,9 +26,11 @@ Where we differ from nnssl's copy of the original code:
   everything outside [0, 1]. By default (``intensity="minmax"``) each sample
   is min-max scaled to [0, 1], distorted, and scaled back;
   ``intensity="raw"`` reproduces nnssl.
-* The inverted curve. The original pairs the sorted x values with the
-  unsorted y values of the Bezier curve, which is not monotone for every
-  draw; we reverse the sorted y values, a monotone decreasing curve.
+* The curve is applied by `apply_curve`, linear-time and within 1e-7 of the
+  original's ``np.interp`` at its 100000 curve points. (The original's
+  inverted curve pairs the sorted x values with the y values in curve order;
+  both coordinates of a cubic Bezier with these control points are monotone,
+  so that equals the reversed sorted y values used here.)
 * Flips. nnssl flips a (channel, x, y, z) array along an axis drawn from
   {0, 1, 2}, so one draw in three flips the single channel (a no-op) and z
   is never flipped; we draw among the three spatial axes.
