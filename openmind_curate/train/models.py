@@ -51,6 +51,10 @@ class PrimusConfig:
     depth: int
     heads: int
     token: int = 8  # token edge in voxels
+    #: nnssl's Primus trainers build the EVA blocks with layer scale (0.1) and
+    #: a norm inside attention; the released checkpoints carry those tensors.
+    init_values: float | None = 0.1
+    scale_attn_inner: bool = True
 
     @property
     def divisor(self) -> int:
@@ -134,6 +138,8 @@ def _build_primus(
         eva_numheads=cfg.heads,
         input_shape=shape,
         drop_path_rate=drop_path,
+        init_values=cfg.init_values,
+        scale_attn_inner=cfg.scale_attn_inner,
     )
 
 

@@ -48,7 +48,15 @@ class PrimusMAE(nn.Module):
     (b, K) (ascending indices into the (D, H, W)-ordered token sequence)."""
 
     def __init__(
-        self, primus: nn.Module, token: int, depth: int, width: int, heads: int, drop_path: float
+        self,
+        primus: nn.Module,
+        token: int,
+        depth: int,
+        width: int,
+        heads: int,
+        drop_path: float,
+        init_values: float | None = None,
+        scale_attn_inner: bool = False,
     ):
         super().__init__()
         from dynamic_network_architectures.building_blocks.eva import Eva
@@ -66,6 +74,9 @@ class PrimusMAE(nn.Module):
             num_heads=heads,
             ref_feat_shape=grid,
             drop_path_rate=drop_path,
+            # the encoder's block options (nnssl's: layer scale 0.1, norm inside attention)
+            init_values=init_values,
+            scale_attn_inner=scale_attn_inner,
         )
         self.from_decoder = nn.Linear(width, embed) if width != embed else nn.Identity()
 
@@ -133,6 +144,8 @@ def build(params: Any, arch: str, patch: int) -> nn.Module:
         width=params.decoder_width,
         heads=params.decoder_heads,
         drop_path=params.drop_path,
+        init_values=cfg.init_values,
+        scale_attn_inner=cfg.scale_attn_inner,
     )
 
 
