@@ -150,3 +150,54 @@ def test_recipe_and_check():
         SimCLR(SimCLRParams(crop=(64, 64, 16)), "tiny", 32).check()
     with pytest.raises(InputError, match="min_overlap"):
         SimCLR(SimCLRParams(min_overlap=0.0), "tiny", 32).check()
+
+
+DDP_SCRIPT = """
+import json, sys
+import torch, torch.distributed as dist
+from torch import nn
+from openmind_curate.train.methods.base import StepContext
+from openmind_curate.train.methods.simclr import SimCLR, SimCLRParams
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4**3, 3))
+views = torch.randn(4, 2, 1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+method = SimCLR(SimCLRParams(crop=(4, 4, 4)), "tiny", 4)
+ddp = nn.parallel.DistributedDataParallel(net())
+ctx = StepContext(step=0, seed=0, device=torch.device("cpu"), rank=rank, world=world)
+loss = method.loss(ddp, {"views": views[2 * rank : 2 * rank + 2]}, ctx)
+loss.backward()
+out = {"loss": loss.item(), "grad": ddp.module[1].weight.grad.flatten().tolist()}
+if rank == 0:
+    one = net()
+    solo = StepContext(step=0, seed=0, device=torch.device("cpu"))
+    full = method.loss(one, {"views": views}, solo)
+    full.backward()
+    out["full_loss"] = full.item()
+    out["full_grad"] = one[1].weight.grad.flatten().tolist()
+json.dump(out, open(sys.argv[1] + f"/rank{rank}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_gathers_negatives_from_every_rank(tmp_path):
+    """2 gloo ranks with 2 samples each give the loss and the (DDP-averaged)
+    gradient of one process with all 4: every view's negatives span the
+    global batch."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    subprocess.run([*cmd, str(script), str(tmp_path)], check=True, capture_output=True, timeout=120)
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["loss"] == pytest.approx(r0["full_loss"], rel=1e-5)
+    assert r1["loss"] == pytest.approx(r0["full_loss"], rel=1e-5)
+    assert r0["grad"] == pytest.approx(r0["full_grad"], rel=1e-4, abs=1e-6)
+    assert r1["grad"] == pytest.approx(r0["full_grad"], rel=1e-4, abs=1e-6)
