@@ -1,7 +1,18 @@
-"""MAE pre-training on one GPU as `curate train` runs it, in at most ~5 minutes.
+"""Pre-training on one GPU as `curate train` runs it, in at most ~5 minutes.
 
 NOT YET RUN ON A GPU in this version (written and run on a CPU-only machine,
-where it prints "no CUDA device" and exits 0).
+where it prints "no CUDA device" and exits 0; `--smoke` runs the method
+phases on the CPU with the tiny networks, to check the script itself).
+
+0. Every method at the paper's patch and batch (the method's recipe), in
+   priority order (`METHOD_PHASES`: MAE, S3D, SimCLR and VoCo on ResEnc-L,
+   then MAE on Primus-M, then the rest), each time-boxed (`--per-method`
+   seconds): steps/s of the trainer's own step (the method's CPU `prepare`
+   included, data handed over on the CPU as the loader does) and the peak
+   GPU memory; an OOM is reported as such. Each result is written to the
+   JSON file as soon as it is measured.
+
+Then the MAE deep-dive:
 
 ResEnc-L at 160^3, bf16 autocast, the trainer's own step (`trainer.make_step`:
 block masking, zero fill, forward, masked L2, backward, grad clip 12, SGD
@@ -72,6 +83,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PATCH, BATCH, WORKERS = 160, 8, 8
+#: (method, architecture) by priority: what the paper's findings rest on first.
+METHOD_PHASES = (
+    ("mae", "resenc-l"),
+    ("s3d", "resenc-l"),
+    ("simclr", "resenc-l"),
+    ("voco", "resenc-l"),
+    ("mae", "primus-m"),
+    ("models-genesis", "resenc-l"),
+    ("volume-fusion", "resenc-l"),
+    ("swinunetr", "resenc-l"),
+    ("simmim", "primus-m"),
+    ("simclr", "primus-m"),
+    ("voco", "primus-m"),
+    ("volume-fusion", "primus-m"),
+    ("models-genesis", "primus-m"),
+    ("swinunetr", "primus-m"),
+)
 PROBE_ACCUMULATE = (1, 2, 4)
 #: Every import the measurements make: third-party first, then this package's
 #: modules (whose own imports, such as rich through `atomic`, are tried with them).
@@ -286,6 +314,98 @@ def phase_compile_child(budget: float, accumulate: int) -> None:
     out["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     out["total_s"] = round(time.perf_counter() - t0, 1)
     print("RESULT " + json.dumps(out), flush=True)
+
+
+# --- every method ------------------------------------------------------------------
+
+
+def method_batch(crop: tuple[int, int, int], batch: int) -> dict:
+    """A CPU batch with the loader's keys (smooth noise; the step's cost does
+    not depend on the values)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randn(batch, 1, *crop, generator=gen)
+    return {
+        "image": image,
+        "anat": torch.ones_like(image),
+        "anon": torch.zeros_like(image),
+        "case_id": [f"c{i}" for i in range(batch)],
+        "index": list(range(batch)),
+    }
+
+
+def phase_method(method: str, arch: str, max_s: float, smoke: bool = False) -> dict:
+    """steps/s and peak memory of `method` on `arch` at its recipe's patch and
+    batch (smoke: the tiny network at 32^3 on the CPU, two steps)."""
+    import torch
+
+    from openmind_curate.train.methods.registry import TINY_PARAMS
+    from openmind_curate.train.trainer import TrainConfig, make_step
+
+    cuda = torch.cuda.is_available() and not smoke
+    if cuda:
+        _free_gpu()
+        torch.cuda.reset_peak_memory_stats()
+    tiny = {"resenc-l": "tiny", "primus-m": "tiny-primus"}
+    config = TrainConfig(
+        out=tempfile.mkdtemp(prefix="omc-method-bench-"),
+        method=method,
+        arch=tiny[arch] if smoke else arch,
+        params=TINY_PARAMS.get(method, {}) if smoke else {},
+        patch=32 if smoke else None,
+        global_batch=4 if smoke else None,
+        amp="bf16" if cuda else "none",
+        accumulate=1,
+        progress=False,
+        device="" if cuda else "cpu",
+    )
+    out: dict = {"method": method, "arch": config.arch}
+    step = batch = None
+    try:
+        resolved, step = make_step(config)
+        crop = resolved.method_object().crop()
+        out.update(patch=resolved.patch, crop=list(crop), batch=resolved.global_batch)
+        batch = method_batch(crop, resolved.global_batch)
+        t0, n, first = time.perf_counter(), 0, None
+        while n < (2 if smoke else 12) and (n < 3 or time.perf_counter() - t0 < max_s):
+            loss = step(batch, n)
+            if cuda:
+                torch.cuda.synchronize()
+            if n == 0:  # warm-up (cuDNN autotuning): not timed
+                first, t0 = time.perf_counter() - t0, time.perf_counter()
+            n += 1
+        timed = max(n - 1, 1)
+        out.update(
+            first_step_s=round(first or 0.0, 2),
+            steps_per_s=round(timed / (time.perf_counter() - t0), 3),
+            loss=round(float(loss), 4),
+        )
+        if cuda:
+            out["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    except Exception as exc:  # noqa: BLE001 - one phase's failure is its result
+        oom = cuda and isinstance(exc, torch.cuda.OutOfMemoryError)
+        out["oom" if oom else "error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    finally:
+        step = batch = None  # noqa: F841 - free the model before the next phase
+        if cuda:
+            _free_gpu()
+    return out
+
+
+def run_method_phases(results: dict, left, per_method: float, path: Path | None, smoke: bool):
+    """`phase_method` for each of METHOD_PHASES while the budget lasts,
+    written to `path` after each one."""
+    results["methods"] = []
+    for method, arch in METHOD_PHASES:
+        if left() < per_method + 30 and not smoke:
+            results["methods"].append({"method": method, "arch": arch, "skipped": "budget"})
+            continue
+        got = phase_method(method, arch, per_method, smoke)
+        results["methods"].append(got)
+        say(f"method {method} on {arch}: {got}")
+        if path:
+            path.write_text(json.dumps(results, indent=1))
 
 
 # --- the loader -------------------------------------------------------------------
@@ -601,7 +721,6 @@ def summary(results: dict) -> None:
     if "fed" in results:
         say(f"  GPU waits on data {results['fed']['gpu_waits_on_data_fraction']:.1%} of the step")
     say(f"  fine-tuning       {results['finetune']}")
-    say(f"  total             {results['total_s']} s")
 
 
 def preflight_host(args) -> int | None:
@@ -628,6 +747,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wheels", type=Path, help="folder of wheels to install when missing")
     ap.add_argument("--budget", type=float, default=300, help="seconds in all (default 300)")
+    ap.add_argument(
+        "--per-method", type=float, default=20, help="seconds per method phase (default 20)"
+    )
+    ap.add_argument(
+        "--smoke", action="store_true", help="the method phases on the CPU, tiny networks"
+    )
+    ap.add_argument("--only-methods", action="store_true", help="skip the MAE deep-dive")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--phase", choices=["compile"], help=argparse.SUPPRESS)
     ap.add_argument("--accumulate", type=int, default=1, help=argparse.SUPPRESS)
@@ -636,23 +762,33 @@ def main() -> int:
     if args.phase == "compile":
         phase_compile_child(args.budget, args.accumulate)
         return 0
+    path = args.json or (
+        Path(os.environ["OUT"]) / "train_gpu.json" if os.environ.get("OUT") else None
+    )
+    left = lambda: args.budget - (time.perf_counter() - t_start)  # noqa: E731
+    if args.smoke:
+        results: dict = {"device": "cpu (smoke)"}
+        run_method_phases(results, left, args.per_method, path, smoke=True)
+        bad = [m for m in results["methods"] if "steps_per_s" not in m]
+        say(f"smoke: {len(results['methods']) - len(bad)} method phases ran, {len(bad)} failed")
+        return 1 if bad else 0
     code = preflight_host(args)
     if code is not None:
         return code
     import torch
 
-    results: dict = {
+    results = {
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "patch": PATCH,
         "batch": BATCH,
         "amp": "bf16",
     }
-    left = lambda: args.budget - (time.perf_counter() - t_start)  # noqa: E731
-    say(
-        f"{results['device']}, torch {torch.__version__}: ResEnc-L MAE, {PATCH}^3, "
-        f"batch {BATCH}, bf16; budget {args.budget:.0f} s"
-    )
+    say(f"{results['device']}, torch {torch.__version__}; budget {args.budget:.0f} s")
+    run_method_phases(results, left, args.per_method, path, smoke=False)
+    if args.only_methods:
+        return _finish(results, t_start, path)
+    say(f"MAE deep-dive: ResEnc-L, {PATCH}^3, batch {BATCH}, bf16")
     results["probe"] = phase_probe()
     say(f"memory probe: {results['probe']}")
     accumulate = results["probe"]["fits"]
@@ -667,11 +803,13 @@ def main() -> int:
         results["compile"] = run_compile(left() - 70, accumulate)
         say(f"compile: {results['compile']}")
     results["finetune"] = finetune_steps_per_s(max(0.0, left() - 10))
-    results["total_s"] = round(time.perf_counter() - t_start, 1)
     summary(results)
-    path = args.json or (
-        Path(os.environ["OUT"]) / "train_gpu.json" if os.environ.get("OUT") else None
-    )
+    return _finish(results, t_start, path)
+
+
+def _finish(results: dict, t_start: float, path: Path | None) -> int:
+    results["total_s"] = round(time.perf_counter() - t_start, 1)
+    say(f"  total             {results['total_s']} s")
     if path:
         path.write_text(json.dumps(results, indent=1))
         say(f"wrote {path}")

@@ -23,9 +23,11 @@ Where we differ from nnssl's copy of the original code:
 
 * Intensities. The transforms assume intensities in [0, 1] (the original's
   normalised CT); nnssl applies them to z-scored values, so the curve clamps
-  everything outside [0, 1]. By default (``intensity="minmax"``) each sample
-  is min-max scaled to [0, 1], distorted, and scaled back;
-  ``intensity="raw"`` reproduces nnssl.
+  everything outside [0, 1]. The default (``intensity="raw"``) does as nnssl
+  does, because nnssl produced the paper's numbers; ``--set
+  intensity=minmax`` min-max scales each sample to [0, 1], distorts it and
+  scales it back, which keeps the whole intensity range (our option, not
+  benchmarked).
 * The curve is applied by `apply_curve`, linear-time and within 1e-7 of the
   original's ``np.interp`` at its 100000 curve points. (The original's
   inverted curve pairs the sorted x values with the y values in curve order;
@@ -65,7 +67,7 @@ class GenesisParams:
     paint_rate: float = 0.9  # in- or out-painting
     inpaint_rate: float = 0.2  # of which in-painting (the rest out-painting)
     curve_points: int = 100000  # samples of the Bezier curve
-    intensity: str = "minmax"  # "minmax": distort in [0, 1] and scale back; "raw": nnssl
+    intensity: str = "raw"  # "raw": as nnssl; "minmax": distort in [0, 1] and scale back
     drop_path: float = 0.2  # Primus: stochastic depth (nnssl's ModelGenesisEvaTrainer)
 
 
