@@ -163,6 +163,7 @@ def test_recipes_are_the_papers():
     primus = TrainConfig(out="x", arch="tiny-primus").resolved()
     assert (primus.optimizer, primus.lr, primus.weight_decay) == ("adamw", 3e-4, 5e-2)
     assert (tuple(primus.betas), primus.eps, primus.warmup_epochs) == ((0.9, 0.98), 1e-8, 50)
+    assert (resenc.grad_clip, primus.grad_clip) == (12.0, 1.0)  # nnssl's clipping
     assert primus.params["drop_path"] == 0.2
     mine = TrainConfig(out="x", arch="tiny-primus", lr=1e-4, params={"mask_ratio": 0.6})
     assert mine.resolved().lr == 1e-4 and mine.resolved().params["mask_ratio"] == 0.6
@@ -176,8 +177,8 @@ def test_warmup_then_poly():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    # 4 warm-up steps (1/4 .. 4/4), then (1 - e / 2) over the 2 remaining epochs
-    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.5, 0.5])
+    # nnssl's: 2 warm-up epochs at (e + 1) / 2, then (1 - e / 2) over the 2 epochs left
+    assert lrs == pytest.approx([0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5])
 
 
 def test_set_parses_names_and_types_and_refuses_unknown_names():
@@ -199,3 +200,123 @@ def test_a_method_refuses_what_it_cannot_do(tmp_path):
         TrainConfig(out="x", arch="tiny", method="simclr", accumulate=2).resolved().check()
     with pytest.raises(InputError, match="has none"):
         TrainConfig(out="x", arch="tiny", method="simclr", anon_aware=True).resolved().check()
+
+
+@pytest.mark.parametrize("method", ["simclr", "volume-fusion"])
+def test_prepare_in_the_loaders_workers_equals_prepare_in_the_loop(tmp_path, method):
+    """The store loader runs the method's CPU work in a worker process; the
+    run is the one the loop gets when it prepares the same batches itself."""
+    pytest.importorskip("blosc2")
+    from test_trainer import write_manifest
+
+    from openmind_curate.jobs import JobOptions
+    from openmind_curate.train import loader as L
+    from openmind_curate.train import preprocess as P
+    from openmind_curate.train.store import open_store
+    from openmind_curate.train.trainer import PrepareInWorkers
+
+    P.preprocess(
+        write_manifest(tmp_path), tmp_path / "store", options=JobOptions(workers=1, progress=False)
+    )
+    store = open_store(tmp_path / "store")
+    cfg = config(tmp_path / "workers", method, "tiny").resolved()
+    obj = cfg.method_object()
+    lcfg = L.LoaderConfig(
+        patch=obj.crop(), global_batch=cfg.global_batch, centre=obj.centre_crop, seed=0
+    )
+
+    def stream(start, rank, world):
+        prepare = PrepareInWorkers(obj, cfg.seed, False, rank, world)
+        return L.make_loader(store, lcfg, start, rank, world, workers=1, prepare=prepare)
+
+    def batches(step, rank, world):
+        return L.sample_batch(store, lcfg, step, rank, world)
+
+    train(cfg, stream=stream)
+    train(config(tmp_path / "loop", method, "tiny"), batches)
+    a = [
+        json.loads(x)["loss"]
+        for x in (tmp_path / "workers" / "log.jsonl").read_text().split("\n")
+        if x
+    ]
+    b = [
+        json.loads(x)["loss"]
+        for x in (tmp_path / "loop" / "log.jsonl").read_text().split("\n")
+        if x
+    ]
+    assert a == b and len(a) == 2
+
+
+def test_cli_trains_a_contrastive_method_on_the_default_store(tmp_path, monkeypatch):
+    """`curate train --method simclr` end to end: the crops of --set, a loader
+    worker doing the views, the encoder-only export."""
+    pytest.importorskip("blosc2")
+    from test_trainer import write_manifest
+    from typer.testing import CliRunner
+
+    from openmind_curate.cli import app
+    from openmind_curate.cli import train as cli_train
+
+    monkeypatch.setattr(cli_train, "_cuda", lambda: False)
+    manifest = write_manifest(tmp_path)
+    run = tmp_path / "run"
+    tiny = registry.TINY_PARAMS["simclr"]
+    sets = [f"{k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in tiny.items()]
+    args = ["train", "--manifest", str(manifest), "--method", "simclr", "--arch", "tiny"]
+    args += ["--patch", "32", "--batch", "4", "--epochs", "1", "--iters-per-epoch", "2"]
+    args += ["--out", str(run), "--loader-workers", "1", "--val-patches", "4", "-q"]
+    for item in sets:
+        args += ["--set", item]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["method"] == "simclr" and saved["params"]["crop"] == [48, 48, 32]
+    assert saved["optimizer"] == "sgd" and saved["global_batch"] == 4
+    encoder = torch.load(run / "encoder.pt", map_location="cpu", weights_only=True)
+    assert encoder["meta"]["method"] == "simclr"
+    assert all(k.startswith(("stem.", "stages.")) for k in encoder["encoder"])
+    wrong = CliRunner().invoke(app, [*args[:-2], "--set", "temperature=hot", "--resume"])
+    assert wrong.exit_code == 2 and "--set temperature=hot: not a float" in wrong.output
+
+
+def test_a_contrastive_batch_shrinks_to_what_the_gpu_holds():
+    from openmind_curate.train.pretrain import fit_contrastive_batch
+    from openmind_curate.train.trainer import ACCUMULATE_COST_GIB
+
+    said = []
+    simclr = TrainConfig(out="x", arch="resenc-l", method="simclr").resolved()
+    per_sample, fixed = ACCUMULATE_COST_GIB["resenc-l"]
+    share = 192 * 192 * 64 / 160**3  # the crop's volume against a 160^3 patch
+    # room for exactly 10 samples by the rule: 0.9 * free - fixed = 10 * per_sample * share
+    free = int((fixed + 10 * per_sample * share) / 0.9 * 2**30) + 2**20
+    got = fit_contrastive_batch(simclr, said.append, free=free)
+    assert got.global_batch == 10 and "training with 10" in said[0]
+    roomy = fit_contrastive_batch(simclr, said.append, free=2**50)
+    assert roomy.global_batch == 32 and len(said) == 1
+    mae = TrainConfig(out="x", arch="resenc-l").resolved()
+    assert fit_contrastive_batch(mae, said.append, free=2**30) is mae  # not contrastive
+
+
+def test_projection_head_normalises_each_sample_as_nnssl_does():
+    """nnssl's head applies InstanceNorm1d to (b, C) features: torch reads that
+    as unbatched rows, so each sample is normalised over its own features."""
+    import warnings
+
+    from openmind_curate.train.methods.heads import RowNorm, projection
+
+    x = torch.randn(4, 16) * 3 + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = torch.nn.InstanceNorm1d(16, affine=False, track_running_stats=False)(x)
+    assert torch.allclose(RowNorm()(x), ref, atol=1e-6)
+    head = projection(16, 8, 5)
+    assert [type(m).__name__ for m in head] == [
+        "Linear",
+        "RowNorm",
+        "ReLU",
+        "Linear",
+        "RowNorm",
+        "ReLU",
+        "Linear",
+    ]
+    assert head(x).shape == (4, 5)

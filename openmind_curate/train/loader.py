@@ -21,7 +21,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -142,21 +142,36 @@ def sample_batch(
     )
 
 
-class StepBatches(torch.utils.data.Dataset):
-    """Item ``i``: the rank's batch of step ``start_step + i``."""
+#: A method's per-batch CPU work, run in the loader's workers: (batch, step) -> batch.
+Prepare = Callable[[Batch, int], Batch]
 
-    def __init__(self, store: Store, config: LoaderConfig, start_step: int, rank: int, world: int):
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i``: the rank's batch of step ``start_step + i`` (through
+    `prepare`, when given)."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: LoaderConfig,
+        start_step: int,
+        rank: int,
+        world: int,
+        prepare: Prepare | None = None,
+    ):
         rank_slice(config.global_batch, rank, world)  # check early
         self.store, self.config = store, config
         self.start_step, self.rank, self.world = start_step, rank, world
+        self.prepare = prepare
 
     def __len__(self) -> int:
         return 2**40
 
     def __getitem__(self, i: int) -> Batch:
-        batch = sample_batch(
-            self.store, self.config, self.start_step + int(i), self.rank, self.world
-        )
+        step = self.start_step + int(i)
+        batch = sample_batch(self.store, self.config, step, self.rank, self.world)
+        if self.prepare is not None:
+            batch = self.prepare(batch, step)
         if torch.utils.data.get_worker_info() is not None:
             _release_freed_memory()
         return batch
@@ -200,13 +215,16 @@ def make_loader(
     world: int = 1,
     workers: int = 0,
     pin_memory: bool | None = None,
+    prepare: Prepare | None = None,
 ) -> Iterator[Batch]:
     """Batches of steps start_step, start_step + 1, ... (endless), from
-    `workers` processes (0: in this one), pinned when CUDA is available."""
+    `workers` processes (0: in this one), pinned when CUDA is available.
+    `prepare` (picklable) is the method's CPU work on each batch, done in the
+    workers so the training process only moves tensors to the GPU."""
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     loader = torch.utils.data.DataLoader(
-        StepBatches(store, config, start_step, rank, world),
+        StepBatches(store, config, start_step, rank, world, prepare),
         batch_size=None,
         shuffle=False,
         num_workers=workers,

@@ -226,6 +226,8 @@ def data_fields(data: Store) -> dict:
 
 def _loader(data: Store, config: TrainConfig, workers: int | None, val_patches: int, say: Say):
     """The store's batch stream (`make_loader`) and fixed validation batches."""
+    from openmind_curate.train.trainer import PrepareInWorkers
+
     try:
         from openmind_curate.train import loader as L
     except ImportError as exc:
@@ -240,7 +242,8 @@ def _loader(data: Store, config: TrainConfig, workers: int | None, val_patches: 
     n_workers = min(8, os.cpu_count() or 1) if workers is None else workers
 
     def stream(start: int, rank: int, world: int):
-        return iter(L.make_loader(data, lcfg, start, rank, world, n_workers))
+        prepare = PrepareInWorkers(method, config.seed, config.anon_aware, rank, world)
+        return iter(L.make_loader(data, lcfg, start, rank, world, n_workers, prepare=prepare))
 
     if val_patches <= 0 or world()[0] != 0:  # only rank 0 validates
         return stream, None

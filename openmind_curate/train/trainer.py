@@ -85,6 +85,8 @@ StreamFn = Callable[[int, int, int], Iterator[Batch]]
 
 AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
+#: A batch entry set (True) when the method's `prepare` already ran on it.
+PREPARED = "prepared"
 #: TrainConfig options a method's `Recipe` supplies when left None.
 RECIPE_FIELDS = (
     "optimizer",
@@ -94,6 +96,7 @@ RECIPE_FIELDS = (
     "betas",
     "eps",
     "warmup_epochs",
+    "grad_clip",
     "patch",
     "global_batch",
 )
@@ -146,7 +149,7 @@ class TrainConfig:
     eps: float | None = None
     warmup_epochs: int | None = None
     poly_exponent: float = 0.9
-    grad_clip: float = 12.0  # max gradient norm (nnssl); 0 = off
+    grad_clip: float | None = None  # max gradient norm (nnssl: 12 ResEnc, 1 Primus); 0 = off
     anon_aware: bool = False
     amp: str = "none"  # none | bf16 | fp16 (fp16 with a GradScaler, CUDA only)
     compile: str = ""  # "" or a torch.compile backend ("inductor")
@@ -248,11 +251,11 @@ class RunResult:
 
 
 class PolyLR(LRScheduler):
-    """A linear warm-up over `warmup` epochs (per step, from base / steps to
-    base), then lr = base * (1 - e / E) ** exponent with e the epochs since the
-    warm-up and E the epochs after it, stepped once per training step (e is
-    step // iters_per_epoch - warmup, so the lr changes at epoch starts).
-    Without warm-up this is nnssl's PolyLR."""
+    """nnssl's schedules, stepped once per training step but changing at
+    epoch starts: a linear warm-up over `warmup` epochs (epoch e at
+    base * (e + 1) / warmup, nnssl's `Lin_incr_LRScheduler`), then lr = base *
+    (1 - e / E) ** exponent with e the epochs since the warm-up and E the
+    epochs after it (`PolyLRScheduler_offset`; without warm-up, its PolyLR)."""
 
     def __init__(
         self,
@@ -268,13 +271,11 @@ class PolyLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        step = max(step, 0)
-        ramp = self.warmup * self.iters_per_epoch
-        if step < ramp:
-            return (step + 1) / ramp
+        epoch = max(step, 0) // self.iters_per_epoch
+        if epoch < self.warmup:
+            return (epoch + 1) / self.warmup
         span = max(self.epochs - self.warmup, 1)
-        epoch = min(step // self.iters_per_epoch - self.warmup, span)
-        return (1.0 - epoch / span) ** self.exponent
+        return (1.0 - min(epoch - self.warmup, span) / span) ** self.exponent
 
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
@@ -492,6 +493,24 @@ def _on(batch: Batch, device: torch.device) -> Batch:
     return {k: _to(v, device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+@dataclass(frozen=True)
+class PrepareInWorkers:
+    """The method's `prepare` as the loader's workers call it, (batch, step)
+    -> batch, marked `PREPARED` (picklable: a method is plain data)."""
+
+    method: Method
+    seed: int
+    anon_aware: bool
+    rank: int = 0
+    world: int = 1
+
+    def __call__(self, batch: Batch, step: int) -> Batch:
+        ctx = StepContext(
+            step, self.seed, torch.device("cpu"), self.anon_aware, rank=self.rank, world=self.world
+        )
+        return {**self.method.prepare(batch, ctx), PREPARED: True}
+
+
 def _part(batch: Batch, part: slice) -> Batch:
     """Samples `part` of a batch (tensors and lists alike)."""
     return {
@@ -642,7 +661,9 @@ class _Run:
         ctx = StepContext(
             step, config.seed, device, config.anon_aware, rank=self.ctx.rank, world=self.ctx.world
         )
-        batch = _on(self.method.prepare(batch, ctx), device)
+        if not batch.get(PREPARED):  # the loader's workers may have done it
+            batch = self.method.prepare(batch, ctx)
+        batch = _on(batch, device)
         b = len(batch["index"])
         n = config.accumulate
         if b % n:

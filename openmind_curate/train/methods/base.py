@@ -59,16 +59,20 @@ class Recipe:
     momentum: float = 0.99  # SGD
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW
     eps: float = 1e-8  # AdamW
-    warmup_epochs: int = 0  # linear warm-up from 0, then PolyLR
+    warmup_epochs: int = 0  # linear warm-up (per epoch), then PolyLR
+    grad_clip: float = 12.0  # max gradient norm; 0 = off
     patch: int = 160
     global_batch: int = 8
     source: str = "the paper, appendix D"
 
 
-#: ResEnc-L's recipe (SGD Nesterov 0.99, lr 1e-2, wd 3e-5) and Primus-M's
-#: (AdamW 3e-4, wd 5e-2, betas (0.9, 0.98), eps 1e-8, 50 warm-up epochs).
+#: ResEnc-L's recipe (SGD Nesterov 0.99, lr 1e-2, wd 3e-5; nnssl clips the
+#: gradient norm at 12) and Primus-M's (AdamW 3e-4, wd 5e-2, betas (0.9,
+#: 0.98), eps 1e-8, 50 warm-up epochs; nnssl's Eva trainers clip at 1).
 RESENC_RECIPE = Recipe()
-PRIMUS_RECIPE = Recipe(optimizer="adamw", lr=3e-4, weight_decay=5e-2, warmup_epochs=50)
+PRIMUS_RECIPE = Recipe(
+    optimizer="adamw", lr=3e-4, weight_decay=5e-2, warmup_epochs=50, grad_clip=1.0
+)
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,27 @@ def token_features(primus: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def projection(width: int, hidden: int = 2048, out: int = 128) -> nn.Sequential:
-    """A 2-layer MLP head (SimCLR's): Linear, BatchNorm-free ReLU, Linear."""
-    return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+class RowNorm(nn.Module):
+    """Each sample's features normalised to mean 0 and variance 1, no affine:
+    what nnssl's heads get from ``InstanceNorm1d`` on a (b, C) tensor, which
+    torch reads as one unbatched instance per row."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.layer_norm(x, x.shape[-1:], eps=1e-5)
+
+
+def projection(width: int, hidden: int = 2048, out: int = 2048) -> nn.Sequential:
+    """nnssl's projection head (`VocoProjectionHead`, used by its SimCLR and
+    VoCo trainers): two Linear-RowNorm-ReLU layers, then a Linear."""
+    return nn.Sequential(
+        nn.Linear(width, hidden),
+        RowNorm(),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, hidden),
+        RowNorm(),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, out),
+    )
 
 
 def gather(x: torch.Tensor, world: int) -> torch.Tensor:

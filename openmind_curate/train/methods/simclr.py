@@ -137,7 +137,9 @@ class SimCLR(Method):
             base,
             patch=64,
             global_batch=32,
-            source=f"the paper, appendix D.4 (batch, views); nnssl's {source} (optimizer)",
+            # nnssl's simCLRTrainer clips the gradient norm at 0.1 (its Eva trainer at 1)
+            grad_clip=1.0 if family == "primus" else 0.1,
+            source=f"the paper, appendix D.4 (batch, views); nnssl's {source} (optimizer, clip)",
         )
 
     def check(self) -> None:

@@ -129,7 +129,10 @@ class VoCo(Method):
             return dataclasses.replace(
                 PRIMUS_RECIPE, patch=64, source="nnssl's VoCoEvaTrainer (optimizer)"
             )
-        return dataclasses.replace(RESENC_RECIPE, patch=64, source="the paper, appendix D.1")
+        # nnssl's VoCoTrainer does not clip the gradient (its clip line is commented out)
+        return dataclasses.replace(
+            RESENC_RECIPE, patch=64, grad_clip=0.0, source="the paper, appendix D.1; nnssl (clip)"
+        )
 
     def check(self) -> None:
         p = self.params
