@@ -320,3 +320,25 @@ def test_projection_head_normalises_each_sample_as_nnssl_does():
         "Linear",
     ]
     assert head(x).shape == (4, 5)
+
+
+@pytest.mark.parametrize(
+    ("method", "arch"),
+    [c for c in CASES if c[0] in ("mae", "s3d", "simmim", "models-genesis")],
+)
+def test_anon_aware_reconstruction_ignores_defaced_voxels(method, arch):
+    """With every voxel defaced, an anonymization-aware reconstruction loss
+    has nothing to score (0, never NaN); without the flag it scores them."""
+    from openmind_curate.train.methods.base import StepContext
+
+    cfg = config(Path("x"), method, arch).resolved()
+    obj = cfg.method_object()
+    torch.manual_seed(0)
+    net = obj.build()
+    batch = fake_batches(obj.crop(), 2)(0, 0, 1)
+    batch["anon"] = torch.ones_like(batch["anon"])
+    losses = []
+    for aware in (True, False):
+        ctx = StepContext(0, 0, torch.device("cpu"), anon_aware=aware)
+        losses.append(float(obj.loss(net, obj.prepare(dict(batch), ctx), ctx)))
+    assert losses[0] == 0.0 and losses[1] > 0.0, losses
