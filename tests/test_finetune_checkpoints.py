@@ -161,10 +161,17 @@ def test_wrong_architecture_is_refused(nnssl_file, tmp_path):
     with pytest.raises(InputError, match="missing from the checkpoint"):
         weights.load_encoder(deeper, pretrained, 1)
     blob = torch.load(path, weights_only=True)
+    blob["nnssl_adaptation_plan"]["architecture_plans"]["arch_class_name"] = "UxLSTM"
+    torch.save(blob, tmp_path / "other.pth")
+    with pytest.raises(InputError, match="UxLSTM"):
+        nnssl.read_pretrained(tmp_path / "other.pth")
+    # a Primus plan over ResEnc weights reads, but fits no Primus: the tensors are named
     blob["nnssl_adaptation_plan"]["architecture_plans"]["arch_class_name"] = "PrimusM"
     torch.save(blob, tmp_path / "primus.pth")
-    with pytest.raises(InputError, match="PrimusM"):
-        nnssl.read_pretrained(tmp_path / "primus.pth")
+    primus = nnssl.read_pretrained(tmp_path / "primus.pth")
+    assert primus.family == "primus"
+    with pytest.raises(InputError, match="not in the network"):
+        weights.load_encoder(models.build("tiny-primus", patch=32), primus, 1, patch=(32,) * 3)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="junk.pt"):
         nnssl.read_pretrained(tmp_path / "junk.pt")

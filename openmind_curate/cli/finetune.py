@@ -17,8 +17,8 @@ _SCHEDULE_HELP = (
     "default (PolyLR), frozen (decoder only), warmup (linear warm-up, then poly), "
     "valley (decoder at a falling rate, whole-network warm-up, poly), sawtooth (decoder "
     "warm-up, whole-network warm-up, poly). Default: sawtooth with a pre-trained ResEnc-L "
-    "(the paper's best for CNNs, Table 4); default (nnU-Net's PolyLR) from scratch. "
-    "(Primus-M's best is warmup, Table 8.)"
+    "(the paper's best for CNNs, Table 4), warmup with a pre-trained Primus (Table 8); "
+    "default (nnU-Net's PolyLR) from scratch."
 )
 Schedule = Literal["default", "frozen", "warmup", "valley", "sawtooth"]
 
@@ -39,12 +39,15 @@ def finetune(
         typer.Option(
             "--pretrained",
             help="Pre-trained checkpoint: encoder.pt or nnssl_checkpoint.pth of "
-            "`curate train`, or an nnssl checkpoint (the released OpenMind weights).",
+            "`curate train` (ResEnc or Primus), or an nnssl checkpoint (the released "
+            "OpenMind weights, ResEncL or PrimusM).",
         ),
     ] = None,
     scratch: Annotated[
         bool,
-        typer.Option("--scratch", help="Train the checkpoint's network from scratch (lr 1e-2)."),
+        typer.Option(
+            "--scratch", help="Train the checkpoint's network from scratch (lr 1e-2; Primus 3e-4)."
+        ),
     ] = False,
     arch: Annotated[
         Arch, typer.Option("--arch", help="The network without --pretrained.")
@@ -67,7 +70,10 @@ def finetune(
     patch: Annotated[
         int | None,
         typer.Option(
-            "--patch", help="Patch edge (default: the checkpoint's; 160 for resenc-l from scratch)."
+            "--patch",
+            help="Patch edge (default: the checkpoint's; 160 from scratch). A multiple of the "
+            "network's divisor (Primus: its 8^3 tokens; the positional embedding is "
+            "interpolated to the new token grid).",
         ),
     ] = None,
     batch: Annotated[int, typer.Option("--batch", help="Patches per step (nnU-Net: 2).")] = 2,
@@ -76,7 +82,11 @@ def finetune(
     ] = 250,
     lr: Annotated[
         float | None,
-        typer.Option("--lr", help="Peak learning rate (default 1e-3 pre-trained, 1e-2 scratch)."),
+        typer.Option(
+            "--lr",
+            help="Peak learning rate (default: ResEnc 1e-3 pre-trained, 1e-2 scratch; "
+            "Primus 3e-5 pre-trained, 3e-4 scratch, with AdamW).",
+        ),
     ] = None,
     stage_len: Annotated[
         int | None,

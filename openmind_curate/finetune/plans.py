@@ -13,7 +13,9 @@ configuration (appendix C.1):
   (clipping to the foreground's 0.5-99.5 percentiles, then z-score) for a
   channel ``dataset.json`` names ``CT`` (the paper's choice for KIT);
 - **architecture and patch size**: the checkpoint's, rebuilt from its
-  metadata; deep supervision off.
+  metadata; deep supervision off. A Primus's patch is a multiple of its 8^3
+  tokens (the checkpoint's recommended patch is rounded to one) and is its
+  ``input_shape``.
 
 nnU-Net then preprocesses with these plans (``preprocess_dataset``). The
 plans also carry ``pretrain_info`` in the fork's format, so the authors'
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from openmind_curate.errors import InputError
-from openmind_curate.train.nnssl import Pretrained
+from openmind_curate.train.nnssl import PRIMUS_KEYS, RESENC_KEYS, Pretrained, is_primus
 
 PLANS_NAME = "openmindPlans"
 CONFIGURATION = "3d_fullres"
@@ -49,22 +51,45 @@ def network_of(
     pretrained: Pretrained | None, architecture: dict[str, Any], patch: Sequence[int] | None
 ) -> Network:
     """The checkpoint's network (or, from scratch, `architecture`) at `patch`
-    (default: the checkpoint's recommended downstream patch)."""
+    (default: the checkpoint's recommended downstream patch, rounded to the
+    network's divisor). A Primus's ``input_shape`` becomes the patch."""
     arch = pretrained.architecture if pretrained else architecture
-    strides = arch["arch_kwargs"]["strides"]
-    divisor = 1
-    for s in strides:
-        divisor *= int(max(s))
-    size = (
-        tuple(int(p) for p in patch) if patch else (pretrained.patch_size if pretrained else None)
-    )
-    if size is None:
+    divisor = divisor_of(arch)
+    if patch:
+        size = tuple(int(p) for p in patch)
+        bad = [p for p in size if p % divisor or p < divisor]
+        if bad:
+            near = tuple(nearest_multiple(p, divisor) for p in size)
+            raise InputError(
+                f"patch size {size}: every edge must be a multiple of {divisor}; "
+                f"the nearest is {near}"
+            )
+    elif pretrained:
+        size = tuple(nearest_multiple(p, divisor) for p in pretrained.patch_size)
+    else:
         raise InputError("--patch is needed when training from scratch without --pretrained")
-    bad = [p for p in size if p % divisor]
-    if bad:
-        raise InputError(f"patch size {size}: every edge must be a multiple of {divisor}")
+    if is_primus(arch):
+        kwargs = {**arch["arch_kwargs"], "input_shape": list(size)}
+        arch = {**arch, "arch_kwargs": kwargs}
     spacing = pretrained.spacing if pretrained else (1.0, 1.0, 1.0)
     return Network(arch, size, spacing, divisor)  # type: ignore[arg-type]
+
+
+def nearest_multiple(edge: int, divisor: int) -> int:
+    """The multiple of `divisor` nearest `edge` (halves up), at least `divisor`."""
+    return max(divisor, (2 * int(edge) + divisor) // (2 * divisor) * divisor)
+
+
+def divisor_of(arch: dict[str, Any]) -> int:
+    """A patch edge must be a multiple of this: the total stride of a U-Net,
+    the token edge of a Primus."""
+    kwargs = arch["arch_kwargs"]
+    if is_primus(arch):
+        return int(max(kwargs["patch_embed_size"]))
+    divisor = 1
+    for s in kwargs["strides"]:
+        divisor *= int(max(s))
+    return divisor
 
 
 def target_spacing(mode: str | float, network: Network, planned: Sequence[float]) -> list[float]:
@@ -129,10 +154,7 @@ def pretrain_info(pretrained: Pretrained) -> dict[str, Any]:
     return {
         "checkpoint_path": str(pretrained.path.resolve()),
         "checkpoint_name": pretrained.path.stem,
-        "key_to_encoder": "encoder.stages",
-        "key_to_stem": "encoder.stem",
-        "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"],
-        "key_to_lpe": None,
+        **(PRIMUS_KEYS if pretrained.family == "primus" else RESENC_KEYS),
         "pt_num_in_channels": pretrained.in_channels,
         "pt_used_patchsize": list(pretrained.pretrain_patch_size),
         "pt_recommended_downstream_patchsize": list(pretrained.patch_size),

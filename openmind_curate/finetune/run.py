@@ -28,6 +28,7 @@ from typing import Any
 from openmind_curate import preflight
 from openmind_curate.errors import InputError
 from openmind_curate.finetune import dataset, plans, schedules
+from openmind_curate.train import models
 from openmind_curate.train.nnssl import Pretrained, architecture, read_pretrained
 
 Echo = Callable[[str], None]
@@ -35,8 +36,23 @@ FOLDS = 5
 DATASET_ID = 501  # inside RUN/ only; an input named DatasetNNN_Name keeps its own
 #: The paper's defaults (appendix C.1): pre-trained encoders at lr 1e-3, from scratch 1e-2.
 LR_PRETRAINED, LR_SCRATCH = 1e-3, 1e-2
-#: The patch without a checkpoint to take it from: the paper's 160^3 for ResEnc-L.
-SCRATCH_PATCH = {"resenc-l": (160, 160, 160), "tiny": (32, 32, 32)}
+#: Primus-M: the paper's fine-tuning lr 3e-5 (Table 8, Warm-Up); from scratch the
+#: authors' PretrainedTrainer_Primus without weights, 3e-4.
+LR_PRIMUS_PRETRAINED, LR_PRIMUS_SCRATCH = 3e-5, 3e-4
+#: The best schedule with pre-trained weights: Sawtooth for the CNN (Table 4),
+#: Warm-Up for the transformer (Table 8); nnU-Net's PolyLR from scratch.
+BEST_SCHEDULE = {"resenc": "sawtooth", "primus": "warmup"}
+#: The optimizer of each family (`finetune.trainers`): nnU-Net's SGD for the CNN
+#: (wd 3e-5, clip 12); the fork's PretrainedTrainer_Primus for the transformer
+#: (AdamW, wd 5e-2, clip 1).
+FAMILY_OPTIMIZER = {"resenc": ("sgd", 3e-5, 12.0), "primus": ("adamw", 5e-2, 1.0)}
+#: The patch without a checkpoint to take it from: the paper's 160^3.
+SCRATCH_PATCH = {
+    "resenc-l": (160, 160, 160),
+    "tiny": (32, 32, 32),
+    "primus-m": (160, 160, 160),
+    "tiny-primus": (32, 32, 32),
+}
 #: The trainer class of each schedule (`finetune.trainers`), by name: nnU-Net
 #: names a run's folder after it.
 SCHEDULE_TRAINER_NAMES = {
@@ -73,20 +89,34 @@ class FinetuneConfig:
     resume: bool = False  # nnU-Net's --c
     device: str | None = None  # cuda when available
     gpus: int = 1  # > 1: nnU-Net's DDP, one process per GPU (NCCL; unverified here)
+    family: str | None = None  # the checkpoint's ("resenc" | "primus"); None: --arch's
 
     @property
     def loads_weights(self) -> bool:
         return self.pretrained is not None and not self.scratch
 
     @property
+    def network_family(self) -> str:
+        return self.family or models.family(self.arch)
+
+    @property
     def schedule_name(self) -> str:
-        return self.schedule or ("sawtooth" if self.loads_weights else "default")
+        if self.schedule:
+            return self.schedule
+        return BEST_SCHEDULE[self.network_family] if self.loads_weights else "default"
 
     @property
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
+        if self.network_family == "primus":
+            return LR_PRIMUS_PRETRAINED if self.loads_weights else LR_PRIMUS_SCRATCH
         return LR_PRETRAINED if self.loads_weights else LR_SCRATCH
+
+
+def with_checkpoint(config: FinetuneConfig, pretrained: Pretrained | None) -> FinetuneConfig:
+    """`config` with the family of its checkpoint (which picks the defaults)."""
+    return replace(config, family=pretrained.family) if pretrained is not None else config
 
 
 @dataclass
@@ -182,6 +212,8 @@ class Checked:
 
 def check(config: FinetuneConfig) -> Checked:
     """Everything that can be checked before anything is written; raises InputError."""
+    pretrained = read_pretrained(config.pretrained) if config.pretrained is not None else None
+    config = with_checkpoint(config, pretrained)
     stage_len = config.stage_len or schedules.stage_length(config.epochs)
     schedules.check(config.schedule_name, config.epochs, stage_len)
     for name, value in (("--batch", config.batch), ("--iters-per-epoch", config.iters_per_epoch)):
@@ -191,7 +223,6 @@ def check(config: FinetuneConfig) -> Checked:
         raise InputError(f"--gpus must be at least 1, not {config.gpus}")
     if config.scratch and config.pretrained is None:
         raise InputError("--scratch needs --pretrained (whose network it trains from scratch)")
-    pretrained = read_pretrained(config.pretrained) if config.pretrained is not None else None
     source = dataset.read_source(config.data)
     patch = config.patch or (None if pretrained else SCRATCH_PATCH.get(config.arch))
     network = plans.network_of(pretrained, architecture(config.arch), patch)
@@ -261,10 +292,15 @@ def splits(case_ids: list[str], folds: tuple[int | str, ...]) -> list[dict] | No
 
 
 def settings_for(config: FinetuneConfig, pretrained: Pretrained | None):
-    """The trainer's `Settings` for `config`."""
+    """The trainer's `Settings` for `config` (defaults by the checkpoint's family)."""
     from openmind_curate.finetune.trainers import Settings
 
+    config = with_checkpoint(config, pretrained)
+    optimizer, weight_decay, grad_clip = FAMILY_OPTIMIZER[config.network_family]
     return Settings(
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
         schedule=config.schedule_name,
         epochs=config.epochs,
         stage_len=config.stage_len,
@@ -432,6 +468,7 @@ def finetune(config: FinetuneConfig, echo: Echo) -> FinetuneResult:
     """`check`, `prepare` and `train`: the whole run."""
     set_processes()
     checked = check(config)
+    config = with_checkpoint(config, checked.pretrained)
     config = replace(config, out=preflight.output_dir(Path(config.out)))
     prepared = prepare(config, checked, echo)
     return train(config, prepared, echo)

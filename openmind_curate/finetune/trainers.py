@@ -33,11 +33,20 @@ departures from the authors' code, both documented in the user guide:
 When the data has more channels than the pre-training, the repeated input
 projection (`weights`) is trained in decoder-only stages too (the authors'
 rule: it is no longer the pre-trained kernel).
+
+**Primus** (the transformer) is built from the plans' architecture entry
+(dna's ``Primus`` at the fine-tuning patch; nnU-Net's builder would pass it a
+``deep_supervision`` it does not take). Its optimizer is the authors'
+``PretrainedTrainer_Primus``: AdamW, weight decay 5e-2, betas (0.9, 0.98),
+gradients clipped at norm 1 (`Settings.optimizer`, `grad_clip`; run.py sets
+them by the network's family). Its encoder is ``down_projection`` + ``eva``,
+its decoder ``up_projection``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -47,11 +56,14 @@ from torch import nn
 
 from openmind_curate.finetune import schedules, weights
 from openmind_curate.train.models import unwrap
-from openmind_curate.train.nnssl import read_pretrained
+from openmind_curate.train.nnssl import is_primus, read_pretrained
 
 #: The plans entry that carries `Settings`.
 PLANS_KEY = "openmind_finetune"
 MOMENTUM = 0.99
+#: AdamW's betas for Primus (the fork's PretrainedTrainer_Primus, nnssl's pre-training).
+ADAMW_BETAS = (0.9, 0.98)
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,8 @@ class Settings:
     pretrained: str | None = None  # a checkpoint in either layout; None: from scratch
     reference_param_groups: bool = False
     test_time_mirroring: bool = True
+    optimizer: str = "sgd"  # "sgd" (Nesterov 0.99) | "adamw" (Primus)
+    grad_clip: float = 12.0  # nnU-Net's; the fork's Primus trainer: 1
 
     @property
     def w(self) -> int:
@@ -101,6 +115,8 @@ class ScheduledTrainer(nnUNetTrainer):
         self.settings = Settings.from_plans(self.plans_manager.plans)
         s = self.settings
         schedules.check(self.schedule, s.epochs, s.w)
+        if s.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {s.optimizer!r}: one of {OPTIMIZERS}")
         self.num_epochs, self.initial_lr, self.weight_decay = s.epochs, s.lr, s.weight_decay
         self.num_iterations_per_epoch = s.iters_per_epoch
         self.num_val_iterations_per_epoch = s.val_iters_per_epoch
@@ -117,14 +133,47 @@ class ScheduledTrainer(nnUNetTrainer):
         if self.settings.pretrained:
             pretrained = read_pretrained(self.settings.pretrained)
             self.loaded = weights.load_encoder(
-                unwrap(self.network), pretrained, self.num_input_channels
+                unwrap(self.network),
+                pretrained,
+                self.num_input_channels,
+                patch=self.configuration_manager.patch_size,
             )
+            resized = self.loaded.resized_pos_embed
             self.print_to_log_file(
                 f"Loaded {self.loaded.tensors} encoder tensors from {pretrained.path} "
                 f"({pretrained.layout} layout, {pretrained.arch})"
+                + (
+                    f"; positional embedding resized {resized[0]} -> {resized[1]}"
+                    if resized
+                    else ""
+                )
             )
             if self.loaded.repeated_stem:  # the input projection joins the trained set
                 self.optimizer = self._optimizer_for(self.stage)
+
+    @staticmethod
+    def build_network_architecture(
+        plans_manager,
+        configuration_manager,
+        num_input_channels: int,
+        num_output_channels: int,
+        enable_deep_supervision: bool = True,
+    ) -> nn.Module:
+        """nnU-Net's builder; a Primus gets no ``deep_supervision`` argument.
+        (nnU-Net's predictor calls this too.)"""
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+        name = configuration_manager.network_arch_class_name
+        primus = is_primus({"network_class_name": name})
+        return get_network_from_plans(
+            name,
+            configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import,
+            num_input_channels,
+            num_output_channels,
+            allow_init=True,
+            deep_supervision=None if primus else enable_deep_supervision,
+        )
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """Deep supervision stays off (the authors' trainers)."""
@@ -138,22 +187,27 @@ class ScheduledTrainer(nnUNetTrainer):
     def trained_parameters(self, stage: schedules.Stage) -> list[nn.Parameter]:
         """The parameters `stage` trains (see the module doc)."""
         net = unwrap(self.network)
-        if not stage.decoder_only or self.settings.reference_param_groups:
+        reference = self.settings.reference_param_groups and hasattr(net, "decoder")
+        if not stage.decoder_only or reference:
             # the reference's "decoder" parameters include the encoder (UNetDecoder.encoder)
             chosen = list(net.decoder.parameters() if stage.decoder_only else net.parameters())
-        else:
-            encoder = {id(p) for p in net.encoder.parameters()}
-            chosen = [p for p in net.decoder.parameters() if id(p) not in encoder]
+        else:  # a Primus has no `decoder` attribute: its decoder is up_projection
+            encoder = {id(p) for p in weights.encoder_parameters(net)}
+            chosen = [p for p in net.parameters() if id(p) not in encoder]
             if self.loaded is not None and self.loaded.repeated_stem:
-                chosen += _in_proj_parameters(net)
+                chosen += list(weights.in_proj_module(net).parameters())
         unique = {id(p): p for p in chosen}
         return list(unique.values())
 
-    def _optimizer_for(self, stage: schedules.Stage) -> torch.optim.SGD:
-        """A fresh SGD over what `stage` trains; the rest stops taking gradients."""
+    def _optimizer_for(self, stage: schedules.Stage) -> torch.optim.Optimizer:
+        """A fresh optimizer over what `stage` trains; the rest stops taking gradients."""
         params = self.trained_parameters(stage)
         self._set_trainable(params)
         self.stage = stage
+        if self.settings.optimizer == "adamw":
+            return torch.optim.AdamW(
+                params, self.initial_lr, weight_decay=self.weight_decay, betas=ADAMW_BETAS
+            )
         return torch.optim.SGD(
             params,
             self.initial_lr,
@@ -161,6 +215,31 @@ class ScheduledTrainer(nnUNetTrainer):
             momentum=MOMENTUM,
             nesterov=True,
         )
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's step, with the gradient clipped at `Settings.grad_clip`."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        if isinstance(target, list):
+            target = [t.to(self.device, non_blocking=True) for t in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        on_cuda = self.device.type == "cuda"
+        with torch.autocast(self.device.type, enabled=True) if on_cuda else nullcontext():
+            loss = self.loss(self.network(data), target)
+        clip = self.settings.grad_clip
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
 
     def _set_trainable(self, params: list[nn.Parameter]) -> None:
         trained = {id(p) for p in params}
@@ -239,11 +318,6 @@ class ScheduledTrainer(nnUNetTrainer):
             f"train loss {value('train_losses'):.4f}, val loss {value('val_losses'):.4f}, "
             f"pseudo Dice {dice}"
         )
-
-
-def _in_proj_parameters(net: nn.Module) -> list[nn.Parameter]:
-    """The stem's input projection (its first conv)."""
-    return list(net.get_submodule(weights.IN_PROJ[0].removesuffix(".weight")).parameters())
 
 
 class DefaultTrainer(ScheduledTrainer):
