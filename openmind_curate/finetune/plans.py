@@ -24,6 +24,7 @@ plans also carry ``pretrain_info`` in the fork's format, so the authors'
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,7 +155,7 @@ def pretrain_info(pretrained: Pretrained) -> dict[str, Any]:
     return {
         "checkpoint_path": str(pretrained.path.resolve()),
         "checkpoint_name": pretrained.path.stem,
-        **(PRIMUS_KEYS if pretrained.family == "primus" else RESENC_KEYS),
+        **copy.deepcopy(PRIMUS_KEYS if pretrained.family == "primus" else RESENC_KEYS),
         "pt_num_in_channels": pretrained.in_channels,
         "pt_used_patchsize": list(pretrained.pretrain_patch_size),
         "pt_recommended_downstream_patchsize": list(pretrained.patch_size),

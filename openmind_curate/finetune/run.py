@@ -73,7 +73,7 @@ class FinetuneConfig:
     pretrained: Path | None = None
     scratch: bool = False  # the checkpoint's network, not its weights
     arch: str = "resenc-l"  # from scratch without --pretrained
-    schedule: str | None = None  # None: sawtooth with weights, default without
+    schedule: str | None = None  # None: BEST_SCHEDULE with weights, default without
     epochs: int = 150
     stage_len: int | None = None
     lr: float | None = None
@@ -355,7 +355,7 @@ def _train_fold(config, prepared: Prepared, settings, fold, echo: Echo) -> FoldR
     trainer.echo = echo
     echo(
         f"fold {fold}: {type(trainer).__name__}, {settings.epochs} epochs x "
-        f"{settings.iters_per_epoch} iterations, lr {settings.lr:g}, "
+        f"{settings.iters_per_epoch} iterations, {settings.optimizer} at lr {settings.lr:g}, "
         f"{'pre-trained ' + prepared.pretrained.arch if settings.pretrained else 'from scratch'}"
     )
     out = Path(trainer.output_folder)
