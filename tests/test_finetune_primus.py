@@ -96,6 +96,8 @@ def test_both_layouts_read_back_and_load_every_tensor(tiny):
         kw = arch["arch_kwargs"]
         assert (kw["embed_dim"], kw["eva_depth"], kw["eva_numheads"]) == (48, 2, 2)
         assert kw["patch_embed_size"] == [8, 8, 8]
+        # nnssl's Primus: layer scale and the inner attention norm, read off the tensors
+        assert (kw["init_values"], kw["scale_attn_inner"]) == (0.1, True)
         fine = _build(pretrained)
         assert isinstance(fine, Primus)
         loaded = weights.load_encoder(fine, pretrained, 1, patch=PATCH)
@@ -234,6 +236,8 @@ def test_primus_m_is_written_under_nnssls_name():
     written = nnssl.adaptation_plan(meta, layer_scale)["architecture_plans"]
     assert written["arch_class_name"] == "PrimusM"
     assert written["arch_kwargs"]["input_shape"] == [160, 160, 160]
+    # our primus-m is nnssl's Primus-M (models.PrimusConfig), so the fork can rebuild it
+    assert nnssl.adaptation_plan(meta)["architecture_plans"]["arch_class_name"] == "PrimusM"
     plain = nnssl.adaptation_plan(meta, {"eva.blocks.0.norm1.weight": 0})["architecture_plans"]
     assert plain["arch_class_name"] == nnssl.PRIMUS_CLASS
 
