@@ -136,11 +136,18 @@ def _device_checked(manifest: Path, config: TrainConfig, cuda: bool) -> TrainCon
     """ResEnc-L and Primus-M need a GPU (a clear message with a CPU command
     instead); "auto" AMP resolved."""
     if config.arch in ("resenc-l", "primus-m") and not cuda:
+        from openmind_curate.train.methods.registry import TINY_PARAMS
+
         tiny = "tiny-primus" if config.arch == "primus-m" else "tiny"
+        sets = "".join(
+            f" --set {k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}"
+            for k, v in TINY_PARAMS.get(config.method, {}).items()
+        )
         raise InputError(
             f"{config.arch} pre-training needs a CUDA GPU, and this machine has none. For a "
             f"CPU run use the tiny network: curate train --manifest {manifest} --method "
-            f"{config.method} --arch {tiny} --patch 32 --batch 2 --epochs 2 --iters-per-epoch 10"
+            f"{config.method} --arch {tiny} --patch 32 --batch 4{sets} --epochs 2 "
+            "--iters-per-epoch 10"
         )
     if config.amp == "auto":
         return dataclasses.replace(config, amp="bf16" if cuda else "none")
