@@ -339,3 +339,30 @@ def test_anon_aware_reconstruction_ignores_defaced_voxels(method, arch):
         ctx = StepContext(0, 0, torch.device("cpu"), anon_aware=aware)
         losses.append(float(obj.loss(net, obj.prepare(dict(batch), ctx), ctx).detach()))
     assert losses[0] == 0.0 and losses[1] > 0.0, losses
+
+
+@pytest.mark.parametrize(("method", "arch"), CASES)
+def test_every_trained_parameter_gets_a_gradient(method, arch):
+    """DDP (find_unused_parameters off) needs a gradient on every trainable
+    parameter of the network after one loss; the exported backbone gets
+    finite, non-zero gradients and carries no head."""
+    from openmind_curate.train.methods.base import StepContext
+    from openmind_curate.train.trainer import _freeze_unused_heads
+
+    cfg = config(Path("x"), method, arch).resolved()
+    obj = cfg.method_object()
+    torch.manual_seed(0)
+    net = obj.build()
+    for module in net.modules():
+        _freeze_unused_heads(module)
+    ctx = StepContext(0, 0, torch.device("cpu"))
+    batch = fake_batches(obj.crop(), cfg.global_batch)(0, 0, 1)
+    obj.loss(net, obj.prepare(batch, ctx), ctx).backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    exported = obj.export(net)
+    grads = [p.grad for p in exported.parameters() if p.requires_grad]
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    exported_keys = set(models.encoder_state(exported))
+    assert exported_keys and not any("head" in k for k in exported_keys)
