@@ -366,3 +366,11 @@ def test_every_trained_parameter_gets_a_gradient(method, arch):
     assert any(g.abs().sum() > 0 for g in grads)
     exported_keys = set(models.encoder_state(exported))
     assert exported_keys and not any("head" in k for k in exported_keys)
+
+
+def test_a_short_run_warms_up_throughout_and_a_long_warmup_given_is_refused():
+    short = TrainConfig(out="x", arch="tiny-primus", epochs=2).resolved()
+    assert short.warmup_epochs == 2  # Primus-M's 50, cut to the run
+    short.check()
+    with pytest.raises(InputError, match="--warmup-epochs 5: give 0 .. --epochs"):
+        TrainConfig(out="x", arch="tiny-primus", epochs=2, warmup_epochs=5).resolved().check()

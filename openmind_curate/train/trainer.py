@@ -180,12 +180,16 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """Every None filled from the method's recipe and `params` completed
-        with the method's defaults (unknown names refused). Idempotent."""
+        with the method's defaults (unknown names refused). The recipe's
+        warm-up is cut to the run's epochs (a short run warms up throughout);
+        one given explicitly is checked instead. Idempotent."""
         cls = registry.method_class(self.method)
         recipe = self.recipe()
         filled = {
             name: getattr(recipe, name) for name in RECIPE_FIELDS if getattr(self, name) is None
         }
+        if "warmup_epochs" in filled:
+            filled["warmup_epochs"] = min(filled["warmup_epochs"], self.epochs)
         params = dataclasses.asdict(parse_params(cls.Params, dict(self.params), self.method))
         return dataclasses.replace(self, params=params, **filled)
 
