@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from openmind_curate.errors import InputError
 from openmind_curate.train import models
@@ -105,7 +106,34 @@ def sparse_instance_norm(
     eps: float,
 ) -> torch.Tensor:
     """Instance norm with statistics over the visible positions only, the
-    masked ones left at zero (SparK's sparse norm). `hidden` None: all visible."""
+    masked ones left at zero (SparK's sparse norm). `hidden` None: all visible.
+
+    With gradients on, it is recomputed in the backward (activation
+    checkpointing, bit-identical): its float32 temporaries would otherwise be
+    kept, about 6x a bf16 activation per norm against 1x for
+    ``nn.InstanceNorm3d`` (tens of GB for ResEnc-L at 160^3, batch 8)."""
+    if not torch.is_grad_enabled():
+        return _sparse_instance_norm(x, hidden, weight, bias, eps)
+    return checkpoint(
+        _sparse_instance_norm,
+        x,
+        hidden,
+        weight,
+        bias,
+        eps,
+        use_reentrant=False,
+        preserve_rng_state=False,  # no random draw inside
+    )
+
+
+def _sparse_instance_norm(
+    x: torch.Tensor,
+    hidden: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """`sparse_instance_norm`'s computation, in float32."""
     xf = x.float()
     dims = (2, 3, 4)
     if hidden is None:
