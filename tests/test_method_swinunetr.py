@@ -162,3 +162,70 @@ def test_build_and_loss(arch):
     names = {n.split(".")[0] for n, _ in backbone.named_parameters()}
     assert not names & {"rotation", "contrast", "reconstruct"}
     assert models.encoder_state(backbone)
+
+
+DDP_SCRIPT = """
+import json, sys
+import torch, torch.distributed as dist
+from torch import nn
+from openmind_curate.train.methods.base import StepContext
+from openmind_curate.train.methods.swinunetr import SwinUNETR, SwinUNETRParams
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rec = nn.Conv3d(1, 1, 1)
+        self.rot = nn.Linear(4**3, 4)
+        self.emb = nn.Linear(4**3, 3)
+    def forward(self, x):
+        flat = x.flatten(1)
+        return self.rec(x), self.rot(flat), self.emb(flat)
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+def net():
+    torch.manual_seed(0)
+    return Net()
+g = torch.Generator().manual_seed(1)
+batch = {
+    "views": torch.randn(4, 2, 4, 4, 4, generator=g),
+    "targets": torch.randn(4, 2, 4, 4, 4, generator=g),
+    "rotations": torch.randint(0, 4, (4, 2), generator=g),
+}
+part = {k: v[2 * rank : 2 * rank + 2] for k, v in batch.items()}
+method = SwinUNETR(SwinUNETRParams(), "tiny", 4)
+ddp = nn.parallel.DistributedDataParallel(net())
+ctx = StepContext(step=0, seed=0, device=torch.device("cpu"), rank=rank, world=world)
+loss = method.loss(ddp, part, ctx)
+loss.backward()
+out = {"loss": loss.item(), "grad": [p.grad.flatten().tolist() for p in ddp.module.parameters()]}
+if rank == 0:
+    one = net()
+    full = method.loss(one, batch, StepContext(step=0, seed=0, device=torch.device("cpu")))
+    full.backward()
+    out["full_loss"] = full.item()
+    out["full_grad"] = [p.grad.flatten().tolist() for p in one.parameters()]
+json.dump(out, open(sys.argv[1] + f"/rank{rank}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_gives_the_whole_batch_gradient(tmp_path):
+    """2 gloo ranks with 2 crops each give the (DDP-averaged) gradient of one
+    process with all 4: the per-rank in-painting and rotation terms average
+    over the ranks, the contrast term's negatives (gathered, rank-major) span
+    the global batch and each view's positive is its own crop's other view."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    subprocess.run([*cmd, str(script), str(tmp_path)], check=True, capture_output=True, timeout=120)
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert (r0["loss"] + r1["loss"]) / 2 == pytest.approx(r0["full_loss"], rel=1e-5)
+    for r in (r0, r1):
+        for got, want in zip(r["grad"], r0["full_grad"], strict=True):
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
