@@ -283,7 +283,7 @@ def test_a_contrastive_batch_shrinks_to_what_the_gpu_holds():
     said = []
     simclr = TrainConfig(out="x", arch="resenc-l", method="simclr").resolved()
     per_sample, fixed = ACCUMULATE_COST_GIB["resenc-l"]
-    share = 192 * 192 * 64 / 160**3  # the crop's volume against a 160^3 patch
+    share = 2 * 64**3 / 160**3  # two 64^3 views against a 160^3 patch
     # room for exactly 10 samples by the rule: 0.9 * free - fixed = 10 * per_sample * share
     free = int((fixed + 10 * per_sample * share) / 0.9 * 2**30) + 2**20
     got = fit_contrastive_batch(simclr, said.append, free=free)
@@ -292,6 +292,32 @@ def test_a_contrastive_batch_shrinks_to_what_the_gpu_holds():
     assert roomy.global_batch == 32 and len(said) == 1
     mae = TrainConfig(out="x", arch="resenc-l").resolved()
     assert fit_contrastive_batch(mae, said.append, free=2**30) is mae  # not contrastive
+    # SwinUNETR pairs samples: the fitted batch stays even (room for 5 -> 4)
+    swin = TrainConfig(out="x", arch="resenc-l", method="swinunetr").resolved()
+    share = 2 * 160**3 / 160**3
+    free = int((fixed + 5 * per_sample * share) / 0.9 * 2**30) + 2**20
+    assert fit_contrastive_batch(swin, said.append, free=free).global_batch == 4
+
+
+def test_the_memory_rule_counts_what_the_network_sees():
+    from openmind_curate.train.trainer import auto_accumulate
+
+    gib = 2**30
+    voco = TrainConfig(out="x", arch="resenc-l", method="voco").resolved().method_object()
+    assert voco.voxels_per_sample() == (16 + 4) * 64**3  # 16 base crops and 4 random ones
+    assert not voco.contrastive  # a per-sample loss: it accumulates exactly
+    # 20 crops of 64^3 are 1.28 patches of 160^3: 20.5 GiB a sample by the rule
+    assert auto_accumulate(8, 80 * gib, "resenc-l", 64, voco.voxels_per_sample()) == 4
+    assert auto_accumulate(8, 80 * gib, "resenc-l", 64) == 1  # one 64^3 patch a sample
+
+
+def test_pairing_methods_refuse_an_odd_batch_per_rank():
+    from openmind_curate.train.trainer import _Dist, _setup
+
+    for method in ("volume-fusion", "swinunetr"):
+        cfg = TrainConfig(out="x", arch="tiny", method=method, global_batch=6).resolved()
+        with pytest.raises(InputError, match="leaves 3 on each"):
+            _setup(cfg, _Dist(rank=0, world=2))
 
 
 def test_projection_head_normalises_each_sample_as_nnssl_does():

@@ -87,6 +87,8 @@ AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 #: A batch entry set (True) when the method's `prepare` already ran on it.
 PREPARED = "prepared"
+#: Separates the per-step seed of torch's global generators from other draws.
+STEP_SALT = 0x5354  # "ST"
 #: TrainConfig options a method's `Recipe` supplies when left None.
 RECIPE_FIELDS = (
     "optimizer",
@@ -332,17 +334,29 @@ def _sync_unless(net: nn.Module, skip: bool):
     return ddp.no_sync() if skip and ddp is not None else nullcontext()
 
 
-def auto_accumulate(per_rank_batch: int, free_bytes: int, arch: str, patch: int) -> int:
+def _sample_cost(arch: str, voxels: float) -> tuple[float, float] | None:
+    """(bytes a sample, fixed bytes) by the `ACCUMULATE_COST_GIB` rule for a
+    sample of `voxels` voxels seen by the network; None: not in the table."""
+    cost = ACCUMULATE_COST_GIB.get(arch)
+    if cost is None:
+        return None
+    per_sample, fixed = (c * 2**30 for c in cost)
+    return per_sample * voxels / 160**3, fixed
+
+
+def auto_accumulate(
+    per_rank_batch: int, free_bytes: int, arch: str, patch: int, voxels: float | None = None
+) -> int:
     """The fewest micro-batches N (a divisor of `per_rank_batch`) whose
     micro-batch fits 90% of `free_bytes` on the rank's GPU, by the
     `ACCUMULATE_COST_GIB` rule: the fixed cost plus the per-sample cost,
-    scaled by the patch volume (patch / 160)^3, times the micro-batch. One
-    sample per micro-batch when nothing fits (the run then tries it)."""
-    cost = ACCUMULATE_COST_GIB.get(arch)
+    scaled by the voxels a sample shows the network (`voxels`, default
+    patch^3) over 160^3, times the micro-batch. One sample per micro-batch
+    when nothing fits (the run then tries it)."""
+    cost = _sample_cost(arch, patch**3 if voxels is None else voxels)
     if cost is None:
         return 1
-    per_sample, fixed = (c * 2**30 for c in cost)
-    per_sample *= (patch / 160) ** 3
+    per_sample, fixed = cost
     usable = 0.9 * free_bytes - fixed
     for n in range(1, per_rank_batch + 1):
         if per_rank_batch % n == 0 and (per_rank_batch // n) * per_sample <= usable:
@@ -353,27 +367,32 @@ def auto_accumulate(per_rank_batch: int, free_bytes: int, arch: str, patch: int)
 def fits_per_rank(config: TrainConfig, per_rank: int, free: int | None = None) -> int:
     """The largest per-rank batch (at most `per_rank`, at least 1) that the
     `ACCUMULATE_COST_GIB` rule fits in `free` bytes (default: the current
-    GPU's free memory), the patch volume taken as the method's crop."""
-    cost = ACCUMULATE_COST_GIB.get(config.arch)
+    GPU's free memory), a sample costing what the method shows the network
+    (`Method.voxels_per_sample`). Even for methods that pair samples."""
+    method = config.method_object()
+    cost = _sample_cost(config.arch, method.voxels_per_sample())
     if cost is None:
         return per_rank
     if free is None:
         free = torch.cuda.mem_get_info()[0]
-    per_sample, fixed = (c * 2**30 for c in cost)
-    per_sample *= math.prod(config.method_object().crop()) / 160**3
-    usable = 0.9 * free - fixed
-    return max(1, min(per_rank, int(usable // per_sample)))
+    per_sample, fixed = cost
+    fit = max(1, min(per_rank, int((0.9 * free - fixed) // per_sample)))
+    if method.pairs_samples and fit < per_rank:
+        fit = max(2, fit - fit % 2)
+    return fit
 
 
 def _accumulate(config: TrainConfig, ctx: _Dist, device: torch.device) -> int:
     """`config.accumulate`, auto resolved (1 on a CPU), checked to divide the rank's batch."""
     per_rank = config.global_batch // ctx.world
+    method = config.method_object()
     n = config.accumulate
     if n == 0:
         n = 1
-        if device.type == "cuda":
+        if device.type == "cuda" and not method.contrastive:  # its batch was fitted instead
             free = torch.cuda.mem_get_info(device)[0]
-            n = auto_accumulate(per_rank, free, config.arch, config.patch)
+            voxels = method.voxels_per_sample()
+            n = auto_accumulate(per_rank, free, config.arch, config.patch, voxels)
     if per_rank % n:
         raise InputError(
             f"--accumulate {n} does not divide the batch of each rank ({per_rank}: "
@@ -528,9 +547,13 @@ def validate(
     config: TrainConfig,
     device: torch.device,
     method: Method | None = None,
+    chunk: int = 0,
 ) -> float:
     """The method's mean loss over fixed validation batches, with the
-    validation stream's fixed draws (masks, transforms)."""
+    validation stream's fixed draws (masks, transforms). `chunk`: forward at
+    most this many samples at once (rank 0 validates a whole global batch,
+    which under DDP is more than a rank trains on); contrastive methods keep
+    the whole batch (their negatives)."""
     method = method or config.method_object()
     net = models.unwrap(model)
     was_training = net.training
@@ -544,8 +567,11 @@ def validate(
             batch = {**batch, "index": list(range(offset, offset + n))}
             offset += n
             batch = _on(method.prepare(batch, ctx), device)
-            with _autocast(config, device):
-                losses.append(float(method.loss(net, batch, ctx)))
+            size = n if method.contrastive or chunk <= 0 else chunk
+            for start in range(0, n, size):
+                with _autocast(config, device):
+                    part = _part(batch, slice(start, start + size))
+                    losses.append(float(method.loss(net, part, ctx)))
     net.train(was_training)
     return float(np.mean(losses)) if losses else float("nan")
 
@@ -668,6 +694,10 @@ class _Run:
         if not batch.get(PREPARED):  # the loader's workers may have done it
             batch = self.method.prepare(batch, ctx)
         batch = _on(batch, device)
+        # what the network draws itself (drop-path) comes from torch's global
+        # generators: seeded per (seed, step, rank), so ranks differ and a
+        # step's draws do not depend on what ran before it
+        torch.manual_seed(ctx.seed_of(self.ctx.rank, salt=STEP_SALT))
         b = len(batch["index"])
         n = config.accumulate
         if b % n:
@@ -747,6 +777,13 @@ def _setup(config: TrainConfig, ctx: _Dist) -> tuple[_Run, dict[str, Any] | None
     if config.global_batch % ctx.world:
         raise InputError(
             f"global batch {config.global_batch} does not split over {ctx.world} ranks"
+        )
+    per_rank = config.global_batch // ctx.world
+    if ctx.world > 1 and per_rank % 2 and config.method_object().pairs_samples:
+        raise InputError(
+            f"--method {config.method} pairs the samples of each rank's batch, and "
+            f"--batch {config.global_batch} over {ctx.world} ranks leaves {per_rank} on each: "
+            "give a batch that leaves an even number per rank"
         )
     out = Path(config.out)
     ckpt_path = out / "checkpoint.pt"
@@ -882,7 +919,8 @@ def _loop(
             }
             due = config.val_every and epoch_end and (epoch + 1) % config.val_every == 0
             if val and run.main and (due or done == total):
-                rec["val_loss"] = validate(run.net, val, config, run.device, run.method)
+                chunk = config.global_batch // run.ctx.world // config.accumulate
+                rec["val_loss"] = validate(run.net, val, config, run.device, run.method, chunk)
             if log is not None:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()

@@ -118,6 +118,9 @@ class Method:
     contrastive: ClassVar[bool] = False
     #: The loader centres each crop on its volume instead of placing it at random.
     centre_crop: ClassVar[bool] = False
+    #: `prepare` pairs sample g with sample g ^ 1 of the rank's batch, so a
+    #: rank's batch must be even under DDP (Volume Fusion, SwinUNETR).
+    pairs_samples: ClassVar[bool] = False
 
     def __init__(self, params: Any, arch: str, patch: int) -> None:
         self.params, self.arch, self.patch = params, arch, patch
@@ -135,6 +138,11 @@ class Method:
     def crop(self) -> tuple[int, int, int]:
         """The crop the loader cuts per sample (default: the patch)."""
         return (self.patch,) * 3
+
+    def voxels_per_sample(self) -> int:
+        """Voxels the network sees per sample (default: one patch), which
+        the GPU memory rule scales by (`trainer.auto_accumulate`)."""
+        return self.patch**3
 
     # -- the work ----------------------------------------------------------------
 
@@ -183,12 +191,13 @@ def per_sample_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def seeded_globals(seed: int) -> Iterator[None]:
-    """Seed Python's, NumPy's and torch's global generators for code that
-    draws from them (batchgenerators' transforms), restoring them after."""
+    """Seed Python's, NumPy's and torch's global CPU generators for code that
+    draws from them (batchgenerators' transforms), restoring them after.
+    CUDA generators are left alone (`torch.manual_seed` would reseed them)."""
     py, npy, th = random.getstate(), np.random.get_state(), torch.random.get_rng_state()  # noqa: NPY002
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:

@@ -151,6 +151,9 @@ class SimCLR(Method):
         if p.temperature <= 0:
             raise InputError(f"simclr temperature must be > 0, got {p.temperature}")
 
+    def voxels_per_sample(self) -> int:
+        return 2 * self.patch**3  # two views
+
     def crop(self) -> tuple[int, int, int]:
         return tuple(int(c) for c in self.params.crop)  # type: ignore[return-value]
 

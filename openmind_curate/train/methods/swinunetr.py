@@ -244,6 +244,11 @@ class SwinUNETR(Method):
             RESENC_RECIPE, source="nnssl SwinUNETRTrainer (AbstractBaseTrainer defaults)"
         )
 
+    pairs_samples = True
+
+    def voxels_per_sample(self) -> int:
+        return 2 * self.patch**3  # two views
+
     def check(self) -> None:
         p = self.params
         if not 0.0 <= p.max_drop <= 0.5:

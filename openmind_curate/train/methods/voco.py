@@ -121,7 +121,9 @@ class VoCo(Method):
     Params = VoCoParams
     families = ("resenc", "primus")
     reconstruction = False
-    contrastive = True
+    #: VoCo's loss is per sample (no negatives across samples), so it
+    #: accumulates exactly and keeps the paper's batch 8 through accumulation.
+    contrastive = False
 
     @classmethod
     def recipe(cls, family: str) -> Recipe:
@@ -147,6 +149,10 @@ class VoCo(Method):
                 f"voco region {self.crop()} (grid {p.grid} x patch {self.patch}) exceeds "
                 f"{MAX_EXTENT_MM} mm along an axis (1 mm voxels); use a smaller grid or patch"
             )
+
+    def voxels_per_sample(self) -> int:
+        grid = self.params.grid
+        return (grid[0] * grid[1] * grid[2] + self.params.n_random) * self.patch**3
 
     def crop(self) -> tuple[int, int, int]:
         return tuple(g * self.patch for g in self.params.grid)  # type: ignore[return-value]

@@ -150,6 +150,8 @@ class VolumeFusion(Method):
             source="the paper, appendix D.2 (lr 1e-3, wd 3e-5); SGD as nnssl's AbstractBaseTrainer",
         )
 
+    pairs_samples = True
+
     def check(self) -> None:
         p = self.params
         if not 1 <= p.k <= 255:
