@@ -124,6 +124,19 @@ def test_pos_embed_interpolated_to_the_fine_tuning_patch(tiny):
         weights.load_encoder(_build(pretrained, patch=(48, 32, 40)), pretrained, 1)
 
 
+def test_pos_embed_resized_when_only_the_grid_differs(tiny):
+    """A 4x4x4 grid and an 8x4x2 grid have the same 64 tokens, so the tensor
+    shapes agree; the embedding must still be interpolated to the new grid."""
+    net, ours, _ = tiny
+    pretrained = nnssl.read_pretrained(ours)
+    fine = _build(pretrained, patch=(64, 32, 16))
+    assert fine.eva.pos_embed.shape == net.eva.pos_embed.shape
+    loaded = weights.load_encoder(fine, pretrained, 1, patch=(64, 32, 16))
+    assert loaded.resized_pos_embed == ((4, 4, 4), (8, 4, 2))
+    expected = weights.interpolate_pos_embed(net.eva.pos_embed.detach(), (4, 4, 4), (8, 4, 2))
+    assert torch.equal(fine.eva.pos_embed.detach(), expected)
+
+
 def test_stem_repeated_over_channels(tiny):
     net, ours, _ = tiny
     pretrained = nnssl.read_pretrained(ours)

@@ -147,20 +147,26 @@ def _resize_pos_embed(
     pretrained: Pretrained,
     patch: Sequence[int] | None,
 ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """Interpolate ``eva.pos_embed`` in `source` when its shape is not the
-    network's; the grids come from the patch sizes and the token edge."""
+    """Interpolate ``eva.pos_embed`` in `source` when its token grid is not
+    the network's (the grids come from the patch sizes and the token edge; two
+    grids of as many tokens, 4x4x4 and 8x4x2, differ with equal shapes)."""
     if POS_EMBED not in source or POS_EMBED not in target:
         return None
-    if source[POS_EMBED].shape == target[POS_EMBED].shape:
-        return None
-    token = int(pretrained.architecture["arch_kwargs"]["patch_embed_size"][0])
+    same_shape = source[POS_EMBED].shape == target[POS_EMBED].shape
     if patch is None:
+        if same_shape:
+            return None
         raise InputError(
             f"{pretrained.path}: {POS_EMBED} {tuple(source[POS_EMBED].shape)} vs "
             f"{tuple(target[POS_EMBED].shape)}: the fine-tuning patch size is needed to resize it"
         )
+    token = int(pretrained.architecture["arch_kwargs"]["patch_embed_size"][0])
     source_grid = tuple(int(p) // token for p in pretrained.pretrain_patch_size)
     target_grid = tuple(int(p) // token for p in patch)
+    if same_shape and (
+        source_grid == target_grid or math.prod(source_grid) != source[POS_EMBED].shape[1]
+    ):
+        return None  # the same grid, or a plan whose pre-training patch is not the tensor's
     if math.prod(target_grid) != target[POS_EMBED].shape[1]:
         raise InputError(
             f"{POS_EMBED}: the network's {target[POS_EMBED].shape[1]} tokens are not the "
