@@ -19,7 +19,11 @@ configuration (appendix C.1):
 
 nnU-Net then preprocesses with these plans (``preprocess_dataset``). The
 plans also carry ``pretrain_info`` in the fork's format, so the authors'
-``PretrainedTrainer`` reads them too.
+``PretrainedTrainer`` reads them too for a ResEnc. A Primus's architecture
+entry names dna's ``Primus`` class with kwargs, which the fork's trainer does
+not build (it builds Primus only by preset name, e.g. ``PrimusM``); the fork
+fine-tunes our Primus-M from its nnssl checkpoint (``nnssl_checkpoint.pth``
+names it ``PrimusM``) through its own ``like_nnssl`` planning.
 """
 
 from __future__ import annotations
