@@ -162,3 +162,25 @@ def test_handlers_are_installed_only_while_a_batch_runs(tmp_path):
     assert {sig: signal.getsignal(sig) for sig in CODES} == before
     # The workers leave SIGINT to the main process and die on SIGTERM.
     assert seen.done[0].value == {"SIGINT": "SIG_IGN", "SIGTERM": "SIG_DFL"}
+
+
+def _sleep_in_child(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_finetunes_sigterm_handler_lets_forked_workers_die_quietly(capfd):
+    """`curate finetune` turns SIGTERM into KeyboardInterrupt in its own
+    process; a worker forked meanwhile (nnU-Net's pools) inherits the handler
+    and must die by the signal, not print a KeyboardInterrupt traceback."""
+    import multiprocessing
+
+    from openmind_curate.cli.finetune import _signals_interrupt
+
+    with _signals_interrupt() as caught:
+        child = multiprocessing.get_context("fork").Process(target=_sleep_in_child, args=(30,))
+        child.start()
+        time.sleep(0.5)
+        os.kill(child.pid, signal.SIGTERM)
+        child.join(10)
+    assert child.exitcode == -signal.SIGTERM and caught == []
+    assert "KeyboardInterrupt" not in capfd.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -170,10 +171,18 @@ def finetune(
 def _signals_interrupt() -> Iterator[list[str]]:
     """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so nnU-Net's run ends
     the same way (its data-loading workers stop with it); yields the names of
-    the signals caught."""
+    the signals caught. A process forked meanwhile (nnU-Net's preprocessing
+    and loader workers) inherits the handler: there it dies by the signal, as
+    it would without us, instead of printing a KeyboardInterrupt traceback
+    when nnU-Net closes its pool."""
     caught: list[str] = []
+    owner = os.getpid()
 
     def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         caught.append("SIGTERM")
         raise KeyboardInterrupt
 
