@@ -182,14 +182,20 @@ def primus_flags(weights: dict[str, torch.Tensor]) -> tuple[float | None, bool]:
 
 
 def _arch_plans(arch: dict[str, Any]) -> dict[str, Any]:
-    """nnssl's ``architecture_plans``; nnssl's own name for its Primus-M."""
+    """nnssl's ``architecture_plans``. Our Primus-M is nnssl's preset, written
+    as nnssl writes its presets: the name ``PrimusM`` and no kwargs (nnssl's
+    own plan reader builds CNN kwargs from any kwargs it finds)."""
     kw = arch["arch_kwargs"]
     name = arch["network_class_name"]
     if is_primus(arch):
         preset = (kw["embed_dim"], kw["eva_depth"], kw["eva_numheads"])
         nnssl_m = kw["init_values"] is not None and kw["scale_attn_inner"]
         if preset == PRIMUS_PRESETS["PrimusM"] and kw["patch_embed_size"] == [8] * 3 and nnssl_m:
-            name = "PrimusM"
+            return {
+                "arch_class_name": "PrimusM",
+                "arch_kwargs": None,
+                "arch_kwargs_requiring_import": None,
+            }
     return {
         "arch_class_name": name,
         "arch_kwargs": kw,
