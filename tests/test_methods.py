@@ -262,17 +262,18 @@ def test_cli_trains_a_contrastive_method_on_the_default_store(tmp_path, monkeypa
     args = ["train", "--manifest", str(manifest), "--method", "simclr", "--arch", "tiny"]
     args += ["--patch", "32", "--batch", "4", "--epochs", "1", "--iters-per-epoch", "2"]
     args += ["--out", str(run), "--loader-workers", "1", "--val-patches", "4", "-q"]
-    for item in sets:
+    for item in [*sets, "grad_clip=0.5", "betas=0.9,0.999"]:
         args += ["--set", item]
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
     saved = json.loads((run / "config.json").read_text())
     assert saved["method"] == "simclr" and saved["params"]["crop"] == [48, 48, 32]
     assert saved["optimizer"] == "sgd" and saved["global_batch"] == 4
+    assert saved["grad_clip"] == 0.5 and saved["betas"] == [0.9, 0.999]  # optimizer settings
     encoder = torch.load(run / "encoder.pt", map_location="cpu", weights_only=True)
     assert encoder["meta"]["method"] == "simclr"
     assert all(k.startswith(("stem.", "stages.")) for k in encoder["encoder"])
-    wrong = CliRunner().invoke(app, [*args[:-2], "--set", "temperature=hot", "--resume"])
+    wrong = CliRunner().invoke(app, [*args, "--set", "temperature=hot", "--resume"])
     assert wrong.exit_code == 2 and "--set temperature=hot: not a float" in wrong.output
 
 

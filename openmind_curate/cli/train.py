@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -77,7 +78,8 @@ def train_cmd(
             "--set",
             metavar="NAME=VALUE",
             help="Override one of the method's own parameters (repeatable), e.g. "
-            "--set temperature=0.1; a wrong name lists the method's parameters.",
+            "--set temperature=0.1, or an optimizer setting: momentum, betas, eps, "
+            "grad_clip, poly_exponent; a wrong name lists the method's parameters.",
         ),
     ] = None,
     patch: Annotated[
@@ -176,11 +178,13 @@ def train_cmd(
     overrides = list(set_ or [])
     overrides += [f"mask_block={mask_block}"] if mask_block is not None else []
     overrides += [f"mask_ratio={mask_ratio}"] if mask_ratio is not None else []
+    params, settings = _params(method, overrides)
     config = TrainConfig(
+        **settings,
         out=str(out if out is not None else default_out(manifest, method, arch)),
         arch=arch,
         method=method,
-        params=_params(method, overrides),
+        params=params,
         patch=patch,
         global_batch=batch,
         accumulate=n_micro,
@@ -214,18 +218,43 @@ def train_cmd(
     _report(result, config.total_steps)
 
 
-def _params(method: str, overrides: list[str]) -> dict:
-    """--set NAME=VALUE pairs as the method's parameters (checked by name and type)."""
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimizer settings `--set` takes besides the method's own
+    parameters (names and types; the values default to the method's recipe)."""
+
+    momentum: float = 0.99
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    grad_clip: float = 12.0
+    poly_exponent: float = 0.9
+
+
+OPTIMIZER_SETTINGS = tuple(f.name for f in fields(OptimizerSettings))
+
+
+def _params(method: str, overrides: list[str]) -> tuple[dict, dict]:
+    """--set NAME=VALUE pairs as (the method's parameters, the optimizer
+    settings of `OPTIMIZER_SETTINGS`), each checked by name and type."""
     import dataclasses
 
     from openmind_curate.train.methods.base import parse_params
     from openmind_curate.train.methods.registry import method_class
 
-    if not overrides:
-        return {}
-    params = parse_params(method_class(method).Params, overrides, method)
-    given = {item.partition("=")[0].strip().replace("-", "_") for item in overrides}
-    return {k: v for k, v in dataclasses.asdict(params).items() if k in given}
+    def name(item: str) -> str:
+        return item.partition("=")[0].strip().replace("-", "_")
+
+    own = [item for item in overrides if name(item) not in OPTIMIZER_SETTINGS]
+    optim = [item for item in overrides if name(item) in OPTIMIZER_SETTINGS]
+    params: dict = {}
+    if own:
+        parsed = dataclasses.asdict(parse_params(method_class(method).Params, own, method))
+        params = {k: parsed[k] for k in map(name, own)}
+    settings: dict = {}
+    if optim:
+        parsed = dataclasses.asdict(parse_params(OptimizerSettings, optim, "the optimizer"))
+        settings = {k: parsed[k] for k in map(name, optim)}
+    return params, settings
 
 
 def _help() -> str:
