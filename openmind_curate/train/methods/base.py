@@ -104,9 +104,7 @@ class Method:
     """One pre-training method. Subclasses set the class attributes and
     implement `build` and `loss`; `crop`, `prepare` and `export` have defaults."""
 
-    name: ClassVar[str]
-    #: One line for `curate train --help`: when to use it (the paper's findings).
-    summary: ClassVar[str]
+    name: ClassVar[str]  # its one-line help is in `registry.METHODS`
     #: The method's own hyper-parameters (a frozen dataclass, defaults = the paper's).
     Params: ClassVar[type]
     #: Architecture families it trains ("resenc", "primus").

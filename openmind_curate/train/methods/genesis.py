@@ -221,7 +221,6 @@ class ModelsGenesis(Method):
     """Restore the original from its Models Genesis distortion (see the module docstring)."""
 
     name = "models-genesis"
-    summary = "restore distorted images; moderate for segmentation and classification"
     Params = GenesisParams
     families = ("resenc", "primus")
     reconstruction = True

@@ -1,5 +1,5 @@
 """What several methods share: global features of either family, projection
-heads, and gathering embeddings over DDP ranks.
+heads, the NT-Xent loss, and gathering embeddings over DDP ranks.
 
 Global features follow the paper's Fig. 7: on ResEnc-L every encoder stage's
 output (the skips) is adaptive-average-pooled and the results concatenated;
@@ -10,6 +10,7 @@ sample that a projection head maps to the latent space.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from openmind_curate.train import models
@@ -81,6 +82,19 @@ def projection(width: int, hidden: int = 2048, out: int = 2048) -> nn.Sequential
         nn.ReLU(inplace=True),
         nn.Linear(hidden, out),
     )
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent of N positive pairs (z1[i], z2[i]) (each (N, d)): for each of
+    the 2N vectors, the cross-entropy of picking its partner among the other
+    2N - 1 by cosine similarity / temperature; the mean over the 2N (nnssl's
+    ContrastLoss; SimCLR's loss and SwinUNETR's contrastive coding)."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = z1.shape[0]
+    sim = (z @ z.T) / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    partner = torch.arange(2 * n, device=z.device).roll(n)
+    return F.cross_entropy(sim, partner)
 
 
 def gather(x: torch.Tensor, world: int) -> torch.Tensor:

@@ -35,7 +35,6 @@ class MAEParams:
 
 class MAE(Method):
     name = "mae"
-    summary = "masked auto-encoding"
     Params = MAEParams
     families = ("resenc", "primus")
     reconstruction = True

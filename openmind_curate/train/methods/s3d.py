@@ -245,9 +245,6 @@ class S3D(Method):
     """SparK-style sparse masked auto-encoding for ResEnc (see the module docstring)."""
 
     name = "s3d"
-    summary = (
-        "sparse masking for CNNs (SparK); close to MAE for segmentation, better for classification"
-    )
     Params = S3DParams
     families = ("resenc",)
     reconstruction = True

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from openmind_curate.errors import InputError
@@ -46,6 +45,7 @@ from openmind_curate.train.methods.base import (
     Recipe,
     StepContext,
 )
+from openmind_curate.train.methods.heads import nt_xent
 
 #: Salts of a sample's draws: where its views lie, and each view's augmentation.
 PLACE_SALT = 0x53434C50  # "SCLP"
@@ -109,21 +109,8 @@ def view_corners(
     return np.stack([first, first])
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NT-Xent of N positive pairs (z1[i], z2[i]) (each (N, d)): for each of
-    the 2N vectors, the cross-entropy of picking its partner among the other
-    2N - 1 by cosine similarity / temperature; the mean over the 2N."""
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    n = z1.shape[0]
-    sim = (z @ z.T) / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    partner = torch.arange(2 * n, device=z.device).roll(n)
-    return F.cross_entropy(sim, partner)
-
-
 class SimCLR(Method):
     name = "simclr"
-    summary = "contrastive; the best for classification and for a frozen CNN encoder"
     Params = SimCLRParams
     families = ("resenc", "primus")
     reconstruction = False

@@ -56,7 +56,6 @@ class SimMIMNet(nn.Module):
 
 class SimMIM(Method):
     name = "simmim"
-    summary = "Primus only: mask tokens at the input, no decoder"
     Params = SimMIMParams
     families = ("primus",)
     reconstruction = True

@@ -62,6 +62,7 @@ from openmind_curate.train.methods.base import (
     StepContext,
     per_sample_mean,
 )
+from openmind_curate.train.methods.heads import nt_xent
 from openmind_curate.train.methods.volume_fusion import pair_positions
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (start, stop) per axis
@@ -150,17 +151,6 @@ def view_draws(
     return k, noise, copied
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NT-Xent over 2n embeddings: view i's positive is its other view, every
-    other embedding a negative (nnssl's ContrastLoss, in log-sum-exp form)."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.t() / temperature
-    n = z1.shape[0]
-    eye = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    pos = torch.cat([sim.diagonal(n), sim.diagonal(-n)])
-    return (torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1) - pos).mean()
-
-
 def inpaint_loss(
     rec: torch.Tensor, target: torch.Tensor, anon: torch.Tensor | None
 ) -> torch.Tensor:
@@ -230,7 +220,6 @@ class SwinUNETRNet(nn.Module):
 
 class SwinUNETR(Method):
     name = "swinunetr"
-    summary = "in-painting, rotation and contrastive coding; little gain for segmentation"
     Params = SwinUNETRParams
     families = ("resenc", "primus")
     reconstruction = True

@@ -117,7 +117,6 @@ def voco_loss(
 
 class VoCo(Method):
     name = "voco"
-    summary = "volume contrast; for classification, weak for segmentation fine-tuning"
     Params = VoCoParams
     families = ("resenc", "primus")
     reconstruction = False

@@ -131,7 +131,6 @@ def fusion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class VolumeFusion(Method):
     name = "volume-fusion"
-    summary = "segment how two volumes were fused; good segmentation on Primus-M, fair on CNNs"
     Params = VolumeFusionParams
     families = ("resenc", "primus")
     reconstruction = False
