@@ -24,7 +24,7 @@ from openmind_curate.train import models  # noqa: E402
 from openmind_curate.train.checkpoint import load_checkpoint  # noqa: E402
 from openmind_curate.train.methods import registry  # noqa: E402
 from openmind_curate.train.methods.base import parse_params  # noqa: E402
-from openmind_curate.train.trainer import PolyLR, TrainConfig, train  # noqa: E402
+from openmind_curate.train.trainer import EpochLR, TrainConfig, train  # noqa: E402
 
 #: Per method, parameters that shrink its crops to CPU size (the defaults are the paper's).
 TINY = registry.TINY_PARAMS
@@ -168,7 +168,7 @@ def test_recipes_are_the_papers():
 
 def test_warmup_then_poly():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = PolyLR(opt, epochs=4, iters_per_epoch=2, exponent=1.0, warmup=2)
+    sched = EpochLR(opt, epochs=4, iters_per_epoch=2, exponent=1.0, warmup=2)
     lrs = []
     for _ in range(8):
         lrs.append(opt.param_groups[0]["lr"])

@@ -7,9 +7,11 @@ logs, validation and export. Options left unset (None) take the method's
 recipe for the architecture's family (`methods.base.Recipe`): on ResEnc-L
 the paper's SGD with Nesterov momentum 0.99, lr 1e-2, weight decay 3e-5; on
 Primus-M AdamW at 3e-4, wd 5e-2, with 50 warm-up epochs. The schedule is a
-linear warm-up (per step) then PolyLR (exponent 0.9, stepped per epoch as
-nnssl does); the gradient norm is clipped at 12 (nnssl); 1000 epochs of 250
-steps.
+linear warm-up then PolyLR (exponent 0.9), both per epoch as nnssl does, or,
+for classification fine-tuning, a warm-up then cosine annealing (`EpochLR`);
+the gradient norm is clipped at 12 (nnssl); 1000 epochs of 250 steps. A
+method that is a fine-tuning task (`finetune.classification`) registers
+itself (`registry.register`) and trains through the same loop.
 
 The data come through an abstraction, so tests pass an in-memory fake and the
 CLI the store's loader: `batches(step, rank, world) -> dict` (the loader
@@ -151,6 +153,7 @@ class TrainConfig:
     eps: float | None = None
     warmup_epochs: int | None = None
     poly_exponent: float = 0.9
+    schedule: str = "poly"  # "poly" (pre-training) | "cosine" (classification); `EpochLR`
     grad_clip: float | None = None  # max gradient norm (nnssl: 12 ResEnc, 1 Primus); 0 = off
     anon_aware: bool = False
     amp: str = "none"  # none | bf16 | fp16 (fp16 with a GradScaler, CUDA only)
@@ -235,6 +238,8 @@ class TrainConfig:
             )
         if self.amp not in AMP_MODES:
             raise InputError(f"--amp {self.amp!r}: choose one of {', '.join(AMP_MODES)}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"--optimizer {self.optimizer!r}: choose one of {OPTIMIZERS}")
         if self.warmup_epochs < 0 or self.warmup_epochs >= max(self.epochs, 1) + 1:
@@ -256,12 +261,24 @@ class RunResult:
     accumulate: int = 1  # the micro-batches per step this run used
 
 
-class PolyLR(LRScheduler):
-    """nnssl's schedules, stepped once per training step but changing at
-    epoch starts: a linear warm-up over `warmup` epochs (epoch e at
-    base * (e + 1) / warmup, nnssl's `Lin_incr_LRScheduler`), then lr = base *
-    (1 - e / E) ** exponent with e the epochs since the warm-up and E the
-    epochs after it (`PolyLRScheduler_offset`; without warm-up, its PolyLR)."""
+SCHEDULES = ("poly", "cosine")
+
+
+class EpochLR(LRScheduler):
+    """The learning rate as a function of the epoch, stepped once per
+    training step but changing at epoch starts (e = step // iters_per_epoch,
+    W warm-up epochs, E epochs in all):
+
+    - ``poly`` (nnssl's, pre-training): a linear warm-up, base * (e + 1) / W
+      (nnssl's `Lin_incr_LRScheduler`), then base * (1 - e' / (E - W)) **
+      exponent with e' = e - W (`PolyLRScheduler_offset`; without warm-up,
+      its PolyLR);
+    - ``cosine`` (the image classification framework's
+      `CosineAnnealingLR_Warmstart`, classification fine-tuning): a linear
+      warm-up, base * (e + 1) / (W + 1), then cosine annealing to 0, base *
+      (1 + cos(pi * e' / (E - W))) / 2. The framework's recursive update
+      equals this closed form (eta_min 0) for every epoch of a run.
+    """
 
     def __init__(
         self,
@@ -271,17 +288,24 @@ class PolyLR(LRScheduler):
         exponent: float = 0.9,
         last_epoch: int = -1,
         warmup: int = 0,
+        shape: str = "poly",
     ) -> None:
+        if shape not in SCHEDULES:
+            raise InputError(f"schedule {shape!r}: choose one of {', '.join(SCHEDULES)}")
         self.epochs, self.iters_per_epoch, self.exponent = epochs, iters_per_epoch, exponent
-        self.warmup = warmup
+        self.warmup, self.shape = warmup, shape
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
         epoch = max(step, 0) // self.iters_per_epoch
+        cosine = self.shape == "cosine"
         if epoch < self.warmup:
-            return (epoch + 1) / self.warmup
+            return (epoch + 1) / (self.warmup + 1 if cosine else self.warmup)
         span = max(self.epochs - self.warmup, 1)
-        return (1.0 - min(epoch - self.warmup, span) / span) ** self.exponent
+        done = min(epoch - self.warmup, span) / span
+        if cosine:
+            return 0.5 * (1.0 + math.cos(math.pi * done))
+        return (1.0 - done) ** self.exponent
 
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
@@ -646,7 +670,7 @@ class _Run:
     chash: str
     model: nn.Module
     opt: torch.optim.Optimizer
-    sched: PolyLR
+    sched: EpochLR
     method: Method
     scaler: Any = None  # a GradScaler with --amp fp16
     net: nn.Module | None = None  # the model as trained (DDP, compiled)
@@ -693,7 +717,6 @@ class _Run:
         )
         if not batch.get(PREPARED):  # the loader's workers may have done it
             batch = self.method.prepare(batch, ctx)
-        batch = _on(batch, device)
         # what the network draws itself (drop-path) comes from torch's global
         # generators: seeded per (seed, step, rank), so ranks differ and a
         # step's draws do not depend on what ran before it
@@ -706,7 +729,9 @@ class _Run:
         opt.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=device)
         for k in range(n):
-            part = _part(batch, slice(k * size, (k + 1) * size))
+            # one micro-batch at a time on the device: a large accumulated
+            # batch (classification's 4 x 48 volumes) never sits there whole
+            part = _on(_part(batch, slice(k * size, (k + 1) * size)), device)
             with _sync_unless(self.net, skip=k < n - 1):
                 with _autocast(config, device):
                     micro = self.method.loss(self.net, part, ctx).float() / n
@@ -811,12 +836,13 @@ def _setup(config: TrainConfig, ctx: _Dist) -> tuple[_Run, dict[str, Any] | None
     for module in model.modules():
         _freeze_unused_heads(module)
     opt = _optimizer(model, config)
-    sched = PolyLR(
+    sched = EpochLR(
         opt,
         config.epochs,
         config.iters_per_epoch,
         config.poly_exponent,
         warmup=config.warmup_epochs,
+        shape=config.schedule,
     )
     scaler = None
     if config.amp == "fp16":
@@ -961,6 +987,8 @@ def _save_outputs(run: _Run, records: list[dict[str, Any]], steps: int) -> dict[
         },
     )
     backbone = run.method.export(models.unwrap(run.net))  # heads are never exported
+    if backbone is None:  # a fine-tuning task: its run writes its own model file
+        return files
     files["encoder"] = models.save_encoder(backbone, run.out / "encoder.pt", meta)
     # the same weights in nnssl's layout: the authors' nnU-Net fork fine-tunes from it
     files["nnssl"] = nnssl.save_checkpoint(backbone, run.out / "nnssl_checkpoint.pth", meta)

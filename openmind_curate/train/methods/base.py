@@ -166,10 +166,11 @@ class Method:
         wrapper module whose ``forward`` takes and returns them all."""
         raise NotImplementedError
 
-    def export(self, net: nn.Module) -> nn.Module:
+    def export(self, net: nn.Module) -> nn.Module | None:
         """The part of `net` both checkpoint layouts carry: a dynamic-network-
         architectures network (or one with its ``encoder``); heads are never
-        exported. Default: `net` itself."""
+        exported. Default: `net` itself. None: nothing to export (a
+        fine-tuning task, whose run writes its own model file)."""
         return net
 
     def describe(self) -> dict[str, Any]:

@@ -60,8 +60,22 @@ def summary(name: str) -> str:
     return METHODS[name][1]
 
 
+#: Methods defined outside `train` that train through its loop (fine-tuning
+#: tasks, `register`): not pre-training methods, so not in `METHODS`.
+REGISTERED: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Make `cls` (a `Method` of a higher layer: classification fine-tuning)
+    known to the loop by its ``name``; a class decorator."""
+    REGISTERED[cls.name] = cls
+    return cls
+
+
 def method_class(name: str) -> type[Method]:
     """The class of method `name` (InputError for an unknown name)."""
+    if name in REGISTERED:
+        return REGISTERED[name]
     try:
         target = METHODS[name][0]
     except KeyError:

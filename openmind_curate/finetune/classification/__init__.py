@@ -1,0 +1,9 @@
+"""Classification fine-tuning on the project's own trainer loop (appendix C.2).
+
+`table` (which image, label and subject), `volumes` (whole volumes,
+preprocessed as for pre-training and resized), `folds` (five folds,
+stratified by label and split by subject), `network` (encoder, pooling and a
+linear head), `method` (classification as a method of `train.trainer`),
+`metrics` (balanced accuracy, average precision, the confusion matrix) and
+`run` (a whole run: `run.classify`).
+"""

@@ -1,0 +1,120 @@
+"""Whole volumes for classification: preprocessed as for pre-training, then resized.
+
+Each image goes through pre-training's preprocessing (`train.preprocess.prepare`:
+LPS, resampled to the spacing, cropped to its nonzero box, z-scored over it),
+then the whole volume is resized to the run's ``--resize`` with nnU-Net's
+resampling (``resample_data_or_seg_to_shape``, third-order spline), as the
+image classification framework the paper used does (appendix C.2: nnU-Net
+preprocessing, whole volumes resized). One ``<case_id>.npy`` (float32) per
+image, and a marker; a batch stage, so a re-run skips what is done, redoes
+what other options made, and an image that cannot be used (unreadable,
+empty, constant, NaN) is recorded as rejected with its reason while the
+batch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from openmind_curate.atomic import atomic_path
+from openmind_curate.jobs import JobOptions, source_stamp
+from openmind_curate.jobs.stage import StageJob, records, run_stage
+from openmind_curate.train.preprocess import PrepJob, PreprocessConfig, Rejected, prepare
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    """How every volume is made (its hash marks each output)."""
+
+    spacing: float | None = 1.0  # mm isotropic; None keeps each image's voxels
+    resize: tuple[int, int, int] = (160, 192, 192)  # (D, H, W) after preprocessing
+
+
+@dataclass(frozen=True)
+class VolumeJob(StageJob):
+    case_id: str
+    source: str
+    out: str
+    config: VolumeConfig
+
+    @property
+    def marker(self) -> Path:
+        return Path(self.out) / f"{self.case_id}.json"
+
+    @property
+    def array(self) -> Path:
+        return Path(self.out) / f"{self.case_id}.npy"
+
+
+def resize(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """`image` (D, H, W) resized to `shape` by nnU-Net's data resampling
+    (order 3, no separate axis: the image is isotropic)."""
+    from nnunetv2.preprocessing.resampling.default_resampling import (
+        resample_data_or_seg_to_shape,
+    )
+
+    if tuple(image.shape) == tuple(shape):
+        return image.astype(np.float32, copy=False)
+    old = np.ones(3)
+    new = old * np.array(image.shape) / np.array(shape)
+    out = resample_data_or_seg_to_shape(image[None], shape, old, new, is_seg=False, order=3)
+    return np.ascontiguousarray(out[0], dtype=np.float32)
+
+
+def process(job: VolumeJob) -> dict[str, Any]:
+    """One volume (or its rejection) and its marker; returns the record."""
+    stamp = source_stamp(job.source)
+    record: dict[str, Any] = {"case_id": job.case_id, "source": job.source}
+    try:
+        prep = PrepJob(job.case_id, job.source, None, None, "", (), _prep_config(job.config))
+        arrays, info = prepare(prep)
+        volume = resize(arrays["image"], job.config.resize)
+        with atomic_path(job.array) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, volume)
+        record.update(status="ok", reason=None, preprocessed_shape=info["shape"])
+    except Rejected as exc:
+        record.update(status="rejected", reason=str(exc))
+    return job.write_marker(record, stamp)
+
+
+def _prep_config(config: VolumeConfig) -> PreprocessConfig:
+    return PreprocessConfig(spacing=config.spacing)
+
+
+def prepare_volumes(
+    cases: pd.DataFrame, out: Path, config: VolumeConfig, options: JobOptions
+) -> pd.DataFrame:
+    """Every case's volume under `out`; `cases` with ``status`` ("ok",
+    "rejected", "failed") and ``reason`` added."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        VolumeJob(str(r.case_id), str(r.path), str(out), config)
+        for r in cases.itertuples(index=False)
+    ]
+    batch = run_stage(process, jobs, options)
+    status, reason = [], []
+    for res, record in zip(batch.results, records(jobs, batch), strict=True):
+        if record is None:
+            status.append("failed")
+            reason.append(res.error)
+        else:
+            status.append(record["status"])
+            reason.append(record.get("reason"))
+    return cases.assign(status=status, reason=reason)
+
+
+def load(out: Path, case_id: str) -> np.ndarray:
+    """A prepared volume, memory-mapped (read-only)."""
+    return np.load(Path(out) / f"{case_id}.npy", mmap_mode="r")
+
+
+def describe(out: Path, case_id: str) -> dict[str, Any]:
+    """A volume's marker record."""
+    return json.loads((Path(out) / f"{case_id}.json").read_text())
