@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import pkgutil
 import re
 import subprocess
@@ -221,6 +222,18 @@ def test_demo_runs_the_existing_stages(tmp_path):
     assert (tmp_path / "train" / "store" / "store.parquet").is_file()
     assert (tmp_path / "train" / "mae-tiny" / "encoder.pt").is_file()
     assert "scratch: mean Dice" in result.output and "pretrained: mean Dice" in result.output
+    # step 13: a short classification run beats chance on held-out folds (the
+    # issue's bar: balanced accuracy >= 1/K + 0.2 for K classes), both ways
+    for name in ("scratch", "pretrained"):
+        run = json.loads(
+            (tmp_path / "train" / "classify" / name / "classification.json").read_text()
+        )
+        assert run["classes"] == ["T1w", "T2w"] and len(run["folds"]) == 5
+        table = pq.read_table(tmp_path / "train" / "classify" / "contrast.parquet")
+        held_out = [f["scores"]["n"] for f in run["folds"]]
+        assert sum(held_out) == table.num_rows - len(run["left_out"]) and min(held_out) >= 1
+        assert run["mean"]["balanced_accuracy"] >= 1 / len(run["classes"]) + 0.2, (name, run)
+        assert f"{name}: balanced accuracy" in result.output
     # the headline filter visibly works: the generator's poor dataset (every
     # image noisy, blurred and ghosted) is rated out, and the output says so
     poor = truth.loc[truth["kind"] == "image", "dataset_id"].max()

@@ -31,7 +31,7 @@ from openmind_curate.cli.train import train_cmd
 #: The paper's headline filter (Table 6): images kept at IQS <= 2.5.
 IQS_MAX = 2.5
 #: Steps, in order; `demo --help` and the progress rules name them.
-STEPS = 12
+STEPS = 13
 #: Validation subjects of the demo's manifest: the default fraction's floor
 #: would give half of a 10-subject corpus (two whole datasets).
 VAL_SUBJECTS = 2
@@ -63,6 +63,8 @@ def demo(
     10 preprocess      the manifest into a training store (2 mm voxels)
     11 train           a 30-step MAE pre-training of a tiny network
     12 finetune        tissue segmentation, from scratch and pre-trained (Dice)
+    13 classify        which contrast (T1w or T2w), from scratch and pre-trained
+                       (five folds, balanced accuracy)
 
     It ends with what to open next: the report, the manifest and its sidecar,
     the loss curve, and the command that serves the rater app.
@@ -162,7 +164,8 @@ def _print_filtered(manifest: Path, iqs_table: Path) -> None:
 def _demo_training(
     out: Path, manifest: Path, workers: int | None, quiet: bool, times: dict[str, float]
 ) -> None:
-    """Steps 10-12 at toy sizes: 2 mm voxels, the tiny network, 32^3 patches."""
+    """Steps 10-13 at toy sizes: 2 mm voxels, the tiny network, 32^3 patches
+    (classification: whole volumes at 16^3)."""
     from openmind_curate.finetune.demo import finetune_demo
 
     store = out / "train" / "store"
@@ -199,10 +202,34 @@ def _demo_training(
             f"{name:>10}: mean Dice {r['mean_dice']:.3f} ({dice}); nnU-Net, {r['epochs']} "
             f"epochs, {r['schedule']}, lr {r['lr']:g}"
         )
+    _demo_classification(out, run / "encoder.pt", workers, quiet, times)
     say(
         "Toy sizes: a 30-step pre-training of a 79k-parameter network says nothing "
         "about the paper's recipe; the demo shows that every stage runs."
     )
+
+
+def _demo_classification(
+    out: Path, encoder: Path, workers: int | None, quiet: bool, times: dict[str, float]
+) -> None:
+    """Step 13: the contrast of each image, five folds, from scratch and pre-trained."""
+    from openmind_curate.finetune.classification.demo import classification_demo
+
+    with _step(13, "classify: T1w or T2w, from scratch and pre-trained", times):
+        results = classification_demo(
+            out / "index" / "images.parquet",
+            encoder,
+            out / "train" / "classify",
+            workers=workers,
+            echo=(lambda _: None) if quiet else say,
+        )
+    for name, r in results.items():
+        n = sum(f.scores["n"] for f in r.folds)
+        say(
+            f"{name:>10}: balanced accuracy {r.mean['balanced_accuracy']:.3f}, average "
+            f"precision {r.mean['average_precision']:.3f} ({len(r.folds)} held-out folds, "
+            f"{n} images, {' vs '.join(r.classes)}; chance 0.5)"
+        )
 
 
 def _open_next(out: Path, index: Path, manifest: Path) -> None:

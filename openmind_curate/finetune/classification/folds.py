@@ -8,6 +8,7 @@ subject the model trained on.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,6 +32,9 @@ def assign_folds(
         )
     fold = np.full(len(labels), -1, dtype=int)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    for i, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, subjects)):
+    with warnings.catch_warnings():  # a class of few subjects: `table` says so already
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        split = list(splitter.split(np.zeros(len(labels)), labels, subjects))
+    for i, (_, held_out) in enumerate(split):
         fold[held_out] = i
     return fold

@@ -10,6 +10,7 @@ result says which were absent.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,12 @@ def scores(truth: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> d
         }
         found = [v for v in per_class.values() if v is not None]
         ap = float(np.mean(found)) if found else None
+    with warnings.catch_warnings():  # classes missing from a held-out fold
+        warnings.filterwarnings("ignore", "A single label was found", UserWarning)
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
+        balanced = float(balanced_accuracy_score(truth, pred))
     return {
-        "balanced_accuracy": float(balanced_accuracy_score(truth, pred)),
+        "balanced_accuracy": balanced,
         "average_precision": ap,
         "average_precision_per_class": per_class,
         "absent_classes": [classes[c] for c in range(k) if c not in present],

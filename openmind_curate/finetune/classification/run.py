@@ -78,6 +78,7 @@ class ClassifyConfig:
     workers: int | None = None
     progress: bool = True
     device: str = ""
+    stop_after: int | None = None  # a fold stops (checkpointed) after this many steps in all
 
 
 @dataclass
@@ -97,6 +98,7 @@ class ClassifyResult:
     summary: Path | None
     rejected: list[tuple[str, str]] = field(default_factory=list)
     signal: int | None = None  # the run stopped on SIGINT/SIGTERM (checkpoint written)
+    complete: bool = True  # False: a fold stopped early (a signal, `stop_after`)
 
 
 @dataclass(frozen=True)
@@ -204,9 +206,10 @@ def classify(config: ClassifyConfig, echo: Echo = print) -> ClassifyResult:
     chosen = list(range(F.FOLDS)) if "all" in config.folds else [int(f) for f in config.folds]
     done: list[FoldResult] = []
     for k in chosen:
-        result, signum = _fold(config, net, table.classes, cases, fold_of, k, (rank, world), echo)
-        if signum is not None:
-            return ClassifyResult(table.classes, done, {}, None, None, rejected, signum)
+        result, stopped = _fold(config, net, table.classes, cases, fold_of, k, (rank, world), echo)
+        if stopped is not None:
+            signum = stopped or None
+            return ClassifyResult(table.classes, done, {}, None, None, rejected, signum, False)
         if result is not None:
             done.append(result)
     if rank != 0:
@@ -249,7 +252,8 @@ def _fold(
     rank_world: tuple[int, int],
     echo: Echo,
 ) -> tuple[FoldResult | None, int | None]:
-    """Train fold `k` and (rank 0) evaluate it; the signal that stopped it, if any."""
+    """Train fold `k` and (rank 0) evaluate it. Second: None when the fold is
+    complete, else the signal that stopped it (0: `stop_after`)."""
     rank, world = rank_world
     train_cases = cases[fold_of != k].reset_index(drop=True)
     held = cases[fold_of == k].reset_index(drop=True)
@@ -272,8 +276,8 @@ def _fold(
             f"{tc.epochs} epochs of {tc.iters_per_epoch} step(s) of {micro} x {acc}"
         )
     result = train(tc, batches)
-    if result.signal is not None:
-        return None, result.signal
+    if result.signal is not None or not result.complete:
+        return None, result.signal or 0
     if rank != 0:
         return None, None
     scores = evaluate(tc, net, classes, held, root, micro, Path(tc.out))
@@ -318,6 +322,7 @@ def fold_config(
         progress=config.progress,
         device=config.device,
         accumulate=accumulate,
+        stop_after=config.stop_after,
     )
 
 
