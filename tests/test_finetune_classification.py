@@ -252,6 +252,20 @@ def test_bad_tables_are_named_and_bad_images_left_out(contrast, corpus_index, tm
     assert any(line.startswith("left out") and path in line for line in said)
 
 
+def test_other_ranks_take_the_volumes_rank_zero_published(contrast, tmp_path):
+    from openmind_curate.finetune.classification import volumes
+
+    cases = read_table(contrast.data, "modality", contrast.index).cases
+    config = volumes.VolumeConfig(3.0, (16, 16, 16))
+    key = volumes.batch_key(cases, config)
+    assert key != volumes.batch_key(cases, replace(config, resize=(8, 8, 8)))
+    status = cases.assign(status="ok", reason=None)
+    status.loc[0, ["status", "reason"]] = ["rejected", "empty volume"]
+    volumes.publish(tmp_path, key, status)
+    seen = volumes.wait_published(cases, tmp_path, key, poll_s=0.01)
+    assert list(seen["status"]) == list(status["status"]) and seen["reason"][0] == "empty volume"
+
+
 def test_cli_refuses_options_of_the_other_task(tmp_path):
     base = ["finetune", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv")]
     cases = [

@@ -195,6 +195,8 @@ def step_sizes(config: ClassifyConfig, family: str, n_train: int, echo: Echo) ->
 def classify(config: ClassifyConfig, echo: Echo = print) -> ClassifyResult:
     """Read, preprocess, split, and train and evaluate each chosen fold."""
     rank, world = pretrain_world()
+    if rank != 0:  # under torchrun rank 0 speaks for all
+        echo = _silent
     out = Path(config.out)
     _refuse_unfinished(out, config.resume)
     table = read_table(config.data, config.label, config.index)
@@ -217,6 +219,10 @@ def classify(config: ClassifyConfig, echo: Echo = print) -> ClassifyResult:
     return _summarise(config, table, net, done, rejected)
 
 
+def _silent(_: str) -> None:
+    pass
+
+
 def _refuse_unfinished(out: Path, resume: bool) -> None:
     if not resume and any(out.glob("fold_*/checkpoint.pt")):
         raise InputError(
@@ -232,7 +238,14 @@ def _prepared(
     root = Path(config.volumes or Path(config.out) / "volumes")
     options = JobOptions(workers=config.workers, progress=config.progress, description="volumes")
     vc = volumes.VolumeConfig(net.spacing, tuple(int(s) for s in config.resize))
-    status = volumes.prepare_volumes(table.cases, root, vc, options)
+    rank, world = pretrain_world()
+    key = volumes.batch_key(table.cases, vc)
+    if rank == 0:
+        status = volumes.prepare_volumes(table.cases, root, vc, options)
+        if world > 1:
+            volumes.publish(root, key, status)
+    else:
+        status = volumes.wait_published(table.cases, root, key)
     bad = status[status["status"] != "ok"]
     rejected = [(str(r.path), str(r.reason)) for r in bad.itertuples(index=False)]
     for path, reason in rejected:

@@ -9,12 +9,15 @@ preprocessing, whole volumes resized). One ``<case_id>.npy`` (float32) per
 image, and a marker; a batch stage, so a re-run skips what is done, redoes
 what other options made, and an image that cannot be used (unreadable,
 empty, constant, NaN) is recorded as rejected with its reason while the
-batch goes on.
+batch goes on. Under torchrun rank 0 prepares the volumes and the other
+ranks wait for its result (`publish`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from openmind_curate.atomic import atomic_path
+from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.jobs import JobOptions, source_stamp
 from openmind_curate.jobs.stage import StageJob, records, run_stage
 from openmind_curate.train.preprocess import PrepJob, PreprocessConfig, Rejected, prepare
@@ -110,11 +113,32 @@ def prepare_volumes(
     return cases.assign(status=status, reason=reason)
 
 
+def batch_key(cases: pd.DataFrame, config: VolumeConfig) -> str:
+    """A hash of the batch (its images and options): names `publish`'s file."""
+    from openmind_curate.jobs.runner import options_hash
+
+    listed = "".join(f"{c}={p};" for c, p in zip(cases["case_id"], cases["path"], strict=True))
+    text = listed + options_hash(config)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def publish(out: Path, key: str, status: pd.DataFrame) -> Path:
+    """Rank 0's batch result for the other ranks of a torchrun job, which
+    wait for it (`wait_published`) instead of preparing the same volumes."""
+    rows = status[["case_id", "status", "reason"]].to_dict(orient="records")
+    return atomic_write_text(Path(out) / f"ready-{key}.json", json.dumps(rows))
+
+
+def wait_published(cases: pd.DataFrame, out: Path, key: str, poll_s: float = 1.0) -> pd.DataFrame:
+    """`cases` with the status rank 0 published for this batch, once it is there
+    (torchrun ends the other ranks if rank 0 fails, so this never waits alone)."""
+    path = Path(out) / f"ready-{key}.json"
+    while not path.is_file():
+        time.sleep(poll_s)
+    found = pd.DataFrame(json.loads(path.read_text()))
+    return cases.merge(found, on="case_id", how="left")
+
+
 def load(out: Path, case_id: str) -> np.ndarray:
     """A prepared volume, memory-mapped (read-only)."""
     return np.load(Path(out) / f"{case_id}.npy", mmap_mode="r")
-
-
-def describe(out: Path, case_id: str) -> dict[str, Any]:
-    """A volume's marker record."""
-    return json.loads((Path(out) / f"{case_id}.json").read_text())
