@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from openmind_curate.cli import app
 from openmind_curate.errors import InputError
 from openmind_curate.finetune.classification import folds, metrics
-from openmind_curate.finetune.classification.demo import contrast_table
+from openmind_curate.finetune.classification.demo import weighting_table
 from openmind_curate.finetune.classification.method import Classify, ClassifyParams
 from openmind_curate.finetune.classification.run import ClassifyConfig, classify
 from openmind_curate.finetune.classification.table import read_table
@@ -126,12 +126,12 @@ def test_metrics_match_hand_computed_values(tmp_path):
 
 @pytest.fixture(scope="module")
 def contrast(corpus_index, tmp_path_factory):
-    """The generated corpus's T1w-or-T2w table and its volumes, made once."""
+    """The generated corpus's T1- or T2-weighted table and its volumes, made once."""
     root = tmp_path_factory.mktemp("classify")
-    table = contrast_table(corpus_index, root / "contrast.parquet")
+    table = weighting_table(corpus_index, root / "weighting.parquet")
     config = ClassifyConfig(
         data=table,
-        label="modality",
+        label="weighting",
         out=root / "first",
         index=corpus_index,
         volumes=root / "volumes",
@@ -195,20 +195,23 @@ def test_frozen_encoder_stays_bit_identical(contrast, tmp_path, arch, layout):
 
 
 def test_interrupted_run_resumes_bit_exactly(contrast, tmp_path):
-    straight = replace(contrast, out=tmp_path / "straight", epochs=3, warmup_epochs=1)
+    straight = replace(contrast, out=tmp_path / "straight", epochs=3, warmup_epochs=1, folds=(0, 1))
     whole = classify(straight, echo=lambda _: None)
-    cut = replace(straight, out=tmp_path / "cut", stop_after=5)  # mid-epoch
+    cut = replace(straight, out=tmp_path / "cut", stop_after=5)  # mid-epoch, in fold 0
     stopped = classify(cut, echo=lambda _: None)
     assert not stopped.complete and stopped.summary is None
     assert not (tmp_path / "cut" / "fold_0" / "classifier.pt").exists()
+    assert not (tmp_path / "cut" / "fold_1").exists()
     with pytest.raises(InputError, match="--continue"):
         classify(replace(cut, stop_after=None), echo=lambda _: None)
+    # --continue: fold 0 from its checkpoint, fold 1 (none yet) from the start
     resumed = classify(replace(cut, stop_after=None, resume=True), echo=lambda _: None)
-    assert resumed.complete
-    a = torch.load(tmp_path / "straight" / "fold_0" / "classifier.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut" / "fold_0" / "classifier.pt", weights_only=False)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.folds[0].scores == whole.folds[0].scores
+    assert resumed.complete and [f.fold for f in resumed.folds] == [0, 1]
+    for fold in ("fold_0", "fold_1"):
+        a = torch.load(tmp_path / "straight" / fold / "classifier.pt", weights_only=False)["model"]
+        b = torch.load(tmp_path / "cut" / fold / "classifier.pt", weights_only=False)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), fold
+    assert [f.scores for f in resumed.folds] == [f.scores for f in whole.folds]
     # the learning rate of every logged step is the cosine's closed form
     log = [
         json.loads(line)
@@ -230,11 +233,24 @@ def test_bad_tables_are_named_and_bad_images_left_out(contrast, corpus_index, tm
     with pytest.raises(InputError, match="--label grade: .* has no such column"):
         read_table(contrast.data, "grade", corpus_index)
     with pytest.raises(InputError, match="without a path column, and the index"):
-        read_table(contrast.data, "modality", tmp_path / "nowhere.parquet")
+        read_table(contrast.data, "weighting", tmp_path / "nowhere.parquet")
     one = tmp_path / "one.csv"
-    table.assign(modality="T1w").to_csv(one, index=False)
+    table.assign(weighting="T1").to_csv(one, index=False)
     with pytest.raises(InputError, match="1 class"):
-        read_table(one, "modality", corpus_index)
+        read_table(one, "weighting", corpus_index)
+    # a row without a path is dropped and named; a column named "label" gives way to --label
+    paths = read_table(contrast.data, "weighting", corpus_index).cases
+    odd = tmp_path / "odd.csv"
+    paths.assign(weighting=paths["label"], label="other").assign(
+        path=lambda f: f["path"].where(f.index != 0, "")
+    ).drop(columns=["case_id"]).to_csv(odd, index=False)
+    read = read_table(odd, "weighting")
+    assert len(read.cases) == len(paths) - 1 and set(read.cases["label"]) == {"T1", "T2"}
+    assert any("without a path: row 0" in note for note in read.notes)
+    # a size the network cannot take is refused before any volume is made
+    with pytest.raises(InputError, match="multiple of 4"):
+        classify(replace(contrast, resize=(18, 16, 16), out=tmp_path / "r", volumes=tmp_path / "v"))
+    assert not (tmp_path / "v").exists()
     # a truncated image (the corpus's corrupt T1w) is left out, named, and the run goes on
     from openmind_curate import index as store
 
@@ -242,7 +258,9 @@ def test_bad_tables_are_named_and_bad_images_left_out(contrast, corpus_index, tm
     broken = idx[(idx["header_status"] == "corrupt") & (idx["modality"] == "T1w")].head(1)
     assert len(broken), "the generated corpus has a corrupt T1w"
     with_broken = tmp_path / "with_broken.parquet"
-    pd.concat([table, broken[["image_id", "modality"]]]).to_parquet(with_broken)
+    pd.concat([table, broken.assign(weighting="T1")[["image_id", "weighting"]]]).to_parquet(
+        with_broken
+    )
     config = replace(contrast, data=with_broken, out=tmp_path / "run", epochs=1)
     said: list[str] = []
     result = classify(config, echo=said.append)
@@ -255,7 +273,7 @@ def test_bad_tables_are_named_and_bad_images_left_out(contrast, corpus_index, tm
 def test_other_ranks_take_the_volumes_rank_zero_published(contrast, tmp_path):
     from openmind_curate.finetune.classification import volumes
 
-    cases = read_table(contrast.data, "modality", contrast.index).cases
+    cases = read_table(contrast.data, "weighting", contrast.index).cases
     config = volumes.VolumeConfig(3.0, (16, 16, 16))
     key = volumes.batch_key(cases, config)
     assert key != volumes.batch_key(cases, replace(config, resize=(8, 8, 8)))

@@ -63,7 +63,7 @@ def demo(
     10 preprocess      the manifest into a training store (2 mm voxels)
     11 train           a 30-step MAE pre-training of a tiny network
     12 finetune        tissue segmentation, from scratch and pre-trained (Dice)
-    13 classify        which contrast (T1w or T2w), from scratch and pre-trained
+    13 classify        T1- or T2-weighted, from scratch and pre-trained
                        (five folds, balanced accuracy)
 
     It ends with what to open next: the report, the manifest and its sidecar,
@@ -212,10 +212,10 @@ def _demo_training(
 def _demo_classification(
     out: Path, encoder: Path, workers: int | None, quiet: bool, times: dict[str, float]
 ) -> None:
-    """Step 13: the contrast of each image, five folds, from scratch and pre-trained."""
+    """Step 13: T1- or T2-weighted, five folds, from scratch and pre-trained."""
     from openmind_curate.finetune.classification.demo import classification_demo
 
-    with _step(13, "classify: T1w or T2w, from scratch and pre-trained", times):
+    with _step(13, "classify: T1- or T2-weighted, from scratch and pre-trained", times):
         results = classification_demo(
             out / "index" / "images.parquet",
             encoder,

@@ -31,7 +31,8 @@ _SCHEDULE_HELP = (
     "valley (decoder at a falling rate, whole-network warm-up, poly), sawtooth (decoder "
     "warm-up, whole-network warm-up, poly). Default: sawtooth with a pre-trained ResEnc-L "
     "(the paper's best for CNNs, Table 4), warmup with a pre-trained Primus (Table 8); "
-    "default (nnU-Net's PolyLR) from scratch."
+    "default (nnU-Net's PolyLR) from scratch. Classification: default (a 20-epoch warm-up, "
+    "then cosine, the whole network) or frozen (the head alone: linear probing)."
 )
 Schedule = Literal["default", "frozen", "warmup", "valley", "sawtooth"]
 Task = Literal["segmentation", "classification"]
@@ -88,7 +89,9 @@ def finetune(
     scratch: Annotated[
         bool,
         typer.Option(
-            "--scratch", help="Train the checkpoint's network from scratch (lr 1e-2; Primus 3e-4)."
+            "--scratch",
+            help="Train the checkpoint's network from scratch (segmentation: lr 1e-2, "
+            "Primus 3e-4; classification: the same 1e-4).",
         ),
     ] = False,
     arch: Annotated[
@@ -143,8 +146,8 @@ def finetune(
         float | None,
         typer.Option(
             "--lr",
-            help="Peak learning rate (default: ResEnc 1e-3 pre-trained, 1e-2 scratch; "
-            "Primus 3e-5 pre-trained, 3e-4 scratch, with AdamW).",
+            help="Peak learning rate (segmentation: ResEnc 1e-3 pre-trained, 1e-2 scratch; "
+            "Primus 3e-5 pre-trained, 3e-4 scratch, with AdamW; classification: 1e-4).",
         ),
     ] = None,
     stage_len: Annotated[
@@ -323,7 +326,7 @@ def _classification(o: dict) -> None:
         arch=o["arch"],
         frozen=o["schedule"] == "frozen",
         epochs=200 if o["epochs"] is None else o["epochs"],
-        warmup_epochs=20 if o["warmup_epochs"] is None else o["warmup_epochs"],
+        warmup_epochs=o["warmup_epochs"],
         batch=o["batch"],
         accumulate=_count("--accumulate", o["accumulate"]),
         lr=o["lr"],
@@ -331,7 +334,7 @@ def _classification(o: dict) -> None:
         spacing=spacing,
         index=o["index"],
         volumes=o["volumes"],
-        amp=_amp(o["amp"]),
+        amp=o["amp"],
         resume=o["resume"],
         workers=o["workers"],
         progress=not o["quiet"],
@@ -355,15 +358,6 @@ def _count(flag: str, text: str | None) -> int | None:
     if not text.isdigit() or int(text) < 1:
         raise InputError(f"{flag} {text!r}: give a whole number >= 1")
     return int(text)
-
-
-def _amp(choice: str) -> str:
-    """``auto``: bf16 on a GPU, none on a CPU (as `curate train`)."""
-    if choice != "auto":
-        return choice
-    import torch
-
-    return "bf16" if torch.cuda.is_available() else "none"
 
 
 def print_classification(result) -> None:

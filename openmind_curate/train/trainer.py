@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,7 @@ class TrainConfig:
     compile: str = ""  # "" or a torch.compile backend ("inductor")
     seed: int = 0
     val_every: int = 1  # epochs between validations (0: only at the end)
-    checkpoint_every: int = 0  # steps between checkpoints (0: at each epoch end)
+    checkpoint_every: int = 0  # steps between checkpoints (0: at each epoch's end); and at the end
     resume: bool = False
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps in all
     spacing: tuple[float, float, float] | str = (1.0, 1.0, 1.0)
@@ -175,8 +175,12 @@ class TrainConfig:
         return self.epochs * self.iters_per_epoch
 
     def hashed(self) -> dict[str, Any]:
-        """The options that shape the trajectory (JSON round-tripped)."""
+        """The options that shape the trajectory (JSON round-tripped). The
+        default schedule is left out, so checkpoints from before the option
+        existed still resume."""
         kept = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in UNHASHED}
+        if kept["schedule"] == "poly":
+            del kept["schedule"]
         return json.loads(json.dumps(kept, default=str))
 
     def recipe(self) -> Recipe:
@@ -636,6 +640,31 @@ class _StopOnSignal:
             signal.signal(sig, old)
 
 
+@contextmanager
+def process_group() -> Iterator[_Dist]:
+    """This process's rank and world; under torchrun (WORLD_SIZE > 1) the
+    process group, started here unless it already is, and ended here if it
+    was started here. A caller running several `train` calls in one job
+    (the folds of classification) holds it around them, so the group starts
+    once."""
+    ctx = _dist_setup()
+    try:
+        yield ctx
+    finally:
+        if ctx.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def barrier(ctx: _Dist) -> None:
+    """Wait for every rank (nothing to wait for in one process)."""
+    if ctx.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def train(
     config: TrainConfig,
     batches: BatchFn | None = None,
@@ -649,14 +678,8 @@ def train(
         raise ValueError("give exactly one of `batches` and `stream`")
     config = config.resolved()
     config.check()
-    ctx = _dist_setup()
-    try:
+    with process_group() as ctx:
         return _train(config, batches, val, stream, after_backward, ctx)
-    finally:
-        if ctx.created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 @dataclass
@@ -952,7 +975,7 @@ def _loop(
                 log.flush()
             records.append(rec)
             progress.update(rec, config.epochs, epoch_end)
-            if done % every == 0 or epoch_end or done == steps.stop or stopper.signum is not None:
+            if done % every == 0 or done == steps.stop or stopper.signum is not None:
                 run.checkpoint(done)
             if stopper.signum is not None:
                 return done

@@ -4,8 +4,9 @@ The loop brings the optimizer and schedule, accumulation, DDP, signals,
 checkpoints with bit-exact resume, and logs; this brings the network (the
 classifier of `network`) and the loss (cross-entropy of the batch's labels,
 the framework's ``CrossEntropyLoss`` without label smoothing). A batch is
-whole volumes ("image", (b, 1, D, H, W)) with their class indices ("label",
-(b,)), so there is nothing to prepare. It exports nothing through the loop's
+whole volumes with their class indices ("label", (b,)): the volumes' files
+("volumes", read per micro-batch) or the volumes themselves ("image", (b, 1,
+D, H, W)); there is nothing to prepare. It exports nothing through the loop's
 encoder files: the run writes the whole classifier itself (`run`).
 
 The recipe is appendix C.2's: AdamW at lr 1e-4, weight decay 1e-2, a
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openmind_curate.errors import InputError
-from openmind_curate.finetune.classification import network
+from openmind_curate.finetune.classification import network, volumes
 from openmind_curate.train.methods import registry
 from openmind_curate.train.methods.base import Batch, Method, Recipe, StepContext
 
@@ -99,7 +100,13 @@ class Classify(Method):
         )
 
     def loss(self, net: nn.Module, batch: Batch, ctx: StepContext) -> torch.Tensor:
-        logits = net(batch["image"])
+        """Cross-entropy of the micro-batch; its volumes are read here when the
+        batch names their files (`batches.EpochBatches`), so only one
+        micro-batch is in memory at a time."""
+        image = batch.get("image")
+        if image is None:
+            image = volumes.load_batch(batch["volumes"]).to(ctx.device, non_blocking=True)
+        logits = net(image)
         return F.cross_entropy(logits.float(), batch["label"].long())
 
     def export(self, net: nn.Module) -> None:

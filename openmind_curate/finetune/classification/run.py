@@ -12,17 +12,18 @@
     RUN/confusion.png                  the held-out predictions of all folds run
 
 A fold trains on the other four folds' images through the one trainer loop
-(`train.trainer`, the `method.Classify` method): an epoch is one pass over
-the training images in a fresh order (seeded by the epoch), cut into steps
-of ``batch x accumulate`` volumes; the last step of an epoch is filled up
-from the start of that epoch's order, so every step has the same size.
-Then rank 0 predicts the held-out fold from the saved weights.
+(`train.trainer`, the `method.Classify` method, batches of `batches`), then
+rank 0 predicts the held-out fold from the saved weights (`evaluate`). With
+``resume`` a fold with a checkpoint goes on from it and one without starts.
+
+Under torchrun the process group starts once for all folds; rank 0 prepares
+the volumes while the other ranks wait for its result (a file named after the
+batch and the job, removed once every rank has read it).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 from collections.abc import Callable
@@ -32,23 +33,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from openmind_curate.atomic import atomic_write_bytes, atomic_write_text
+from openmind_curate.atomic import atomic_write_text
 from openmind_curate.errors import InputError
-from openmind_curate.finetune.classification import folds as F
 from openmind_curate.finetune.classification import metrics, volumes
-from openmind_curate.finetune.classification.method import BATCH, RESIZE, Classify
+from openmind_curate.finetune.classification.batches import EpochBatches
+from openmind_curate.finetune.classification.evaluate import evaluate
+from openmind_curate.finetune.classification.folds import FOLDS, assign_folds
+from openmind_curate.finetune.classification.method import BATCH, RESIZE, Classify, ClassifyParams
 from openmind_curate.finetune.classification.table import Table, read_table
 from openmind_curate.jobs import JobOptions
 from openmind_curate.train import models, nnssl
-from openmind_curate.train.loader import rank_slice
-from openmind_curate.train.pretrain import world as pretrain_world
-from openmind_curate.train.trainer import TrainConfig, train
+from openmind_curate.train.trainer import TrainConfig, barrier, process_group, train
 
 Echo = Callable[[str], None]
-#: Separates the epoch order's seed from every other draw.
-ORDER_SALT = 0x4F52  # "OR"
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ class ClassifyConfig:
     arch: str = "resenc-l"  # without --pretrained
     frozen: bool = False  # --schedule frozen: the head alone trains
     epochs: int = 200
-    warmup_epochs: int = 20
+    warmup_epochs: int | None = None  # None: 20 (C.2), cut to a shorter run's epochs
     batch: int | None = None  # volumes per forward (the micro-batch)
     accumulate: int | None = None  # micro-batches per optimizer step
     lr: float | None = None
@@ -73,12 +71,13 @@ class ClassifyConfig:
     index: Path | None = None
     volumes: Path | None = None  # default RUN/volumes
     seed: int = 0
-    amp: str = "none"
+    amp: str = "auto"  # auto: bf16 on a GPU, none on a CPU
     resume: bool = False
     workers: int | None = None
     progress: bool = True
     device: str = ""
     stop_after: int | None = None  # a fold stops (checkpointed) after this many steps in all
+    checkpoint_epochs: int = 1  # epochs between checkpoints (and one at the end)
 
 
 @dataclass
@@ -104,7 +103,8 @@ class ClassifyResult:
 @dataclass(frozen=True)
 class Network:
     """The network a run trains: its architecture entry, our name for its
-    family's loop settings, and the checkpoint to load."""
+    family's loop settings, the checkpoint to load, and the spacing to
+    preprocess at (None: each image's own)."""
 
     architecture: dict[str, Any]
     arch: str
@@ -114,7 +114,7 @@ class Network:
 
 
 def network_for(config: ClassifyConfig) -> Network:
-    """The checkpoint's network (or `config.arch`'s) and the spacing to preprocess at."""
+    """The checkpoint's network (or `config.arch`'s) and its spacing."""
     pretrained = nnssl.read_pretrained(config.pretrained) if config.pretrained else None
     if pretrained is None:
         if config.scratch:
@@ -141,49 +141,33 @@ def network_for(config: ClassifyConfig) -> Network:
     )
 
 
-@dataclass
-class EpochBatches:
-    """``batches(step, rank, world)`` for the trainer: epoch e's order is a
-    permutation seeded by (seed, e); step k of it takes the next
-    `global_batch` images of that order, wrapping around at its end."""
-
-    root: Path
-    case_ids: list[str]
-    labels: np.ndarray
-    global_batch: int
-    iters_per_epoch: int
-    seed: int
-
-    def positions(self, step: int) -> np.ndarray:
-        epoch, k = divmod(step, self.iters_per_epoch)
-        n = len(self.case_ids)
-        order = np.random.default_rng([self.seed, epoch, ORDER_SALT]).permutation(n)
-        return order[(k * self.global_batch + np.arange(self.global_batch)) % n]
-
-    def __call__(self, step: int, rank: int, world: int) -> dict[str, Any]:
-        mine = rank_slice(self.global_batch, rank, world)
-        pos = self.positions(step)[mine.start : mine.stop]
-        image = np.stack([volumes.load(self.root, self.case_ids[p]) for p in pos])
-        return {
-            "image": torch.from_numpy(image)[:, None],
-            "label": torch.as_tensor(self.labels[pos], dtype=torch.long),
-            "index": [step * self.global_batch + j for j in mine],
-            "case_id": [self.case_ids[p] for p in pos],
-        }
+def check(config: ClassifyConfig, net: Network, classes: int, world: int) -> None:
+    """Refuse, before any volume is made, what the run could not train."""
+    for name in ("epochs", "batch", "accumulate"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name} {value}: give 1 or more")
+    if config.warmup_epochs is not None and not 0 <= config.warmup_epochs <= config.epochs:
+        raise InputError(f"--warmup-epochs {config.warmup_epochs}: give 0 .. --epochs")
+    if config.lr is not None and not config.lr > 0:
+        raise InputError(f"--lr {config.lr}: give a positive rate")
+    if config.accumulate and config.accumulate % world:
+        raise InputError(f"--accumulate {config.accumulate} does not split over {world} GPUs")
+    params = ClassifyParams(classes, tuple(config.resize), config.frozen, "", net.architecture)
+    Classify(params, net.arch, RESIZE[0]).check()
 
 
-def step_sizes(config: ClassifyConfig, family: str, n_train: int, echo: Echo) -> tuple[int, int]:
+def step_sizes(
+    config: ClassifyConfig, family: str, n_train: int, world: int, echo: Echo
+) -> tuple[int, int]:
     """(micro-batch, accumulation): the options, else the paper's for the
-    family, cut so that one step is no more than the training images."""
+    family, cut so that one step is no more than the training images (the
+    accumulation staying a multiple of the GPUs)."""
     micro, acc = BATCH.get(family, BATCH["resenc"])
-    micro = config.batch or micro
+    micro = min(config.batch or micro, n_train)
     acc = config.accumulate or acc
-    if micro < 1 or acc < 1:
-        raise InputError("--batch and --accumulate must be 1 or more")
-    if micro > n_train:
-        micro = n_train
     if micro * acc > n_train:
-        fit = max(1, n_train // micro)
+        fit = max(world, n_train // micro // world * world)
         echo(
             f"a step of {micro} x {acc} volumes is more than the {n_train} training images: "
             f"accumulating {fit} instead"
@@ -194,29 +178,36 @@ def step_sizes(config: ClassifyConfig, family: str, n_train: int, echo: Echo) ->
 
 def classify(config: ClassifyConfig, echo: Echo = print) -> ClassifyResult:
     """Read, preprocess, split, and train and evaluate each chosen fold."""
-    rank, world = pretrain_world()
-    if rank != 0:  # under torchrun rank 0 speaks for all
-        echo = _silent
-    out = Path(config.out)
-    _refuse_unfinished(out, config.resume)
-    table = read_table(config.data, config.label, config.index)
-    for note in table.notes:
-        echo(note)
-    net = network_for(config)
-    cases, rejected = _prepared(table, config, net, echo)
-    fold_of = F.assign_folds(cases["label"], cases["subject"], config.seed)
-    chosen = list(range(F.FOLDS)) if "all" in config.folds else [int(f) for f in config.folds]
-    done: list[FoldResult] = []
-    for k in chosen:
-        result, stopped = _fold(config, net, table.classes, cases, fold_of, k, (rank, world), echo)
-        if stopped is not None:
-            signum = stopped or None
-            return ClassifyResult(table.classes, done, {}, None, None, rejected, signum, False)
-        if result is not None:
-            done.append(result)
-    if rank != 0:
-        return ClassifyResult(table.classes, done, {}, None, None, rejected)
-    return _summarise(config, table, net, done, rejected)
+    import torch
+
+    if config.amp == "auto":
+        config = replace(config, amp="bf16" if torch.cuda.is_available() else "none")
+    with process_group() as dist:
+        if dist.world > 1 and torch.cuda.is_available():
+            torch.cuda.set_device(dist.local_rank)  # NCCL's barriers before the first fold
+        if dist.rank != 0:  # under torchrun rank 0 speaks for all
+            echo = _silent
+        _refuse_unfinished(Path(config.out), config.resume)
+        table = read_table(config.data, config.label, config.index)
+        for note in table.notes:
+            echo(note)
+        net = network_for(config)
+        check(config, net, len(table.classes), dist.world)
+        cases, rejected = _prepared(table, config, net, dist, echo)
+        fold_of = assign_folds(cases["label"], cases["subject"], config.seed)
+        chosen = list(range(FOLDS)) if "all" in config.folds else [int(f) for f in config.folds]
+        done: list[FoldResult] = []
+        for k in chosen:
+            result, stopped = _fold(config, net, table.classes, cases, fold_of, k, dist, echo)
+            if stopped is not None:
+                return ClassifyResult(
+                    table.classes, done, {}, None, None, rejected, stopped or None, False
+                )
+            if result is not None:
+                done.append(result)
+        if dist.rank != 0:
+            return ClassifyResult(table.classes, done, {}, None, None, rejected)
+        return _summarise(config, table, net, done, rejected)
 
 
 def _silent(_: str) -> None:
@@ -232,20 +223,23 @@ def _refuse_unfinished(out: Path, resume: bool) -> None:
 
 
 def _prepared(
-    table: Table, config: ClassifyConfig, net: Network, echo: Echo
+    table: Table, config: ClassifyConfig, net: Network, dist, echo: Echo
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """The cases whose volume is ready; the others named with their reason."""
+    """The cases whose volume is ready; the others named with their reason.
+    Under torchrun rank 0 makes the volumes and the others wait for it."""
     root = Path(config.volumes or Path(config.out) / "volumes")
     options = JobOptions(workers=config.workers, progress=config.progress, description="volumes")
     vc = volumes.VolumeConfig(net.spacing, tuple(int(s) for s in config.resize))
-    rank, world = pretrain_world()
     key = volumes.batch_key(table.cases, vc)
-    if rank == 0:
+    if dist.rank == 0:
         status = volumes.prepare_volumes(table.cases, root, vc, options)
-        if world > 1:
+        if dist.world > 1:
             volumes.publish(root, key, status)
     else:
         status = volumes.wait_published(table.cases, root, key)
+    barrier(dist)  # every rank has read rank 0's result
+    if dist.rank == 0 and dist.world > 1:
+        volumes.published(root, key).unlink(missing_ok=True)
     bad = status[status["status"] != "ok"]
     rejected = [(str(r.path), str(r.reason)) for r in bad.itertuples(index=False)]
     for path, reason in rejected:
@@ -262,38 +256,37 @@ def _fold(
     cases: pd.DataFrame,
     fold_of: np.ndarray,
     k: int,
-    rank_world: tuple[int, int],
+    dist,
     echo: Echo,
 ) -> tuple[FoldResult | None, int | None]:
     """Train fold `k` and (rank 0) evaluate it. Second: None when the fold is
     complete, else the signal that stopped it (0: `stop_after`)."""
-    rank, world = rank_world
     train_cases = cases[fold_of != k].reset_index(drop=True)
     held = cases[fold_of == k].reset_index(drop=True)
-    micro, acc = step_sizes(config, net.family, len(train_cases), echo)
-    if acc % world:
-        raise InputError(f"--accumulate {acc} does not split over {world} GPUs")
-    tc = fold_config(config, net, classes, train_cases, k, micro * acc, acc // world)
+    micro, acc = step_sizes(config, net.family, len(train_cases), dist.world, echo)
+    tc = fold_config(config, net, classes, train_cases, k, micro * acc, acc // dist.world)
     root = Path(cases["root"].iloc[0])
-    batches = EpochBatches(
-        root,
-        list(train_cases["case_id"]),
-        train_cases["label_index"].to_numpy(),
-        tc.global_batch,
-        tc.iters_per_epoch,
-        config.seed,
+    ids, labels = list(train_cases["case_id"]), train_cases["label_index"].to_numpy()
+    batches = EpochBatches(root, ids, labels, tc.global_batch, tc.iters_per_epoch, config.seed)
+    echo(
+        f"fold {k}: {len(train_cases)} training images, {len(held)} held out; "
+        f"{tc.epochs} epochs of {tc.iters_per_epoch} step(s) of {micro} x {acc}"
     )
-    if rank == 0:
-        echo(
-            f"fold {k}: {len(train_cases)} training images, {len(held)} held out; "
-            f"{tc.epochs} epochs of {tc.iters_per_epoch} step(s) of {micro} x {acc}"
-        )
     result = train(tc, batches)
     if result.signal is not None or not result.complete:
         return None, result.signal or 0
-    if rank != 0:
+    scores = None
+    if dist.rank == 0:
+        meta = {
+            "architecture": net.architecture,
+            "resize": list(config.resize),
+            "spacing": net.spacing,
+            "frozen": config.frozen,
+        }
+        scores = evaluate(tc, classes, held, root, micro, meta)
+    barrier(dist)  # the other ranks wait for rank 0's evaluation
+    if scores is None:
         return None, None
-    scores = evaluate(tc, net, classes, held, root, micro, Path(tc.out))
     return FoldResult(k, scores, len(train_cases), result.steps), None
 
 
@@ -306,11 +299,14 @@ def fold_config(
     global_batch: int,
     accumulate: int,
 ) -> TrainConfig:
-    """The trainer's config for fold `k` (`data` fingerprints its images and labels)."""
+    """The trainer's config for fold `k` (`data` fingerprints its images and
+    labels, so the ranks and a resume must train on the same ones)."""
     pairs = zip(train_cases["case_id"], train_cases["label_index"], strict=True)
     ids = "".join(f"{c}:{y};" for c, y in pairs)
+    out = Path(config.out) / f"fold_{k}"
+    steps = math.ceil(len(train_cases) / global_batch)
     return TrainConfig(
-        out=str(Path(config.out) / f"fold_{k}"),
+        out=str(out),
         arch=net.arch,
         method=Classify.name,
         params={
@@ -322,14 +318,15 @@ def fold_config(
         },
         global_batch=global_batch,
         epochs=config.epochs,
-        iters_per_epoch=math.ceil(len(train_cases) / global_batch),
+        iters_per_epoch=steps,
+        checkpoint_every=steps * config.checkpoint_epochs,
         lr=config.lr,
-        warmup_epochs=min(config.warmup_epochs, config.epochs),
+        warmup_epochs=config.warmup_epochs,  # None: the recipe's 20, cut to the epochs
         schedule="cosine",
         amp=config.amp,
         seed=config.seed,
         val_every=0,
-        resume=config.resume,
+        resume=config.resume and (out / "checkpoint.pt").is_file(),
         spacing="native" if net.spacing is None else (net.spacing,) * 3,
         data=f"fold {k} " + hashlib.sha1(ids.encode()).hexdigest()[:16],
         progress=config.progress,
@@ -337,82 +334,6 @@ def fold_config(
         accumulate=accumulate,
         stop_after=config.stop_after,
     )
-
-
-def load_trained(tc: TrainConfig) -> torch.nn.Module:
-    """The classifier with the weights of the fold's last checkpoint, in eval mode."""
-    tc = tc.resolved()
-    model = tc.method_object().build()
-    blob = torch.load(Path(tc.out) / "checkpoint.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(blob["model"])
-    return model.eval()
-
-
-def predict(
-    model: torch.nn.Module, root: Path, case_ids: list[str], batch: int, device: str = ""
-) -> np.ndarray:
-    """Softmax probabilities (n, K) of the volumes, `batch` at a time."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.to(dev)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(case_ids), batch):
-            ids = case_ids[start : start + batch]
-            x = torch.from_numpy(np.stack([volumes.load(root, c) for c in ids]))[:, None]
-            out.append(torch.softmax(model(x.to(dev)).float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
-
-
-def evaluate(
-    tc: TrainConfig,
-    net: Network,
-    classes: list[str],
-    held: pd.DataFrame,
-    root: Path,
-    batch: int,
-    fold_dir: Path,
-) -> dict[str, Any]:
-    """Predict the held-out images; write the predictions, metrics,
-    confusion matrix and the classifier."""
-    model = load_trained(tc)
-    probs = predict(model, root, list(held["case_id"]), batch, tc.device)
-    truth = held["label_index"].to_numpy()
-    scores = metrics.scores(truth, probs, classes)
-    table = held[["case_id", "path", "subject", "label"]].assign(
-        predicted=[classes[i] for i in probs.argmax(axis=1)],
-        **{f"prob_{c}": probs[:, i] for i, c in enumerate(classes)},
-    )
-    atomic_write_text(fold_dir / "predictions.csv", table.to_csv(index=False))
-    atomic_write_text(fold_dir / "metrics.json", json.dumps(scores, indent=1) + "\n")
-    fold = fold_dir.name.removeprefix("fold_")
-    metrics.plot_confusion(
-        scores["confusion"],
-        classes,
-        fold_dir / "confusion.png",
-        f"fold {fold}: balanced accuracy {scores['balanced_accuracy']:.3f}",
-    )
-    save_classifier(model, fold_dir / "classifier.pt", tc, net, classes)
-    return scores
-
-
-def save_classifier(
-    model: torch.nn.Module, path: Path, tc: TrainConfig, net: Network, classes: list[str]
-) -> Path:
-    """The classifier's weights with what rebuilds and feeds it, atomically."""
-    buf = io.BytesIO()
-    torch.save(
-        {
-            "format": "openmind-curate-classifier/1",
-            "classes": classes,
-            "architecture": net.architecture,
-            "resize": list(tc.params["resize"]),
-            "spacing": None if net.spacing is None else net.spacing,
-            "frozen": bool(tc.params["frozen"]),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        },
-        buf,
-    )
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -447,7 +368,7 @@ def _summarise(
         "task": "classification",
         "label": config.label,
         "classes": table.classes,
-        "config": json.loads(json.dumps(asdict(replace(config)), default=str)),
+        "config": json.loads(json.dumps(asdict(config), default=str)),
         "spacing_mm": net.spacing,
         "folds": [asdict(f) for f in done],
         "mean": mean,

@@ -129,14 +129,19 @@ def read_table(path: Path, label: str, index: Path | None = None) -> Table:
         raise InputError(
             f"--label {label}: {path} has no such column (it has: {', '.join(map(str, frame))})"
         )
-    frame = frame.rename(columns={label: "_label"}) if label != "label" else frame
-    frame = frame.rename(columns={"_label": "label"}).reset_index(drop=True)
+    if label != "label":  # the chosen column becomes "label"; a column of that name goes
+        frame = frame.drop(columns=["label"], errors="ignore").rename(columns={label: "label"})
+    frame = frame.reset_index(drop=True)
     if "path" not in frame:
         if "image_id" not in frame:
             raise InputError(f"--data {path}: it needs a path or an image_id column")
         frame = _join_index(frame, index, path)
         frame = _drop(frame, frame["path"].isna(), "whose image_id is not in the index", notes)
+    bad_path = ~frame["path"].map(lambda p: isinstance(p, str) and bool(p.strip()))
+    frame = _drop(frame, bad_path, "without a path", notes)
     frame = _drop(frame, frame["label"].isna(), "without a label", notes)
+    if frame.empty:
+        raise InputError(f"--data {path}: no row has both an image and a label")
     frame = frame.assign(path=_paths(frame, path))
     frame = frame.assign(case_id=_case_ids(frame))
     dup = frame["case_id"].duplicated()

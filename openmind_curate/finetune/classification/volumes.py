@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,9 @@ from openmind_curate.atomic import atomic_path, atomic_write_text
 from openmind_curate.jobs import JobOptions, source_stamp
 from openmind_curate.jobs.stage import StageJob, records, run_stage
 from openmind_curate.train.preprocess import PrepJob, PreprocessConfig, Rejected, prepare
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,12 @@ class VolumeJob(StageJob):
 
     @property
     def array(self) -> Path:
-        return Path(self.out) / f"{self.case_id}.npy"
+        return array_path(self.out, self.case_id)
+
+
+def array_path(out: str | Path, case_id: str) -> Path:
+    """Where a case's volume is kept."""
+    return Path(out) / f"{case_id}.npy"
 
 
 def resize(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -113,12 +122,18 @@ def prepare_volumes(
     return cases.assign(status=status, reason=reason)
 
 
+#: What tells one torchrun job from another (the same on every rank of a job).
+JOB_VARIABLES = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT")
+
+
 def batch_key(cases: pd.DataFrame, config: VolumeConfig) -> str:
-    """A hash of the batch (its images and options): names `publish`'s file."""
+    """A hash of the batch (its images and options) and of the torchrun job:
+    names `publish`'s file, so a file left by another job is never read."""
     from openmind_curate.jobs.runner import options_hash
 
     listed = "".join(f"{c}={p};" for c, p in zip(cases["case_id"], cases["path"], strict=True))
-    text = listed + options_hash(config)
+    job = ";".join(os.environ.get(v, "") for v in JOB_VARIABLES)
+    text = listed + options_hash(config) + job
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -126,19 +141,25 @@ def publish(out: Path, key: str, status: pd.DataFrame) -> Path:
     """Rank 0's batch result for the other ranks of a torchrun job, which
     wait for it (`wait_published`) instead of preparing the same volumes."""
     rows = status[["case_id", "status", "reason"]].to_dict(orient="records")
-    return atomic_write_text(Path(out) / f"ready-{key}.json", json.dumps(rows))
+    return atomic_write_text(published(out, key), json.dumps(rows))
 
 
 def wait_published(cases: pd.DataFrame, out: Path, key: str, poll_s: float = 1.0) -> pd.DataFrame:
     """`cases` with the status rank 0 published for this batch, once it is there
     (torchrun ends the other ranks if rank 0 fails, so this never waits alone)."""
-    path = Path(out) / f"ready-{key}.json"
+    path = published(out, key)
     while not path.is_file():
         time.sleep(poll_s)
     found = pd.DataFrame(json.loads(path.read_text()))
     return cases.merge(found, on="case_id", how="left")
 
 
-def load(out: Path, case_id: str) -> np.ndarray:
-    """A prepared volume, memory-mapped (read-only)."""
-    return np.load(Path(out) / f"{case_id}.npy", mmap_mode="r")
+def published(out: Path, key: str) -> Path:
+    return Path(out) / f"ready-{key}.json"
+
+
+def load_batch(paths: list[str] | list[Path]) -> torch.Tensor:
+    """Volumes (b, 1, D, H, W) float32 from their files, on the CPU."""
+    import torch
+
+    return torch.from_numpy(np.stack([np.load(p) for p in paths]))[:, None]
