@@ -4,6 +4,8 @@
 preprocessed as for pre-training and resized), `folds` (five folds,
 stratified by label and split by subject), `network` (encoder, pooling and a
 linear head), `method` (classification as a method of `train.trainer`),
-`metrics` (balanced accuracy, average precision, the confusion matrix) and
-`run` (a whole run: `run.classify`).
+`batches` (dataset epochs of volume files), `metrics` (balanced accuracy,
+average precision, the confusion matrix), `evaluate` (a fold's held-out
+predictions and classifier file), `run` (a whole run: `run.classify`) and
+`demo` (the demo's two runs).
 """
