@@ -53,6 +53,8 @@ CLASSIFICATION_ONLY = {
     "warmup_epochs": None,
     "volumes": None,
     "amp": "auto",
+    "workers": None,
+    "quiet": False,
 }
 
 
