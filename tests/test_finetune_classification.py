@@ -232,8 +232,10 @@ def test_bad_tables_are_named_and_bad_images_left_out(contrast, corpus_index, tm
     table = pd.read_parquet(contrast.data)
     with pytest.raises(InputError, match="--label grade: .* has no such column"):
         read_table(contrast.data, "grade", corpus_index)
-    with pytest.raises(InputError, match="without a path column, and the index"):
+    with pytest.raises(InputError, match="without a path column, and the index .* does not"):
         read_table(contrast.data, "weighting", tmp_path / "nowhere.parquet")
+    with pytest.raises(InputError, match="without a path column, and no index was given"):
+        read_table(contrast.data, "weighting")
     one = tmp_path / "one.csv"
     table.assign(weighting="T1").to_csv(one, index=False)
     with pytest.raises(InputError, match="1 class"):

@@ -12,9 +12,9 @@ encoder's tiny network for 24 epochs: from scratch (its architecture, fresh
 weights) and from its pre-trained weights. Toy sizes for a CPU: lr 1e-2 (the
 paper's 1e-4 learns nothing in so few steps), 2 warm-up epochs, batches of 4
 without accumulation (the 10 to 12 training images of a fold give 3 steps an
-epoch), a checkpoint every 8 epochs. Measured on 2 cores (the two runs, the
-volumes already made): 21 s, every held-out image right in both; batches of
-2 took 26 s and left one fold of the pre-trained run at 0.5, and 12 epochs
+epoch), a checkpoint every 8 epochs. Measured on 2 cores: the demo's step 19
+s with its volumes, every held-out image right in both runs; batches of 2
+took 29 s and left one fold of the pre-trained run at 0.5, and 12 epochs
 left most held-out T2-weighted images just under the threshold.
 """
 

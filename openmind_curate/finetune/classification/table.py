@@ -57,9 +57,10 @@ def _read_any(path: Path) -> pd.DataFrame:
 def _join_index(frame: pd.DataFrame, index: Path | None, table: Path) -> pd.DataFrame:
     """Rows by image_id get their path (and dataset, subject) from the index."""
     if index is None or not Path(index).is_file():
+        where = "no index was given" if index is None else f"the index {index} does not exist"
         raise InputError(
-            f"--data {table}: it lists image_id without a path column, and the index "
-            f"{index} does not exist; give the index they come from with --index"
+            f"--data {table}: it lists image_id without a path column, and {where}; "
+            "give the index they come from with --index"
         )
     from openmind_curate import index as store
 
