@@ -29,6 +29,7 @@ from torch import nn
 
 from openmind_curate.errors import InputError
 from openmind_curate.finetune.classification import network, volumes
+from openmind_curate.finetune.plans import divisor_of, nearest_multiple
 from openmind_curate.train.methods import registry
 from openmind_curate.train.methods.base import Batch, Method, Recipe, StepContext
 
@@ -76,9 +77,9 @@ class Classify(Method):
             raise InputError(f"classification needs 2 or more classes, got {p.classes}")
         if not p.architecture:
             raise ValueError("ClassifyParams.architecture is unset")
-        div = network.divisor(p.architecture)
+        div = divisor_of(p.architecture)
         if len(p.resize) != 3 or any(s < div or s % div for s in p.resize):
-            near = tuple(max(div, round(s / div) * div) for s in p.resize)
+            near = tuple(nearest_multiple(s, div) for s in p.resize)
             raise InputError(
                 f"--resize {','.join(map(str, p.resize))}: every edge must be a multiple of "
                 f"{div} for this network; the nearest is {','.join(map(str, near))}"

@@ -17,7 +17,6 @@ so its weights stay bit-identical and its activations are not kept.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,14 +62,6 @@ def feature_width(architecture: dict[str, Any]) -> int:
     if is_primus(architecture):
         return int(kwargs["embed_dim"])
     return int(sum(kwargs["features_per_stage"]))
-
-
-def divisor(architecture: dict[str, Any]) -> int:
-    """Every edge of the input must be a multiple of this."""
-    kwargs = architecture["arch_kwargs"]
-    if is_primus(architecture):
-        return int(max(kwargs["patch_embed_size"]))
-    return math.prod(int(max(s)) for s in kwargs["strides"])
 
 
 def backbone(architecture: dict[str, Any], shape: Sequence[int], in_channels: int = 1) -> nn.Module:
